@@ -1,0 +1,2 @@
+"""Anatomy: bone and vertebra segmentation, level naming, landmarks, measurements and
+fracture grading. The data model lives in :mod:`spineplan.anatomy.model`."""

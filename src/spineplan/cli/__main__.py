@@ -1,0 +1,5 @@
+import sys
+
+from spineplan.cli import main
+
+sys.exit(main())

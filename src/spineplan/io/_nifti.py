@@ -1,0 +1,61 @@
+"""NIfTI (RAS on disk) <-> Volume (LPS), and writing volumes atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from spineplan._atomic import atomic_path
+from spineplan.errors import InputError
+from spineplan.typing import TypePath
+from spineplan.volume import Volume
+
+#: Flip between RAS and LPS (the same matrix both ways).
+RAS_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def read_nifti(path: TypePath, modality: str = "CT") -> Volume:
+    """Read a .nii/.nii.gz file into a Volume (array [i, j, k], affine index->LPS)."""
+    import nibabel as nib
+
+    path = Path(path)
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel raises many types for bad files
+        raise InputError(
+            f"Cannot read {path} as NIfTI ({type(exc).__name__}: {exc}). "
+            "Check that the file is complete and is a .nii or .nii.gz image."
+        ) from exc
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    affine = RAS_LPS @ img.affine
+    return Volume(data, affine, modality=modality, meta={"source": path.name, "format": "nifti"})
+
+
+def write_volume(volume: Volume, path: TypePath, dtype=None) -> Path:
+    """Write ``volume`` to ``path`` (.nii, .nii.gz, .nrrd, .mha) atomically; return the path."""
+    path = Path(path)
+    arr = volume.array if dtype is None else volume.array.astype(dtype)
+    name = path.name.lower()
+    with atomic_path(path) as tmp:
+        if name.endswith((".nii", ".nii.gz")):
+            import nibabel as nib
+
+            img = nib.Nifti1Image(arr, RAS_LPS @ volume.affine)
+            img.header.set_xyzt_units("mm")
+            img.set_qform(img.affine, code=1)
+            img.set_sform(img.affine, code=1)
+            nib.save(img, str(tmp))
+        elif name.endswith((".nrrd", ".mha", ".mhd")):
+            import SimpleITK as sitk
+
+            img = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(arr, (2, 1, 0))))
+            img.SetSpacing([float(s) for s in volume.spacing])
+            img.SetOrigin([float(o) for o in volume.origin])
+            img.SetDirection([float(d) for d in volume.direction.ravel()])
+            sitk.WriteImage(img, str(tmp), useCompression=True)
+        else:
+            raise InputError(f"Cannot write {path}: use a .nii.gz, .nii, .nrrd or .mha file name.")
+    return path
