@@ -1,0 +1,124 @@
+"""Vertebral compression fractures: Genant's semi-quantitative grade from measured body heights.
+
+Genant HK, Wu CY, van Kuijk C, Nevitt MC. "Vertebral fracture assessment using a
+semiquantitative technique." J Bone Miner Res 1993;8(9):1137-1148. A vertebra is graded by its
+height reduction: grade 0 normal (< 20 %), 1 mild (20-25 %), 2 moderate (25-40 %), 3 severe
+(> 40 %); the type is wedge (anterior height reduced), biconcave (middle height reduced) or
+crush (the whole body, including the posterior height, reduced).
+
+Height loss % = 100 * (1 - min(anterior, middle) / reference), where the reference is the
+larger of the body's own posterior height and the height expected from its neighbours (the
+mean of the posterior heights of the nearest complete levels above and below, interpolated
+linearly when only farther levels are available). The neighbour reference is what reveals a
+crush fracture, whose own posterior height is reduced too. The level used is reported.
+"""
+
+from __future__ import annotations
+
+from spineplan.anatomy.model import Spine, Vertebra
+from spineplan.levels import level_index
+
+#: Genant et al. (1993) grade boundaries, in % height reduction: < 20 normal, 20-25 grade 1,
+#: 25-40 grade 2, > 40 grade 3.
+GENANT_GRADE_BOUNDS_PCT = (20.0, 25.0, 40.0)
+#: A posterior height this far (%) below the neighbours' expected height means the posterior
+#: wall collapsed too: a crush fracture (Genant et al. 1993, "crush" = whole-body reduction),
+#: the same 20 % as the grade-1 threshold.
+CRUSH_POSTERIOR_LOSS_PCT = 20.0
+#: Levels not graded: C1/C2 have no comparable body, S1 is the sacrum.
+UNGRADED_LEVELS = ("C1", "C2", "S1")
+#: Neighbours farther than this many levels away are not used for the expected height.
+MAX_NEIGHBOUR_GAP = 2
+
+_HEIGHTS = ("anterior_height_mm", "middle_height_mm", "posterior_height_mm")
+
+
+def genant_grade(height_loss_pct: float) -> int:
+    """Genant grade (0-3) of a height loss in percent.
+
+    >>> [genant_grade(p) for p in (10, 20, 24.9, 25, 39.9, 41)]
+    [0, 1, 1, 2, 2, 3]
+    """
+    g1, g2, g3 = GENANT_GRADE_BOUNDS_PCT
+    if height_loss_pct < g1:
+        return 0
+    if height_loss_pct < g2:
+        return 1
+    if height_loss_pct <= g3:
+        return 2
+    return 3
+
+
+def _gradable(v: Vertebra) -> bool:
+    return v.complete and v.name not in UNGRADED_LEVELS and all(k in v.measurements for k in _HEIGHTS)
+
+
+def _neighbour_expected(spine: Spine, v: Vertebra) -> tuple[float | None, list[str]]:
+    """Expected (posterior) height from the nearest gradable levels above and below."""
+    me = level_index(v.name)
+    above = [(me - level_index(o.name), o) for o in spine.vertebrae
+             if _gradable(o) and 0 < me - level_index(o.name) <= MAX_NEIGHBOUR_GAP]
+    below = [(level_index(o.name) - me, o) for o in spine.vertebrae
+             if _gradable(o) and 0 < level_index(o.name) - me <= MAX_NEIGHBOUR_GAP]
+    a = min(above, key=lambda t: t[0]) if above else None
+    b = min(below, key=lambda t: t[0]) if below else None
+    if a and b:
+        ha, hb = a[1].measurements["posterior_height_mm"], b[1].measurements["posterior_height_mm"]
+        # linear interpolation in level position
+        h = ha + (hb - ha) * a[0] / (a[0] + b[0])
+        return float(h), [a[1].name, b[1].name]
+    one = a or b
+    if one:
+        return float(one[1].measurements["posterior_height_mm"]), [one[1].name]
+    return None, []
+
+
+def grade_vertebra(v: Vertebra, expected: float | None, neighbours: list[str]) -> dict:
+    """Genant grade, type and height loss of one vertebra given the neighbours' expected height."""
+    ha, hm, hp = (float(v.measurements[k]) for k in _HEIGHTS)
+    if expected is not None and expected > hp:
+        ref, used = expected, f"neighbours ({', '.join(neighbours)})"
+    else:
+        ref, used = hp, "own posterior height"
+    loss = 100.0 * (1.0 - min(ha, hm) / ref)
+    loss = max(loss, 0.0)
+    grade = genant_grade(loss)
+    post_loss = 100.0 * (1.0 - hp / expected) if expected else 0.0
+    if grade == 0:
+        kind = "none"
+    elif post_loss >= CRUSH_POSTERIOR_LOSS_PCT:
+        kind = "crush"
+    elif ha <= hm:
+        kind = "wedge"
+    else:
+        kind = "biconcave"
+    out = {
+        "grade": grade,
+        "type": kind,
+        "height_loss_pct": round(loss, 1),
+        "reference": used,
+        "reference_height_mm": round(ref, 2),
+        "neighbour_expected_height_mm": None if expected is None else round(expected, 2),
+        "method": "Genant semi-quantitative (Genant et al., J Bone Miner Res 1993)",
+    }
+    return out
+
+
+def grade_fractures(spine: Spine) -> None:
+    """Fill ``Vertebra.fracture`` for every vertebra of ``spine`` (in place).
+
+    Vertebrae that cannot be graded (cut by the scan, missing heights, C1/C2/S1) get
+    ``{"grade": None, "type": "not graded", "reason": ...}``.
+    """
+    for v in spine.vertebrae:
+        if not _gradable(v):
+            why = ("cut by the edge of the scan" if not v.complete else
+                   "not graded at this level" if v.name in UNGRADED_LEVELS else "body heights could not be measured")
+            v.fracture = {"grade": None, "type": "not graded", "reason": why}
+            continue
+        expected, names = _neighbour_expected(spine, v)
+        v.fracture = grade_vertebra(v, expected, names)
+        if v.fracture["grade"]:
+            g = v.fracture
+            v.warnings.append(f"{v.name}: Genant grade {g['grade']} {g['type']} deformity "
+                              f"({g['height_loss_pct']:.0f} % height loss vs. {g['reference']}).")

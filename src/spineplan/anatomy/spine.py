@@ -1,0 +1,123 @@
+"""A measured, graded :class:`~spineplan.anatomy.model.Spine` from a CT and a VerSe label map,
+and its ``spine.json`` file (format ``spineplan.spine``, version 1)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable
+
+import numpy as np
+
+from spineplan import DISCLAIMER, __version__
+from spineplan._atomic import write_text
+from spineplan._progress import progress
+from spineplan.anatomy.fracture import grade_fractures
+from spineplan.anatomy.measure import OSTEOPOROSIS_HU, measure_vertebra
+from spineplan.anatomy.model import Spine
+from spineplan.errors import LabelError, NoVertebraeError
+from spineplan.levels import level_from_verse, level_index
+from spineplan.typing import TypePath
+from spineplan.volume import Volume
+
+SPINE_FORMAT = "spineplan.spine"
+SPINE_VERSION = 1
+#: Label maps with fewer voxels than this for a level are treated as noise, not a vertebra.
+_MIN_VOXELS = 20
+
+
+def build_spine(ct: Volume, labels: Volume, *, names_confidence: float = 1.0, method: str = "labels",
+                warnings: Iterable[str] = ()) -> Spine:
+    """Measure every vertebra of a VerSe-coded label map on the CT grid and grade fractures."""
+    from scipy.ndimage import find_objects
+
+    if not ct.same_grid(labels):
+        raise LabelError("The label map is not on the CT's grid (shape or affine differ); "
+                         "resample it onto the CT first (spineplan.io.read_labels does this).")
+    lab = np.asarray(labels.array)
+    if not np.issubdtype(lab.dtype, np.integer):
+        lab = np.rint(lab).astype(np.int32)
+    objs = find_objects(lab.astype(np.int32, copy=False) if lab.dtype != np.int32 else lab)
+    present = []
+    for code, sl in enumerate(objs, start=1):
+        if sl is None:
+            continue
+        try:
+            name = level_from_verse(code)
+        except KeyError:
+            continue
+        present.append((name, code, sl))
+    if not present:
+        raise NoVertebraeError("No vertebra labels (VerSe codes 1-28) were found in the label map; "
+                               "check the label convention or run the built-in segmentation.")
+    present.sort(key=lambda t: level_index(t[0]))
+    # centroids first, to give each vertebra its neighbours' direction
+    cents = {}
+    for name, code, sl in present:
+        idx = np.argwhere(lab[sl] == code)
+        if len(idx) < _MIN_VOXELS:
+            continue
+        cents[name] = ct.index_to_world(idx.mean(axis=0) + [s.start for s in sl])
+    names = [n for n, _, _ in present if n in cents]
+    verts = []
+    for name, code, sl in progress([p for p in present if p[0] in cents], desc="measuring vertebrae"):
+        i = names.index(name)
+        nb = [cents[names[j]] for j in (i - 1, i + 1) if 0 <= j < len(names) and names[j] != "S1"]
+        # the mask view of this level only (full grid, bounded by its box)
+        mask = np.zeros(ct.shape, bool)
+        mask[sl] = lab[sl] == code
+        verts.append(measure_vertebra(ct, mask, name, code, neighbours=nb, bbox=sl))
+    spine = Spine(vertebrae=verts, labels=labels, naming_confidence=float(names_confidence),
+                  naming_method=method, warnings=list(warnings))
+    grade_fractures(spine)
+    return spine
+
+
+def _clean(o: Any) -> Any:
+    if isinstance(o, dict):
+        return {k: _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    if isinstance(o, (np.bool_, bool)):
+        return bool(o)
+    if isinstance(o, (float, np.floating)):
+        f = float(o)
+        return round(f, 4) if np.isfinite(f) else None
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.ndarray):
+        return _clean(o.tolist())
+    return o
+
+
+def spine_to_json(spine: Spine) -> dict:
+    """The ``spine.json`` dictionary: names, naming confidence, warnings, measurements, grades."""
+    verts = {}
+    for v in spine.vertebrae:
+        d = v.to_dict()
+        d["frame"] = {"origin": d["frame"]["origin"], "axes": {"x": d["frame"]["axes"][0],
+                                                               "y": d["frame"]["axes"][1],
+                                                               "z": d["frame"]["axes"][2]}}
+        verts[v.name] = d
+    out = {
+        "format": SPINE_FORMAT,
+        "version": SPINE_VERSION,
+        "frame": "LPS",
+        "units": {"length": "mm", "angle": "deg", "volume": "mL", "density": "HU"},
+        "created_by": f"spineplan {__version__}",
+        "disclaimer": DISCLAIMER,
+        "names": spine.names,
+        "naming": {"confidence": float(spine.naming_confidence), "method": spine.naming_method},
+        "warnings": list(spine.warnings) + [w for v in spine.vertebrae for w in v.warnings],
+        "thresholds": {
+            "osteoporosis_suspected_below_hu": OSTEOPOROSIS_HU,
+            "osteoporosis_source": "Pickhardt et al., Ann Intern Med 2013;158:588-595 (L1 trabecular HU)",
+            "fracture_grading": "Genant et al., J Bone Miner Res 1993;8:1137-1148",
+        },
+        "vertebrae": verts,
+    }
+    return _clean(out)
+
+
+def write_spine_json(spine: Spine, path: TypePath):
+    """Write ``spine.json`` atomically; returns the path."""
+    return write_text(path, json.dumps(spine_to_json(spine), indent=2) + "\n")
