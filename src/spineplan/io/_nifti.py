@@ -15,23 +15,47 @@ from spineplan.volume import Volume
 RAS_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-def read_nifti(path: TypePath, modality: str = "CT") -> Volume:
-    """Read a .nii/.nii.gz file into a Volume (array [i, j, k], affine index->LPS)."""
+def load_nifti_array(path: TypePath) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Read a NIfTI file; return (array [i, j, k] as stored, index->LPS affine, meta).
+
+    The data are scaled by ``scl_slope``/``scl_inter`` when the header sets them (nibabel).
+    A trailing singleton 4th dimension is dropped; other shapes are returned as they are.
+    """
     import nibabel as nib
 
     path = Path(path)
     try:
         img = nib.load(str(path))
         data = np.asanyarray(img.dataobj)
-    except Exception as exc:  # nibabel raises many types for bad files
+    except Exception as exc:  # nibabel/gzip/zlib raise many types for bad files
         raise InputError(
-            f"Cannot read {path} as NIfTI ({type(exc).__name__}: {exc}). "
-            "Check that the file is complete and is a .nii or .nii.gz image."
+            f"Cannot read {path} as NIfTI: the file is truncated, corrupt or not a NIfTI image "
+            f"({type(exc).__name__}: {str(exc)[:200]}). Check that the file is complete (copy it "
+            "again) and is a .nii or .nii.gz image."
         ) from exc
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
-    affine = RAS_LPS @ img.affine
-    return Volume(data, affine, modality=modality, meta={"source": path.name, "format": "nifti"})
+    meta: dict = {"source": path.name, "format": "nifti"}
+    hdr = img.header
+    if int(hdr["sform_code"]) == 0 and int(hdr["qform_code"]) == 0:
+        meta["warnings"] = [
+            f"{path.name} has no orientation in its header (qform and sform codes are 0); "
+            "its voxels were placed with the voxel sizes only (RAS axes), so left/right and "
+            "the position in the patient may be wrong."
+        ]
+    return data, RAS_LPS @ img.affine, meta
+
+
+def read_nifti(path: TypePath, modality: str = "CT") -> Volume:
+    """Read a .nii/.nii.gz file into a Volume (array [i, j, k], affine index->LPS)."""
+    path = Path(path)
+    data, affine, meta = load_nifti_array(path)
+    if data.ndim != 3:
+        raise InputError(
+            f"{path} holds a {data.ndim}-D image of shape {data.shape}, not one 3-D volume. "
+            "Give a 3-D CT or label map (extract one volume from a time series first)."
+        )
+    return Volume(data, affine, modality=modality, meta=meta)
 
 
 def write_volume(volume: Volume, path: TypePath, dtype=None) -> Path:
