@@ -1,0 +1,115 @@
+"""Skin surface and incisions on a synthetic torso with an analytic skin (tests/_plan_outputs.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from _plan_outputs import B_MM, FAT_MM, SPACING, ellipse_residual, torso
+from spineplan.plan.incisions import MAX_INCISION_MM, plan_incisions, stab_length
+from spineplan.plan.model import Plan, Screw
+from spineplan.plan.skin import BODY_THRESHOLD_HU, SkinSurface
+
+
+@pytest.fixture(scope="module")
+def ct():
+    return torso()
+
+
+@pytest.fixture(scope="module")
+def skin(ct):
+    return SkinSurface(ct)
+
+
+def _screw(level, side, entry, direction, length=45.0):
+    d = np.asarray(direction, float)
+    d /= np.linalg.norm(d)
+    e = np.asarray(entry, float)
+    return Screw(level, side, e.tolist(), (e + length * d).tolist(), 6.5, length, grade="A")
+
+
+def test_exit_point_lies_on_the_skin(ct, skin):
+    for entry, d in [((20, 20, 0), (0, -1, 0)), ((-25, 25, 10), (0.25, -1, 0.1)), ((30, 10, -20), (-0.4, -1, -0.2))]:
+        hit = skin.exit_point(np.asarray(entry, float), -np.asarray(d, float))
+        assert hit is not None
+        p = hit.point
+        # on the analytic ellipse within one voxel
+        assert ellipse_residual(p) < SPACING
+        # and the CT goes from tissue to air across it within ~1 voxel along the normal
+        inner = ct.sample((p - SPACING * hit.normal)[None], order=0)[0]
+        outer = ct.sample((p + SPACING * hit.normal)[None], order=0)[0]
+        assert inner > BODY_THRESHOLD_HU > outer
+        # the normal is outward: its y component is positive on the back
+        assert hit.normal[1] > 0.5
+        # depth is the distance travelled
+        assert hit.depth_mm == pytest.approx(np.linalg.norm(p - np.asarray(entry, float)), abs=1e-6)
+
+
+def test_fascia_found_under_the_fat_layer(skin):
+    hit = skin.exit_point(np.array([0.0, 20.0, 0.0]), np.array([0.0, 1.0, 0.0]))
+    # skin at y = 80, fat from 65 to 80: fascia 45 mm from the start (within ~1 voxel)
+    assert hit.depth_mm == pytest.approx(B_MM - 20.0, abs=SPACING)
+    assert hit.fascia_depth_mm == pytest.approx(B_MM - FAT_MM - 20.0, abs=1.5 * SPACING)
+
+
+def test_ray_leaving_the_scan_gives_none(skin):
+    assert skin.exit_point(np.array([0.0, 20.0, 0.0]), np.array([0.0, 0.0, 1.0])) is None
+
+
+def test_stab_length_of_an_oblique_cylinder():
+    # axis tilted 60 degrees from the normal in the cranio-caudal plane: footprint 16 / cos 60 = 32
+    d = [0.0, -np.cos(np.radians(60)), np.sin(np.radians(60))]
+    assert stab_length(d, [0, 1, 0], [0, 0, 1], diameter_mm=16, margin_mm=4) == pytest.approx(36.0, abs=1e-6)
+    # tilted in the transverse plane only: the cranio-caudal extent stays the diameter
+    d = [np.sin(np.radians(40)), -np.cos(np.radians(40)), 0.0]
+    assert stab_length(d, [0, 1, 0], [0, 0, 1], diameter_mm=16, margin_mm=4) == pytest.approx(20.0, abs=1e-6)
+
+
+def _pair_plan(spacing_mm):
+    """Two levels x two sides, trajectories straight anterior, entries ``spacing_mm`` apart in z."""
+    p = Plan()
+    for lv, z in (("L4", spacing_mm / 2), ("L5", -spacing_mm / 2)):
+        for side, x in (("left", 20.0), ("right", -20.0)):
+            p.screws.append(_screw(lv, side, (x, 30.0, z), (0, -1, 0)))
+    return p
+
+
+def test_separate_stab_incisions_when_entries_are_far(skin):
+    plan = _pair_plan(40.0)
+    inc = plan_incisions(plan, skin)
+    assert len(inc) == 4
+    for i in inc:
+        assert len(i.screws) == 1
+        # straight trajectory through a skin parallel to z: extender 16 + margin 4
+        assert i.length_mm == pytest.approx(20.0, abs=0.5)
+        s = plan.screws[i.screws[0]]
+        # the skin entry is straight behind the bony entry, on the skin
+        assert s.extra["skin_entry"][0] == pytest.approx(s.entry[0], abs=1e-3)
+        assert ellipse_residual(s.extra["skin_entry"]) < SPACING
+        assert i.extra["distance_from_midline_mm"] == pytest.approx(20.0, abs=0.1)
+        assert s.extra["skin_depth_mm"] == pytest.approx(B_MM * np.sqrt(1 - (20 / 110) ** 2) - 30, abs=SPACING)
+        # oriented cranio-caudally
+        v = np.subtract(i.end, i.start)
+        assert abs(v[2]) / np.linalg.norm(v) > 0.99
+    assert plan.extra["incisions_total_mm"] == pytest.approx(80.0, abs=2.0)
+    assert not [w for w in plan.warnings if w.code == "incision-long"]
+
+
+def test_close_entries_are_merged_and_long_ones_flagged(skin):
+    plan = _pair_plan(25.0)  # stabs of 20 mm 25 mm apart: skin bridge 5 mm < 10 mm
+    inc = plan_incisions(plan, skin)
+    assert len(inc) == 2
+    for i in inc:
+        assert sorted(i.screws) == sorted(k for k, s in enumerate(plan.screws) if s.side == i.side)
+        assert i.extra["merged"]
+        assert i.length_mm == pytest.approx(25.0 + 20.0, abs=1.0)
+        assert i.length_mm > MAX_INCISION_MM
+        assert "joins the skin entries of L4/L5" in i.extra["flag"]
+    flags = [w for w in plan.warnings if w.code == "incision-long"]
+    assert len(flags) == 2 and all("25 mm apart" in w.message for w in flags)
+
+
+def test_threshold_between_merge_and_not(skin):
+    # bridge exactly around the 10 mm threshold: 31 mm apart -> bridge 11 (separate); 29 -> 9 (merged)
+    assert len(plan_incisions(_pair_plan(31.0), skin)) == 4
+    assert len(plan_incisions(_pair_plan(29.0), skin)) == 2
