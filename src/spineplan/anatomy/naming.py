@@ -1,0 +1,258 @@
+"""Level naming: count from the sacrum and from the last rib-bearing vertebra, cross-checked.
+
+Anchors (Carrino et al., AJR 2011; Hughes & Saifuddin, AJR 2006, on numbering errors and
+transitional anatomy):
+
+- **S1**: the sacrum, the large fused bone with the alae that articulates with both iliac bones
+  (sacro-iliac joints). The vertebra above it is L5.
+- **T12**: the last rib-bearing vertebra (12 rib pairs in ~90 % of people). Its rib articulates
+  with the body (costovertebral joint).
+
+When both are seen, there must be exactly five non-rib-bearing vertebrae between them; four or
+six mean transitional anatomy (sacralised L5 / lumbarised S1, 11 or 13 rib pairs) and the user
+is asked to confirm. ``anchor=`` fixes one name and overrides the automatic count.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from spineplan.errors import InputError
+from spineplan.levels import VERSE_CODES
+
+#: The usual sequence of vertebrae (transitional T13/L6 only when flagged).
+STANDARD = [f"C{i}" for i in range(1, 8)] + [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 6)] + ["S1"]
+
+#: Ala span: the sacral base is 95-120 mm wide (ala to ala) while L5's transverse processes
+#: span 70-95 mm; with the iliac contact below this decides "sacrum".
+SACRUM_MIN_WIDTH_MM = 80.0
+#: Largest gap (mm) between a vertebra and a rib / ilium that still counts as an articulation
+#: (joint space 1-3 mm plus partial-volume loss at 3 mm voxels).
+CONTACT_MM = 5.0
+#: Smallest volume (mL) of a labelled piece kept as a (partial) vertebra.
+MIN_VERTEBRA_ML = 0.5
+
+CONF_CROSS_CHECKED = 0.95
+CONF_SACRUM_ONLY = 0.8
+CONF_RIBS_ONLY = 0.7
+CONF_DISAGREE = 0.5
+CONF_NO_ANCHOR = 0.15
+CONF_USER_ANCHOR = 0.99
+
+
+@dataclass
+class Naming:
+    names: list[str]
+    codes: list[int]  # per segment (cranial first), 0 = dropped
+    confidence: float
+    method: str
+    warnings: list[str] = field(default_factory=list)
+    partial: dict[str, bool] = field(default_factory=dict)
+    rib_bearing: dict[str, bool] = field(default_factory=dict)
+    sacrum_found: bool = False
+
+
+_ANCHOR_RE = re.compile(r"^\s*([CTLS]\d{1,2})\s*@\s*(.+)$", re.I)
+
+
+def parse_anchor(anchor: str, ct) -> tuple[str, np.ndarray | None, float | None]:
+    """``"L3@z=-210.5"`` -> ("L3", None, -210.5); ``"L3@120,80,40"`` -> ("L3", LPS point, None)."""
+    m = _ANCHOR_RE.match(anchor or "")
+    if not m:
+        raise InputError(
+            f"Cannot read the anchor {anchor!r}: write LEVEL@z=Z_MM (LPS z in mm, e.g. L3@z=-210.5) "
+            "or LEVEL@I,J,K (voxel indices, e.g. L3@120,80,40)."
+        )
+    name = m.group(1).upper()
+    if name not in VERSE_CODES:
+        raise InputError(f"Unknown level {name!r} in the anchor {anchor!r}; use names like L3, T12 or S1.")
+    rest = m.group(2).strip().lower()
+    try:
+        if rest.startswith("z="):
+            return name, None, float(rest[2:])
+        ijk = [float(v) for v in rest.split(",")]
+        if len(ijk) != 3:
+            raise ValueError
+    except ValueError:
+        raise InputError(f"Cannot read the position in the anchor {anchor!r}: give z=Z_MM or I,J,K.") from None
+    return name, ct.index_to_world(np.array(ijk)), None
+
+
+def _names_from(index: int, name: str, n: int, lumbar_count: int = 5) -> list[str]:
+    """Names of ``n`` segments (cranial first) when segment ``index`` is ``name``."""
+    seq = [f"C{i}" for i in range(1, 8)] + [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, lumbar_count + 1)] + ["S1"]
+    if lumbar_count == 6:
+        seq = [s if s != "L6" else "L6" for s in seq]
+    if name not in seq:
+        seq = STANDARD
+    pos = seq.index(name)
+    out = []
+    for i in range(n):
+        p = pos + (i - index)
+        out.append(seq[p] if 0 <= p < len(seq) else "")
+    return out
+
+
+def name_segments(segs, inst, bone, coords, curve, grid, box, *, anchor=None, ct=None) -> Naming:
+    """Name the instance segments (cranial first) and drop empty ones."""
+    from scipy import ndimage as ndi
+
+    from spineplan.anatomy._instances import OTHER
+
+    vox_ml = float(np.prod(grid.spacing)) / 1000.0
+    nz = np.nonzero(bone)
+    labf = inst[nz]
+    s, lat, post = coords["s"], coords["lat"], coords["post"]
+    feats = []
+    for sg in segs:
+        sel = labf == sg.label
+        n = int(sel.sum())
+        f = {"vol_ml": n * vox_ml}
+        if n:
+            f["width_mm"] = float(np.percentile(lat[sel], 99.5) - np.percentile(lat[sel], 0.5))
+            f["s_min"], f["s_max"] = float(s[sel].min()), float(s[sel].max())
+        feats.append(f)
+    keep = [i for i, f in enumerate(feats) if f["vol_ml"] >= MIN_VERTEBRA_ML]
+
+    # ---- contacts with non-vertebra bone (ribs, ilium)
+    vert = np.isin(inst, [sg.label for sg in segs])
+    nonvert = bone & ~vert
+    comp, ncomp = ndi.label(nonvert)
+    dist, ind = ndi.distance_transform_edt(~vert, sampling=grid.spacing, return_indices=True)
+    contact = nonvert & (dist <= CONTACT_MM)
+    # features of non-vertebra components (from the flat coords)
+    compf = comp[nz]
+    cvol = np.bincount(compf, minlength=ncomp + 1) * vox_ml
+    cmaxlat = np.zeros(ncomp + 1)
+    np.maximum.at(cmaxlat, compf, np.abs(lat))
+    cmins = np.full(ncomp + 1, np.inf)
+    np.minimum.at(cmins, compf, s)
+    contf = contact[nz]
+    nearest_lab = inst[tuple(i[nz] for i in ind)]
+    rib_contacts: dict[int, dict[str, int]] = {sg.label: {"left": 0, "right": 0} for sg in segs}
+    ilium_contacts: dict[int, dict[str, int]] = {sg.label: {"left": 0, "right": 0} for sg in segs}
+    for v in np.nonzero(contf)[0]:
+        c = compf[v]
+        lbl = int(nearest_lab[v])
+        if lbl not in rib_contacts or c == 0:
+            continue
+        side = "left" if lat[v] > 0 else "right"
+        if cmaxlat[c] < 45.0:
+            continue
+        if -20.0 <= post[v] <= 55.0 and 10.0 <= abs(lat[v]) <= 65.0:
+            rib_contacts[lbl][side] += 1
+            if cvol[c] > 40.0:
+                ilium_contacts[lbl][side] += 1
+    min_contact = max(2, int(round(8.0 / (vox_ml * 1000.0))))  # ~8 mm^3 of touching bone
+
+    # ---- sacrum: the caudal-most wide segment that touches big bones (ilia) on both sides
+    sacrum_i = None
+    for i in reversed(keep):
+        f = feats[i]
+        il = ilium_contacts[segs[i].label]
+        if f.get("width_mm", 0) >= SACRUM_MIN_WIDTH_MM and il["left"] >= min_contact and il["right"] >= min_contact:
+            sacrum_i = i
+            continue
+        if sacrum_i is not None:
+            break
+    # ---- rib-bearing vertebrae: contact with a thin lateral bone that is not the ilium
+    rib = {}
+    for i in keep:
+        if sacrum_i is not None and i >= sacrum_i:
+            rib[i] = False
+            continue
+        rc = rib_contacts[segs[i].label]
+        il = ilium_contacts[segs[i].label]
+        # ilium-sized components touching just above the sacrum are the iliac crest, not ribs
+        near_sacrum = sacrum_i is not None and i >= sacrum_i - 2
+        lr = [rc[sd] - (il[sd] if near_sacrum else 0) for sd in ("left", "right")]
+        rib[i] = max(lr) >= min_contact
+    rib_idx = [i for i in keep if rib.get(i)]
+
+    # merge everything caudal of S1 into the sacrum
+    order = [i for i in keep if sacrum_i is None or i <= sacrum_i]
+    n = len(order)
+    pos = {i: p for p, i in enumerate(order)}
+    warnings: list[str] = []
+    names: list[str]
+    auto_names = None
+    method = ""
+    conf = CONF_NO_ANCHOR
+    last_rib = rib_idx[-1] if rib_idx else None
+    if sacrum_i is not None and last_rib is not None:
+        gap = pos[sacrum_i] - pos[last_rib] - 1  # lumbar-type vertebrae between
+        if gap == 5:
+            auto_names = _names_from(pos[sacrum_i], "S1", n)
+            conf, method = CONF_CROSS_CHECKED, "sacrum-count+last-rib cross-checked"
+        else:
+            lumb = gap
+            auto_names = _names_from(pos[sacrum_i], "S1", n)
+            conf, method = CONF_DISAGREE, "sacrum-count (last rib disagrees)"
+            warnings.append(
+                f"Transitional anatomy suspected: {lumb} non-rib-bearing vertebrae between the last "
+                "rib-bearing vertebra and the sacrum (5 expected). Possible "
+                + ("lumbarised S1 / L6 or 11 rib pairs" if lumb > 5 else "sacralised L5 or 13 rib pairs")
+                + ". Names count up from the sacrum; confirm on a whole-spine image (count from C2)."
+            )
+    elif sacrum_i is not None:
+        auto_names = _names_from(pos[sacrum_i], "S1", n)
+        conf, method = CONF_SACRUM_ONLY, "sacrum-count"
+        top_name = auto_names[0] if auto_names else ""
+        if top_name.startswith("T") or top_name == "":
+            warnings.append("No rib-bearing vertebra was found where T12 should be: confirm the count from the sacrum (possible 11 rib pairs or a missed short 12th rib).")
+            conf = CONF_DISAGREE
+        else:
+            warnings.append("Names count up from the sacrum only (no rib-bearing vertebra in the scan to cross-check); confirm L5/S1.")
+    elif last_rib is not None:
+        auto_names = _names_from(pos[last_rib], "T12", n)
+        conf, method = CONF_RIBS_ONLY, "last-rib count"
+        warnings.append("The sacrum is not in the scan: names count from the last rib-bearing vertebra (T12). Confirm there are 12 rib pairs (11 or 13 shift every name).")
+    else:
+        method = "no anchor (guess)"
+        warnings.append("Neither the sacrum nor a rib-bearing vertebra is in the scan: the names are a guess (lumbar assumed, ending at L5 or below). Confirm one level and give it with --anchor, e.g. --anchor L3@z=-210.5.")
+        auto_names = _names_from(n - 1, "L5", n) if n <= 5 else _names_from(n - 1, "L5", n)
+    names = auto_names
+
+    if anchor:
+        aname, point, zval = parse_anchor(anchor, ct)
+        if point is None:
+            j = int(np.argmin(np.abs(curve.points[:, 2] - zval)))
+            s_a = float(curve.s[j])
+        else:
+            s_a = float(curve.frame_coords(point[None, :])[0][0])
+        best = None
+        for i in order:
+            if segs[i].s0 - 1e-6 <= s_a <= segs[i].s1 + 1e-6:
+                best = i
+        if best is None:
+            raise InputError(f"The anchor {anchor!r} does not fall on a vertebra found in the CT; check the position.")
+        anchored = _names_from(pos[best], aname, n)
+        if auto_names and auto_names != anchored and method != "no anchor (guess)":
+            warnings.append(f"The anchor ({anchor}) disagrees with the automatic naming ({method}); the anchor was used.")
+        names, conf, method = anchored, CONF_USER_ANCHOR, f"user anchor {aname}"
+        warnings = [w for w in warnings if not w.startswith("Neither the sacrum")]
+
+    codes = [0] * len(segs)
+    out_names: list[str] = []
+    partial: dict[str, bool] = {}
+    rib_bearing: dict[str, bool] = {}
+    for i in order:
+        nm = names[pos[i]]
+        if not nm:
+            continue
+        codes[i] = VERSE_CODES[nm]
+        out_names.append(nm)
+        part = bool(segs[i].partial_top or segs[i].partial_bottom) and nm != "S1"
+        partial[nm] = part
+        rib_bearing[nm] = bool(rib.get(i, False))
+    if sacrum_i is not None:
+        for i in keep:
+            if i > sacrum_i:
+                codes[i] = VERSE_CODES["S1"]
+    cut = [nm for nm, p in partial.items() if p]
+    if cut:
+        warnings.append(f"Cut by the edge of the scan (partial, not measured): {', '.join(cut)}.")
+    return Naming(out_names, codes, float(conf), method, warnings, partial, rib_bearing, sacrum_i is not None)

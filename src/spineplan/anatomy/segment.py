@@ -1,0 +1,314 @@
+"""Vertebra segmentation and level naming: the public entry point.
+
+:func:`segment_spine` turns a CT into a VerSe label map (one label per vertebra, posterior
+elements included) with names, a naming confidence and warnings. The built-in backend uses
+classical image analysis and needs no model weights:
+
+1. bone and body masks on an L,P,S-aligned working copy (``_bone``);
+2. the body centreline by dynamic programming over axial slices and the canal tracked behind
+   it (``_canal``);
+3. discs as minima of the core-HU profile along the curve (``_discs``);
+4. one label per vertebra by marker-based watershed with ribs / ilium / vessels as competing
+   markers, refined at full resolution (``_instances``);
+5. names from the sacrum and the last rib-bearing vertebra, cross-checked (``naming``).
+
+``backend="totalsegmentator"`` runs the TotalSegmentator command line instead (when the user
+has installed it with its weights) and reads its output.
+
+Research software for planning support, not a certified medical device: a person must confirm
+the vertebral levels before any use.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spineplan.errors import InputError, MissingDependencyError, NoVertebraeError, SpinePlanError
+from spineplan.volume import Volume
+
+#: Minimum length (mm) of bone column along the path before we call it a spine: two lumbar
+#: vertebrae or three thoracic ones.
+MIN_SPINE_MM = 40.0
+#: Inscribed bone radius (mm) on the path that counts as "inside a vertebral body / sacrum".
+MIN_BODY_THICKNESS_MM = 5.0
+#: Gap (mm) along z bridged when following bone along the path (lumbar discs are 8-14 mm high).
+DISC_BRIDGE_MM = 18.0
+#: Fraction of the path's slices in which an enclosed canal must be found behind the body.
+MIN_CANAL_FRACTION = 0.3
+
+
+@dataclass
+class Segmentation:
+    """Result of :func:`segment_spine`."""
+
+    labels: Volume  # VerSe codes (uint8) on the CT grid: each vertebra incl. posterior elements
+    names: list[str]  # cranial -> caudal
+    confidence: float  # 0..1 for the naming
+    method: str  # e.g. "sacrum-count+last-rib cross-checked"
+    warnings: list[str] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def segment_spine(ct: Volume, *, anchor: str | None = None, backend: str = "builtin") -> Segmentation:
+    """Find, label and name every vertebra of ``ct``.
+
+    ``anchor`` fixes one name, e.g. ``"L3@z=-210.5"`` (the vertebra at LPS z = -210.5 mm) or
+    ``"L3@120,80,40"`` (the vertebra at voxel i, j, k); the other names follow from it.
+    ``backend`` is ``"builtin"`` (no model weights) or ``"totalsegmentator"``.
+    """
+    if backend == "builtin":
+        return _segment_builtin(ct, anchor=anchor)
+    if backend == "totalsegmentator":
+        return _segment_totalsegmentator(ct, anchor=anchor)
+    raise InputError(f"Unknown segmentation backend {backend!r}; use 'builtin' or 'totalsegmentator'.")
+
+
+# --------------------------------------------------------------------------------------- builtin
+def _check_ct(ct: Volume) -> None:
+    if str(ct.modality).upper() in ("MR", "MRI"):
+        raise NoVertebraeError(
+            f"no vertebrae found: {ct.meta.get('source', 'the image')} is an MR image; the built-in "
+            "segmentation needs a CT in Hounsfield units. Give a CT, or a label map with --labels."
+        )
+    arr = np.asarray(ct.array)
+    lo = float(np.percentile(arr[:: max(1, arr.shape[0] // 32), :: max(1, arr.shape[1] // 32), :], 1))
+    if lo > -200 and float(arr.min()) >= 0:
+        raise NoVertebraeError(
+            "no vertebrae found: the image has no values below 0, so it is not a CT in Hounsfield "
+            "units (an MR or a rescaled image?). Give a CT in HU, or a label map with --labels."
+        )
+
+
+def _segment_builtin(ct: Volume, anchor: str | None) -> Segmentation:
+    from scipy.ndimage import map_coordinates
+
+    from spineplan._progress import progress
+    from spineplan.anatomy import _bone, _canal, _discs, _instances, naming
+
+    _check_ct(ct)
+    steps = iter(progress(range(6), "segmenting the spine", total=6))
+    next(steps, None)
+    grid, full = _bone.make_work_grid(ct)
+    hu = grid.array
+    sp = grid.spacing
+    body = _bone.body_mask(hu)
+    fb = _bone.filled_bone(hu, sp, _canal.PATH_BONE_HU)
+    path, thick_at, canal_at = _canal.body_path(hu, sp, body, fb)
+    next(steps, None)
+
+    # the spine's extent: the longest run of slices whose path point lies in thick bone
+    from scipy.ndimage import maximum_filter1d
+
+    # discs (up to ~15 mm) interrupt the bone along the path: bridge them
+    good = maximum_filter1d(thick_at, size=max(3, int(round(DISC_BRIDGE_MM / sp[2]))) | 1) >= MIN_BODY_THICKNESS_MM
+    k0, k1 = _longest_run(good)
+    if (k1 - k0) * sp[2] < MIN_SPINE_MM:
+        raise NoVertebraeError(
+            "no vertebrae found: no column of vertebral bodies could be followed through the CT "
+            f"({ct.meta.get('source', 'input')}). Check that the scan covers the spine, or give a "
+            "label map with --labels."
+        )
+    sm = path.copy()
+    sm[k0:k1] = _canal.smooth_path(path[k0:k1], sp[2])
+    canal = _canal.track_canal(hu, sp, sm, (k0, k1))
+    frac = np.isfinite(canal[k0:k1, 0]).mean()
+    if frac < MIN_CANAL_FRACTION:
+        raise NoVertebraeError(
+            "no vertebrae found: there is bone, but no spinal canal behind it "
+            f"(canal seen in {100 * frac:.0f}% of the slices). The CT does not seem to show a spine; "
+            "give a label map with --labels if it does."
+        )
+    ks = np.arange(k0, k1)
+    body_pts = grid.to_world(np.column_stack([sm[ks], ks]))
+    canal_pts = grid.to_world(np.column_stack([canal[ks], ks]))
+    curve = _discs.build_curve(body_pts, canal_pts)
+
+    def sample(xyz):
+        idx = grid.to_index(xyz).T
+        return map_coordinates(hu, idx, order=1, mode="nearest")
+
+    profile = _discs.core_profile(sample, curve)
+    discs = _discs.find_discs(profile)
+    next(steps, None)
+
+    segs = _instances.segments_from_discs(curve, discs)
+    if not segs:
+        raise NoVertebraeError("no vertebrae found: no vertebral bodies could be separated along the spine.")
+    bone_thr = _bone.adaptive_bone_threshold(hu, body, curve, profile, discs, grid)
+    box = _box_around(curve, grid)
+    hub = hu[box]
+    boneb = _bone.filled_bone(hub, sp, bone_thr)
+    nzb = np.nonzero(boneb)
+    off = np.array([b.start for b in box])
+    xyz = grid.to_world(np.column_stack(nzb) + off)
+    s_, lat, post, idx = curve.frame_coords(xyz)
+    coords = {"s": s_, "lat": lat, "post": post}
+    inst = _instances.watershed_instances(hub, boneb, coords, segs, sp)
+    next(steps, None)
+
+    # naming (on the working grid)
+    nm = naming.name_segments(segs, inst, boneb, coords, curve, grid, box, anchor=anchor, ct=ct)
+    next(steps, None)
+
+    # to VerSe codes on the CT grid
+    lut = np.zeros(256, np.uint8)
+    for sg, code in zip(segs, nm.codes):
+        if code:
+            lut[sg.label] = code
+    work_lab = np.zeros(grid.shape, np.uint8)
+    work_lab[box] = lut[np.clip(inst, 0, 255).astype(np.intp)]
+    labels_full = _to_full_resolution(work_lab, grid, full, box, bone_thr)
+    labels_ct = grid.work_axes_to_ct(labels_full)
+    out = ct.with_array(np.ascontiguousarray(labels_ct, dtype=np.uint8), modality="SEG",
+                        meta={"source": ct.meta.get("source", ""), "convention": "verse"})
+    next(steps, None)
+    extras = {
+        "centreline_lps": curve.points,
+        "canal_lps": canal_pts[np.all(np.isfinite(canal_pts), axis=1)],
+        "disc_centres_lps": curve.points[discs] if len(discs) else np.zeros((0, 3)),
+        "bone_threshold_hu": float(bone_thr),
+        "partial": nm.partial,
+        "rib_bearing": nm.rib_bearing,
+        "sacrum_found": nm.sacrum_found,
+        "core_profile_hu": profile,
+    }
+    return Segmentation(out, nm.names, nm.confidence, nm.method, nm.warnings, extras)
+
+
+def _longest_run(mask: np.ndarray) -> tuple[int, int]:
+    best = (0, 0)
+    start = None
+    for i, v in enumerate(list(mask) + [False]):
+        if v and start is None:
+            start = i
+        elif not v and start is not None:
+            if i - start > best[1] - best[0]:
+                best = (start, i)
+            start = None
+    return best
+
+
+#: Half-size (mm) of the box around the curve in which vertebrae are labelled (left-right and
+#: antero-posterior): wide enough for the sacral ala and the transverse processes.
+BOX_HALF_MM = (85.0, 120.0)
+
+
+def _box_around(curve, grid) -> tuple[slice, slice, slice]:
+    idx = grid.to_index(curve.points)
+    half = np.array([BOX_HALF_MM[0] / grid.spacing[0], BOX_HALF_MM[1] / grid.spacing[1], 30.0 / grid.spacing[2]])
+    lo = np.floor(idx.min(axis=0) - half).astype(int)
+    hi = np.ceil(idx.max(axis=0) + half).astype(int) + 1
+    lo[2] = int(np.floor(idx[:, 2].min() - 60.0 / grid.spacing[2]))  # the sacrum below the curve's end
+    lo = np.maximum(lo, 0)
+    hi = np.minimum(hi, grid.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))  # type: ignore[return-value]
+
+
+def _to_full_resolution(work_lab: np.ndarray, grid, full: np.ndarray, box, bone_thr: float) -> np.ndarray:
+    """Upsample labels to the reoriented full-resolution grid and snap them to the bone there."""
+    from scipy.ndimage import distance_transform_edt
+
+    from spineplan.anatomy import _bone
+
+    f = grid.factors
+    out = np.zeros(full.shape, np.uint8)
+    if tuple(f) == (1, 1, 1):
+        out[...] = work_lab
+        return out
+    fb = tuple(slice(b.start * k, b.stop * k) for b, k in zip(box, f))
+    up = work_lab[box]
+    for a, k in enumerate(f):
+        up = np.repeat(up, k, axis=a)
+    sub = full[fb]
+    up = up[: sub.shape[0], : sub.shape[1], : sub.shape[2]]
+    sp_full = grid.spacing / np.array(f)
+    bone = _bone.filled_bone(sub, sp_full, bone_thr)
+    lab = np.where(bone, up, 0).astype(np.uint8)
+    # bone voxels left unlabelled next to a label (thin edges lost by block averaging) take the nearest label
+    near = distance_transform_edt(lab == 0, sampling=sp_full, return_distances=True, return_indices=True)
+    dist, ind = near
+    fill = bone & (lab == 0) & (dist <= float(grid.spacing.max()))
+    lab[fill] = lab[tuple(i[fill] for i in ind)]
+    out[fb[0].start : fb[0].start + lab.shape[0], fb[1].start : fb[1].start + lab.shape[1],
+        fb[2].start : fb[2].start + lab.shape[2]] = lab
+    return out
+
+
+# ------------------------------------------------------------------------------ TotalSegmentator
+#: The TotalSegmentator command line (Wasserthal et al., Radiology AI 2023).
+TOTALSEG_EXE = "TotalSegmentator"
+
+
+def _segment_totalsegmentator(ct: Volume, anchor: str | None) -> Segmentation:
+    """Run TotalSegmentator (installed by the user, weights already downloaded) as a subprocess."""
+    exe = shutil.which(TOTALSEG_EXE)
+    if exe is None:
+        raise MissingDependencyError(
+            "The 'totalsegmentator' backend needs the TotalSegmentator command line, which is not "
+            "installed (not found on PATH). Install it with 'pip install TotalSegmentator' and download "
+            "its weights once with 'totalseg_download_weights -t total' (spineplan never downloads "
+            "weights itself), or use the built-in backend (--backend builtin)."
+        )
+    from spineplan.io import write_volume
+
+    with tempfile.TemporaryDirectory(prefix="spineplan-ts-") as tmp:
+        src = Path(tmp) / "ct.nii.gz"
+        write_volume(ct, src)
+        out_dir = Path(tmp) / "seg"
+        env = dict(os.environ)
+        env.setdefault("TOTALSEG_HOME_DIR", str(Path.home() / ".totalsegmentator"))
+        cmd = [exe, "-i", str(src), "-o", str(out_dir), "--roi_subset",
+               *[f"vertebrae_{n}" for n in _TS_VERTEBRAE], "sacrum"]
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
+        except subprocess.TimeoutExpired as exc:
+            raise SpinePlanError("TotalSegmentator did not finish within an hour; use the built-in backend.") from exc
+        tail = (res.stderr or res.stdout or "")[-600:]
+        if res.returncode != 0:
+            if "weights" in tail.lower() or "download" in tail.lower():
+                raise MissingDependencyError(
+                    "TotalSegmentator is installed but its weights are not: download them once with "
+                    "'totalseg_download_weights -t total' (spineplan does not download them). "
+                    f"TotalSegmentator said: {tail.strip()}"
+                )
+            raise SpinePlanError(f"TotalSegmentator failed (exit {res.returncode}): {tail.strip()}")
+        return labels_to_segmentation(ct, out_dir, method="TotalSegmentator (external)", anchor=anchor)
+
+
+_TS_VERTEBRAE = [f"C{i}" for i in range(1, 8)] + [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 6)] + ["S1"]
+
+
+def labels_to_segmentation(ct: Volume, labels_path, *, method: str, anchor: str | None = None) -> Segmentation:
+    """Read another segmenter's output (a VerSe / TotalSegmentator label file or folder) as a Segmentation.
+
+    Uses :func:`spineplan.io.read_labels` (auto-detects the convention). The names are the
+    other segmenter's; ``anchor`` is not applied to them (it only steers the built-in naming).
+    """
+    from spineplan import io as sio
+    from spineplan.levels import VERSE_CODES, sort_levels
+
+    read_labels = getattr(sio, "read_labels", None)
+    if read_labels is None:
+        raise MissingDependencyError(
+            "Reading external label maps needs spineplan.io.read_labels, which this installation lacks."
+        )
+    lab = read_labels(labels_path, ct=ct)
+    masks = dict(lab.masks) if hasattr(lab, "masks") else dict(lab)
+    arr = np.zeros(ct.shape, np.uint8)
+    names = sort_levels([n for n in masks if n in VERSE_CODES])
+    for n in names:
+        arr[np.asarray(masks[n], bool)] = VERSE_CODES[n]
+    if not names:
+        raise NoVertebraeError(f"no vertebrae found in the label map {labels_path}.")
+    warnings = [f"Names come from {method}; confirm them on the images."]
+    if anchor:
+        warnings.append("The anchor was not applied: the names come from the external segmenter.")
+    return Segmentation(ct.with_array(arr, modality="SEG"), names, 0.9, method, warnings, {})
