@@ -1,0 +1,1 @@
+"""Reports and pictures for people: per-screw figures (``screw_figures``); surgeon and patient reports."""
