@@ -1,0 +1,199 @@
+"""DRR renderer: exact (Siddon) mode against analytic chords, fast mode against exact, metal, noise."""
+
+import numpy as np
+import pytest
+
+from spineplan.errors import InputError
+from spineplan.fluoro.drr import AttenuationVolume, add_noise, hu_to_mu, render, to_display
+from spineplan.fluoro.geometry import CArm, Detector, Pose
+from spineplan.volume import Volume
+
+MU0 = 0.02
+# 40 x 30 x 20 voxels of 1.0 x 1.5 x 2.0 mm, i axis flipped (x = 20 - i): world box
+# x in [-19.5, 20.5], y in [-25.75, 19.25], z in [-31, 9] (mm)
+AFFINE = np.array([[-1.0, 0, 0, 20.0], [0, 1.5, 0, -25.0], [0, 0, 2.0, -30.0], [0, 0, 0, 1]])
+BOX_LO = np.array([-19.5, -25.75, -31.0])
+BOX_HI = np.array([20.5, 19.25, 9.0])
+BOX_CENTRE = (BOX_LO + BOX_HI) / 2
+
+
+def _uniform_att():
+    return AttenuationVolume.from_mu(np.full((40, 30, 20), MU0, np.float32), AFFINE)
+
+
+def _chords_world(origins, dirs, lo, hi):
+    """Independent world-space slab chord lengths (numpy) of rays through an axis-aligned box."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ta = (lo - origins) / dirs
+        tb = (hi - origins) / dirs
+    t0 = np.nanmax(np.minimum(ta, tb), axis=-1)
+    t1 = np.nanmin(np.maximum(ta, tb), axis=-1)
+    return np.clip(t1 - np.maximum(t0, 0), 0, None)
+
+
+def test_uniform_box_central_and_offaxis_rays_by_hand():
+    att = _uniform_att()
+    carm = CArm(Detector(sdd_mm=1000.0, width_px=65, height_px=65, pixel_mm=1.0), Pose.from_carm(BOX_CENTRE, 0, 0))
+    img = render(att, carm, mode="exact")
+    # principal ray (pixel 32, 32) crosses the 45 mm depth of the box along y
+    assert img[32, 32] == pytest.approx(MU0 * 45.0, rel=1e-6)
+    # 10 px (10 mm at the detector) to the right: tan = 10/1000, exits through the back face
+    assert img[32, 42] == pytest.approx(MU0 * 45.0 * np.sqrt(1 + 0.01 ** 2), rel=1e-6)
+    fast = render(att, carm, mode="fast")
+    assert fast[32, 32] == pytest.approx(MU0 * 45.0, rel=1e-3)
+
+
+def test_uniform_box_oblique_view_matches_analytic_chords():
+    att = _uniform_att()
+    carm = CArm(Detector(sdd_mm=1000.0, width_px=48, height_px=40, pixel_mm=6.0),
+                Pose.from_carm(BOX_CENTRE + [3.0, -2.0, 4.0], 10.0, 30.0, sid_mm=300.0))
+    o, d = carm.rays()
+    expected = MU0 * _chords_world(o, d, BOX_LO, BOX_HI)
+    assert (expected == 0).sum() > 50 and (expected > 0).sum() > 500  # some rays miss the box
+    exact = render(att, carm, mode="exact")
+    np.testing.assert_allclose(exact, expected, atol=2e-5)
+    fast = render(att, carm, mode="fast")
+    hit = expected > 0
+    assert np.abs(fast - expected)[hit].mean() / expected[hit].mean() < 0.01
+
+
+def test_single_voxel_diagonal_chord():
+    mu = np.zeros((5, 5, 5), np.float32)
+    mu[2, 2, 2] = 1.0
+    aff = np.diag([1.0, 1.5, 2.0, 1.0])
+    att = AttenuationVolume.from_mu(mu, aff)
+    centre = np.array([2.0, 3.0, 4.0])  # world centre of voxel (2, 2, 2)
+    det = Detector(sdd_mm=1000.0, width_px=3, height_px=3, pixel_mm=0.01)
+    # along x: the voxel is 1.0 mm wide; along the in-plane diagonal (1, 1.5): through two corners
+    for beam, chord in [([1.0, 0, 0], 1.0), ([1.0, 1.5, 0], np.hypot(1.0, 1.5)), ([0, 0, 1.0], 2.0)]:
+        up = [0, 0, 1.0] if beam[2] == 0 else [0, 1.0, 0]
+        carm = CArm(det, Pose.from_beam(centre, beam, up_lps=up, sid_mm=500.0))
+        assert render(att, carm, mode="exact")[1, 1] == pytest.approx(chord, rel=1e-6)
+
+
+def test_fast_agrees_with_exact_on_structured_volume():
+    rng = np.random.default_rng(1)
+    from scipy.ndimage import gaussian_filter
+
+    mu = gaussian_filter(rng.random((60, 50, 40)), 2.0).astype(np.float32)
+    mu = np.where(mu > 0.5, mu * 0.06, mu * 0.02).astype(np.float32)
+    att = AttenuationVolume.from_mu(mu, np.diag([0.8, 0.8, 1.6, 1.0]))
+    centre = att.centre_lps()
+    for o, a in [(0, 0), (15, 70)]:
+        carm = CArm(Detector.square(96, field_mm=120.0), Pose.from_carm(centre, o, a, sid_mm=400.0))
+        ex = render(att, carm, mode="exact")
+        hit = ex > 0
+        fa = render(att, carm, mode="fast")
+        mad = np.abs(fa - ex)[hit].mean() / ex[hit].mean()
+        assert mad < 0.01, (o, a, mad)
+        # trilinear sampling integrates a smoothed field: close, but not the voxel model
+        fl = render(att, carm, mode="fast", sampling="linear")
+        assert np.abs(fl - ex)[hit].mean() / ex[hit].mean() < 0.05
+
+
+def test_hu_model_uses_nist_values():
+    # NIST SRD 126 mu/rho (cm^2/g) at 60 keV: water 0.2059; cortical bone 0.3148 (rho 1.92)
+    mu_w60 = 0.2059 / 10
+    mu_b60 = 0.3148 * 1.92 / 10
+    # bone's CT number at 70 keV, log-log between the 60 and 80 keV table rows
+    f = np.log(70 / 60) / np.log(80 / 60)
+    w70 = np.exp(np.log(0.2059) + f * np.log(0.1837 / 0.2059))
+    b70 = np.exp(np.log(0.3148) + f * np.log(0.2229 / 0.3148)) * 1.92
+    hu_bone = 1000 * (b70 / w70 - 1)
+    assert 1500 < hu_bone < 1750  # cortical bone's usual CT number
+    mu = hu_to_mu([-1000.0, -2048.0, -500.0, 0.0, hu_bone, hu_bone / 2], 60.0)
+    np.testing.assert_allclose(mu, [0, 0, mu_w60 / 2, mu_w60, mu_b60, (mu_w60 + mu_b60) / 2], rtol=1e-4)
+    # lower energy: bone attenuates relatively more (photo-electric effect)
+    lo = hu_to_mu([0.0, 1000.0], 40.0)
+    hi = hu_to_mu([0.0, 1000.0], 80.0)
+    assert lo[1] / lo[0] > hi[1] / hi[0]
+    with pytest.raises(InputError):
+        hu_to_mu([0.0], 10.0)
+
+
+def test_from_ct_and_replace_keeps_box_consistent():
+    from dataclasses import replace
+
+    arr = np.full((10, 12, 14), -1000, np.int16)
+    arr[3:6, 4:9, 2:5] = 400
+    att = AttenuationVolume.from_ct(Volume(arr, np.eye(4)))
+    np.testing.assert_allclose(att.box[0], [2.5, 3.5, 1.5])
+    np.testing.assert_allclose(att.box[1], [5.5, 8.5, 4.5])
+    small = replace(att, mu=np.ones((2, 2, 2), np.float32))
+    np.testing.assert_allclose(small.box[1], [1.5, 1.5, 1.5])
+
+
+def test_metal_screw_chords_by_hand():
+    from spineplan.fluoro.metal import as_metal
+
+    att = AttenuationVolume.from_mu(np.zeros((10, 10, 10), np.float32), np.eye(4))
+    iso = np.array([4.5, 4.5, 4.5])
+    pix = 0.5
+    carm = CArm(Detector(sdd_mm=1000.0, width_px=41, height_px=41, pixel_mm=pix), Pose.from_carm(iso, 0, 0))
+    mu_ti = 0.7661 * 4.43 / 10  # NIST Ti mu/rho at 60 keV x Ti-6Al-4V density, 1/mm
+    r = 3.25
+    # transverse screw (along x) through the isocentre
+    screws = [{"entry": (iso - [20, 0, 0]).tolist(), "tip": (iso + [20, 0, 0]).tolist(), "diameter_mm": 6.5}]
+    img = render(att, carm, mode="exact", metal=screws)
+    assert img[20, 20] == pytest.approx(mu_ti * 2 * r, rel=1e-6)
+    # ray k pixels below the centre: angle phi, passes the axis at distance 600 sin(phi)
+    k = 6
+    phi = np.arctan(k * pix / 1000.0)
+    delta = 600 * np.sin(phi)
+    assert img[20 + k, 20] == pytest.approx(mu_ti * 2 * np.sqrt(r * r - delta * delta), rel=1e-6)
+    assert img[20 + 15, 20] == 0.0  # misses (600 * tan > r)
+    # a screw along the beam: the central ray runs its whole 40 mm length
+    along = {"screws": [{"entry": (iso - [0, 20, 0]).tolist(), "tip": (iso + [0, 20, 0]).tolist(),
+                         "diameter_mm": 6.5}]}
+    assert render(att, carm, mode="fast", metal=along)[20, 20] == pytest.approx(mu_ti * 40.0, rel=1e-6)
+    # a rod (polyline) of two collinear segments = one cylinder, also where the joint is on the ray
+    for joint in ([7.0, 0, 0], [0.0, 0, 0]):
+        rod = [{"points": [(iso - [20, 0, 0]).tolist(), (iso + joint).tolist(), (iso + [20, 0, 0]).tolist()],
+                "diameter_mm": 5.5}]
+        assert render(att, carm, mode="exact", metal=rod)[20, 20] == pytest.approx(mu_ti * 5.5, rel=1e-6)
+    with pytest.raises(InputError):
+        as_metal([{"entry": [0, 0, 0]}])
+
+
+def test_noise_statistics():
+    li = np.full((200, 200), 1.0, np.float32)
+    noisy = add_noise(li, 1e5, rng=0)
+    # Poisson: var(-log(I/I0)) = 1 / (I0 e^-L)
+    assert abs(float(noisy.mean()) - 1.0) < 1e-3
+    assert float(noisy.std()) == pytest.approx(np.sqrt(np.e / 1e5), rel=0.05)
+    g = add_noise(li, {"gaussian": 0.05}, rng=1)
+    assert float(g.std()) == pytest.approx(0.05, rel=0.05)
+    with pytest.raises(InputError):
+        add_noise(li, {"bogus": 1})
+
+
+def test_display_bone_dark():
+    li = np.zeros((50, 50), np.float32)
+    li[10:40, 10:40] = 2.0
+    li[20:30, 20:30] = 5.0
+    img = to_display(li)
+    assert img.dtype == np.uint8
+    assert img[25, 25] < img[15, 15] < img[2, 2]
+    assert to_display(li, invert=False)[25, 25] > to_display(li, invert=False)[15, 15]
+
+
+@pytest.fixture(scope="module")
+def abdomen_att(data_file):
+    from spineplan.io import read_nifti
+
+    return AttenuationVolume.from_ct(read_nifti(data_file("totalseg_example_abdomen/example_ct.nii.gz")))
+
+
+def test_fast_vs_exact_real_abdomen(abdomen_att):
+    centre = abdomen_att.centre_lps()
+    for o, a in [(0, 0), (0, 90), (-10, 30)]:
+        carm = CArm(Detector.square(128), Pose.from_carm(centre, o, a))
+        ex = render(abdomen_att, carm, mode="exact")
+        fa = render(abdomen_att, carm, mode="fast")
+        hit = ex > 0
+        assert hit.mean() > 0.5
+        assert np.abs(fa - ex)[hit].mean() / ex[hit].mean() < 0.01
+        fl = render(abdomen_att, carm, mode="fast", sampling="linear")
+        assert np.abs(fl - ex)[hit].mean() / ex[hit].mean() < 0.02
+        # a real abdomen: several (1/mm x mm) units of attenuation through the body
+        assert 2.0 < float(np.median(ex[hit])) < 20.0
