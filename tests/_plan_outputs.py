@@ -48,3 +48,11 @@ def screw_with_head(head, direction, *, level="L4", side="left", length=45.0, di
     entry = np.asarray(head, float) + height * d
     tip = entry + length * d
     return Screw(level, side, entry.tolist(), tip.tolist(), diameter, length, grade="A", min_margin_mm=1.5)
+
+
+def phantom_files(out_dir, levels="L2-L5", spacing=1.5):
+    """Write a small phantom (CT, labels, truth.json) and return its paths."""
+    from spineplan.phantom import make_phantom, write_phantom
+
+    ph = make_phantom(levels=levels, spacing=spacing)
+    return write_phantom(ph, out_dir)

@@ -113,3 +113,45 @@ def test_threshold_between_merge_and_not(skin):
     # bridge exactly around the 10 mm threshold: 31 mm apart -> bridge 11 (separate); 29 -> 9 (merged)
     assert len(plan_incisions(_pair_plan(31.0), skin)) == 4
     assert len(plan_incisions(_pair_plan(29.0), skin)) == 2
+
+
+@pytest.fixture(scope="module")
+def phantom_case(tmp_path_factory):
+    from _plan_outputs import phantom_files
+    from spineplan.io import read_ct
+    from spineplan.phantom import load_truth
+
+    files = phantom_files(tmp_path_factory.mktemp("ph"), levels="L2-L5", spacing=1.5)
+    return read_ct(files["ct"]), load_truth(files["truth"])
+
+
+def test_incisions_on_the_phantom_skin(phantom_case):
+    """Screws along the phantom's true pedicle axes; each skin entry is on its skin surface."""
+    ct, truth = phantom_case
+    plan = Plan()
+    for lv in ("L3", "L4", "L5"):
+        for side in ("left", "right"):
+            p = truth["vertebrae"][lv]["pedicles"][side]
+            axis = np.asarray(p["axis"], float)
+            entry = np.asarray(p["isthmus_center"], float) - 12.0 * axis
+            plan.screws.append(_screw(lv, side, entry, axis, 45.0))
+    skin = SkinSurface(ct)
+    inc = plan_incisions(plan, skin)
+    assert sum(len(i.screws) for i in inc) == 6
+    h = float(ct.spacing.max())
+    for s in plan.screws:
+        p = np.asarray(s.extra["skin_entry"])
+        d = s.direction()
+        # along the trajectory: tissue one voxel inside, air one voxel outside
+        assert ct.sample((p + h * d)[None], order=1)[0] > BODY_THRESHOLD_HU
+        assert ct.sample((p - h * d)[None], order=1)[0] < BODY_THRESHOLD_HU
+        # and the skin point is straight behind the entry along the axis
+        v = p - np.asarray(s.entry)
+        assert np.linalg.norm(np.cross(v, -d)) < 0.01 and v @ -d > 0  # (stored to 0.001 mm)
+    # the phantom's posterior skin: y of the skin at the midline is given in truth["skin"]
+    zy = np.asarray(truth["skin"]["posterior_midline_y_at_z"], float)
+    for i in inc:
+        c = np.asarray(i.extra["centre"])
+        y_mid = np.interp(c[2], zy[:, 0], zy[:, 1])
+        assert c[1] <= y_mid + h  # never behind the midline skin (the back is convex)
+        assert 0 < i.extra["distance_from_midline_mm"] < 80

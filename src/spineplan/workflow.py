@@ -1,0 +1,197 @@
+"""One ``spineplan plan`` run: CT (+ labels) -> anatomy -> screws -> rods -> incisions -> outputs.
+
+Everything is written into a temporary folder beside ``out_dir`` and renamed into place at the
+end, so a failed or interrupted run leaves no half-made plan (and an earlier plan in
+``out_dir`` stays untouched until the new one is complete).
+
+Outputs in ``out_dir``:
+
+- ``plan.json`` (format ``spineplan.plan``), ``screws.csv``;
+- ``slicer/`` (markups, STL models, ``vertebrae.seg.nrrd``; see :mod:`spineplan.export.slicer`);
+- ``screws/<level>_<side>.png`` (axial and sagittal slices through each screw);
+- ``carm.csv`` and ``plan.extra["carm"]`` when :func:`spineplan.fluoro.views.carm_angles` exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from spineplan.errors import InputError
+from spineplan.typing import TypePath
+
+#: Levels planned by the demo when none are given.
+DEMO_LEVELS = ("L1", "L2", "L3", "L4", "L5")
+
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists():
+        if not out.is_dir():
+            raise InputError(f"The output {out} exists and is a file. Give a folder name with -o.")
+        entries = [p for p in out.iterdir()]
+        if entries and not (out / "plan.json").is_file():
+            raise InputError(f"The output folder {out} exists and is not an earlier spineplan plan (no plan.json): "
+                             "spineplan will not overwrite it. Give a new or empty folder with -o.")
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Rename ``tmp`` to ``out``; an existing ``out`` (an earlier plan) is replaced."""
+    if out.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, trash / out.name)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            os.replace(trash / out.name, out)
+            raise
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def carm_plan(spine, plan):
+    """C-arm angles per level from :func:`spineplan.fluoro.views.carm_angles`, or None if that
+    function is not available in this installation."""
+    try:
+        from spineplan.fluoro.views import carm_angles
+    except ImportError:
+        return None
+    return carm_angles(spine, plan)
+
+
+def write_carm_csv(rows: list[dict], path: TypePath) -> None:
+    import csv
+    import io
+
+    from spineplan._atomic import write_text
+
+    flat = []
+    for r in rows:
+        flat.append({k: (" ".join(f"{float(x):.2f}" for x in v) if isinstance(v, (list, tuple)) else v)
+                     for k, v in r.items() if not isinstance(v, dict)})
+        for k, v in r.items():
+            if isinstance(v, dict):
+                for k2, v2 in v.items():
+                    flat[-1][f"{k}.{k2}"] = " ".join(f"{float(x):.2f}" for x in v2) if isinstance(v2, (list, tuple)) else v2
+    cols = list(dict.fromkeys(k for r in flat for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    w.writerows(flat)
+    write_text(path, buf.getvalue())
+
+
+def run_plan(ct_path: TypePath, out_dir: TypePath, *, labels: TypePath | None = None, levels=None,
+             sides=("left", "right"), catalogue=None, settings=None, progress: bool = True):
+    """Plan ``levels`` on the CT at ``ct_path`` and write every output into ``out_dir``.
+
+    ``labels``: a vertebra label map (VerSe / TotalSegmentator) to use instead of spineplan's
+    own segmentation. ``levels``: level names or a spec such as ``"L3-L5"`` (required; the demo
+    passes :data:`DEMO_LEVELS`). ``catalogue``: a :class:`~spineplan.plan.catalogue.ScrewCatalogue`
+    or a CSV path. ``settings``: :class:`~spineplan.plan.settings.PlannerSettings`. Returns the
+    :class:`~spineplan.plan.model.Plan` (as written to ``plan.json``).
+    """
+    from spineplan.errors import PlanningError
+    from spineplan.levels import level_range
+
+    if levels is None or (not isinstance(levels, str) and len(levels) == 0):
+        raise PlanningError("No levels given: say which levels to instrument, e.g. --levels L3-L5.")
+    level_list = level_range(levels) if isinstance(levels, str) else level_range(",".join(levels))
+    sides = tuple(sides)
+    out = Path(out_dir)
+    _check_out_dir(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    state: dict = {}
+
+    def read():
+        from spineplan.io import read_ct, read_labels
+
+        state["ct"] = read_ct(ct_path)
+        state["labels"] = None if labels is None else read_labels(labels, state["ct"]).volume
+
+    def anatomy():
+        from spineplan.anatomy.pipeline import analyse
+
+        state["spine"] = analyse(state["ct"], state["labels"])
+
+    def screws():
+        from spineplan.plan.catalogue import ScrewCatalogue
+        from spineplan.plan.model import CTRef
+        from spineplan.plan.screws import plan_screws
+
+        cat = catalogue
+        if cat is not None and not isinstance(cat, ScrewCatalogue):
+            cat = ScrewCatalogue.from_csv(cat)
+        plan = plan_screws(state["ct"], state["spine"], level_list, sides=sides, settings=settings, catalogue=cat)
+        plan.ct = CTRef.of(ct_path, state["ct"])
+        plan.extra.setdefault("levels_requested", level_list)
+        plan.extra.setdefault("sides", list(sides))
+        state["plan"] = plan
+
+    def rods():
+        from spineplan.plan.rods import plan_rods
+        from spineplan.plan.skin import SkinSurface
+
+        state["skin"] = SkinSurface(state["ct"])
+        plan_rods(state["plan"], skin=state["skin"], spine=state["spine"])
+
+    def incisions():
+        from spineplan.plan.incisions import plan_incisions
+
+        plan_incisions(state["plan"], state["skin"], spine=state["spine"])
+
+    def carm():
+        rows = carm_plan(state["spine"], state["plan"])
+        if rows is None:
+            state["plan"].extra["carm"] = None
+            state["plan"].extra["carm_note"] = "C-arm angles not computed: spineplan.fluoro.views.carm_angles is not available."
+        else:
+            state["plan"].extra["carm"] = rows
+            write_carm_csv(rows, tmp / "carm.csv")
+
+    def tables():
+        from spineplan.export.tables import screw_mean_hu, write_screws_csv
+
+        plan = state["plan"]
+        for s in plan.screws:
+            if s.extra.get("mean_hu") is None:
+                s.extra["mean_hu"] = round(screw_mean_hu(state["ct"], s), 1)
+        write_screws_csv(plan, tmp / "screws.csv", ct=state["ct"], spine=state["spine"])
+        plan.save(tmp / "plan.json")
+
+    def slicer():
+        from spineplan.export.slicer import export_slicer
+
+        export_slicer(state["plan"], tmp / "slicer", labels=state["spine"].labels)
+
+    def pictures():
+        from spineplan.report.screw_figures import screw_figures
+
+        screw_figures(state["ct"], state["plan"], tmp / "screws", spine=state["spine"], labels=state["spine"].labels)
+
+    steps: list[tuple[str, Callable[[], None]]] = [
+        ("read CT", read), ("anatomy", anatomy), ("screws", screws), ("rods", rods), ("incisions", incisions),
+        ("C-arm angles", carm), ("tables", tables), ("Slicer folder", slicer), ("screw pictures", pictures)]
+    try:
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(steps, desc="spineplan plan", unit="step", leave=False, dynamic_ncols=True,
+                       disable=os.environ.get("SPINEPLAN_PROGRESS", "1") == "0")
+            for name, fn in bar:
+                bar.set_postfix_str(name)
+                fn()
+        else:
+            for _, fn in steps:
+                fn()
+        _replace_dir(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(tmp)
+        raise
+    return state["plan"]

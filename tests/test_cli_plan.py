@@ -1,0 +1,73 @@
+"""``spineplan plan`` end to end on a phantom: every output is written and consistent."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from _plan_outputs import phantom_files
+from spineplan.cli import main
+from spineplan.plan.model import Plan
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    import contextlib
+    import io
+
+    base = tmp_path_factory.mktemp("cli")
+    files = phantom_files(base / "phantom", levels="L2-L5", spacing=1.5)
+    out = base / "plan"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(["plan", str(files["ct"]), "--labels", str(files["labels"]), "--levels", "L3-L4",
+                     "-o", str(out), "--no-progress"])
+    return code, buf.getvalue(), out, files
+
+
+def test_exit_code_and_summary(run):
+    code, text, out, _ = run
+    assert code == 0
+    plan = Plan.load(out / "plan.json")
+    assert "SCREWS (%d)" % len(plan.screws) in text
+    assert "not a certified medical device" in text
+    if plan.warnings:  # warnings come first
+        assert text.index("WARNINGS") < text.index("SCREWS")
+    for s in plan.screws:
+        assert f"{s.diameter_mm:g}x{s.length_mm:g}" in text
+
+
+def test_outputs_are_complete_and_consistent(run):
+    _, _, out, _ = run
+    plan = Plan.load(out / "plan.json")
+    assert plan.screws, "the planner placed no screw on the phantom"
+    assert {s.level for s in plan.screws} <= {"L3", "L4"}
+    lines = (out / "screws.csv").read_text().splitlines()
+    rows = list(csv.DictReader([ln for ln in lines if not ln.startswith("#")]))
+    assert [(r["level"], r["side"]) for r in rows] == [(s.level, s.side) for s in plan.screws]
+    for s, r in zip(plan.screws, rows):
+        assert float(r["mean_hu"]) == pytest.approx(s.extra["mean_hu"], abs=0.6)
+        assert (out / "screws" / f"{s.level}_{s.side}.png").stat().st_size > 10_000
+        m = json.loads((out / "slicer" / f"screw_{s.level}_{s.side}.mrk.json").read_text())["markups"][0]
+        assert m["name"] == s.label
+        assert np.allclose(m["controlPoints"][1]["position"], s.tip, atol=1e-3)
+        assert (out / "slicer" / f"screw_{s.level}_{s.side}.stl").read_bytes()[:80].find(b"SPACE=LPS") >= 0
+    assert (out / "slicer" / "vertebrae.seg.nrrd").stat().st_size > 0
+    # every screw with a skin entry is in exactly one incision, and rods exist where a side has 2 screws
+    in_inc = sorted(i for inc in plan.incisions for i in inc.screws)
+    assert in_inc == sorted(k for k, s in enumerate(plan.screws) if "skin_depth_mm" in s.extra)
+    for side in ("left", "right"):
+        n = sum(s.side == side for s in plan.screws)
+        assert sum(r.side == side for r in plan.rods) == (1 if n >= 2 else 0)
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith(".plan")] == []
+
+
+def test_levels_are_required(capsys, run):
+    _, _, _, files = run
+    with pytest.raises(SystemExit) as e:
+        main(["plan", str(files["ct"]), "-o", "x"])
+    assert e.value.code == 2
+    assert "--levels" in capsys.readouterr().err
