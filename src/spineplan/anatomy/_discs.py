@@ -18,8 +18,8 @@ STEP_MM = 1.0
 #: Radius (mm) of the core sampled around the curve; inside every body from C3 to S1.
 CORE_RADIUS_MM = 7.0
 #: Vertebral period (body + disc height, mm): ~17-22 mm at T1-T4, 25-30 mm at T10-T12,
-#: 35-42 mm in the lumbar spine (Panjabi et al., Spine 1991, 1992; Zhou et al. 2000).
-PERIOD_MM = (16.0, 45.0)
+#: 35-52 mm in the lumbar spine (tall adults; Panjabi et al., Spine 1991, 1992; Zhou et al. 2000).
+PERIOD_MM = (16.0, 56.0)
 
 
 @dataclass
@@ -86,30 +86,80 @@ def core_profile(sample, curve: Curve, radius: float = CORE_RADIUS_MM) -> np.nda
     return np.median(vals, axis=1)
 
 
+#: Endplates lie within this distance (mm) of a disc centre: half the thickest lumbar disc
+#: (~12-14 mm) plus the endplate (1-2 mm).
+ENDPLATE_WINDOW_MM = 10.0
+
+
+def disc_score(profile: np.ndarray, step: float = STEP_MM) -> np.ndarray:
+    """Depth of each point below the brighter endplates on both sides (HU, >= 0).
+
+    A disc is dark *between two bright endplates* a few mm away; the dark centre of an
+    osteoporotic body (basivertebral veins) has its endplates 20-40 mm apart and scores low.
+    """
+    from scipy.ndimage import gaussian_filter1d, maximum_filter1d
+
+    p = gaussian_filter1d(profile.astype(float), 1.0 / step, mode="nearest")
+    w = max(2, int(round(ENDPLATE_WINDOW_MM / step)))
+    pad = np.concatenate([np.full(w, p[0]), p, np.full(w, p[-1])])
+    win = np.lib.stride_tricks.sliding_window_view(pad, w + 1)  # win[m] = pad[m : m + w + 1]
+    left = win[: len(p)].max(axis=1)  # p[i - w .. i]
+    right = win[w : w + len(p)].max(axis=1)  # p[i .. i + w]
+    return np.clip(np.minimum(left, right) - p, 0.0, None)
+
+
+#: Weights of the periodic disc selection: the cost of a change of period between two
+#: neighbouring vertebrae (per log-ratio squared; heights change by < 10 % per level,
+#: Panjabi et al.) and the score (HU) a dip needs before it is worth being a disc at all.
+PERIOD_CHANGE_COST = 100.0
+DISC_MIN_SCORE = 25.0
+
+
 def find_discs(profile: np.ndarray, step: float = STEP_MM) -> np.ndarray:
-    """Indices of disc centres (profile minima) along the curve, regularised by ``PERIOD_MM``."""
-    from scipy.ndimage import gaussian_filter1d
+    """Indices of disc centres along the curve: the most periodic set of deep dips.
+
+    Candidates are the local maxima of :func:`disc_score`; dynamic programming over pairs of
+    consecutive picks maximises sum(score - DISC_MIN_SCORE) - PERIOD_CHANGE_COST *
+    sum(log(gap ratio)^2), with every gap within ``PERIOD_MM``.
+    """
     from scipy.signal import find_peaks
 
-    p = gaussian_filter1d(profile.astype(float), 1.5 / step, mode="nearest")
-    span = np.percentile(p, 90) - np.percentile(p, 10)
-    prom = max(15.0, 0.12 * span)
-    idx, props = find_peaks(-p, distance=int(PERIOD_MM[0] * 0.8 / step), prominence=prom)
-    idx = list(idx)
-    if len(idx) >= 2:
-        # fill gaps longer than 1.7 periods with the deepest minimum near the middle
-        changed = True
-        while changed:
-            changed = False
-            gaps = np.diff(idx)
-            med = float(np.median(gaps)) if len(gaps) else PERIOD_MM[1]
-            for n, gap in enumerate(gaps):
-                if gap * step > max(1.7 * med * step, PERIOD_MM[1] * 1.15):
-                    a, b = idx[n], idx[n + 1]
-                    lo, hi = int(a + 0.3 * gap), int(b - 0.3 * gap)
-                    if hi > lo:
-                        m = lo + int(np.argmin(p[lo:hi]))
-                        idx.insert(n + 1, m)
-                        changed = True
-                        break
-    return np.asarray(sorted(idx), dtype=int)
+    d = disc_score(profile, step)
+    cand, _ = find_peaks(d, height=DISC_MIN_SCORE * 0.5)
+    n = len(cand)
+    if n == 0:
+        return np.zeros(0, int)
+    sc = d[cand] - DISC_MIN_SCORE
+    pos = cand * step
+    lo, hi = PERIOD_MM
+    best_single = int(np.argmax(sc))
+    # V[i, j]: best value of a chain ending with picks i < j (gap within the period range)
+    V = np.full((n, n), -np.inf)
+    back = np.full((n, n), -1, int)
+    for i in range(n):
+        for j in range(i + 1, n):
+            g = pos[j] - pos[i]
+            if lo <= g <= hi:
+                V[i, j] = sc[i] + sc[j]
+    for j in range(n):
+        for k in range(j + 1, n):
+            g2 = pos[k] - pos[j]
+            if not (lo <= g2 <= hi):
+                continue
+            for i in range(j):
+                if not np.isfinite(V[i, j]):
+                    continue
+                g1 = pos[j] - pos[i]
+                v = V[i, j] + sc[k] - PERIOD_CHANGE_COST * np.log(g2 / g1) ** 2
+                if v > V[j, k]:
+                    V[j, k] = v
+                    back[j, k] = i
+    if not np.isfinite(V).any() or V.max() < sc[best_single]:
+        return np.asarray([cand[best_single]]) if sc[best_single] > 0 else np.zeros(0, int)
+    j, k = np.unravel_index(int(np.argmax(V)), V.shape)
+    chain = [k, j]
+    while back[j, k] >= 0:
+        i = back[j, k]
+        chain.append(i)
+        j, k = i, j
+    return np.asarray(sorted(cand[c] for c in chain), dtype=int)

@@ -26,6 +26,12 @@ OTHER_ANTERIOR_MM = 28.0
 #: ... or more than this posterior of it (mm): spinous-process tips lie 60-90 mm behind the
 #: body centre (thoracic processes slope caudally, lumbar ones are longer).
 OTHER_POSTERIOR_MM = 105.0
+#: Radius (mm) of a body's seed around the curve: inside the body of every vertebra from C3
+#: (C3-C7 bodies are ~15 mm deep, so this also reaches their cortex) to L5.
+BODY_SEED_RADIUS_MM = 11.0
+#: Half-width (mm) of the seed of the most caudal segment below the curve (sacral body and alae
+#: medial to the sacro-iliac joints; the sacral base is 95-120 mm wide).
+SACRUM_SEED_HALF_WIDTH_MM = 40.0
 #: Fraction of a vertebra's disc-to-disc span (at each end) left out of its seed.
 SEED_MARGIN = 0.25
 #: Label used for the "other bone" marker.
@@ -78,9 +84,14 @@ def watershed_instances(hu: np.ndarray, bone: np.ndarray, coords: dict, segs: li
     mk = np.zeros(len(s), np.int32)
     for sg in segs:
         h = sg.s1 - sg.s0
-        a = sg.s0 + (SEED_MARGIN * h if not sg.partial_bottom else 2.0)
-        b = sg.s1 - (SEED_MARGIN * h if not sg.partial_top else 2.0)
-        sel = (s > a) & (s < b) & (rad < CORE_RADIUS_MM + 3.0)
+        a = sg.s0 + SEED_MARGIN * h if not sg.partial_bottom else -np.inf
+        b = sg.s1 - SEED_MARGIN * h if not sg.partial_top else np.inf
+        r = BODY_SEED_RADIUS_MM
+        if sg.partial_bottom:
+            # the caudal end of the curve: usually the sacrum, which continues below the curve
+            below = (s < sg.s1 - SEED_MARGIN * h) & (np.abs(lat) < SACRUM_SEED_HALF_WIDTH_MM) & (post < 40.0)
+            mk[below] = sg.label
+        sel = (s > a) & (s < b) & (rad < r)
         mk[sel] = sg.label
     other = (np.abs(lat) > OTHER_LATERAL_MM) | (post < -OTHER_ANTERIOR_MM) | (post > OTHER_POSTERIOR_MM)
     mk[other] = OTHER

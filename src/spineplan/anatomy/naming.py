@@ -26,12 +26,17 @@ from spineplan.levels import VERSE_CODES
 #: The usual sequence of vertebrae (transitional T13/L6 only when flagged).
 STANDARD = [f"C{i}" for i in range(1, 8)] + [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 6)] + ["S1"]
 
-#: Ala span: the sacral base is 95-120 mm wide (ala to ala) while L5's transverse processes
-#: span 70-95 mm; with the iliac contact below this decides "sacrum".
-SACRUM_MIN_WIDTH_MM = 80.0
+#: Ala span: the sacral base is 95-120 mm wide (ala to ala); the sacrum's label medial to the
+#: sacro-iliac joints is at least this wide.
+SACRUM_MIN_WIDTH_MM = 60.0
 #: Largest gap (mm) between a vertebra and a rib / ilium that still counts as an articulation
 #: (joint space 1-3 mm plus partial-volume loss at 3 mm voxels).
 CONTACT_MM = 5.0
+#: Smallest volume of bone (mm^3) within CONTACT_MM of a vertebra that makes a rib contact.
+CONTACT_MIN_MM3 = 60.0
+#: Sacro-iliac contact: the auricular surfaces are ~15-20 cm^2 each side; we ask for a small
+#: fraction of that within CONTACT_MM.
+SI_CONTACT_MIN_MM3 = 400.0
 #: Smallest volume (mL) of a labelled piece kept as a (partial) vertebra.
 MIN_VERTEBRA_ML = 0.5
 
@@ -146,18 +151,22 @@ def name_segments(segs, inst, bone, coords, curve, grid, box, *, anchor=None, ct
             rib_contacts[lbl][side] += 1
             if cvol[c] > 40.0:
                 ilium_contacts[lbl][side] += 1
-    min_contact = max(2, int(round(8.0 / (vox_ml * 1000.0))))  # ~8 mm^3 of touching bone
+    min_contact = max(3, int(round(CONTACT_MIN_MM3 / (vox_ml * 1000.0))))
+    import os
+    if os.environ.get("SPINEPLAN_DEBUG_NAMING"):
+        for i, sg in enumerate(segs):
+            print(i, sg.label, {k: round(v, 1) for k, v in feats[i].items()}, rib_contacts[sg.label], ilium_contacts[sg.label])
 
-    # ---- sacrum: the caudal-most wide segment that touches big bones (ilia) on both sides
+    # ---- sacrum: among the three most caudal segments, the one with the largest contact with
+    # big bones (the ilia) on both sides; everything caudal of it is sacrum too
+    si_min = max(3, int(round(SI_CONTACT_MIN_MM3 / (vox_ml * 1000.0))))
     sacrum_i = None
-    for i in reversed(keep):
-        f = feats[i]
+    best = 0
+    for i in keep[-3:]:
         il = ilium_contacts[segs[i].label]
-        if f.get("width_mm", 0) >= SACRUM_MIN_WIDTH_MM and il["left"] >= min_contact and il["right"] >= min_contact:
-            sacrum_i = i
-            continue
-        if sacrum_i is not None:
-            break
+        both = min(il["left"], il["right"])
+        if both >= si_min and both > best and feats[i].get("width_mm", 0) >= SACRUM_MIN_WIDTH_MM:
+            best, sacrum_i = both, i
     # ---- rib-bearing vertebrae: contact with a thin lateral bone that is not the ilium
     rib = {}
     for i in keep:

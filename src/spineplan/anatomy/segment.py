@@ -292,23 +292,20 @@ def labels_to_segmentation(ct: Volume, labels_path, *, method: str, anchor: str 
     Uses :func:`spineplan.io.read_labels` (auto-detects the convention). The names are the
     other segmenter's; ``anchor`` is not applied to them (it only steers the built-in naming).
     """
-    from spineplan import io as sio
-    from spineplan.levels import VERSE_CODES, sort_levels
+    from spineplan.io import read_labels
 
-    read_labels = getattr(sio, "read_labels", None)
-    if read_labels is None:
-        raise MissingDependencyError(
-            "Reading external label maps needs spineplan.io.read_labels, which this installation lacks."
-        )
     lab = read_labels(labels_path, ct=ct)
-    masks = dict(lab.masks) if hasattr(lab, "masks") else dict(lab)
-    arr = np.zeros(ct.shape, np.uint8)
-    names = sort_levels([n for n in masks if n in VERSE_CODES])
-    for n in names:
-        arr[np.asarray(masks[n], bool)] = VERSE_CODES[n]
+    names = list(lab.names)
     if not names:
         raise NoVertebraeError(f"no vertebrae found in the label map {labels_path}.")
-    warnings = [f"Names come from {method}; confirm them on the images."]
+    arr = np.ascontiguousarray(np.asarray(lab.volume.array), dtype=np.uint8)
+    warnings = [f"Names come from {method} ({lab.convention}); confirm them on the images."]
+    warnings += list(lab.warnings)
     if anchor:
         warnings.append("The anchor was not applied: the names come from the external segmenter.")
-    return Segmentation(ct.with_array(arr, modality="SEG"), names, 0.9, method, warnings, {})
+    return Segmentation(ct.with_array(arr, modality="SEG", meta={"convention": "verse"}), names,
+                        EXTERNAL_CONFIDENCE, method, warnings, {"labels_convention": lab.convention})
+
+
+#: Naming confidence given to another segmenter's names (its own level naming is not cross-checked here).
+EXTERNAL_CONFIDENCE = 0.8
