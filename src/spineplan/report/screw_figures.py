@@ -25,9 +25,9 @@ from spineplan.export.stl import TIP_CONE_MM
 from spineplan.plan.model import Plan, Screw
 from spineplan.typing import TypePath
 
-#: Bone window for pedicle screws (window 2000 HU, level 400 HU: cortex and cancellous bone
-#: both visible, as bone windows of CT viewers).
-WINDOW_HU = 2000.0
+#: Bone window (width 1800 HU, level 400 HU; the usual CT bone window, e.g. Radiopaedia,
+#: "Windowing (CT)"): cortex and cancellous bone both visible.
+WINDOW_HU = 1800.0
 LEVEL_HU = 400.0
 #: Field of view of each slice (mm) and its pixel size.
 FOV_MM = 90.0
