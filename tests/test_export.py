@@ -101,7 +101,7 @@ def case():
 def test_markups_validate_against_slicer_schema(case, tmp_path):
     _, plan, labels = case
     files = export_slicer(plan, tmp_path / "slicer", labels=labels)
-    assert len(files["markups"]) == 6 + 2 + len(plan.incisions)
+    assert len(files["markups"]) == 6 + 2 + len(plan.incisions) + 1  # + skin entries
     validator = jsonschema.Draft7Validator(MARKUPS_SCHEMA_V103)
     for f in files["markups"]:
         doc = json.loads(f.read_text())
@@ -114,6 +114,9 @@ def test_markups_validate_against_slicer_schema(case, tmp_path):
     assert m["type"] == "Line" and m["name"] == "L4 left 6.5x45"
     assert np.allclose(m["controlPoints"][0]["position"], s.entry, atol=1e-3)
     assert np.allclose(m["controlPoints"][1]["position"], s.tip, atol=1e-3)
+    fid = json.loads((tmp_path / "slicer" / "skin_entries.mrk.json").read_text())["markups"][0]
+    assert fid["type"] == "Fiducial" and len(fid["controlPoints"]) == 6
+    assert np.allclose(fid["controlPoints"][0]["position"], plan.screws[0].extra["skin_entry"], atol=1e-3)
     rod = json.loads((tmp_path / "slicer" / "rod_left.mrk.json").read_text())["markups"][0]
     assert rod["type"] == "Curve" and len(rod["controlPoints"]) == len(plan.rods[0].points)
     # a broken document does fail the validator (the test can fail)

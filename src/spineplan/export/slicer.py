@@ -7,6 +7,7 @@ Contents of ``slicer/`` (everything in patient LPS mm, so it lands on the origin
 - ``screw_<level>_<side>.stl``: the screw at its true diameter and length (header ``SPACE=LPS``);
 - ``rod_<side>.mrk.json`` (markups **Curve** through the rod points) and ``rod_<side>.stl``;
 - ``incision_<n>_<side>.mrk.json``: markups **Line** from the incision's start to its end;
+- ``skin_entries.mrk.json``: markups **Fiducial** list of the trajectories' skin entry points;
 - ``vertebrae.seg.nrrd``: the VerSe label map as a Slicer segmentation (one segment per
   vertebra, named by level).
 
@@ -150,6 +151,11 @@ def export_slicer(plan: Plan, out_dir: TypePath, *, labels=None) -> dict[str, li
         name = f"incision {inc.side} {lv} {inc.length_mm:.0f} mm"
         m = markup("Line", name, [inc.start, inc.end], ["start", "end"], color=INCISION_COLOR)
         files["markups"].append(write_markups(out / f"incision_{n}_{inc.side}.mrk.json", m))
+    skin = [(s.label, s.extra["skin_entry"]) for s in plan.screws if s.extra.get("skin_entry") is not None]
+    if skin:
+        m = markup("Fiducial", "skin entries", [p for _, p in skin], [f"{lab} skin" for lab, _ in skin],
+                   color=INCISION_COLOR, description="screw trajectories extended to the skin")
+        files["markups"].append(write_markups(out / "skin_entries.mrk.json", m))
     if labels is not None:
         p = out / "vertebrae.seg.nrrd"
         write_segmentation(labels, p)

@@ -31,7 +31,7 @@ WINDOW_HU = 1800.0
 LEVEL_HU = 400.0
 #: Field of view of each slice (mm) and its pixel size.
 FOV_MM = 90.0
-PIXEL_MM = 0.3
+PIXEL_MM = 0.4
 SCALE_BAR_MM = 10.0
 
 
