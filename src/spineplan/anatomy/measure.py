@@ -52,6 +52,9 @@ CANCELLOUS_DEPTH_MM = 3.0
 
 #: Resolution (mm) of the frame-aligned resampling of the label mask.
 _GRID_MM = 1.0
+#: The pedicle is looked for in the anterior part of the canal's AP extent (from the posterior
+#: body wall); farther back lie the laminae and the articular/transverse processes.
+_PEDICLE_SEARCH_FRACTION = 0.6
 #: Step (mm) of the CT profiles used for half-maximum edges.
 _STEP_MM = 0.1
 #: Out-of-field CT values (padding) are below this.
@@ -505,7 +508,7 @@ def _pedicle_seed(g: _Grid, canal: _Canal, side: str):
     if y1 - y0 < 4.0:
         return None
     rows = []
-    for y in np.arange(y0 + 0.5, y0 + 0.8 * (y1 - y0), g.res):
+    for y in np.arange(y0 + 0.5, y0 + _PEDICLE_SEARCH_FRACTION * (y1 - y0), g.res):
         iy = g.iy(y)
         sec = g.m[:, iy, :] & lateral[:, None]
         if not sec.any():
@@ -533,7 +536,9 @@ def _pedicle_seed(g: _Grid, canal: _Canal, side: str):
         d = np.linalg.svd(cen - cen.mean(axis=0))[2][0]
         if d[1] > 0:
             d = -d
-        if abs(d[1]) < 0.5:  # implausible (>60 deg from AP): fall back to straight anterior
+        med = np.degrees(np.arctan2(-sgn * d[0], -d[1]))
+        cra = np.degrees(np.arcsin(np.clip(d[2], -1, 1)))
+        if not (-25.0 < med < 50.0 and abs(cra) < 30.0):  # implausible: start straight anterior
             d = np.array([0.0, -1.0, 0.0])
     else:
         d = np.array([0.0, -1.0, 0.0])
@@ -602,7 +607,9 @@ def _measure_pedicle(ct, crop, fit: _FrameFit, side: str, sp: float) -> Pedicle 
         best = (rows, width, k)
         if it == 2:
             break
-        pts = rows[lo:hi + 1, 3:6]
+        run = rows[lo:hi + 1]
+        hs = run[:, 2]
+        pts = run[hs < 1.25 * np.median(hs) + 0.5, 3:6]  # sections running into a process are left out
         if len(pts) >= 4:
             d = np.linalg.svd(pts - pts.mean(axis=0))[2][0]
             if np.dot(d, axis) < 0:
@@ -657,11 +664,17 @@ def _body_measurements(ct, crop, fit: _FrameFit, sp: float) -> tuple[dict, dict]
     ys = {"anterior": y_ant + HEIGHT_EDGE_INSET_MM, "middle": 0.5 * (y_ant + y_post),
           "posterior": y_post - HEIGHT_EDGE_INSET_MM}
     tops = {}
-    for name, y in ys.items():
-        ext = _column_extent(fit.grid, 0.0, y)
-        z0 = 0.5 * (ext[0] + ext[1]) if ext else zc
-        q = f.to_world([0.0, y, z0])
-        e = _extent(ct, crop, q, Z, 40.0, sp)
+    for name, y0 in ys.items():
+        e = None
+        # a noisy or unusual profile: try lines up to 1 mm beside it (inwards first)
+        for dy in (0.0, 0.5, -0.5, 1.0, -1.0):
+            y = y0 + (dy if name != "posterior" else -dy)
+            ext = _column_extent(fit.grid, 0.0, y)
+            z0 = 0.5 * (ext[0] + ext[1]) if ext else zc
+            q = f.to_world([0.0, y, z0])
+            e = _extent(ct, crop, q, Z, 40.0, sp)
+            if e is not None:
+                break
         if e is None:
             continue
         out[f"{name}_height_mm"] = e[1] - e[0]

@@ -24,54 +24,21 @@ def configure(parser) -> None:
     parser.add_argument("--no-picture", action="store_true", help="do not draw anatomy.png")
 
 
-def _read_ct(path):
-    import spineplan.io as sio
-
-    if hasattr(sio, "read_ct"):
-        return sio.read_ct(path)
-    return sio.read_nifti(path)
-
-
-def _read_labels(path, ct):
-    import spineplan.io as sio
-
-    if hasattr(sio, "read_labels"):
-        return sio.read_labels(path, ct).volume
-    # Interim until spineplan.io.read_labels lands: a NIfTI on the CT grid, VerSe codes or
-    # TotalSegmentator "total" ids (any vertebra id above 28 means TotalSegmentator).
-    import numpy as np
-
-    from spineplan.errors import LabelError
-    from spineplan.levels import TS_TOTAL_IDS, verse_code
-
-    vol = sio.read_nifti(path, modality="labels")
-    if not vol.same_grid(ct):
-        raise LabelError(f"{path} is not on the CT's grid; give a label map with the CT's shape and affine.")
-    arr = np.rint(np.asarray(vol.array)).astype(np.int32)
-    if arr.max() > 28:
-        lut = np.zeros(max(int(arr.max()), 51) + 1, np.uint8)
-        for tid, name in TS_TOTAL_IDS.items():
-            lut[tid] = verse_code(name)
-        arr = lut[arr]
-    return vol.with_array(arr.astype(np.uint8))
-
-
 def run(args) -> int:
     from pathlib import Path
 
-    import numpy as np
-
     from spineplan.anatomy.pipeline import analyse
     from spineplan.anatomy.spine import write_spine_json
-    from spineplan.io import write_volume
+    from spineplan.io import read_ct, read_labels, write_labels
 
     out = Path(args.out)
-    ct = _read_ct(args.ct)
-    labels = _read_labels(args.labels, ct) if args.labels else None
-    spine = analyse(ct, labels, anchor=args.anchor, backend=args.backend)
+    ct = read_ct(args.ct)
+    labels = read_labels(args.labels, ct) if args.labels else None
+    spine = analyse(ct, labels.volume if labels is not None else None, anchor=args.anchor, backend=args.backend)
+    if labels is not None:
+        spine.warnings.extend(labels.warnings)
     out.mkdir(parents=True, exist_ok=True)
-    lab = spine.labels.with_array(np.asarray(spine.labels.array).astype(np.uint8), modality="labels")
-    write_volume(lab, out / "labels.nii.gz")
+    write_labels(spine.labels, out / "labels.nii.gz")
     write_spine_json(spine, out / "spine.json")
     if not args.no_picture:
         from spineplan.anatomy.figure import render_anatomy

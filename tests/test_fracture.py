@@ -1,0 +1,78 @@
+"""Genant grading from body heights: grades, types, the reference used, and no false fractures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spineplan.anatomy.fracture import genant_grade, grade_fractures
+from spineplan.anatomy.model import Spine, Vertebra, VertebraFrame
+from spineplan.levels import verse_code
+
+
+def _v(name, ant, mid, post, complete=True):
+    m = {"anterior_height_mm": ant, "middle_height_mm": mid, "posterior_height_mm": post}
+    return Vertebra(name=name, label=verse_code(name), frame=VertebraFrame(np.zeros(3), np.eye(3)),
+                    complete=complete, measurements=m)
+
+
+def _spine(rows):
+    return Spine(vertebrae=[_v(*r) for r in rows], labels=None)
+
+
+@pytest.mark.parametrize("loss,grade", [(0, 0), (19.9, 0), (20.0, 1), (24.9, 1), (25.0, 2), (40.0, 2), (40.1, 3), (70, 3)])
+def test_genant_grade_boundaries(loss, grade):
+    # Genant 1993: <20 % normal, 20-25 % mild, 25-40 % moderate, >40 % severe
+    assert genant_grade(loss) == grade
+
+
+def test_wedge_biconcave_crush_and_normals():
+    # heights grow ~1 mm per level caudally; normal lumbar bodies are slightly wedged (ant > post)
+    spine = _spine([
+        ("T11", 24.0, 23.0, 24.0),
+        ("T12", 16.5, 22.5, 25.0),   # wedge: 1 - 16.5/25 = 34 % -> grade 2
+        ("L1", 26.0, 25.0, 26.0),
+        ("L2", 27.5, 21.0, 27.0),    # biconcave: 1 - 21/27 = 22 % -> grade 1
+        ("L3", 28.5, 27.0, 28.0),
+        ("L4", 16.0, 15.5, 16.5),    # crush: expected (28+30)/2 = 29 -> 1 - 15.5/29 = 47 % -> grade 3
+        ("L5", 31.0, 29.0, 30.0),
+        ("S1", 10.0, 30.0, 8.0),     # sacrum: not graded
+    ])
+    grade_fractures(spine)
+    f = {v.name: v.fracture for v in spine.vertebrae}
+    assert (f["T12"]["grade"], f["T12"]["type"]) == (2, "wedge")
+    assert f["T12"]["height_loss_pct"] == pytest.approx(100 * (1 - 16.5 / 25.0), abs=0.1)
+    assert f["T12"]["reference"] == "own posterior height"
+    assert (f["L2"]["grade"], f["L2"]["type"]) == (1, "biconcave")
+    assert (f["L4"]["grade"], f["L4"]["type"]) == (3, "crush")
+    assert f["L4"]["reference"].startswith("neighbours") and "L3" in f["L4"]["reference"] and "L5" in f["L4"]["reference"]
+    assert f["L4"]["height_loss_pct"] == pytest.approx(100 * (1 - 15.5 / 29.0), abs=0.1)
+    for lv in ("T11", "L1", "L3", "L5"):
+        assert f[lv]["grade"] == 0 and f[lv]["type"] == "none", lv
+    assert f["S1"]["grade"] is None
+    assert any("Genant grade 3 crush" in w for w in spine["L4"].warnings)
+
+
+def test_cut_vertebra_and_missing_heights_are_not_graded():
+    spine = _spine([("L1", 10.0, 10.0, 10.0, False), ("L2", 27.0, 26.0, 27.0), ("L3", 28.0, 27.0, 28.0)])
+    spine.vertebrae.append(Vertebra(name="L4", label=23, frame=VertebraFrame(np.zeros(3), np.eye(3))))
+    grade_fractures(spine)
+    assert spine["L1"].fracture["grade"] is None and "cut" in spine["L1"].fracture["reason"]
+    assert spine["L4"].fracture["grade"] is None
+    # L2's neighbour expectation uses only gradable levels (L3), not the cut L1
+    assert spine["L2"].fracture["neighbour_expected_height_mm"] == pytest.approx(28.0)
+    assert spine["L2"].fracture["grade"] == 0
+
+
+def test_fracture_grades_on_the_synthetic_vertebra_heights():
+    """Measured heights of a wedge-shaped analytic body are graded as the construction says."""
+    from _measure import synthetic_vertebra
+    from spineplan.anatomy.measure import measure_vertebra
+
+    ct, mask, truth = synthetic_vertebra(2.0)
+    v = measure_vertebra(ct, mask, "L2", 21)
+    h = v.measurements
+    # an intact body: its own heights give no fracture
+    s = Spine(vertebrae=[_v("L1", 26.5, 26.5, 26.5), v, _v("L3", 27.5, 27.5, 27.5)], labels=None)
+    grade_fractures(s)
+    assert s["L2"].fracture["grade"] == 0, h
