@@ -1,0 +1,41 @@
+"""Session-cached phantoms for any test: ``get_phantom(**kwargs)`` builds once per kwargs.
+
+>>> ph = get_phantom(levels="L3-L4", spacing=2.0, fov="spine")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+_CACHE: dict[str, object] = {}
+
+
+def _key(kwargs: dict) -> str:
+    return json.dumps(kwargs, sort_keys=True, default=str)
+
+
+def get_phantom(**kwargs):
+    """A :class:`spineplan.phantom.Phantom` for ``make_phantom(**kwargs)``, memoised per session.
+
+    Treat the result as read-only: it is shared between tests.
+    """
+    key = _key(kwargs)
+    if key not in _CACHE:
+        from spineplan.phantom import make_phantom
+
+        _CACHE[key] = make_phantom(**kwargs)
+    return _CACHE[key]
+
+
+@functools.lru_cache(maxsize=None)
+def phantom_dir(tmp_root: str, **kwargs) -> str:  # pragma: no cover - convenience for file-based tests
+    """Write ``get_phantom(**kwargs)`` once under ``tmp_root`` and return the folder."""
+    from pathlib import Path
+
+    from spineplan.phantom import write_phantom
+
+    out = Path(tmp_root) / ("phantom_" + str(abs(hash(_key(kwargs)))))
+    if not (out / "truth.json").exists():
+        write_phantom(get_phantom(**kwargs), out)
+    return str(out)
