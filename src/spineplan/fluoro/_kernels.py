@@ -67,13 +67,97 @@ def _clip_box(sx, sy, sz, dx, dy, dz, lo, hi):
     return t0, t1
 
 
+@njit(cache=True, parallel=True)
+def block_occupancy(mu, bsize):
+    """uint8 grid: 1 where a bsize^3 block of ``mu`` holds any value > 0."""
+    ni, nj, nk = mu.shape
+    bi = (ni + bsize - 1) // bsize
+    bj = (nj + bsize - 1) // bsize
+    bk = (nk + bsize - 1) // bsize
+    occ = np.zeros((bi, bj, bk), np.uint8)
+    for a in prange(bi):
+        for i in range(a * bsize, min((a + 1) * bsize, ni)):
+            for j in range(nj):
+                b = j // bsize
+                for k in range(nk):
+                    if mu[i, j, k] > 0:
+                        occ[a, b, k // bsize] = 1
+    return occ
+
+
+@njit(cache=True)
+def _occupied_range(occ, bsize, sx, sy, sz, dx, dy, dz, t0, t1):
+    """Trim [t0, t1] to the first and last occupied block the ray crosses (block DDA)."""
+    na, nb, nc = occ.shape
+    inv = 1.0 / bsize
+    qx = (sx + 0.5) * inv
+    qy = (sy + 0.5) * inv
+    qz = (sz + 0.5) * inv
+    ex = dx * inv
+    ey = dy * inv
+    ez = dz * inv
+    te = t0 + 1e-9 * max(1.0, t1 - t0)
+    a = min(max(int(math.floor(qx + te * ex)), 0), na - 1)
+    b = min(max(int(math.floor(qy + te * ey)), 0), nb - 1)
+    c = min(max(int(math.floor(qz + te * ez)), 0), nc - 1)
+    inf = 1e300
+    if ex > _EPS:
+        sa, tna, tda = 1, (a + 1 - qx) / ex, 1.0 / ex
+    elif ex < -_EPS:
+        sa, tna, tda = -1, (a - qx) / ex, -1.0 / ex
+    else:
+        sa, tna, tda = 0, inf, inf
+    if ey > _EPS:
+        sb, tnb, tdb = 1, (b + 1 - qy) / ey, 1.0 / ey
+    elif ey < -_EPS:
+        sb, tnb, tdb = -1, (b - qy) / ey, -1.0 / ey
+    else:
+        sb, tnb, tdb = 0, inf, inf
+    if ez > _EPS:
+        sc, tnc, tdc = 1, (c + 1 - qz) / ez, 1.0 / ez
+    elif ez < -_EPS:
+        sc, tnc, tdc = -1, (c - qz) / ez, -1.0 / ez
+    else:
+        sc, tnc, tdc = 0, inf, inf
+    first = -1.0
+    last = -1.0
+    tc = t0
+    while tc < t1:
+        tn = min(tna, min(tnb, tnc))
+        if occ[a, b, c]:
+            if first < 0.0:
+                first = tc
+            last = min(tn, t1)
+        tc = tn
+        if tn == tna:
+            a += sa
+            tna += tda
+            if a < 0 or a >= na:
+                break
+        elif tn == tnb:
+            b += sb
+            tnb += tdb
+            if b < 0 or b >= nb:
+                break
+        else:
+            c += sc
+            tnc += tdc
+            if c < 0 or c >= nc:
+                break
+    if first < 0.0:
+        return 1.0, 0.0
+    return max(first, t0), min(last, t1)
+
+
 @njit(cache=True, parallel=True, fastmath=True)
-def render_fast(mu, m, b, src, rt, cu, cv, f, lo, hi, step_mm, linear, out):
+def render_fast(mu, m, b, src, rt, cu, cv, f, lo, hi, step_mm, linear, occ, bsize, out):
     """Fused ray marching: midpoint rule with ``step_mm`` (shortened to fit the chord exactly),
     nearest-voxel (``linear=False``) or trilinear (``linear=True``) sampling.
 
     ``out[v, u]`` receives the line integral (sum mu * dt) of the ray through pixel (u, v).
-    ``lo``/``hi``: index-space box to clip rays to (the box of non-zero mu)."""
+    ``lo``/``hi``: index-space box to clip rays to (the box of non-zero mu); ``occ``: block
+    occupancy (:func:`block_occupancy`, blocks of ``bsize`` voxels) used to trim each ray to
+    its first and last non-empty block (pass a (1, 1, 1) array of ones to disable)."""
     h, w = out.shape
     ni, nj, nk = mu.shape
     for u in prange(w):
@@ -83,6 +167,11 @@ def render_fast(mu, m, b, src, rt, cu, cv, f, lo, hi, step_mm, linear, out):
             if t1 <= t0:
                 out[v, u] = 0.0
                 continue
+            if occ.size > 1:
+                t0, t1 = _occupied_range(occ, bsize, sx, sy, sz, dx, dy, dz, t0, t1)
+                if t1 <= t0:
+                    out[v, u] = 0.0
+                    continue
             n = int(math.ceil((t1 - t0) / step_mm))
             if n < 1:
                 n = 1
@@ -279,3 +368,70 @@ def cylinders_chord(p0, p1, radius, mu_lin, src, rt, cu, cv, f, out):
                 if tb > ta:
                     add += mu_lin[c] * (tb - ta)
             out[v, u] += add
+
+
+@njit(cache=True, parallel=True)
+def _box3_along_k(a, out):
+    ni, nj, nk = a.shape
+    for i in prange(ni):
+        for j in range(nj):
+            for k in range(nk):
+                s = a[i, j, k]
+                c = 1
+                if k > 0:
+                    s += a[i, j, k - 1]
+                    c += 1
+                if k < nk - 1:
+                    s += a[i, j, k + 1]
+                    c += 1
+                out[i, j, k] = s / c
+
+
+@njit(cache=True, parallel=True)
+def _box3_along_j(a, out):
+    ni, nj, nk = a.shape
+    for i in prange(ni):
+        for j in range(nj):
+            j0 = max(j - 1, 0)
+            j1 = min(j + 1, nj - 1)
+            c = j1 - j0 + 1
+            for k in range(nk):
+                s = 0.0
+                for jj in range(j0, j1 + 1):
+                    s += a[i, jj, k]
+                out[i, j, k] = s / c
+
+
+@njit(cache=True, parallel=True)
+def _hu_to_mu_core(hu, mean_j, mu_w, bone_slope, air_hu, out):
+    """mu from HU (bilinear model) with air where the 3x3x3 mean (i-pass done here) < air_hu."""
+    ni, nj, nk = hu.shape
+    for i in prange(ni):
+        i0 = max(i - 1, 0)
+        i1 = min(i + 1, ni - 1)
+        c = i1 - i0 + 1
+        for j in range(nj):
+            for k in range(nk):
+                s = 0.0
+                for ii in range(i0, i1 + 1):
+                    s += mean_j[ii, j, k]
+                h = hu[i, j, k]
+                if s / c < air_hu:
+                    out[i, j, k] = 0.0
+                elif h <= 0.0:
+                    v = mu_w * (1.0 + h / 1000.0)
+                    out[i, j, k] = v if v > 0.0 else 0.0
+                else:
+                    out[i, j, k] = mu_w + bone_slope * h
+
+
+def hu_to_mu_volume(hu, mu_w, bone_slope, air_hu):
+    """float32 mu of a 3-D HU array (any numeric dtype), air rule on the 3x3x3 local mean."""
+    hu = np.ascontiguousarray(hu)
+    tmp = np.empty(hu.shape, np.float32)
+    tmp2 = np.empty(hu.shape, np.float32)
+    _box3_along_k(hu, tmp)
+    _box3_along_j(tmp, tmp2)
+    out = tmp  # reuse
+    _hu_to_mu_core(hu, tmp2, np.float32(mu_w), np.float32(bone_slope), np.float32(air_hu), out)
+    return out
