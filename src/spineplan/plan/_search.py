@@ -1,0 +1,531 @@
+"""Vectorised trajectory search for one pedicle (implementation of :mod:`spineplan.plan.screws`).
+
+Method (per vertebra, then per side):
+
+1. The vertebra's bone mask (internal cavities filled) gets a signed distance field (SDF, mm,
+   negative inside) once, in its padded bounding box (:class:`spineplan.geometry.DistanceField`).
+2. Candidate axes pass through a grid of points around the pedicle isthmus centre, with
+   directions in a cone around the expected pedicle direction (thousands of axes).
+3. For every axis, the SDF is sampled along it (sub-voxel, trilinear): backwards from the
+   isthmus to find the **entry** (where the axis enters bone coming from the skin), and forwards
+   from the entry. A screw of radius r fits with margin m wherever ``SDF(axis) <= -(r + m)``:
+   the ball of radius r + m around every axis point is then inside the bone, so the whole
+   cylinder is (the "inscribed ball" test, exact for a tube). This is required over the screw
+   length after the entry zone; the tip must also be ``anterior_cortex_clearance_mm`` inside
+   bone along the axis. Endplates are the mask's cranial and caudal boundaries, so a screw that
+   keeps its margin never crosses an endplate.
+4. Each axis gets its largest admissible diameter (<= 80 % of the isthmus width) and longest
+   catalogue length, and its purchase (mean positive HU over the screw's volume x volume).
+5. The best candidates by purchase are checked for the remaining rules in order: entry lateral
+   to the superior articular process, no facet-joint violation of the level above, a bone-free
+   percutaneous corridor from the entry back to the skin, skin entry near enough to the midline;
+   then graded with the independent surface-sampling grader of :mod:`spineplan.safety`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from spineplan.geometry import BoxMask, DistanceField, mask_box, orthonormal_basis
+from spineplan.levels import region
+from spineplan.plan.settings import PlannerSettings
+from spineplan.volume import Volume
+
+#: Default medial (transverse) angles of the pedicle axis by region, used to centre the search
+#: cone when the Spine has no pedicle measurement: thoracic ~10 deg, lumbar ~15 deg (L1 ~10 to
+#: L5 ~30), S1 ~25 deg (Zindrick et al., Spine 1987;12:160-166; Zindrick et al., Clin Orthop
+#: 1986;203:99-112). The search cone (+/- search_cone_deg) covers the anatomical spread.
+DEFAULT_MEDIAL_DEG = {"cervical": 30.0, "thoracic": 10.0, "lumbar": 15.0, "sacral": 25.0}
+#: Coarse recentring pass: through-point grid half-width and step (mm), cone half-angle and step (deg).
+RECENTRE_HALFWIDTH_MM, RECENTRE_STEP_MM = 7.5, 1.5
+RECENTRE_CONE_DEG, RECENTRE_ASTEP_DEG = 20.0, 4.0
+#: The surface-sampling verification may find a margin this much below the inscribed-ball
+#: estimate (sampling and interpolation differences) before a candidate is rejected.
+VERIFY_TOLERANCE_MM = 0.25
+#: Box padding around the vertebra for its distance field (mm).
+BOX_PAD_MM = 12.0
+#: Extra slack (mm) on the inscribed-ball test for the SDF varying between profile samples.
+PROFILE_SLACK_MM = 0.1
+#: How far behind the isthmus point the entry is searched for, and how far ahead of the entry
+#: the profile runs (mm).
+BACK_MM = 45.0
+AHEAD_MM = 80.0
+
+RULES = ("bone-corridor", "margin", "isthmus-80", "length", "sap-entry", "facet", "corridor-bone",
+         "skin-offset", "verified-grade")
+RULE_TEXT = {
+    "bone-corridor": "no axis through the pedicle stays in bone",
+    "margin": "no catalogue diameter fits the pedicle with the required bone margin",
+    "isthmus-80": "every screw that fits exceeds 80 % of the isthmus width",
+    "length": "no catalogue length fits (tip clearance from the anterior cortex)",
+    "sap-entry": "no entry lateral to the superior articular process",
+    "facet": "every remaining trajectory enters the facet joint of the level above",
+    "corridor-bone": "every remaining trajectory meets other bone (iliac crest, transverse process, "
+                     "rib) on its way back to the skin",
+    "skin-offset": "every remaining skin entry is too far from the midline",
+    "verified-grade": "the surface check found a margin below the requirement for every remaining screw",
+}
+
+
+@dataclass
+class Option:
+    """One admissible screw for one pedicle."""
+
+    entry: np.ndarray
+    tip: np.ndarray
+    direction: np.ndarray
+    diameter_mm: float
+    length_mm: float
+    purchase: float  # mean positive HU x volume (HU.mL)
+    mean_hu: float
+    min_clearance_mm: float  # smallest SDF depth of the axis minus the radius (inscribed-ball margin)
+    skin: np.ndarray | None = None
+    skin_offset_mm: float | None = None
+    entry_sap_mm: float | None = None  # entry lateral coordinate minus the SAP's lateral border
+    head: np.ndarray | None = None  # rod seat (tulip) position
+    safety: Any = None  # ScrewSafety from the verification
+
+
+@dataclass
+class PedicleResult:
+    options: list[Option]
+    isthmus_width_mm: float  # used for the 80 % rule
+    isthmus_width_sdf_mm: float  # measured here from the distance field
+    width_source: str
+    counts: dict[str, int] = field(default_factory=dict)  # survivors after each rule
+    failed_rule: str | None = None
+    seed_source: str = ""
+
+
+@dataclass
+class VertebraContext:
+    name: str
+    frame: Any  # VertebraFrame
+    mask: np.ndarray  # full-grid bool
+    field: DistanceField
+    hu: np.ndarray  # float32 CT in the same box
+    ct: Volume
+    labels: np.ndarray | None  # full-grid integer labels (any vertebra != 0)
+    label: int | None
+    facet: BoxMask | None
+    pedicles: dict[str, Any]
+    endplates: dict
+
+
+def _fill_cavities(mask: np.ndarray) -> np.ndarray:
+    from scipy.ndimage import binary_fill_holes
+
+    return binary_fill_holes(mask)
+
+
+def make_context(ct: Volume, vertebra, mask: np.ndarray, labels: np.ndarray | None, above_mask: np.ndarray | None,
+                 settings: PlannerSettings) -> VertebraContext:
+    from spineplan.safety import facet_zone
+
+    box = mask_box(mask, ct, BOX_PAD_MM)
+    sl = tuple(slice(a, b) for a, b in box)
+    filled = mask.copy()
+    filled[sl] = _fill_cavities(mask[sl])
+    fld = DistanceField.of_mask(filled, ct, pad_mm=BOX_PAD_MM, box=box)
+    hu = np.asarray(ct.array[sl], dtype=np.float32)
+    fz = facet_zone(mask, above_mask, ct, vertebra.frame, zone_mm=settings.facet_zone_mm) \
+        if above_mask is not None else None
+    return VertebraContext(name=vertebra.name, frame=vertebra.frame, mask=filled, field=fld, hu=hu, ct=ct,
+                           labels=labels, label=getattr(vertebra, "label", None), facet=fz,
+                           pedicles=dict(getattr(vertebra, "pedicles", {}) or {}),
+                           endplates=dict(getattr(vertebra, "endplates", {}) or {}))
+
+
+# --------------------------------------------------------------------------- seeds
+def _side_sign(side: str) -> float:
+    return 1.0 if side == "left" else -1.0
+
+
+def _local_direction(medial_deg, cranial_deg, side: str) -> np.ndarray:
+    a = np.radians(np.asarray(medial_deg, float))
+    b = np.radians(np.asarray(cranial_deg, float))
+    s = _side_sign(side)
+    return np.stack([-s * np.sin(a) * np.cos(b), -np.cos(a) * np.cos(b), np.sin(b)], axis=-1)
+
+
+def _fallback_seed(ctx: VertebraContext, side: str) -> tuple[np.ndarray, float] | None:
+    """Isthmus centre (LPS) and lateral half-width estimate from coronal slabs of the mask:
+    the pedicle is the slab of least bone on this side between the body and the posterior arch."""
+    (i0, i1), (j0, j1), (k0, k1) = mask_box(ctx.mask, ctx.ct, 0.0)
+    idx = np.argwhere(ctx.mask[i0:i1, j0:j1, k0:k1]) + [i0, j0, k0]
+    if len(idx) < 50:
+        return None
+    loc = ctx.frame.to_local(ctx.ct.index_to_world(idx))
+    s = _side_sign(side)
+    lat = s * loc[:, 0]
+    sel = (lat > 3.0) & (np.abs(loc[:, 2]) < 15.0)
+    loc = loc[sel]
+    if len(loc) < 30:
+        return None
+    ymax = loc[:, 1].max()
+    bins = np.arange(3.0, max(4.0, 0.7 * ymax), 1.0)
+    if len(bins) < 3:
+        return None
+    counts = np.array([np.sum(np.abs(loc[:, 1] - y) < 0.5) for y in bins], float)
+    ok = counts > 0
+    if not ok.any():
+        return None
+    k = int(np.argmin(np.where(ok, counts, np.inf)))
+    slab = loc[np.abs(loc[:, 1] - bins[k]) < 1.0]
+    c_local = slab.mean(axis=0)
+    return ctx.frame.to_world(c_local), float(np.ptp(slab[:, 0]))
+
+
+def pedicle_seed(ctx: VertebraContext, side: str) -> tuple[np.ndarray, float, float, str]:
+    """(isthmus centre LPS, medial angle deg, cranial angle deg, source) for the search."""
+    reg = region(ctx.name)
+    ped = ctx.pedicles.get(side)
+    if ped is not None:
+        c = np.asarray(ped.isthmus_center, float)
+        if ctx.field.sample(c[None])[0] < 0:
+            med = float(ped.transverse_angle_deg)
+            if not np.isfinite(med):
+                med = DEFAULT_MEDIAL_DEG[reg]
+            return c, float(np.clip(med, -5.0, 35.0)), 0.0, "spine"
+    fb = _fallback_seed(ctx, side)
+    if fb is None:
+        return None, DEFAULT_MEDIAL_DEG[reg], 0.0, "none"
+    return fb[0], DEFAULT_MEDIAL_DEG[reg], 0.0, "mask"
+
+
+# --------------------------------------------------------------------------- candidates
+def candidate_axes(ctx: VertebraContext, side: str, centre: np.ndarray, medial0: float, cranial0: float,
+                   st: PlannerSettings, *, halfwidth=None, step=None, cone=None, astep=None):
+    hw = st.search_halfwidth_mm if halfwidth is None else halfwidth
+    stp = st.search_step_mm if step is None else step
+    cn = st.search_cone_deg if cone is None else cone
+    ast = st.search_angle_step_deg if astep is None else astep
+    angs = np.arange(-cn, cn + 1e-9, ast)
+    med, cra = np.meshgrid(medial0 + angs, cranial0 + angs, indexing="ij")
+    d_local = _local_direction(med.ravel(), cra.ravel(), side)
+    dirs = ctx.frame.axes.T @ d_local.T  # (3, D)
+    dirs = (dirs / np.linalg.norm(dirs, axis=0)).T
+    d0 = ctx.frame.axes.T @ _local_direction(medial0, cranial0, side)
+    _, u, v = orthonormal_basis(d0)
+    g = np.arange(-hw, hw + 1e-9, stp)
+    a, b = np.meshgrid(g, g, indexing="ij")
+    pts = centre + a.ravel()[:, None] * u + b.ravel()[:, None] * v  # (P, 3)
+    P, D = len(pts), len(dirs)
+    return np.repeat(pts, D, axis=0), np.tile(dirs, (P, 1))
+
+
+def _profiles(fld: DistanceField, origins: np.ndarray, dirs: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """SDF along many rays: (N, T)."""
+    return fld.sample_rays(origins, dirs, ts)
+
+
+def _first_true(b: np.ndarray) -> np.ndarray:
+    """Index of the first True per row, or the row length when none."""
+    has = b.any(axis=1)
+    return np.where(has, np.argmax(b, axis=1), b.shape[1])
+
+
+def recentre(ctx: VertebraContext, side: str, centre, med0: float, cra0: float, st: PlannerSettings):
+    """Coarse wide pass: the axis with the largest inscribed radius at its narrowest point in the
+    25 mm after the entry zone is the pedicle's centre line; return its narrowest point and angles.
+    This corrects a seed that is off by several mm or degrees (e.g. from a coarse CT)."""
+    pts, dirs = candidate_axes(ctx, side, centre, med0, cra0, st, halfwidth=RECENTRE_HALFWIDTH_MM,
+                               step=RECENTRE_STEP_MM, cone=RECENTRE_CONE_DEG, astep=RECENTRE_ASTEP_DEG)
+    step = st.profile_step_mm
+    inside = ctx.field.sample(pts) < 0
+    pts, dirs = pts[inside], dirs[inside]
+    if not len(pts):
+        return centre, med0, cra0
+    tb = np.arange(0.0, BACK_MM + 1e-9, step)
+    fb = _profiles(ctx.field, pts, -dirs, tb)
+    k = _first_true(fb > 0)
+    ok = k < len(tb)
+    pts, dirs, k = pts[ok], dirs[ok], k[ok]
+    if not len(pts):
+        return centre, med0, cra0
+    entry = pts - tb[k][:, None] * dirs
+    ez = int(np.ceil(st.entry_zone_mm / step))
+    ts = np.arange(0.0, ez * step + 25.0 + 1e-9, step)
+    f = _profiles(ctx.field, entry, dirs, ts)[:, ez:]
+    radius = np.min(-f, axis=1)
+    best = int(np.argmax(radius))
+    j = int(np.argmin(-f[best]))
+    c = entry[best] + ts[ez + j] * dirs[best]
+    med, cra = ctx.frame.angles_of(dirs[best], side)
+    return c, float(med), float(cra)
+
+
+def evaluate(ctx: VertebraContext, side: str, pts: np.ndarray, dirs: np.ndarray, st: PlannerSettings,
+             sizes: list[tuple[float, float]], width_for_rule: float | None):
+    """Entries, best size and purchase for every candidate axis. Returns a dict of arrays and counts."""
+    step = st.profile_step_mm
+    counts: dict[str, int] = {}
+    inside = ctx.field.sample(pts) < 0
+    pts, dirs = pts[inside], dirs[inside]
+    # --- entry: walk back from the isthmus point to the first exit from bone
+    tb = np.arange(0.0, BACK_MM + 1e-9, step)
+    fb = _profiles(ctx.field, pts, -dirs, tb)
+    k = _first_true(fb > 0)
+    ok = k < len(tb)
+    pts, dirs, fb, k = pts[ok], dirs[ok], fb[ok], k[ok]
+    rows = np.arange(len(k))
+    f0, f1 = fb[rows, k - 1], fb[rows, k]
+    te = tb[k - 1] + step * (-f0) / np.maximum(f1 - f0, 1e-6)
+    entry = pts - te[:, None] * dirs
+    # --- forward profile from the entry
+    ts = np.arange(0.0, AHEAD_MM + 1e-9, step)
+    f = _profiles(ctx.field, entry, dirs, ts)
+    ez = int(np.ceil(st.entry_zone_mm / step))
+    after = f[:, ez:]
+    exit_idx = _first_true(after >= 0) + ez  # first sample outside bone after the entry zone
+    s_exit = ts[np.minimum(exit_idx, len(ts) - 1)]
+    counts["bone-corridor"] = int(np.sum(s_exit - st.entry_zone_mm >= min(l for _, l in sizes) * 0.5))
+    # running clearance: min over [ez, s] of -f  (the inscribed radius available up to depth s)
+    run = np.minimum.accumulate(-after, axis=1)
+    diam = np.array(sorted({d for d, _ in sizes}))
+    best_d = np.zeros(len(entry))
+    best_l = np.zeros(len(entry))
+    fits_any = np.zeros(len(entry), bool)
+    fits_rule = np.zeros(len(entry), bool)
+    for dmm in diam:
+        need = 0.5 * dmm + st.margin_mm + PROFILE_SLACK_MM
+        okr = run >= need
+        s_fail = ts[np.minimum(_first_true(~okr) + ez, len(ts) - 1)]  # first depth where it no longer fits
+        lmax = np.minimum(s_fail - step, s_exit - st.anterior_cortex_clearance_mm - step)
+        lens = np.array([l_ for d_, l_ in sizes if abs(d_ - dmm) < 1e-6])
+        fit_d = lmax >= st.entry_zone_mm
+        fits_any |= fit_d & (lmax >= lens.min())
+        if width_for_rule is not None and dmm > st.max_diameter_fraction * width_for_rule + 1e-6:
+            continue
+        # longest catalogue length <= lmax
+        li = np.searchsorted(np.sort(lens), lmax, side="right") - 1
+        l_ok = li >= 0
+        fits_rule |= fit_d & l_ok
+        lsel = np.where(l_ok, np.sort(lens)[np.clip(li, 0, None)], 0.0)
+        better = l_ok & (dmm >= best_d)
+        best_d = np.where(better, dmm, best_d)
+        best_l = np.where(better, lsel, best_l)
+    isth = 2.0 * float(np.max(_isthmus_radius(f, ez))) if len(f) else float("nan")
+    counts["margin"] = int(fits_any.sum())
+    counts["isthmus-80"] = int(fits_rule.sum())
+    good = best_l > 0
+    counts["length"] = int(good.sum())
+    entry, dirs, best_d, best_l, f = entry[good], dirs[good], best_d[good], best_l[good], f[good]
+    # clearance actually achieved (inscribed-ball margin) over [ez, L]
+    nL = np.round(best_l / step).astype(int)
+    mask_run = (np.arange(len(ts))[None, :] >= ez) & (np.arange(len(ts))[None, :] <= nL[:, None])
+    clear = np.where(mask_run, -f, np.inf).min(axis=1) - 0.5 * best_d
+    # purchase: HU over the screw volume (axis + ring at 0.6 r), 1 mm steps
+    pur, mhu = _purchase(ctx, entry, dirs, best_d, best_l)
+    return dict(entry=entry, dirs=dirs, d=best_d, L=best_l, purchase=pur, mean_hu=mhu, clear=clear,
+                counts=counts, isthmus=isth)
+
+
+def _isthmus_radius(f: np.ndarray, ez: int) -> np.ndarray:
+    """Per axis, the smallest inscribed radius over the first 25 mm after the entry zone (the
+    pedicle's narrowest part along the axis)."""
+    n = min(f.shape[1], ez + 50)
+    return np.min(-f[:, ez:n], axis=1) if n > ez else np.zeros(len(f))
+
+
+def _purchase(ctx: VertebraContext, entry, dirs, dmm, lmm):
+    if len(entry) == 0:
+        return np.zeros(0), np.zeros(0)
+    nmax = int(np.ceil(lmm.max()))
+    ts = np.arange(0.5, nmax, 1.0)
+    ang = np.linspace(0, 2 * np.pi, 6, endpoint=False)
+    tot = np.zeros(len(entry))
+    cnt = np.zeros(len(entry))
+    # perpendicular basis per axis
+    helper = np.where(np.abs(dirs[:, :1]) < 0.9, np.array([[1.0, 0, 0]]), np.array([[0, 1.0, 0]]))
+    u = np.cross(dirs, helper)
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    v = np.cross(dirs, u)
+    offs = [np.zeros_like(u)] + [0.6 * 0.5 * dmm[:, None] * (np.cos(a) * u + np.sin(a) * v) for a in ang]
+    valid = ts[None, :] < lmm[:, None]  # (N, T)
+    hu_field = DistanceField(ctx.hu, ctx.field.affine, -1000.0)
+    for off in offs:
+        hu = hu_field.sample_rays(entry + off, dirs, ts)
+        tot += np.where(valid, np.maximum(hu, 0.0), 0.0).sum(axis=1)
+        cnt += valid.sum(axis=1)
+    mean = tot / np.maximum(cnt, 1)
+    vol_ml = np.pi * (0.5 * dmm) ** 2 * lmm / 1000.0
+    return mean * vol_ml, mean
+
+
+# --------------------------------------------------------------------------- later rules
+def sap_border(ctx: VertebraContext, side: str, centre: np.ndarray) -> float | None:
+    """Lateral coordinate (vertebra frame, positive = this side) of the superior articular
+    process (SAP): the median lateral coordinate of the bone above the pedicle's roof (cranial
+    to the isthmus centre by half the isthmus height + 2 mm, or 8 mm when unmeasured) and behind
+    the isthmus centre, on this side. The transverse process lies at the pedicle's height, so it
+    is excluded; the median keeps the estimate on the SAP's body (its lateral half starts here)."""
+    (i0, i1), (j0, j1), (k0, k1) = mask_box(ctx.mask, ctx.ct, 0.0)
+    idx = np.argwhere(ctx.mask[i0:i1, j0:j1, k0:k1]) + [i0, j0, k0]
+    loc = ctx.frame.to_local(ctx.ct.index_to_world(idx))
+    c = ctx.frame.to_local(centre)
+    ped = ctx.pedicles.get(side)
+    h = float(ped.isthmus_height_mm) if ped is not None and np.isfinite(ped.isthmus_height_mm) else 12.0
+    s = _side_sign(side)
+    lat = s * loc[:, 0]
+    sel = (lat > 2.0) & (loc[:, 2] > c[2] + 0.5 * min(max(h, 8.0), 20.0) + 2.0) & (loc[:, 1] > c[1])
+    if sel.sum() < 10:
+        return None
+    return float(np.median(lat[sel]))
+
+
+def _ring_offsets(dirs: np.ndarray, radius: np.ndarray, n: int = 4) -> list[np.ndarray]:
+    """Axis plus ``n`` points around it at ``radius`` (per axis), as offsets (N, 3)."""
+    helper = np.where(np.abs(dirs[:, :1]) < 0.9, np.array([[1.0, 0, 0]]), np.array([[0, 1.0, 0]]))
+    u = np.cross(dirs, helper)
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    v = np.cross(dirs, u)
+    r = np.asarray(radius, float).reshape(-1, 1)
+    return [np.zeros_like(u)] + [r * (np.cos(a) * u + np.sin(a) * v)
+                                 for a in np.linspace(0, 2 * np.pi, n, endpoint=False)]
+
+
+def _lookup(arr: np.ndarray, inv: np.ndarray, pts: np.ndarray, fill: bool) -> np.ndarray:
+    """Nearest-voxel values of a bool array at LPS points (..., 3); ``fill`` off the grid."""
+    from spineplan.geometry import affine_apply
+
+    shp = pts.shape[:-1]
+    idx = np.rint(affine_apply(inv, pts.reshape(-1, 3))).astype(np.int64)
+    ok = np.all((idx >= 0) & (idx < np.array(arr.shape)), axis=1)
+    out = np.full(len(idx), fill, bool)
+    out[ok] = arr[idx[ok, 0], idx[ok, 1], idx[ok, 2]]
+    return out.reshape(shp)
+
+
+@dataclass
+class Corridor:
+    """Whole-CT masks for the percutaneous corridor: ``obstacle`` (bone by HU or any vertebra
+    label) and ``air`` (outside the body); built once per plan."""
+
+    obstacle: np.ndarray
+    air: np.ndarray
+    inv: np.ndarray
+    spacing: float
+
+    @classmethod
+    def of(cls, ct: Volume, labels: np.ndarray | None, st: PlannerSettings) -> "Corridor":
+        a = np.asarray(ct.array)
+        obstacle = a > st.corridor_bone_hu
+        if labels is not None:
+            obstacle |= labels != 0
+        return cls(obstacle, a < st.skin_hu, np.linalg.inv(ct.affine), float(np.max(ct.spacing)))
+
+
+def skin_and_corridor(cor: Corridor, entries: np.ndarray, dirs: np.ndarray, radii: np.ndarray,
+                      st: PlannerSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Skin points (N, 3; NaN when not found before leaving the scan) and whether each back-extension
+    from the entry to the skin meets bone (N,). Off the scan counts as air (the skin is then the
+    last tissue sample inside the field of view)."""
+    start = max(st.corridor_start_mm, cor.spacing + 1.0)
+    ts = np.arange(start, st.max_skin_depth_mm, 1.0)
+    line = entries[:, None, :] - ts[None, :, None] * dirs[:, None, :]  # (N, T, 3)
+    air = _lookup(cor.air, cor.inv, line, True)
+    run = air[:, :-2] & air[:, 1:-1] & air[:, 2:]  # 3 mm of air
+    has = run.any(axis=1)
+    k = np.where(has, np.argmax(run, axis=1), len(ts) - 1)
+    skin = line[np.arange(len(k)), np.maximum(k - 1, 0)]
+    skin[~has] = np.nan
+    before = np.arange(len(ts))[None, :] < k[:, None]
+    blocked = np.zeros(len(entries), bool)
+    for off in _ring_offsets(dirs, radii):
+        hit = _lookup(cor.obstacle, cor.inv, line + off[:, None, :], False)
+        blocked |= np.any(hit & before, axis=1)
+    return skin, blocked
+
+
+def _facet_hits(fz: BoxMask, entries, dirs, diam, lengths, st: PlannerSettings) -> np.ndarray:
+    """Whether the shaft or the head model of each screw touches the facet zone (N,)."""
+    out = np.zeros(len(entries), bool)
+    ts = np.arange(0.0, float(np.max(lengths)) + 1e-9, 1.0)
+    th = np.arange(-st.head_height_mm, 0.0, 1.0)
+    for off in _ring_offsets(dirs, 0.5 * diam, 6):
+        p = entries[:, None, :] + off[:, None, :] + ts[None, :, None] * dirs[:, None, :]
+        hit = fz.contains(p) & (ts[None, :] <= lengths[:, None])
+        out |= hit.any(axis=1)
+    for off in _ring_offsets(dirs, np.maximum(st.head_radius_mm, 0.5 * diam), 6):
+        p = entries[:, None, :] + off[:, None, :] + th[None, :, None] * dirs[:, None, :]
+        out |= fz.contains(p).any(axis=1)
+    return out
+
+
+#: Candidates checked per vectorised batch of the later rules.
+CHUNK = 512
+
+
+def search_pedicle(ctx: VertebraContext, side: str, st: PlannerSettings, sizes: list[tuple[float, float]],
+                   *, grade_fn=None, max_options: int | None = None, corridor: Corridor | None = None) -> PedicleResult:
+    """All admissible screws for one pedicle, best purchase first (at most ``keep_candidates``)."""
+    centre, med0, cra0, src = pedicle_seed(ctx, side)
+    if centre is None:
+        return PedicleResult([], float("nan"), float("nan"), "none", {"bone-corridor": 0}, "bone-corridor", src)
+    ped = ctx.pedicles.get(side)
+    spine_width = float(ped.isthmus_width_mm) if ped is not None and np.isfinite(ped.isthmus_width_mm) else None
+    centre, med0, cra0 = recentre(ctx, side, centre, med0, cra0, st)
+    pts, dirs = candidate_axes(ctx, side, centre, med0, cra0, st)
+    res = evaluate(ctx, side, pts, dirs, st, sizes, spine_width)
+    width_sdf = res["isthmus"]
+    if spine_width is not None:
+        width, wsrc = spine_width, "spine"
+    else:
+        width, wsrc = width_sdf, "distance-field"
+        res = evaluate(ctx, side, pts, dirs, st, sizes, width)
+    counts = dict(res["counts"])
+    cor = corridor or Corridor.of(ctx.ct, ctx.labels, st)
+    order = np.argsort(-res["purchase"], kind="stable")
+    border = sap_border(ctx, side, centre)
+    s = _side_sign(side)
+    keep = st.keep_candidates if max_options is None else max_options
+    options: list[Option] = []
+    stage = {r: 0 for r in RULES[4:]}
+    for c0 in range(0, len(order), CHUNK):
+        ii = order[c0:c0 + CHUNK]
+        e, d = res["entry"][ii], res["dirs"][ii]
+        dmm, lmm = res["d"][ii], res["L"][ii]
+        sap = s * ctx.frame.to_local(e)[:, 0] - border if border is not None else np.full(len(ii), np.nan)
+        ok = ~(sap < -st.sap_lateral_tolerance_mm)
+        stage["sap-entry"] += int(ok.sum())
+        if ctx.facet is not None and ok.any():
+            ok[ok] = ~_facet_hits(ctx.facet, e[ok], d[ok], dmm[ok], lmm[ok], st)
+        stage["facet"] += int(ok.sum())
+        skin = np.full((len(ii), 3), np.nan)
+        if ok.any():
+            sk, blocked = skin_and_corridor(cor, e[ok], d[ok], 0.5 * dmm[ok], st)
+            skin[ok] = sk
+            ok[ok] = ~blocked
+        stage["corridor-bone"] += int(ok.sum())
+        off = np.abs(ctx.frame.to_local(np.nan_to_num(skin))[:, 0])
+        off[np.isnan(skin[:, 0])] = np.nan
+        ok &= ~(off > st.max_skin_offset_mm)
+        stage["skin-offset"] += int(ok.sum())
+        for j in np.flatnonzero(ok):
+            i = ii[j]
+            opt = Option(entry=e[j], tip=e[j] + lmm[j] * d[j], direction=d[j], diameter_mm=float(dmm[j]),
+                         length_mm=float(lmm[j]), purchase=float(res["purchase"][i]), mean_hu=float(res["mean_hu"][i]),
+                         min_clearance_mm=float(res["clear"][i]),
+                         skin=None if np.isnan(skin[j, 0]) else skin[j],
+                         skin_offset_mm=None if np.isnan(off[j]) else float(off[j]),
+                         entry_sap_mm=None if np.isnan(sap[j]) else float(sap[j]), head=e[j] - st.rod_seat_mm * d[j])
+            if grade_fn is not None:
+                opt.safety = grade_fn(opt, side)
+                if (opt.safety.grade != "A" or opt.safety.min_margin_mm < st.margin_mm - VERIFY_TOLERANCE_MM
+                        or opt.safety.facet_violation):
+                    continue
+            stage["verified-grade"] += 1
+            options.append(opt)
+            if len(options) >= keep:
+                break
+        if len(options) >= keep:
+            break
+    counts.update(stage)
+    failed = None
+    if not options:
+        failed = next((r for r in RULES if counts.get(r, 1) == 0), "verified-grade")
+    return PedicleResult(options, width, width_sdf, wsrc, counts, failed, src)

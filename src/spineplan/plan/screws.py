@@ -1,0 +1,241 @@
+"""Pedicle screw planning: for each level and side, the screw with the best purchase that obeys
+every hard safety rule, heads aligned for one percutaneous rod per side.
+
+The search and the rules are described in :mod:`spineplan.plan._search`; every constant is a
+:class:`~spineplan.plan.settings.PlannerSettings` field with its source. When no screw obeys the
+rules for a pedicle the plan gets a ``no-safe-screw`` warning (severity ``danger``) giving the
+rule that failed and the best smaller screw that would obey them (outside the catalogue), or
+none; a breaching screw is never placed. Every placed screw is graded (Gertzbein-Robbins,
+:mod:`spineplan.safety`) against the planning mask.
+
+Research software for planning support, not a certified medical device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Iterable
+
+import numpy as np
+
+from spineplan._progress import progress
+from spineplan.errors import PlanningError
+from spineplan.levels import LEVELS, level_index, sort_levels
+from spineplan.plan.catalogue import ScrewCatalogue
+from spineplan.plan.model import Plan, Screw
+from spineplan.plan.settings import PlannerSettings
+from spineplan.volume import Volume
+
+#: Sizes tried below the catalogue when no catalogue screw fits, to name "the best smaller
+#: option": diameters from this value up to the catalogue's smallest, lengths from SMALL_LENGTH_MM.
+SMALL_DIAMETER_MM = 2.5
+SMALL_LENGTH_MM = 15.0
+
+
+def plan_screws(ct: Volume, spine, levels: Iterable[str], *, sides=("left", "right"),
+                settings: PlannerSettings | None = None, catalogue: ScrewCatalogue | None = None) -> Plan:
+    """Plan pedicle screws for ``levels`` (e.g. ``["L3", "L4", "L5"]``) on both ``sides``.
+
+    ``spine``: a :class:`spineplan.anatomy.model.Spine` on the CT's grid (masks, frames and,
+    when measured, pedicles). Returns a :class:`~spineplan.plan.model.Plan` with the screws
+    (graded, extras: ``purchase``, ``mean_hu``, ``isthmus_width_mm``, ``skin_entry``,
+    ``head_offset_mm``, ...) and warnings.
+    """
+    from spineplan.plan._search import RULE_TEXT, make_context, search_pedicle
+    from spineplan.safety import ENTRY_ZONE_RULE
+
+    st = settings or PlannerSettings()
+    cat = catalogue or ScrewCatalogue.default()
+    sides = tuple(sides)
+    for s in sides:
+        if s not in ("left", "right"):
+            raise PlanningError(f"Unknown side {s!r}: use 'left', 'right' or both.")
+    levels = sort_levels(dict.fromkeys(levels))
+    plan = Plan()
+    present = [lv for lv in levels if lv in spine]
+    for lv in levels:
+        if lv not in spine:
+            plan.warn("level-missing", f"{lv} is not in the scan's vertebrae ({', '.join(spine.names)}); "
+                      "no screws were planned there.", level=lv, severity="danger")
+    if not present:
+        raise PlanningError(f"None of the requested levels ({', '.join(levels)}) is in the scan "
+                            f"(found {', '.join(spine.names) or 'none'}). Choose levels the CT covers.")
+    if not ct.same_grid(spine.labels):
+        raise PlanningError("The Spine's label map is not on the CT's grid; build the Spine from this CT.")
+    labels = np.asarray(spine.labels.array)
+    sizes = cat.all_sizes()
+    results: dict[tuple[str, str], object] = {}
+    contexts = {}
+    from spineplan.plan._search import Corridor
+
+    corridor = Corridor.of(ct, labels, st)
+    for lv in progress(present, desc="planning screws"):
+        v = spine[lv]
+        if not v.complete:
+            plan.warn("vertebra-incomplete", f"{lv} is cut by the edge of the scan: its screws rest on partial "
+                      "anatomy; check them on the images.", level=lv)
+        above = _level_above(spine, lv)
+        ctx = make_context(ct, v, spine.mask(lv), labels, None if above is None else spine.mask(above), st)
+        contexts[lv] = ctx
+        if above is None:
+            plan.warn("facet-unchecked", f"No vertebra above {lv} in the scan: the facet joint of the level above "
+                      "could not be checked.", level=lv, severity="info")
+
+        def grade(opt, side_, ctx=ctx, lv=lv):
+            from spineplan.safety._grade import grade_segment
+
+            return grade_segment(opt.entry, opt.tip, opt.diameter_mm, ctx.field, ctx.frame, side_,
+                                 entry_zone_mm=st.entry_zone_mm, facet=ctx.facet, head_radius_mm=st.head_radius_mm,
+                                 head_height_mm=st.head_height_mm, level=lv)
+
+        for side in sides:
+            res = search_pedicle(ctx, side, st, sizes, grade_fn=grade, corridor=corridor)
+            results[(lv, side)] = res
+            if not res.options:
+                why = RULE_TEXT.get(res.failed_rule, res.failed_rule)
+                smaller = _smaller_option(ctx, side, st, cat, grade, corridor)
+                width = res.isthmus_width_mm
+                msg = (f"No safe screw for {lv} {side}: {why} (isthmus width {width:.1f} mm, "
+                       f"margin {st.margin_mm:g} mm, diameter <= {100 * st.max_diameter_fraction:.0f} % of the isthmus). ")
+                msg += (f"The best smaller option that obeys the rules would be {smaller[0]:g} x {smaller[1]:g} mm "
+                        "(not in the catalogue)." if smaller else
+                        "No smaller screw obeys the rules either; consider another fixation at this level.")
+                plan.warn("no-safe-screw", msg, level=lv, severity="danger", side=side, rule=res.failed_rule,
+                          isthmus_width_mm=_r(width), smaller_option=None if smaller is None else list(smaller),
+                          candidates_after_rule=res.counts)
+    # ---- rod alignment per side, then screws
+    for side in sides:
+        lvs = [lv for lv in present if results.get((lv, side)) is not None and results[(lv, side)].options]
+        choice, report = _align([results[(lv, side)].options for lv in lvs], st)
+        for j, lv in enumerate(lvs):
+            res = results[(lv, side)]
+            opt = res.options[choice[j]]
+            best = res.options[0]
+            ctx = contexts[lv]
+            med, cra = ctx.frame.angles_of(opt.direction, side)
+            saf = opt.safety
+            extra = {
+                "purchase": _r(opt.purchase, 1), "mean_hu": _r(opt.mean_hu, 1),
+                "isthmus_width_mm": _r(res.isthmus_width_mm, 2), "isthmus_width_source": res.width_source,
+                "isthmus_width_sdf_mm": _r(res.isthmus_width_sdf_mm, 2),
+                "diameter_to_isthmus": _r(opt.diameter_mm / res.isthmus_width_mm, 3) if res.isthmus_width_mm else None,
+                "breach_mm": _r(saf.breach_mm, 2), "breach_direction": saf.breach_direction,
+                "facet_violation": saf.facet_violation, "entry_zone_mm": st.entry_zone_mm,
+                "skin_entry": None if opt.skin is None else [round(float(x), 2) for x in opt.skin],
+                "skin_offset_mm": _r(opt.skin_offset_mm, 1), "entry_lateral_to_sap_mm": _r(opt.entry_sap_mm, 1),
+                "head": [round(float(x), 2) for x in opt.head],
+                "head_offset_mm": _r(report["offset_after"][j], 2) if report else None,
+                "grading": "planning mask",
+            }
+            if choice[j] != 0:
+                loss = 100.0 * (1 - opt.purchase / best.purchase)
+                extra["alignment_trade"] = {"purchase_lost_pct": _r(loss, 1),
+                                            "offset_before_mm": _r(report["offset_before"][j], 2),
+                                            "offset_after_mm": _r(report["offset_after"][j], 2)}
+            plan.screws.append(Screw(level=lv, side=side, entry=[float(x) for x in opt.entry],
+                                     tip=[float(x) for x in opt.tip], diameter_mm=opt.diameter_mm,
+                                     length_mm=opt.length_mm, medial_angle_deg=med, cranial_angle_deg=cra,
+                                     grade=saf.grade, min_margin_mm=float(saf.min_margin_mm), extra=extra))
+        if report and report["changed"]:
+            traded = [f"{lvs[j]} {100 * (1 - results[(lvs[j], side)].options[choice[j]].purchase / results[(lvs[j], side)].options[0].purchase):.1f} %"
+                      for j in range(len(lvs)) if choice[j] != 0]
+            plan.warn("rod-alignment-trade",
+                      f"{side.capitalize()} rod: gave up purchase ({', '.join(traded)}) to line up the screw heads: "
+                      f"summed head offset from a smooth rod line {report['total_before']:.1f} -> "
+                      f"{report['total_after']:.1f} mm (gain {report['total_before'] - report['total_after']:.1f} mm).",
+                      severity="info", side=side, purchase_lost_pct=report["loss_pct"],
+                      alignment_gain_mm=_r(report["total_before"] - report["total_after"], 2))
+        if report:
+            worst = int(np.argmax(report["offset_after"]))
+            if report["offset_after"][worst] > st.max_head_offset_mm:
+                plan.warn("rod-alignment", f"{side.capitalize()} rod: the {lvs[worst]} head lies "
+                          f"{report['offset_after'][worst]:.1f} mm from a smooth rod line through the other heads; "
+                          "the rod must be contoured or passed with care.", level=lvs[worst], side=side)
+    plan.screws.sort(key=lambda s: (level_index(s.level), s.side))
+    plan.extra["planner"] = {"settings": st.to_dict(), "catalogue": cat.name, "entry_zone_rule":
+                             ENTRY_ZONE_RULE.format(zone=st.entry_zone_mm)}
+    return plan
+
+
+def _r(x, nd=2):
+    return None if x is None or not np.isfinite(x) else round(float(x), nd)
+
+
+def _level_above(spine, lv: str) -> str | None:
+    i = level_index(lv)
+    for j in range(i - 1, -1, -1):
+        name = LEVELS[j]
+        if name in spine:
+            return name
+        if name not in ("T13", "L6"):
+            return None
+    return None
+
+
+def _smaller_option(ctx, side, st: PlannerSettings, cat: ScrewCatalogue, grade, corridor):
+    """Largest screw below the catalogue that obeys every rule, as (diameter, length), or None."""
+    from spineplan.plan._search import search_pedicle
+
+    dmin = min(cat.diameters_mm)
+    diam = [d for d in np.arange(SMALL_DIAMETER_MM, dmin, 0.5)]
+    lengths = sorted(set(cat.lengths_mm) | set(np.arange(SMALL_LENGTH_MM, min(cat.lengths_mm), 5.0)))
+    sizes = [(float(d), float(l_)) for d in diam for l_ in lengths]
+    sizes += [(float(d), float(l_)) for d in cat.diameters_mm for l_ in lengths if l_ < min(cat.lengths_mm)]
+    if not sizes:
+        return None
+    res = search_pedicle(ctx, side, st, sizes, grade_fn=grade, max_options=1, corridor=corridor)
+    if not res.options:
+        return None
+    o = res.options[0]
+    return (o.diameter_mm, o.length_mm)
+
+
+def _rod_residuals(heads: np.ndarray) -> np.ndarray:
+    """Distance of each head from a smooth rod line through all heads: a straight line for 3
+    heads, a parabola (in the cranio-caudal parameter) for 4 or more; zero for 2 or fewer."""
+    n = len(heads)
+    if n <= 2:
+        return np.zeros(n)
+    c = heads.mean(axis=0)
+    _, _, vt = np.linalg.svd(heads - c)
+    s = (heads - c) @ vt[0]
+    deg = 1 if n == 3 else 2
+    A = np.vander(s, deg + 1)
+    coef, *_ = np.linalg.lstsq(A, heads, rcond=None)
+    return np.linalg.norm(heads - A @ coef, axis=1)
+
+
+def _align(opts: list[list], st: PlannerSettings):
+    """Choose one option per level (index into each list, 0 = best purchase) trading at most
+    ``max_purchase_loss_for_alignment`` of a screw's purchase for a smaller summed head offset."""
+    n = len(opts)
+    choice = [0] * n
+    if n == 0:
+        return choice, None
+    heads = lambda ch: np.array([opts[i][ch[i]].head for i in range(n)])  # noqa: E731
+    before = _rod_residuals(heads(choice))
+    if n >= 3:
+        allowed = [[k for k, o in enumerate(ol) if o.purchase >= (1 - st.max_purchase_loss_for_alignment) * ol[0].purchase]
+                   for ol in opts]
+        cur = before.sum()
+        for _ in range(4):
+            improved = False
+            for i in range(n):
+                best_k, best_v = choice[i], cur
+                for k in allowed[i]:
+                    trial = list(choice)
+                    trial[i] = k
+                    v = _rod_residuals(heads(trial)).sum()
+                    if v < best_v - 1e-6:
+                        best_k, best_v = k, v
+                if best_k != choice[i]:
+                    choice[i], cur, improved = best_k, best_v, True
+            if not improved:
+                break
+        if before.sum() - cur < st.min_alignment_gain_mm:
+            choice = [0] * n
+    after = _rod_residuals(heads(choice))
+    loss = {i: 100.0 * (1 - opts[i][choice[i]].purchase / opts[i][0].purchase) for i in range(n) if choice[i]}
+    return choice, {"offset_before": before, "offset_after": after, "total_before": float(before.sum()),
+                    "total_after": float(after.sum()), "changed": any(choice),
+                    "loss_pct": {str(i): round(v, 2) for i, v in loss.items()}}

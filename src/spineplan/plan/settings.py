@@ -1,0 +1,127 @@
+"""Planner settings: every constant the screw planner and the safety rules use, with its source.
+
+All lengths are mm, angles degrees, densities HU. ``PlannerSettings()`` gives the defaults;
+change one with ``dataclasses.replace(settings, margin_mm=1.5)`` or ``PlannerSettings(margin_mm=1.5)``.
+
+Sources cited below:
+
+- Gertzbein SD, Robbins SE. Accuracy of pedicular screw placement in vivo. Spine 1990;15(1):11-14
+  (the breach grades A-E in 2 mm steps).
+- Misenhimer GR, Peek RD, Wiltse LL, et al. Anatomic analysis of pedicle cortical and cancellous
+  diameter as related to screw size. Spine 1989;14(4):367-372 (plastic deformation then fracture of
+  the pedicle once the screw exceeds ~80 % of its outer cortical diameter).
+- Weinstein JN, Spratt KF, Spengler D, et al. Spinal pedicle fixation: reliability and validity of
+  roentgenogram-based assessment and surgical factors on successful screw placement. Spine
+  1988;13(9):1012-1018 (entry at the junction of the transverse process and the lateral border of
+  the superior articular process, sparing the facet joint).
+- Babu R, Park JG, Mehta AI, et al. Comparison of superior-level facet joint violations during open
+  and percutaneous pedicle screw placement. Neurosurgery 2012;71(5):962-970; Chen Z, Zhao J, Xu H,
+  et al. Technical factors related to the incidence of adjacent superior segment facet joint
+  violation after transpedicular instrumentation in the lumbar spine. Eur Spine J
+  2008;17(11):1476-1480; Moshirfar A, et al. Spine 2006;31(22):2624-2629 (facet violation by the
+  top screw is frequent, more so percutaneously, and drives adjacent segment disease).
+- Foley KT, Gupta SK, Justis JR, Sherman MC. Percutaneous pedicle screw fixation of the lumbar
+  spine. Neurosurg Focus 2001;10(4):E10 (paramedian stab incisions over the pedicles; screws
+  and rod passed through extension sleeves).
+- Lonstein JE, Denis F, Perra JH, et al. Complications associated with pedicle screws. J Bone
+  Joint Surg Am 1999;81(11):1519-1528 (anterior cortical perforation endangers the great vessels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from spineplan.errors import PlanningError
+
+
+@dataclass(frozen=True)
+class PlannerSettings:
+    # ------------------------------------------------------------------ hard safety rules
+    #: Minimum bone left between the screw surface and the outside of the vertebra along the
+    #: pedicle and body (issue 4 default; about one pedicle cortex thickness).
+    margin_mm: float = 1.0
+    #: Screw diameter <= this fraction of the pedicle isthmus's outer width (Misenhimer et al. 1989).
+    max_diameter_fraction: float = 0.8
+    #: The tip stays at least this far behind the anterior cortex, measured along the axis
+    #: (issue 4; anterior perforation endangers the great vessels, Lonstein et al. 1999).
+    anterior_cortex_clearance_mm: float = 4.0
+    #: Entry zone: the first ``entry_zone_mm`` of the screw behind its entry point, measured
+    #: along the axis, lie in the dorsal cortex of the posterior elements (lateral to the
+    #: superior articular process, outside the pedicle) and cross it by design: they are
+    #: excluded from the breach and margin checks. The same rule is used by spineplan.safety.
+    entry_zone_mm: float = 5.0
+    #: Entry lateral to the superior articular process (Weinstein et al. 1988): the entry's
+    #: lateral coordinate in the vertebra frame must be at least the SAP's centre line (median
+    #: lateral coordinate of the bone above the pedicle roof, behind the isthmus) minus this
+    #: tolerance. The Weinstein entry sits on the SAP's lateral border at the transverse process.
+    sap_lateral_tolerance_mm: float = 0.0
+    #: Facet joint zone of the level above: points within this distance of both this vertebra
+    #: and its cranial neighbour, posterior to the pedicle isthmus (the facet joint space
+    #: between the inferior articular process above and the superior articular process here;
+    #: a normal lumbar facet joint space is about 1-2 mm wide). Babu et al. 2012; Chen et al. 2008.
+    facet_zone_mm: float = 2.5
+    #: The screw head (tulip) is modelled for the facet check as a cylinder of this radius
+    #: extending ``head_height_mm`` back from the entry along the axis (typical polyaxial
+    #: percutaneous tulips are 10-13 mm wide and sit ~10 mm proud; the shaft-sized core is used
+    #: because the tulip's exact shape varies by implant system).
+    head_radius_mm: float = 3.0
+    head_height_mm: float = 10.0
+    # ------------------------------------------------------------------ percutaneous corridor
+    #: Skin = body surface in the CT: the outermost point along the trajectory with HU above
+    #: this value (fat is about -100 HU, air -1000 HU).
+    skin_hu: float = -300.0
+    #: The trajectory extended back from the entry to the skin must not cross bone: no point
+    #: with HU above this (cortical bone > 400 HU, muscle 40-60 HU; iliac crest at L5/S1,
+    #: neighbouring transverse processes, ribs) and no other vertebra's label.
+    corridor_bone_hu: float = 300.0
+    #: The corridor bone check starts this far behind the entry (partial volume of the entry cortex).
+    corridor_start_mm: float = 3.0
+    #: Skin entry at most this far from the midline (the vertebra's mid-sagittal plane). Foley et
+    #: al. 2001 place paramedian incisions ~4-5 cm from the midline in typical patients; the
+    #: default allows deep soft tissue. Configure per patient and implant system.
+    max_skin_offset_mm: float = 80.0
+    #: How far behind the entry the skin is searched for (mm).
+    max_skin_depth_mm: float = 200.0
+    # ------------------------------------------------------------------ rod alignment trade
+    #: Across levels on one side, a screw may give up at most this fraction of its purchase to
+    #: bring its head nearer the smooth rod line through the other heads.
+    max_purchase_loss_for_alignment: float = 0.10
+    #: The rod seats in the screw head this far behind the entry point along the screw axis
+    #: (typical polyaxial tulips; the rod-alignment offsets are measured at this point).
+    rod_seat_mm: float = 10.0
+    #: ... and only when that gains at least this much alignment (mm).
+    min_alignment_gain_mm: float = 1.0
+    #: A head farther than this from the smooth rod line is reported as a rod-alignment warning
+    #: (percutaneous rods tolerate a few mm of offset in polyaxial tulips).
+    max_head_offset_mm: float = 5.0
+    # ------------------------------------------------------------------ search (not clinical)
+    #: Candidate axes pass through a grid of points around the pedicle isthmus centre
+    #: (half-width and step, mm) with directions in a cone around the pedicle axis (half-angle
+    #: and step, degrees).
+    search_halfwidth_mm: float = 3.0
+    search_step_mm: float = 0.75
+    search_cone_deg: float = 15.0
+    search_angle_step_deg: float = 2.5
+    #: Step of the distance-field profile along each candidate axis (mm).
+    profile_step_mm: float = 0.5
+    #: Candidates kept for the rod-alignment trade per pedicle.
+    keep_candidates: int = 12
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not isinstance(value, (int, float)) or value != value:
+                raise PlanningError(f"Planner setting {name} must be a number, got {value!r}.")
+        if self.margin_mm < 0:
+            raise PlanningError(f"Planner setting margin_mm must be >= 0 mm, got {self.margin_mm}.")
+        if not 0 < self.max_diameter_fraction <= 1:
+            raise PlanningError("Planner setting max_diameter_fraction must be in (0, 1], "
+                                f"got {self.max_diameter_fraction}.")
+        if not 0 <= self.max_purchase_loss_for_alignment < 1:
+            raise PlanningError("Planner setting max_purchase_loss_for_alignment must be in [0, 1), "
+                                f"got {self.max_purchase_loss_for_alignment}.")
+        for name in ("search_step_mm", "search_angle_step_deg", "profile_step_mm"):
+            if getattr(self, name) <= 0:
+                raise PlanningError(f"Planner setting {name} must be positive.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

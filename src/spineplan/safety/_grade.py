@@ -1,0 +1,213 @@
+"""Breach grading of one screw or needle against one vertebra mask (implementation)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from spineplan.geometry import BoxMask, DistanceField, cylinder_surface, mask_box
+from spineplan.volume import Volume
+
+#: Gertzbein-Robbins grades (Gertzbein & Robbins, Spine 1990;15:11-14): upper breach limits (mm,
+#: exclusive) of grades B, C, D; A is no breach, E is >= 6 mm (DESIGN.md).
+GR_LIMITS_MM: tuple[tuple[str, float], ...] = (("B", 2.0), ("C", 4.0), ("D", 6.0))
+#: A breach below this (mm) is numerical noise of the sub-voxel distance field, not a breach.
+BREACH_TOLERANCE_MM = 0.0
+#: Default entry zone (mm behind the entry point, along the axis): see ENTRY_ZONE_RULE.
+ENTRY_ZONE_MM = 5.0
+#: Surface sampling step (mm) along and around the screw.
+SURFACE_STEP_MM = 0.4
+#: Facet joint zone distance (mm); the planner uses PlannerSettings.facet_zone_mm (same default).
+FACET_ZONE_MM = 2.5
+#: Facet zone only posterior of this fraction of the vertebra's antero-posterior extent (from
+#: its anterior end, in the vertebra frame): excludes the disc space between the bodies, keeps
+#: the articular processes (lumbar: body ~35 mm of ~85 mm total depth; facets beyond ~50 mm).
+FACET_POSTERIOR_FRACTION = 0.45
+#: Outer diameter (mm) of needle gauges (ISO 9626:2016, normal-wall tubing), for bone-access needles.
+NEEDLE_OD_MM: dict[int, float] = {8: 4.19, 10: 3.40, 11: 3.05, 12: 2.77, 13: 2.41, 14: 2.11, 15: 1.83,
+                                  16: 1.65, 17: 1.47, 18: 1.27}
+
+ENTRY_ZONE_RULE = (
+    "Entry-zone rule: a screw crosses the dorsal cortex at its entry point by design, so the surface "
+    "points within the first {zone:g} mm behind the entry point, measured along the screw axis (the "
+    "part lying in the posterior elements lateral to the superior articular process, outside the "
+    "pedicle), are excluded from the breach and margin; a spinal-canal mask, when given, is checked "
+    "over the whole screw including the entry zone."
+)
+
+
+def gr_grade(breach_mm: float) -> str:
+    """Gertzbein-Robbins grade of a breach distance (mm).
+
+    >>> [gr_grade(x) for x in (0.0, 1.99, 2.0, 3.99, 4.0, 5.99, 6.0)]
+    ['A', 'B', 'C', 'C', 'D', 'D', 'E']
+    """
+    if breach_mm <= BREACH_TOLERANCE_MM:
+        return "A"
+    for grade, limit in GR_LIMITS_MM:
+        if breach_mm < limit:
+            return grade
+    return "E"
+
+
+@dataclass
+class ScrewSafety:
+    """Safety of one screw (or needle) against one vertebra."""
+
+    level: str | None
+    side: str | None
+    grade: str  # Gertzbein-Robbins A-E
+    breach_mm: float  # largest distance of the surface outside the bone (0 when none)
+    breach_direction: str | None  # medial|lateral|superior|inferior|anterior|posterior (vertebra frame)
+    min_margin_mm: float  # smallest bone margin of the surface (negative = breach)
+    facet_violation: bool | None  # None: not assessed (no neighbour above in the labels)
+    in_bone_fraction: float  # fraction of the axis (after the entry zone) inside this vertebra
+    entry_zone_mm: float
+    kind: str = "screw"  # "screw" | "needle"
+    index: int | None = None  # position in the plan's screws (or access) list
+    #: Level whose label holds most of the axis beyond the entry zone (None: not checked / no bone).
+    vertebra_found: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def is_safe(self) -> bool:
+        return self.grade == "A" and not self.facet_violation
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"level": self.level, "side": self.side, "kind": self.kind, "index": self.index,
+                "grade": self.grade, "breach_mm": round(self.breach_mm, 2),
+                "breach_direction": self.breach_direction, "min_margin_mm": round(self.min_margin_mm, 2),
+                "facet_violation": self.facet_violation, "in_bone_fraction": round(self.in_bone_fraction, 3),
+                "entry_zone_mm": self.entry_zone_mm, "vertebra_found": self.vertebra_found,
+                "notes": list(self.notes)}
+
+
+def direction_name(vector_local: np.ndarray, side: str | None) -> str:
+    """Name of the dominant direction of a vector in the vertebra frame (x left, y posterior, z up).
+
+    >>> direction_name(np.array([-1.0, 0.1, 0.2]), "left"), direction_name(np.array([-1.0, 0, 0]), "right")
+    ('medial', 'lateral')
+    """
+    v = np.asarray(vector_local, float)
+    k = int(np.argmax(np.abs(v)))
+    if k == 0:
+        to_left = v[0] > 0
+        if side in ("left", "right"):
+            lateral = to_left if side == "left" else not to_left
+            return "lateral" if lateral else "medial"
+        return "left" if to_left else "right"
+    if k == 1:
+        return "posterior" if v[1] > 0 else "anterior"
+    return "superior" if v[2] > 0 else "inferior"
+
+
+def patient_axes_frame(mask: np.ndarray, grid: Volume):
+    """A stand-in vertebra frame when no Spine is given: patient LPS axes, origin at the centroid
+    of the anterior 40 % of the mask (about the vertebral body)."""
+    from spineplan.anatomy.model import VertebraFrame
+
+    idx = np.argwhere(mask)
+    if len(idx) == 0:
+        return VertebraFrame(np.zeros(3), np.eye(3))
+    xyz = grid.index_to_world(idx[:: max(1, len(idx) // 20000)])
+    y0, y1 = xyz[:, 1].min(), xyz[:, 1].max()
+    body = xyz[xyz[:, 1] <= y0 + 0.4 * (y1 - y0)]
+    return VertebraFrame(body.mean(axis=0), np.eye(3))
+
+
+def facet_zone(mask: np.ndarray, above_mask: np.ndarray | None, grid: Volume, frame, *,
+               zone_mm: float = FACET_ZONE_MM, pad_mm: float = 15.0) -> BoxMask | None:
+    """The facet joint zone between a vertebra and the one above it.
+
+    Points within ``zone_mm`` of both vertebrae, plus the cranial vertebra's own bone, restricted
+    to the posterior elements (beyond ``FACET_POSTERIOR_FRACTION`` of the vertebra's
+    antero-posterior extent in its frame), in the padded bounding box of the vertebra. ``None``
+    when there is no vertebra above.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    if above_mask is None or not np.any(above_mask):
+        return None
+    box = mask_box(mask, grid, pad_mm)
+    sl = tuple(slice(a, b) for a, b in box)
+    sub, up = mask[sl], above_mask[sl]
+    aff = grid.affine.copy()
+    aff[:3, 3] = grid.index_to_world([b[0] for b in box])
+    if not up.any():
+        return BoxMask(np.zeros(sub.shape, bool), aff)
+    sp = grid.spacing
+    near_this = distance_transform_edt(~sub, sampling=sp) <= zone_mm
+    near_up = distance_transform_edt(~up, sampling=sp) <= zone_mm
+    ii = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in box], indexing="ij"), -1).reshape(-1, 3)
+    y_local = frame.to_local(grid.index_to_world(ii))[:, 1].reshape(sub.shape)
+    ys = y_local[sub]
+    if ys.size == 0:
+        return BoxMask(np.zeros(sub.shape, bool), aff)
+    y_cut = ys.min() + FACET_POSTERIOR_FRACTION * (ys.max() - ys.min())
+    zone = ((near_this & near_up) | up) & (y_local > y_cut)
+    return BoxMask(zone, aff)
+
+
+def grade_segment(entry, tip, diameter_mm: float, field_: DistanceField, frame, side: str | None, *,
+                  entry_zone_mm: float = ENTRY_ZONE_MM, canal: DistanceField | None = None,
+                  facet: BoxMask | None = None, head_radius_mm: float = 3.0, head_height_mm: float = 10.0,
+                  level: str | None = None, kind: str = "screw", step_mm: float = SURFACE_STEP_MM) -> ScrewSafety:
+    """Grade a cylinder entry->tip of ``diameter_mm`` against a precomputed distance field."""
+    entry = np.asarray(entry, float)
+    tip = np.asarray(tip, float)
+    r = 0.5 * float(diameter_mm)
+    s = cylinder_surface(entry, tip, r, step_mm=step_mm)
+    sdf = field_.sample(s.points)
+    judged = s.t_mm >= entry_zone_mm
+    notes = [ENTRY_ZONE_RULE.format(zone=entry_zone_mm)]
+    if not judged.any():
+        notes.append(f"The {kind} is shorter than the entry zone: nothing to grade.")
+        judged = np.ones_like(judged)
+    sj = sdf[judged]
+    worst = int(np.argmax(sj))
+    breach = max(float(sj[worst]), 0.0)
+    margin = float(-sj.max())
+    wpt_radial = s.radial[judged][worst]
+    wpt = s.points[judged][worst]
+    # Spinal canal: any intrusion counts, entry zone included.
+    if canal is not None:
+        depth = -canal.sample(s.points)
+        k = int(np.argmax(depth))
+        if depth[k] > 0:
+            notes.append(f"The {kind} enters the spinal canal by {depth[k]:.1f} mm.")
+            if depth[k] > breach:
+                breach, wpt_radial, wpt = float(depth[k]), s.radial[k], s.points[k]
+                margin = min(margin, -float(depth[k]))
+    direction = None
+    if breach > BREACH_TOLERANCE_MM:
+        # the breach points along the distance field's gradient (outward from the bone) at the
+        # worst surface point; the screw's radial direction there when the field is flat
+        h = 0.5
+        g = np.array([(field_.sample((wpt + h * e)[None])[0] - field_.sample((wpt - h * e)[None])[0]) / (2 * h)
+                      for e in np.eye(3)])
+        vec = g if np.linalg.norm(g) > 0.3 else wpt_radial
+        direction = direction_name(frame.direction_to_local(vec), side)
+    d = (tip - entry) / np.linalg.norm(tip - entry)
+    length = float(np.linalg.norm(tip - entry))
+    ts = np.arange(entry_zone_mm, length + 1e-9, 0.5)
+    in_bone = float(np.mean(field_.sample(entry + ts[:, None] * d) < 0)) if len(ts) else 0.0
+    facet_violation = None
+    if facet is not None:
+        from spineplan.geometry import cylinder_volume_points
+
+        shaft = cylinder_volume_points(entry, tip, r, step_mm=0.75)
+        head = cylinder_volume_points(entry, entry - head_height_mm * d, max(head_radius_mm, r), step_mm=0.75)
+        pts = np.concatenate([shaft, head]) if len(head) else shaft
+        facet_violation = bool(facet.contains(pts).any())
+        if facet_violation:
+            notes.append("The screw or its head lies in the facet joint of the level above "
+                         "(adjacent-segment risk; Babu et al., Neurosurgery 2012).")
+    grade = gr_grade(breach)
+    if breach > 0:
+        notes.append(f"Largest breach {breach:.1f} mm ({direction}) at LPS "
+                     f"[{wpt[0]:.1f}, {wpt[1]:.1f}, {wpt[2]:.1f}].")
+    return ScrewSafety(level=level, side=side, grade=grade, breach_mm=breach, breach_direction=direction,
+                       min_margin_mm=margin, facet_violation=facet_violation, in_bone_fraction=in_bone,
+                       entry_zone_mm=float(entry_zone_mm), kind=kind, notes=notes)
