@@ -575,13 +575,58 @@ def _smooth(v: np.ndarray) -> np.ndarray:
     return out
 
 
+def _local_axis(side: str, med_deg, cra_deg) -> np.ndarray:
+    sgn = 1.0 if side == "left" else -1.0
+    m, c = np.radians(med_deg), np.radians(cra_deg)
+    return np.array([-sgn * np.sin(m) * np.cos(c), -np.cos(m) * np.cos(c), np.sin(c)])
+
+
+def _least_section_axis(crop: _Crop, frame: VertebraFrame, centre, side: str) -> np.ndarray:
+    """World axis through ``centre`` whose perpendicular mask sections are smallest.
+
+    The pedicle's cross-section is least when cut perpendicular to its axis; candidates span
+    medial angles -10..45 deg and cranial angles -20..20 deg, then a finer grid around the best.
+    """
+    from scipy.ndimage import label, map_coordinates
+
+    inv = np.linalg.inv(crop.ct.affine)
+    g = np.arange(-12.0, 12.01, 0.75)
+    su, sw = np.meshgrid(g, g, indexing="ij")
+    mid = len(g) // 2
+
+    def area(med, cra):
+        a = frame.axes.T @ _local_axis(side, med, cra)
+        u = _unit(np.cross(frame.axes[2], a))
+        w = np.cross(a, u)
+        tot = 0.0
+        for t in (-3.0, 0.0, 3.0):
+            pts = centre + t * a + su[..., None] * u + sw[..., None] * w
+            idx = pts.reshape(-1, 3) @ inv[:3, :3].T + inv[:3, 3]
+            sec = map_coordinates(crop.smooth, idx.T, order=1, mode="constant").reshape(su.shape) >= 0.5
+            lab, _ = label(sec)
+            k = lab[mid, mid]
+            if k == 0:
+                on = np.argwhere(sec)
+                if len(on) == 0:
+                    return np.inf
+                j = np.argmin(np.sum((on - mid) ** 2, axis=1))
+                k = lab[tuple(on[j])]
+            tot += float(np.sum(lab == k))
+        return tot
+
+    best = min(((area(m, c), m, c) for m in np.arange(-10.0, 45.1, 5.0) for c in np.arange(-20.0, 20.1, 5.0)))
+    _, m0, c0 = best
+    best = min(((area(m, c), m, c) for m in m0 + np.arange(-3.0, 3.1, 1.5) for c in c0 + np.arange(-3.0, 3.1, 1.5)))
+    return frame.axes.T @ _local_axis(side, best[1], best[2])
+
+
 def _measure_pedicle(ct, crop, fit: _FrameFit, side: str, sp: float) -> Pedicle | None:
     seed = _pedicle_seed(fit.grid, fit.canal, side)
     if seed is None:
         return None
     frame = fit.frame
     centre = frame.to_world(seed[0])
-    axis = _unit(frame.axes.T @ seed[1])
+    axis = _least_section_axis(crop, frame, centre, side)
     ts = np.arange(-9.0, 9.01, 0.5)
     best = None
     for it in range(3):
