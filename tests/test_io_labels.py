@@ -277,3 +277,14 @@ def test_rotated_grid_is_resampled_like_the_oracle(tmp_path):
     expected = _nearest_oracle(src, aff, SHAPE, CT_AFFINE)
     # nearest-neighbour ties (points exactly half-way) may round either way: allow 0.5 %
     assert (lab.volume.array == expected).mean() > 0.995
+
+
+def test_labels_from_volume_in_memory(tmp_path):
+    from spineplan.io import labels_from_volume
+
+    ts = Volume(_label_array(TS).astype(np.int32), CT_AFFINE)
+    lab = labels_from_volume(ts, _ct(), source="segmenter output")
+    assert lab.convention == "ts-total" and lab.names == ["L3", "L4", "L5"]
+    np.testing.assert_array_equal(lab.masks["L4"], _box("L4"))
+    with pytest.raises(LabelError, match="segmenter output is empty"):
+        labels_from_volume(Volume(np.zeros(SHAPE, np.uint8), CT_AFFINE), source="segmenter output")

@@ -170,7 +170,7 @@ def _read_label_volume(path: Path) -> Volume:
     return Volume(arr, affine, modality="labels", meta=meta)
 
 
-def _as_uint8(arr: np.ndarray, path: Path) -> np.ndarray:
+def _as_uint8(arr: np.ndarray, path) -> np.ndarray:
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype.kind not in "iufb":
@@ -207,7 +207,7 @@ def _heights(arr: np.ndarray, vol: Volume, codes: list[int]) -> dict[int, float]
     return out
 
 
-def _detect(arr: np.ndarray, vol: Volume, present: set[int], path: Path) -> tuple[str, str]:
+def _detect(arr: np.ndarray, vol: Volume, present: set[int], path) -> tuple[str, str]:
     if present and present <= SUBREGION_IDS and len(present) >= 3:
         raise LabelError(
             f"{path} holds only labels {min(present)}-{max(present)}, the VerSe/TPTBox subregion "
@@ -292,41 +292,54 @@ def read_labels(path: TypePath, ct: Volume | None = None, *, convention: str = "
             f"The label map {path} does not exist. Give a label file (.nii.gz, .nrrd, .mha) or a "
             "TotalSegmentator output folder."
         )
-    warnings: list[str] = []
     if path.is_dir() or convention == "ts-folder":
         if not path.is_dir():
             raise LabelError(f"convention='ts-folder' needs a folder, but {path} is a file.")
         raw, files = _read_ts_folder(path)
-        conv, why = "ts-folder", f"a folder with {len(files)} vertebra file(s)"
-        verse = raw.array
+        why = f"a folder with {len(files)} vertebra file(s)"
+        return _finish(raw, raw.array, "ts-folder", why, ct, str(path), path.name, [])
+    return labels_from_volume(_read_label_volume(path), ct, convention=convention, source=str(path))
+
+
+def labels_from_volume(
+    volume: Volume, ct: Volume | None = None, *, convention: str = "auto", source: str = "the label map"
+) -> Labels:
+    """An in-memory label map (VerSe or TotalSegmentator ``total`` ids) as :class:`Labels`.
+
+    The same conventions, auto-detection and grid handling as :func:`read_labels`; ``source``
+    names the map in messages.
+    """
+    if convention not in ("auto", "verse", "ts-total"):
+        raise LabelError(f"Unknown label convention {convention!r} for a label volume; use auto, verse or ts-total.")
+    arr = _as_uint8(np.asarray(volume.array), source)
+    present = {int(c) for c in np.nonzero(label_histogram(arr))[0] if c > 0}
+    if not present:
+        raise LabelError(f"The label map {source} is empty (every voxel is 0). Give a label map that contains the vertebrae.")
+    if convention == "auto":
+        conv, why = _detect(arr, volume, present, source)
     else:
-        raw = _read_label_volume(path)
-        arr = _as_uint8(np.asarray(raw.array), path)
-        bc = label_histogram(arr)
-        present = {int(c) for c in np.nonzero(bc)[0] if c > 0}
-        if not present:
-            raise LabelError(f"The label map {path} is empty (every voxel is 0). Give a label map that contains the vertebrae.")
-        if convention == "auto":
-            conv, why = _detect(arr, raw, present, path)
-        else:
-            conv, why = convention, "given"
-        lut = _lut(conv)
-        dropped = sorted(c for c in present if lut[c] == 0)
-        if conv == "verse" and dropped:
-            warnings.append(f"Labels {', '.join(map(str, dropped))} are not VerSe vertebra codes and were ignored.")
-        verse = lut[arr]
+        conv, why = convention, "given"
+    lut = _lut(conv)
+    warnings: list[str] = []
+    dropped = sorted(c for c in present if lut[c] == 0)
+    if conv == "verse" and dropped:
+        warnings.append(f"Labels {', '.join(map(str, dropped))} are not VerSe vertebra codes and were ignored.")
+    return _finish(volume, lut[arr], conv, why, ct, source, Path(source).name, warnings)
+
+
+def _finish(raw: Volume, verse: np.ndarray, conv: str, why: str, ct, where: str, name: str, warnings: list[str]) -> Labels:
     if not verse.any():
         raise LabelError(
-            f"{path} contains no vertebra labels under the {conv} convention ({why}). Give a "
+            f"{where} contains no vertebra labels under the {conv} convention ({why}). Give a "
             "vertebra label map, or pass the right convention ('verse' or 'ts-total')."
         )
     vol = raw.with_array(verse, modality="labels", meta={**raw.meta, "convention": conv, "convention_reason": why})
     if ct is not None:
-        vol = _onto_ct(vol, ct, path, warnings)
-    return Labels(volume=vol, convention=conv, source=path.name, warnings=warnings)
+        vol = _onto_ct(vol, ct, where, name, warnings)
+    return Labels(volume=vol, convention=conv, source=name, warnings=warnings)
 
 
-def _onto_ct(vol: Volume, ct: Volume, path: Path, warnings: list[str]) -> Volume:
+def _onto_ct(vol: Volume, ct: Volume, path: str, name: str, warnings: list[str]) -> Volume:
     from spineplan.io._grid import onto_grid
 
     n_before = int(np.count_nonzero(vol.array))
@@ -347,12 +360,12 @@ def _onto_ct(vol: Volume, ct: Volume, path: Path, warnings: list[str]) -> Volume
         )
     if how == "resampled":
         warnings.append(
-            f"The label map {path.name} ({vol.orientation()}, {'x'.join(map(str, vol.shape))}, "
+            f"The label map {name} ({vol.orientation()}, {'x'.join(map(str, vol.shape))}, "
             f"{'x'.join(f'{s:.3g}' for s in vol.spacing)} mm) is on another grid than the CT; it was "
             "resampled onto the CT grid with nearest neighbour."
         )
     if kept < MIN_OVERLAP_FRACTION:
-        warnings.append(f"Only {kept:.0%} of the labelled volume in {path.name} lies inside the CT; the rest was cut off.")
+        warnings.append(f"Only {kept:.0%} of the labelled volume in {name} lies inside the CT; the rest was cut off.")
     return ct.with_array(arr, modality="labels", meta={**vol.meta, "grid": how})
 
 
@@ -363,5 +376,5 @@ def write_labels(labels: Volume | Labels, path: TypePath) -> Path:
     vol = labels.volume if isinstance(labels, Labels) else labels
     arr = np.asarray(vol.array)
     if arr.dtype != np.uint8:
-        _as_uint8(arr, Path(path))
+        _as_uint8(arr, str(path))
     return write_volume(vol, path, dtype=np.uint8)
