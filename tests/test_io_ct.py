@@ -367,3 +367,27 @@ def test_nifti_without_orientation_warns(tmp_path):
     nib.save(img, str(tmp_path / "noori.nii.gz"))
     vol = read_ct(tmp_path / "noori.nii.gz")
     assert any("no orientation" in w for w in vol.meta["warnings"])
+
+
+def test_dicom_slices_off_a_straight_line_refused(tmp_path):
+    from pydicom.uid import generate_uid
+
+    uid = generate_uid()
+    write_ct_series(tmp_path / "zig", n_slices=4, series_uid=uid)
+    # a fifth slice 2.5 mm further along z but shifted 3 mm sideways: not on the stack's line
+    write_ct_series(tmp_path / "zig" / "x", n_slices=1, origin=(-2.0, -4.0, 3.0), series_uid=uid)
+    with pytest.raises(InputError, match="do not lie on a straight line"):
+        read_ct(tmp_path / "zig")
+
+
+def test_dicom_multiframe_refused(tmp_path):
+    import pydicom
+
+    paths = write_ct_series(tmp_path / "mf", n_slices=2)
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        ds.NumberOfFrames = 2
+        ds.PixelData = ds.PixelData * 2
+        ds.save_as(p, enforce_file_format=True)
+    with pytest.raises(InputError, match="multi-frame"):
+        read_ct(tmp_path / "mf")

@@ -23,7 +23,9 @@ Conventions (``convention=``):
 4. otherwise ``verse``, but only if the labels are stacked like vertebrae: with 3 or more
    labels, larger codes must lie further caudal (VerSe counts downwards) for most neighbouring
    pairs. A map whose labels are not ordered that way (e.g. a TotalSegmentator map holding
-   only organs, ids 1-24) is refused with advice to pass ``convention=`` explicitly.
+   only organs, ids 1-24) is refused with advice to pass ``convention=`` explicitly. With
+   fewer than 3 such labels the order cannot be checked and VerSe is assumed: pass
+   ``convention=`` explicitly for small maps of unknown origin.
 
 An explicit ``convention=`` skips these checks (except that the result must contain vertebrae).
 
