@@ -1,38 +1,7 @@
 """Vertebra label maps in any supported convention -> VerSe codes on the CT's grid.
 
-Conventions (``convention=``):
-
-``"verse"``
-    VerSe codes (Sekuboyina et al., MedIA 2021): 1-7 C1-C7, 8-19 T1-T12, 20-24 L1-L5, 25 L6,
-    26 sacrum/S1, 28 T13. TotalSegmentator's ``vertebrae_pp`` task uses the same numbers.
-``"ts-total"``
-    TotalSegmentator v2 ``total`` task ids (:data:`spineplan.levels.TS_TOTAL_IDS`): 25 sacrum
-    and 26 S1 both become S1, 27 L5 ... 31 L1, 32 T12 ... 43 T1, 44 C7 ... 50 C1. All other ids
-    (organs, ribs, vessels, muscles) are dropped.
-``"ts-folder"``
-    A TotalSegmentator output folder with one file per structure (``vertebrae_L4.nii.gz``,
-    ``sacrum.nii.gz``, ...; :data:`spineplan.levels.TS_FILE_NAMES`). Other files are ignored.
-
-``"auto"`` (the default) decides as follows:
-
-1. a folder is ``ts-folder``;
-2. labels only within 41-50 (with at least 3 of them) are VerSe/TPTBox *subregion* labels
-   (arch, processes, body), not vertebrae: refused, because they do not say which vertebra;
-3. any label above 28, or label 27 (which VerSe does not use but is L5 in TotalSegmentator),
-   means ``ts-total``;
-4. otherwise ``verse``, but only if the labels are stacked like vertebrae: with 3 or more
-   labels, larger codes must lie further caudal (VerSe counts downwards) for most neighbouring
-   pairs. A map whose labels are not ordered that way (e.g. a TotalSegmentator map holding
-   only organs, ids 1-24) is refused with advice to pass ``convention=`` explicitly. With
-   fewer than 3 such labels the order cannot be checked and VerSe is assumed: pass
-   ``convention=`` explicitly for small maps of unknown origin.
-
-An explicit ``convention=`` skips these checks (except that the result must contain vertebrae).
-
-Grids: when a CT is given and the label map's grid differs, the map is put onto the CT's grid:
-exactly (numpy re-indexing) when the voxel centres coincide up to axis order/flips, otherwise by
-nearest-neighbour resampling with SimpleITK (a warning says so). A label map that does not
-overlap the CT physically is refused; one that only partly overlaps gets a warning.
+The conventions, how ``convention="auto"`` decides, and how grids are matched are described
+in :func:`read_labels`.
 """
 
 from __future__ import annotations
@@ -282,9 +251,42 @@ def _read_ts_folder(path: Path) -> tuple[Volume, list[str]]:
 def read_labels(path: TypePath, ct: Volume | None = None, *, convention: str = "auto") -> Labels:
     """Read a vertebra label map (file or TotalSegmentator folder) as VerSe codes on ``ct``'s grid.
 
-    See the module docstring for the conventions and how ``"auto"`` decides. Raises
-    :class:`~spineplan.errors.LabelError` for missing/unreadable files, maps without vertebrae,
-    unknown conventions and maps that do not overlap the CT.
+    Conventions (``convention=``):
+
+    ``"verse"``
+        VerSe codes (Sekuboyina et al., MedIA 2021): 1-7 C1-C7, 8-19 T1-T12, 20-24 L1-L5, 25 L6,
+        26 sacrum/S1, 28 T13. TotalSegmentator's ``vertebrae_pp`` task uses the same numbers.
+    ``"ts-total"``
+        TotalSegmentator v2 ``total`` task ids (:data:`spineplan.levels.TS_TOTAL_IDS`): 25 sacrum
+        and 26 S1 both become S1, 27 L5 ... 31 L1, 32 T12 ... 43 T1, 44 C7 ... 50 C1. All other ids
+        (organs, ribs, vessels, muscles) are dropped.
+    ``"ts-folder"``
+        A TotalSegmentator output folder with one file per structure (``vertebrae_L4.nii.gz``,
+        ``sacrum.nii.gz``, ...; :data:`spineplan.levels.TS_FILE_NAMES`). Other files are ignored.
+
+    ``"auto"`` (the default) decides as follows:
+
+    1. a folder is ``ts-folder``;
+    2. labels only within 41-50 (with at least 3 of them) are VerSe/TPTBox *subregion* labels
+       (arch, processes, body), not vertebrae: refused, because they do not say which vertebra;
+    3. any label above 28, or label 27 (which VerSe does not use but is L5 in TotalSegmentator),
+       means ``ts-total``;
+    4. otherwise ``verse``, but only if the labels are stacked like vertebrae: with 3 or more
+       labels, larger codes must lie further caudal (VerSe counts downwards) for most neighbouring
+       pairs. A map whose labels are not ordered that way (e.g. a TotalSegmentator map holding
+       only organs, ids 1-24) is refused with advice to pass ``convention=`` explicitly. With
+       fewer than 3 such labels the order cannot be checked and VerSe is assumed: pass
+       ``convention=`` explicitly for small maps of unknown origin.
+
+    An explicit ``convention=`` skips these checks (except that the result must contain vertebrae).
+
+    Grids: when a CT is given and the label map's grid differs, the map is put onto the CT's grid:
+    exactly (numpy re-indexing) when the voxel centres coincide up to axis order/flips, otherwise by
+    nearest-neighbour resampling with SimpleITK (a warning says so). A label map that does not
+    overlap the CT physically is refused; one that only partly overlaps gets a warning.
+
+    Raises :class:`~spineplan.errors.LabelError` for missing/unreadable files, maps without
+    vertebrae, unknown conventions and maps that do not overlap the CT.
     """
     path = Path(path)
     if convention not in CONVENTIONS:
