@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from spineplan.cli import main
-from tests._io import ramp, write_ct_series, write_nifti_lps
+from _iodata import ramp, write_ct_series, write_nifti_lps
 
 
 @pytest.fixture()

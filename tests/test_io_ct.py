@@ -1,7 +1,7 @@
 """read_ct: DICOM series, NIfTI, NRRD and MHA into LPS, and a clear error for each bad input.
 
 Every test writes real files into tmp_path. Geometry is checked against a linear HU ramp of the
-LPS position (see tests/_io.py) or against an independent reader (nibabel, SimpleITK).
+LPS position (see tests/_iodata.py) or against an independent reader (nibabel, SimpleITK).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 from spineplan.errors import InputError
 from spineplan.io import read_ct, write_volume
-from tests._io import (
+from _iodata import (
     ACCESSION,
     BIRTH_DATE,
     PATIENT_ID,

@@ -9,7 +9,7 @@ import pytest
 from spineplan.errors import LabelError
 from spineplan.io import Labels, read_labels, write_labels
 from spineplan.volume import Volume
-from tests._io import write_nifti_lps
+from _iodata import write_nifti_lps
 
 # A small CT grid: 1 mm voxels, LPS, 20 x 16 x 40 voxels; three "vertebrae" stacked along z
 # (z = k mm): the most cranial at the top.
