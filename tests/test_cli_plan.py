@@ -71,3 +71,34 @@ def test_levels_are_required(capsys, run):
         main(["plan", str(files["ct"]), "-o", "x"])
     assert e.value.code == 2
     assert "--levels" in capsys.readouterr().err
+
+
+def test_carm_plan(run):
+    """carm.csv and plan.extra["carm"]: one true AP / true lateral per level, owl's eyes along the screws."""
+    from spineplan.phantom import load_truth
+
+    code, text, out, files = run
+    plan = Plan.load(out / "plan.json")
+    truth = load_truth(files["truth"])
+    carm = plan.extra["carm"]
+    assert [r["level"] for r in carm] == ["L3", "L4"]
+    assert "C-ARM ANGLES" in text
+    lines = (out / "carm.csv").read_text().splitlines()
+    rows = list(csv.DictReader([ln for ln in lines if not ln.startswith("#")]))
+    for r in carm:
+        z = np.asarray(truth["vertebrae"][r["level"]]["axes"]["z"])
+        x = np.asarray(truth["vertebrae"][r["level"]]["axes"]["x"])
+        ap = np.asarray(r["true_ap"]["beam_direction_lps"])
+        lat = np.asarray(r["true_lateral"]["beam_direction_lps"])
+        # true AP and lateral: the superior endplate edge-on (beam in the endplate plane, within 3 deg)
+        assert abs(ap @ z) < np.sin(np.radians(3)) and abs(lat @ z) < np.sin(np.radians(3))
+        assert abs(lat @ x) > np.cos(np.radians(5))  # lateral: along the left-right axis
+        for side in ("left", "right"):
+            s = plan.screw(r["level"], side)
+            owl = r[f"owl_{side}"]
+            if s is not None:  # owl's eye: looking down the planned screw
+                assert abs(np.asarray(owl["beam_direction_lps"]) @ s.direction()) > np.cos(np.radians(1))
+        csv_ap = [row for row in rows if row["level"] == r["level"] and row["view"] == "true_ap"]
+        assert len(csv_ap) == 1
+        assert float(csv_ap[0]["orbital_deg"]) == pytest.approx(r["true_ap"]["orbital_deg"], abs=0.01)
+        assert float(csv_ap[0]["angular_deg"]) == pytest.approx(r["true_ap"]["angular_deg"], abs=0.01)

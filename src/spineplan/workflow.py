@@ -9,7 +9,8 @@ Outputs in ``out_dir``:
 - ``plan.json`` (format ``spineplan.plan``), ``screws.csv``;
 - ``slicer/`` (markups, STL models, ``vertebrae.seg.nrrd``; see :mod:`spineplan.export.slicer`);
 - ``screws/<level>_<side>.png`` (axial and sagittal slices through each screw);
-- ``carm.csv`` and ``plan.extra["carm"]`` when :func:`spineplan.fluoro.views.carm_angles` exists.
+- ``carm.csv`` and ``plan.extra["carm"]``: per level, the C-arm angles of the true AP, true lateral
+  and owl's-eye views (:func:`spineplan.fluoro.views.carm_angles`).
 """
 
 from __future__ import annotations
@@ -53,35 +54,46 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         os.replace(tmp, out)
 
 
-def carm_plan(spine, plan):
-    """C-arm angles per level from :func:`spineplan.fluoro.views.carm_angles`, or None if that
-    function is not available in this installation."""
-    try:
-        from spineplan.fluoro.views import carm_angles
-    except ImportError:
-        return None
-    return carm_angles(spine, plan)
+def carm_plan(spine, plan, levels=None) -> list[dict]:
+    """C-arm angles per level (true AP, true lateral, owl's eye left/right along the planned
+    screws) from :func:`spineplan.fluoro.views.carm_angles`, for ``levels`` present in ``spine``."""
+    from spineplan.fluoro.views import carm_angles
+
+    if levels is not None:
+        levels = [lv for lv in levels if lv in spine]
+    return carm_angles(spine, plan, levels=levels)
+
+
+#: Columns of ``carm.csv``: one row per level and view.
+CARM_COLUMNS = ("level", "view", "orbital_deg", "angular_deg", "isocentre_x", "isocentre_y", "isocentre_z",
+                "beam_x", "beam_y", "beam_z", "patient", "description")
+CARM_VIEWS = ("true_ap", "true_lateral", "owl_left", "owl_right")
 
 
 def write_carm_csv(rows: list[dict], path: TypePath) -> None:
+    """``carm.csv``: per level, the radiographer's angles of each view (orbital = cranio-caudal
+    tilt, angular = lateral rotation; see :mod:`spineplan.fluoro.views`), isocentre and beam in LPS."""
     import csv
     import io
 
+    from spineplan import DISCLAIMER
     from spineplan._atomic import write_text
 
-    flat = []
-    for r in rows:
-        flat.append({k: (" ".join(f"{float(x):.2f}" for x in v) if isinstance(v, (list, tuple)) else v)
-                     for k, v in r.items() if not isinstance(v, dict)})
-        for k, v in r.items():
-            if isinstance(v, dict):
-                for k2, v2 in v.items():
-                    flat[-1][f"{k}.{k2}"] = " ".join(f"{float(x):.2f}" for x in v2) if isinstance(v2, (list, tuple)) else v2
-    cols = list(dict.fromkeys(k for r in flat for k in r))
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    buf.write(f"# spineplan C-arm plan; positions LPS mm, angles in degrees. {DISCLAIMER}\n")
+    w = csv.DictWriter(buf, fieldnames=CARM_COLUMNS, lineterminator="\n")
     w.writeheader()
-    w.writerows(flat)
+    for r in rows:
+        for view in CARM_VIEWS:
+            v = r.get(view)
+            if v is None:
+                continue
+            iso = v.get("isocentre_lps") or [None] * 3
+            beam = v.get("beam_direction_lps") or [None] * 3
+            w.writerow({"level": r["level"], "view": view, "orbital_deg": v.get("orbital_deg"),
+                        "angular_deg": v.get("angular_deg"), "isocentre_x": iso[0], "isocentre_y": iso[1],
+                        "isocentre_z": iso[2], "beam_x": beam[0], "beam_y": beam[1], "beam_z": beam[2],
+                        "patient": v.get("patient", ""), "description": v.get("description", "")})
     write_text(path, buf.getvalue())
 
 
@@ -146,13 +158,9 @@ def run_plan(ct_path: TypePath, out_dir: TypePath, *, labels: TypePath | None = 
         plan_incisions(state["plan"], state["skin"], spine=state["spine"])
 
     def carm():
-        rows = carm_plan(state["spine"], state["plan"])
-        if rows is None:
-            state["plan"].extra["carm"] = None
-            state["plan"].extra["carm_note"] = "C-arm angles not computed: spineplan.fluoro.views.carm_angles is not available."
-        else:
-            state["plan"].extra["carm"] = rows
-            write_carm_csv(rows, tmp / "carm.csv")
+        rows = carm_plan(state["spine"], state["plan"], level_list)
+        state["plan"].extra["carm"] = rows
+        write_carm_csv(rows, tmp / "carm.csv")
 
     def tables():
         from spineplan.export.tables import screw_mean_hu, write_screws_csv

@@ -5,7 +5,7 @@ from __future__ import annotations
 HELP = "plan percutaneous pedicle screws, rods and incisions on a CT and write the plan folder"
 DESCRIPTION = (
     "Plan percutaneous pedicle screws (with safety grades), rods and skin incisions on a spine CT. "
-    "Writes DIR/plan.json, screws.csv, a 3D Slicer folder and a picture per screw. "
+    "Writes DIR/plan.json, screws.csv, carm.csv (C-arm angles), a 3D Slicer folder and a picture per screw. "
     "Research software for planning support, not a certified medical device."
 )
 
@@ -64,9 +64,12 @@ def summary(plan) -> str:
             flag = "  FLAGGED" if i.length_mm > 30 else ""
             lines.append(f"  {i.side:<6} {'/'.join(e.get('levels', [])):<9} {i.length_mm:.0f} mm, "
                          f"{e.get('distance_from_midline_mm', float('nan')):.0f} mm from the midline{flag}")
-    if plan.extra.get("carm") is None and plan.extra.get("carm_note"):
+    if plan.extra.get("carm"):
+        from spineplan.fluoro.views import angles_table_text
+
         lines.append("")
-        lines.append(plan.extra["carm_note"])
+        lines.append("C-ARM ANGLES (degrees):")
+        lines += ["  " + ln for ln in angles_table_text(plan.extra["carm"]).splitlines()]
     lines.append("")
     lines.append(DISCLAIMER)
     return "\n".join(lines)
@@ -85,5 +88,5 @@ def run(args) -> int:
     plan = run_plan(args.ct, args.out, labels=args.labels, levels=args.levels, sides=sides,
                     catalogue=args.catalogue, settings=settings, progress=not args.no_progress)
     print(summary(plan))
-    print(f"\nPlan written to {args.out}/ (plan.json, screws.csv, slicer/, screws/)")
+    print(f"\nPlan written to {args.out}/ (plan.json, screws.csv, carm.csv, slicer/, screws/)")
     return 0
