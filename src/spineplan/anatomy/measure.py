@@ -638,6 +638,10 @@ def _measure_pedicle(ct, crop, fit: _FrameFit, side: str, sp: float) -> Pedicle 
         if len(rows) < 5:
             return None
         rows = np.array(rows)
+        # a section whose edge search latched onto noise or a thin process is implausibly narrow
+        rows = rows[rows[:, 1] > 0.6 * np.median(rows[:, 1])]
+        if len(rows) < 5:
+            return None
         width = _smooth(rows[:, 1])
         wmin = width.min()
         part = width < 1.35 * wmin + 0.5
@@ -649,7 +653,9 @@ def _measure_pedicle(ct, crop, fit: _FrameFit, side: str, sp: float) -> Pedicle 
         hi = k
         while hi < len(rows) - 1 and part[hi + 1]:
             hi += 1
-        best = (rows, width, k)
+        if best is not None and abs(width[k] - best[1][best[2]]) > 0.2 * best[1][best[2]]:
+            break  # the re-fitted axis left the pedicle: keep the previous round
+        best = (rows, width, k, axis)
         if it == 2:
             break
         run = rows[lo:hi + 1]
@@ -664,7 +670,7 @@ def _measure_pedicle(ct, crop, fit: _FrameFit, side: str, sp: float) -> Pedicle 
             centre = pts.mean(axis=0) + np.dot(rows[k, 3:6] - pts.mean(axis=0), axis) * axis
         else:
             centre = rows[k, 3:6]
-    rows, width, k = best
+    rows, width, k, axis = best
     height = _smooth(rows[:, 2])
     med, cra = frame.angles_of(axis, side)
     return Pedicle(side=side, isthmus_center=rows[k, 3:6], axis=axis,
