@@ -22,9 +22,10 @@ SIDES = {"left": 1.0, "right": -1.0}  # patient left is +x in LPS
 FACET_GAP_MM = 2.0
 FACET_THIN_R = 3.0  # half-thickness of an articular process across the joint, mm
 FACET_BROAD_R = 6.0  # half-width of an articular process along the joint, mm
-#: Pedicle flare from the isthmus to its posterior (lamina) and anterior (body) ends.
-PEDICLE_FLARE_POST = 1.45
-PEDICLE_FLARE_ANT = 1.30
+#: Pedicle flare (width, height factors) from the isthmus to its posterior (lamina) and
+#: anterior (body) ends: pedicles widen into body and lamina, barely in height.
+PEDICLE_FLARE_POST = (1.40, 1.08)
+PEDICLE_FLARE_ANT = (1.30, 1.08)
 PEDICLE_ANT_LEN_MM = 11.0
 #: Rib cross-section (~12 x 7 mm) and the rib-head to body joint gap.
 RIB_R_UP, RIB_R_SIDE, RIB_JOINT_GAP = 6.0, 3.5, 1.5
@@ -268,7 +269,7 @@ def build_vertebra(name: str, code: int, frame: Frame, dims: M.LevelDims, *, can
     v.parts.append(("body", body))
     v.z_p = d.body_h / 2 - d.ped_h / 2 - 1.5
     v.y_i = d.body_d / 2 + 0.35 * d.canal_d
-    z_lam = v.z_p - 2.0
+    z_lam = _lamina_z(v)
     M_loc = np.array([0.0, d.body_d / 2 + d.canal_d + d.lamina_t / 2, z_lam])
     v.lamina_mid = M_loc
     up = frame.R[:, 2]
@@ -300,24 +301,48 @@ def build_vertebra(name: str, code: int, frame: Frame, dims: M.LevelDims, *, can
     return v
 
 
-def facet_joint_local(v: VertebraModel, side: str, facet_deg: float):
-    """Joint centre and normal (SAP -> IAP) of the facet joint above ``v``, in v's frame."""
+#: Clearance kept between an articular process and the neighbouring lamina (ligamentum flavum).
+FACET_CLEARANCE_MM = 2.0
+
+
+def _lamina_z(v: VertebraModel) -> float:
+    """Local height of the lamina's centre line."""
+    return v.z_p - 4.0
+
+
+def facet_joint_local(lower: VertebraModel, side: str, facet_deg: float, upper: VertebraModel | None = None):
+    """Facet joint above ``lower`` in lower's frame: centre J, normal n (SAP -> IAP) and the
+    heights available to the SAP (top of its centre line) and the IAP (bottom of its centre line).
+
+    The joint sits at the pedicle-lamina junction; its height is chosen between the top of the
+    lower lamina/pedicle and the upper lamina's bottom edge, keeping ``FACET_CLEARANCE_MM``."""
     s = SIDES[side]
-    A = v.pedicles[side].post_end_local
-    J = np.array([A[0] + s * 0.5, A[1] + 1.5, v.z_p + 0.5 * v.dims.ped_h + 5.0])
+    A = lower.pedicles[side].post_end_local
+    d = lower.dims
+    below = max(_lamina_z(lower) + d.lamina_h / 2, lower.z_p + d.ped_h / 2 * PEDICLE_FLARE_POST[1])
+    iap_min = below + FACET_CLEARANCE_MM + FACET_THIN_R
+    sap_max = lower.z_p + 0.5 * d.ped_h + 12.0
+    if upper is not None:
+        Au = upper.pedicles[side].post_end_local
+        lam_bottom = upper.frame.to_world([Au[0], Au[1], _lamina_z(upper) - upper.dims.lamina_h / 2])
+        zb = float(lower.frame.to_local_xyz(*lam_bottom)[2])
+        sap_max = min(sap_max, zb - FACET_CLEARANCE_MM - FACET_THIN_R)
+    sap_max = max(sap_max, lower.z_p + 4.0)
+    jz = 0.5 * (iap_min + sap_max)
+    J = np.array([A[0] + s * 0.5, A[1] + 1.5, jz])
     b = np.radians(facet_deg)
     n = np.array([-s * np.cos(b), np.sin(b), 0.0])
-    return J, n
+    return J, n, sap_max, iap_min
 
 
-def add_sap(v: VertebraModel, facet_deg: float) -> None:
+def add_sap(v: VertebraModel, facet_deg: float, upper: VertebraModel | None = None) -> None:
     """Superior articular processes of ``v`` (lateral-posterior, rising from the pedicle end)."""
     for side in SIDES:
-        J, n = facet_joint_local(v, side, facet_deg)
+        J, n, sap_max, _ = facet_joint_local(v, side, facet_deg, upper)
         c = J - n * (FACET_GAP_MM / 2 + FACET_THIN_R)
         a, b = c.copy(), c.copy()
         a[2] = v.z_p
-        b[2] = J[2] + 7.0
+        b[2] = sap_max
         v.parts.append((f"sap_{side}", Tube(v.frame.to_world(a), v.frame.to_world(b), ref=v.frame.dir_to_world(n),
                                             r_side=FACET_BROAD_R, r_up=FACET_THIN_R)))
 
@@ -327,17 +352,17 @@ def add_iap(upper: VertebraModel, lower: VertebraModel, facet_deg: float) -> Non
     ``FACET_GAP_MM``) and joined to ``upper``'s lamina."""
     for side in SIDES:
         s = SIDES[side]
-        J, n = facet_joint_local(lower, side, facet_deg)
+        J, n, sap_max, iap_min = facet_joint_local(lower, side, facet_deg, upper)
         c = J + n * (FACET_GAP_MM / 2 + FACET_THIN_R)
         a, b = c.copy(), c.copy()
-        a[2] = J[2] - 7.0
-        b[2] = J[2] + 5.0
+        a[2] = iap_min
+        b[2] = max(iap_min + 3.0, sap_max + 2.0)
         nw = lower.frame.dir_to_world(n)
         upper.parts.append((f"iap_{side}", Tube(lower.frame.to_world(a), lower.frame.to_world(b), ref=nw,
                                                 r_side=FACET_BROAD_R, r_up=FACET_THIN_R)))
         du = upper.dims
         Au = upper.pedicles[side].post_end_local
-        K = np.array([Au[0] - s * 5.0, Au[1] + 2.0, upper.z_p - 2.0 - du.lamina_h / 2 + 4.0])
+        K = np.array([Au[0] - s * 5.0, Au[1] + 2.0, _lamina_z(upper) - du.lamina_h / 2 + 4.0])
         upper.parts.append((f"iap_root_{side}", Tube(lower.frame.to_world(b), upper.frame.to_world(K),
                                                      ref=upper.frame.R[:, 0], r_side=4.5, r_up=3.5)))
 

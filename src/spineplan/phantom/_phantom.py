@@ -312,7 +312,7 @@ def make_phantom(*, levels="T11-S1", spacing=1.0, lordosis_deg=40.0, scoliosis_d
     for i, n in enumerate(names):
         idx = chain.index(n)
         facet_above = dims[chain[idx - 1]].facet if idx > 0 else dims[n].facet
-        A.add_sap(models[n], facet_above)
+        A.add_sap(models[n], facet_above, models[names[i - 1]] if i > 0 else None)
         if i > 0:
             A.add_iap(models[names[i - 1]], models[n], dims[names[i - 1]].facet)
 
@@ -342,20 +342,30 @@ def make_phantom(*, levels="T11-S1", spacing=1.0, lordosis_deg=40.0, scoliosis_d
     lab = np.zeros(grid.shape, dtype=np.uint8)
 
     # ------------------------------------------------------------------ soft tissue (per slice)
-    # The layers are offsets of one ellipse, so the tissue is a 1-D function of its distance:
-    # build that profile once (same partial-volume blends as paint_soft) and look it up.
-    xs = grid.axes[0][:, None]
-    ys = grid.axes[1][None, :]
+    # The layers are offsets of one ellipse, so the tissue is a 1-D function of the distance to
+    # the skin: build that profile once (the same partial-volume blends as paint_soft) as a
+    # look-up table.  The trunk is wide and smooth, so per column the distance is the vertical
+    # distance to the boundary times the boundary normal's y component.
     ax_, by_ = TRUNK_SEMI_AXES
-    dprof = np.arange(-400.0, 50.0, 0.02)
+    lut_step = h / 32.0
+    dprof = np.arange(-(M.SKIN_MM + fat_mm + 2 * h), 2 * h, lut_step)
     prof = np.full(dprof.shape, M.AIR_HU)
     for da, hu in ((0.0, M.SKIN_HU), (M.SKIN_MM, M.FAT_HU), (M.SKIN_MM + fat_mm, M.MUSCLE_HU)):
         f = np.clip(0.5 - (dprof + da) / h, 0.0, 1.0)
         prof += f * (hu - prof)
+    lut = np.concatenate([[M.MUSCLE_HU], prof, [M.AIR_HU]]).astype(np.float32)
+    xs = grid.axes[0].astype(np.float64)
+    ys = grid.axes[1][None, :]
+    xr = np.clip(xs / ax_, -1.0, 1.0)
+    half = by_ * np.sqrt(1.0 - xr * xr)  # boundary y offset from the centre, per column
+    ny = (half / by_**2) / np.sqrt((xs / ax_**2) ** 2 + (half / by_**2) ** 2 + 1e-30)
     for k in progress(range(grid.shape[2]), "phantom: soft tissue"):
-        yc = np.float32(y_skin(grid.axes[2][k]) - by_)
-        dd = A.ellipse_sd(xs, ys - yc, np.float32(ax_), np.float32(by_))
-        ct[:, :, k] = np.interp(dd, dprof, prof)
+        yc = float(y_skin(grid.axes[2][k]) - by_)
+        d_post = (ys - (yc + half)[:, None]) * ny[:, None]
+        d_ant = ((yc - half)[:, None] - ys) * ny[:, None]
+        dd = np.maximum(d_post, d_ant)
+        idx = np.clip((dd - dprof[0]) / lut_step + 1.0, 0, len(lut) - 1).astype(np.int32)
+        ct[:, :, k] = lut[idx]
 
     # canal: epidural fat and thecal sac (CSF) along the canal centres
     cc = [models[n].frame.to_world([0, dims[n].body_d / 2 + dims[n].canal_d / 2, models[n].z_p]) for n in names]
@@ -408,8 +418,14 @@ def make_phantom(*, levels="T11-S1", spacing=1.0, lordosis_deg=40.0, scoliosis_d
         sub[dd <= 0] = v.code
 
     if noise_hu > 0:
-        ct += rng_noise.standard_normal(ct.shape, dtype=np.float32) * np.float32(noise_hu)
-    ct_i16 = np.clip(np.rint(ct), -1024, 3071).astype(np.int16)
+        noise = rng_noise.standard_normal(ct.shape, dtype=np.float32)
+        noise *= np.float32(noise_hu)
+        ct += noise
+        del noise
+    np.rint(ct, out=ct)
+    np.clip(ct, -1024, 3071, out=ct)
+    ct_i16 = ct.astype(np.int16)
+    del ct
 
     # ------------------------------------------------------------------ ground truth
     verts = {n: _vertebra_truth(models[n], n in rib_levels) for n in names}

@@ -65,7 +65,8 @@ class Tube(Shape):
     The cross-section has semi-axis ``r_up`` along ``e_up`` (``ref`` made perpendicular to the
     axis) and ``r_side`` along ``e_side = e_up x axis``.
     Radii may vary quadratically away from ``t_min`` (0..1 along the tube) up to
-    ``flare_a`` x (at a) and ``flare_b`` x (at b): the cross-section perpendicular to the axis at
+    ``flare_a`` x (at a) and ``flare_b`` x (at b) (a number, or (side, up) factors): the
+    cross-section perpendicular to the axis at
     ``t_min`` is then exactly the ``2 r_side`` x ``2 r_up`` ellipse and every other one is larger.
     Ends are flat (``round_ends=False``) or half-ellipsoids.
     """
@@ -83,23 +84,26 @@ class Tube(Shape):
         self.e_up = _unit(up)
         self.e_side = np.cross(self.e_up, self.u)
         self.r_side, self.r_up = float(r_side), float(r_up)
-        self.t_min, self.flare_a, self.flare_b = float(t_min), float(flare_a), float(flare_b)
+        self.t_min = float(t_min)
+        self.flare_a = tuple(np.broadcast_to(np.asarray(flare_a, float), (2,)).tolist())
+        self.flare_b = tuple(np.broadcast_to(np.asarray(flare_b, float), (2,)).tolist())
         self.round_ends = round_ends
-        rmax = max(self.r_side, self.r_up) * max(self.flare_a, self.flare_b)
+        rmax = max(self.r_side, self.r_up) * max(*self.flare_a, *self.flare_b)
         self.lo = np.minimum(self.a, self.b) - rmax
         self.hi = np.maximum(self.a, self.b) + rmax
 
     def radii(self, t):
         """Semi-axes (side, up) at axial fraction ``t`` (clamped to 0..1)."""
         t = np.clip(t, 0.0, 1.0)
-        if self.flare_a == 1.0 and self.flare_b == 1.0:
+        (fa_s, fa_u), (fb_s, fb_u) = self.flare_a, self.flare_b
+        if fa_s == fa_u == fb_s == fb_u == 1.0:
             return self.r_side, self.r_up
         ta = self.t_min if self.t_min > 0 else 1.0
         tb = (1.0 - self.t_min) if self.t_min < 1 else 1.0
-        fa = (self.flare_a - 1.0) * ((self.t_min - t) / ta) ** 2
-        fb = (self.flare_b - 1.0) * ((t - self.t_min) / tb) ** 2
-        f = 1.0 + np.where(t < self.t_min, fa, fb)
-        return self.r_side * f, self.r_up * f
+        wa = np.where(t < self.t_min, ((self.t_min - t) / ta) ** 2, 0.0)
+        wb = np.where(t < self.t_min, 0.0, ((t - self.t_min) / tb) ** 2)
+        return (self.r_side * (1.0 + (fa_s - 1.0) * wa + (fb_s - 1.0) * wb),
+                self.r_up * (1.0 + (fa_u - 1.0) * wa + (fb_u - 1.0) * wb))
 
     def sdf(self, X, Y, Z):
         dx, dy, dz = X - self.a[0], Y - self.a[1], Z - self.a[2]
