@@ -1,0 +1,88 @@
+"""Measurement accuracy vs voxel size on phantoms, real-CT heights vs TotalSegmentator, speed.
+
+Run: SPINEPLAN_PROGRESS=0 python benchmarks/bench_measure.py [--quick]
+Timings are pessimistic: the machine has 2 cores shared with other jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+os.environ.setdefault("SPINEPLAN_PROGRESS", "0")
+DATA = os.environ.get("SPINEPLAN_TEST_DATA", "/work/shared/data")
+
+
+def phantom_errors(spacings, cases):
+    from spineplan.anatomy.spine import build_spine
+    from spineplan.phantom import make_phantom
+
+    print("phantom: |isthmus width err| mm, |transverse|/|sagittal angle err| deg, Genant grade correct")
+    for sp in spacings:
+        we, ta, sa, ok, n_fx, t_per = [], [], [], 0, 0, []
+        for kw in cases:
+            ph = make_phantom(spacing=sp, fov="spine", **kw)
+            t0 = time.time()
+            spine = build_spine(ph.ct, ph.labels)
+            t_per.append((time.time() - t0) / max(len(spine.vertebrae), 1))
+            for v in spine.vertebrae:
+                tv = ph.truth["vertebrae"].get(v.name)
+                if tv is None or not v.complete or v.name == "S1":
+                    continue
+                g = v.fracture.get("grade")
+                n_fx += 1
+                ok += int(g == tv["fracture"]["grade"])
+                for side, p in v.pedicles.items():
+                    tp = tv["pedicles"][side]
+                    we.append(abs(p.isthmus_width_mm - tp["isthmus_width_mm"]))
+                    if not tv["fracture"]["grade"]:
+                        ta.append(abs(p.transverse_angle_deg - tp["transverse_angle_deg"]))
+                        sa.append(abs(p.sagittal_angle_deg - tp["sagittal_angle_deg"]))
+        we, ta, sa = map(np.asarray, (we, ta, sa))
+        print(f"  {sp:.1f} mm: width median {np.median(we):.2f} p90 {np.percentile(we, 90):.2f} max {we.max():.2f} "
+              f"(<=0.5: {np.mean(we <= 0.5):.0%}); transverse median {np.median(ta):.2f} max {ta.max():.2f}; "
+              f"sagittal median {np.median(sa):.2f} max {sa.max():.2f}; grades {ok}/{n_fx}; "
+              f"{np.mean(t_per):.2f} s/vertebra")
+
+
+def abdomen():
+    from spineplan.anatomy.spine import build_spine
+    from spineplan.io import read_ct, read_labels
+
+    d = os.path.join(DATA, "totalseg_example_abdomen")
+    ct = read_ct(os.path.join(d, "example_ct.nii.gz"))
+    lab = read_labels(os.path.join(d, "spine_report_totalseg.nii.gz"), ct)
+    ref = json.load(open(os.path.join(d, "spine_report.json")))["results"]
+    t0 = time.time()
+    spine = build_spine(ct, lab.volume)
+    dt = time.time() - t0
+    print(f"abdomen CT (3 mm voxels), {len(spine.vertebrae)} vertebrae in {dt:.1f} s; heights ours - TotalSegmentator (mm):")
+    diffs = []
+    for lv in ("L1", "L2", "L3", "L4", "L5"):
+        v = spine[lv]
+        row = []
+        for k in ("anterior", "middle", "posterior"):
+            ours = v.measurements.get(f"{k}_height_mm", float("nan"))
+            theirs = ref[f"vertebrae_{lv}_height_{k}_mm"]
+            row.append(f"{k[:4]} {ours:5.1f}/{theirs:4.1f} ({ours - theirs:+.1f})")
+            diffs.append(ours - theirs)
+        hu = v.measurements.get("cancellous_hu", float("nan"))
+        print(f"  {lv}: " + "  ".join(row) + f"  cancellous {hu:.0f} HU (TS mean {ref[f'vertebrae_{lv}_intensity']:.0f})"
+              f"  Genant {v.fracture.get('grade')} {v.fracture.get('type')} ({v.fracture.get('height_loss_pct')} %)")
+    d = np.asarray(diffs)
+    print(f"  mean difference {np.nanmean(d):+.2f} mm, mean |difference| {np.nanmean(np.abs(d)):.2f} mm")
+
+
+if __name__ == "__main__":
+    quick = "--quick" in sys.argv
+    cases = [dict(levels="L1-L3", seed=0, fracture=("L2", 2, "wedge")),
+             dict(levels="L2-L4", seed=1, scoliosis_deg=15.0, rotation_deg=10.0, fracture=("L3", 1, "biconcave")),
+             dict(levels="T12-L2", seed=2, lordosis_deg=50.0, fracture=("L1", 3, "crush"))]
+    if quick:
+        cases = cases[:1]
+    phantom_errors([1.0, 2.0] if quick else [0.8, 1.0, 1.5, 2.0, 3.0], cases)
+    abdomen()
