@@ -127,3 +127,24 @@ def test_depth_check_against_the_ct_skin():
     plan_rods(plan, skin=skin)
     codes = {w.code for w in plan.warnings}
     assert {"rod-shallow", "rod-above-fascia"} <= codes
+
+
+def test_long_construct_is_contoured_and_cut_to_length():
+    # five heads on a cubic (not a circle) whose end heads are level: y = 30 + 2e-5 (z^3 - 6400 z) - 0.004 z^2
+    def y_of(z):
+        return 30.0 + 2e-5 * (z ** 3 - 6400.0 * z) - 0.004 * z ** 2
+
+    z = np.array([80.0, 40.0, 0.0, -40.0, -80.0])
+    heads = np.stack([np.full(5, 20.0), y_of(z), z], axis=1)
+    plan = _plan(heads, levels=("L1", "L2", "L3", "L4", "L5"))
+    (rod,) = plan_rods(plan)
+    assert rod.extra["contour"].startswith("contoured")
+    pts = np.asarray(rod.points)
+    assert max(_dist_to_polyline(h, pts) for h in heads) < 0.1
+    # arc length of the cubic between the end heads (fine quadrature, independent of rods.py)
+    zz = np.linspace(-80, 80, 200001)
+    yy = y_of(zz)
+    span = float(np.sum(np.hypot(np.diff(zz), np.diff(yy))))
+    assert rod.extra["needed_length_mm"] == pytest.approx(span + 10.0, abs=0.2)
+    assert rod.length_mm == 5 * np.ceil((span + 10.0) / 5) and rod.length_mm > 120
+    assert [w.code for w in plan.warnings] == ["rod-cut-to-length"]

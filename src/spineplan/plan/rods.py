@@ -4,15 +4,16 @@ Geometry
 --------
 Each screw's **head** (the centre of the polyaxial tulip's rod seat, where the rod's axis
 lies) is :data:`TULIP_CENTRE_HEIGHT_MM` above the bony entry, along the screw axis. Per side,
-the heads (cranial to caudal) are fitted with a curve in the rod's sagittal plane (the plane
-through the heads that contains the mean direction of the screw extenders, i.e. the direction
-the surgeon looks down): a circular arc for three heads or more (a pre-bent lordotic rod has a
-constant radius), a straight rod for two. The rod runs :data:`ROD_OVERHANG_MM` beyond each end
+the heads (cranial to caudal) are fitted with a curve in the rod's sagittal plane (through the
+heads, containing the rod's direction, normal to the patient's left axis): a straight rod for
+two heads; a circular arc (a pre-bent lordotic rod has a constant radius) when one passes within
+:data:`PREBENT_TOLERANCE_MM` of every head; otherwise (four heads or more) a cubic contour, the
+rod being bent to the heads with a rod bender. The rod runs :data:`ROD_OVERHANG_MM` beyond each end
 head, and its length is rounded up to the next catalogue length (:data:`ROD_LENGTHS_MM`), the
 extra split equally between the two ends.
 
 Reported per rod (``Rod.extra``): the heads, each head's offset from the rod (3-D distance, and
-its in-plane "sagittal" and out-of-plane "coronal" parts), the radius of curvature and the total
+its in-plane "sagittal" and out-of-plane "coronal" parts), the contour, the radius of an arc, the total
 bend angle (angle between the end tangents), the bend at each inner head (angle between the
 chords to its neighbours), and the depth of the rod below the skin and the fascia along its
 path, measured from the CT's skin surface (:mod:`spineplan.plan.skin`) along the mean extender
@@ -25,8 +26,6 @@ the values of the implant system in use.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import numpy as np
 
 from spineplan.levels import level_index
@@ -48,14 +47,26 @@ ROD_OVERHANG_MM = 5.0
 #: Catalogue of pre-cut (pre-bent) percutaneous rods: 30-120 mm in 5 mm steps (typical range of
 #: pre-cut lordotic rods for 1-3 level percutaneous fixation; longer rods are cut to length).
 ROD_LENGTHS_MM: tuple[float, ...] = tuple(float(x) for x in range(30, 121, 5))
-#: A head further than this from the rod needs the rod reduced into the tulip (extended-tab
-#: reduction screws); beyond it we warn. Engineering default.
-MAX_HEAD_OFFSET_MM = 3.0
+#: Usable angulation of a polyaxial head (half-cone). Polyaxial pedicle screws typically allow
+#: ~25-30 degrees each way; we allow 20 so that the head does not sit at its limit. Engineering
+#: default from manufacturers' specifications; set it for the implant system in use.
+POLYAXIAL_USABLE_ANGLE_DEG = 20.0
+#: How far a tulip's rod seat can move sideways by angulating the head:
+#: TULIP_CENTRE_HEIGHT_MM * sin(20 deg) = 4.1 mm. A head further from the rod than this needs the
+#: rod reduced into it (extended-tab reduction screws) or the rod bent to it; we warn.
+MAX_HEAD_OFFSET_MM = round(TULIP_CENTRE_HEIGHT_MM * math.sin(math.radians(POLYAXIAL_USABLE_ANGLE_DEG)), 1)
 #: A rod passed less than this below the skin is palpable and risks wound problems in thin
 #: patients; we warn. Engineering default.
 MIN_ROD_SKIN_DEPTH_MM = 10.0
 #: A fitted radius above this is treated as a straight rod (bend < 1 degree over 100 mm).
 STRAIGHT_RADIUS_MM = 6000.0
+#: A rod longer than the pre-cut range is cut to a length rounded up to this step.
+CUT_LENGTH_STEP_MM = 5.0
+#: A pre-bent (constant-radius) rod is used when it passes within this distance of every head in
+#: the sagittal plane; otherwise (4+ heads) the rod is contoured to the heads. Engineering default.
+PREBENT_TOLERANCE_MM = 1.0
+#: The dense model curve extends this far beyond the end heads (longer than any overhang).
+_EXTEND_MM = 100.0
 #: Spacing of the points written to ``Rod.points``.
 ROD_POINT_SPACING_MM = 5.0
 
@@ -69,24 +80,6 @@ def catalogue_length(needed_mm: float, lengths=ROD_LENGTHS_MM) -> float | None:
     """Shortest catalogue rod at least ``needed_mm`` long (None if every rod is too short)."""
     ok = [float(x) for x in sorted(lengths) if x >= needed_mm - 1e-6]
     return ok[0] if ok else None
-
-
-@dataclass
-class _Curve:
-    centre: np.ndarray  # origin of the plane coordinates (LPS)
-    u: np.ndarray  # in-plane axis along the rod (caudal -> cranial)
-    p: np.ndarray  # in-plane axis towards the skin (mean extender direction)
-    radius: float | None  # None: straight
-    c2: np.ndarray | None  # circle centre in (a, b) plane coordinates
-    line: tuple[float, float] | None  # b = k * a + q for a straight rod
-
-    def param(self, pts: np.ndarray) -> np.ndarray:
-        """Curve parameter of points (angle for an arc, a-coordinate for a line)."""
-        rel = np.atleast_2d(pts) - self.centre
-        a, b = rel @ self.u, rel @ self.p
-        if self.radius is None:
-            return a
-        return np.unwrap(np.arctan2(b - self.c2[1], a - self.c2[0]))  # type: ignore[index]
 
 
 def _fit_circle(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, float]:
@@ -131,46 +124,36 @@ def fit_rod(heads, outward, *, left=(1.0, 0.0, 0.0), overhang_mm: float = ROD_OV
     centre, u, p = _frame(heads, np.asarray(outward, float), np.asarray(left, float))
     rel = heads - centre
     a, b = rel @ u, rel @ p
-    radius = None
-    curve = None
-    if heads.shape[0] >= 3:
-        c2, r = _fit_circle(a, b)
-        if r < STRAIGHT_RADIUS_MM:
-            radius = r
-            curve = _Curve(centre, u, p, r, c2, None)
-    if curve is None:
-        k, q = np.polyfit(a, b, 1)
-        curve = _Curve(centre, u, p, None, None, (float(k), float(q)))
-    # parameters of the end heads' projections and the arc length between them
-    t = curve.param(heads)
-    if radius is None:
-        k = curve.line[0]  # type: ignore[index]
-        scale = math.sqrt(1 + k * k)  # arc length per unit of a
-    else:
-        scale = radius  # arc length per radian
-    t_first, t_last = float(t[0]), float(t[-1])
-    sign = 1.0 if t_first >= t_last else -1.0  # direction of increasing parameter: caudal -> cranial
-    span = abs(t_first - t_last) * scale
+    contour, radius, point_of, t_heads = _contour(a, b)
+    # dense curve, cranial -> caudal, over the heads and 100 mm beyond each end
+    sgn = 1.0 if t_heads[0] >= t_heads[-1] else -1.0
+    ext = _EXTEND_MM / (radius if radius is not None else 1.0)
+    span_t = abs(t_heads[0] - t_heads[-1]) + 2 * ext
+    n_dense = int(math.ceil(span_t * (radius or 1.0) / 0.02)) + 2
+    t = np.linspace(t_heads[0] + sgn * ext, t_heads[-1] - sgn * ext, n_dense)
+    da, db = point_of(t)
+    s_dense = np.concatenate([[0.0], np.cumsum(np.hypot(np.diff(da), np.diff(db)))])
+    order = np.argsort(t)
+    s_heads = np.interp(t_heads, t[order], s_dense[order])
+    span = float(s_heads[-1] - s_heads[0])
     needed = span + 2 * overhang_mm
     length = catalogue_length(needed, lengths)
-    if length is None:
-        length = needed  # longer than the pre-cut range: a rod cut to length
-        cut_to_length = True
-    else:
-        cut_to_length = False
+    cut_to_length = length is None
+    if cut_to_length:  # longer than the pre-cut range: a rod cut (and bent) to length
+        length = math.ceil(needed / CUT_LENGTH_STEP_MM) * CUT_LENGTH_STEP_MM
     over = (length - span) / 2
-    # sample from the cranial end (t_first + over) to the caudal end
     n = max(2, int(math.ceil(length / ROD_POINT_SPACING_MM)) + 1)
-    s = np.linspace(0.0, length, n)  # arc length from the cranial end
-    tt = t_first + sign * over / scale - sign * s / scale
-    if radius is None:
-        k, q = curve.line  # type: ignore[misc]
-        aa = tt
-        pts = centre + np.outer(aa, u) + np.outer(k * aa + q, p)
-    else:
-        pts = centre + np.outer(curve.c2[0] + radius * np.cos(tt), u) + np.outer(curve.c2[1] + radius * np.sin(tt), p)  # type: ignore[index]
+    sq = np.linspace(s_heads[0] - over, s_heads[-1] + over, n)
+    qa, qb = np.interp(sq, s_dense, da), np.interp(sq, s_dense, db)
+    pts = centre + np.outer(qa, u) + np.outer(qb, p)
     off, sag, cor = head_offsets(heads, pts, u, p)
-    bend_total = 0.0 if radius is None else math.degrees(length / radius)
+    # total bend: angle between the tangents at the two ends of the rod
+    i0, i1 = np.searchsorted(s_dense, [sq[0], sq[-1]])
+    i0, i1 = min(max(i0, 1), len(t) - 2), min(max(i1, 1), len(t) - 2)
+    tan0 = np.array([da[i0 + 1] - da[i0 - 1], db[i0 + 1] - db[i0 - 1]])
+    tan1 = np.array([da[i1 + 1] - da[i1 - 1], db[i1 + 1] - db[i1 - 1]])
+    cosb = float(tan0 @ tan1 / (np.linalg.norm(tan0) * np.linalg.norm(tan1)))
+    bend_total = math.degrees(math.acos(max(-1.0, min(1.0, cosb))))
     inner = []
     for i in range(1, heads.shape[0] - 1):
         c1 = heads[i] - heads[i - 1]
@@ -178,9 +161,38 @@ def fit_rod(heads, outward, *, left=(1.0, 0.0, 0.0), overhang_mm: float = ROD_OV
         cosang = float(c1 @ c2_ / (np.linalg.norm(c1) * np.linalg.norm(c2_)))
         inner.append(math.degrees(math.acos(max(-1.0, min(1.0, cosang)))))
     return {"points": pts, "length_mm": float(length), "needed_mm": float(needed), "cut_to_length": cut_to_length,
-            "radius_mm": None if radius is None else float(radius), "bend_angle_deg": float(bend_total),
-            "inner_bends_deg": inner, "head_offsets_mm": off, "sagittal_offsets_mm": sag,
-            "coronal_offsets_mm": cor, "overhang_mm": float(over), "plane": (centre, u, p)}
+            "contour": contour, "radius_mm": None if radius is None else float(radius),
+            "bend_angle_deg": float(bend_total), "inner_bends_deg": inner, "head_offsets_mm": off,
+            "sagittal_offsets_mm": sag, "coronal_offsets_mm": cor, "overhang_mm": float(over),
+            "plane": (centre, u, p)}
+
+
+def _contour(a: np.ndarray, b: np.ndarray):
+    """In-plane rod model through the heads' plane coordinates (a along the rod, b outward).
+
+    Returns (contour name, radius or None, point_of(t) -> (a, b), t of the heads). Two heads: a
+    straight rod. Otherwise a circular arc (a pre-bent rod) when it passes within
+    :data:`PREBENT_TOLERANCE_MM` of every head; else, for four heads or more, a cubic contour
+    (the rod bent to the heads with a rod bender).
+    """
+    n = len(a)
+
+    def line():
+        k, q = np.polyfit(a, b, 1)
+        return "straight", None, (lambda t: (t, k * t + q)), a.copy()
+
+    if n == 2:
+        return line()
+    c2, r = _fit_circle(a, b)
+    resid = float(np.max(np.abs(np.hypot(a - c2[0], b - c2[1]) - r)))
+    if n >= 4 and resid > PREBENT_TOLERANCE_MM:
+        coef = np.polyfit(a, b, 3)
+        return "contoured to the heads (cubic, bend with a rod bender)", None, (lambda t: (t, np.polyval(coef, t))), a.copy()
+    if r >= STRAIGHT_RADIUS_MM:
+        return line()
+    th = np.unwrap(np.arctan2(b - c2[1], a - c2[0]))
+    return ("circular arc (pre-bent)", r,
+            (lambda t: (c2[0] + r * np.cos(t), c2[1] + r * np.sin(t))), th)
 
 
 def head_offsets(heads, polyline, u, p, *, resolution_mm: float = 0.05):
@@ -240,7 +252,7 @@ def plan_rods(plan: Plan, *, ct=None, skin=None, spine=None, overhang_mm: float 
                  "head_height_mm": head_height_mm, "diameter_mm": ROD_DIAMETER_MM,
                  "needed_length_mm": round(fit["needed_mm"], 1), "overhang_mm": round(fit["overhang_mm"], 1),
                  "radius_mm": None if fit["radius_mm"] is None else round(fit["radius_mm"], 1),
-                 "contour": "straight" if fit["radius_mm"] is None else "circular arc (sagittal)",
+                 "contour": fit["contour"],
                  "bend_angle_deg": round(fit["bend_angle_deg"], 1),
                  "inner_bends_deg": [round(x, 1) for x in fit["inner_bends_deg"]],
                  "head_offsets_mm": [round(x, 2) for x in fit["head_offsets_mm"]],
@@ -251,9 +263,10 @@ def plan_rods(plan: Plan, *, ct=None, skin=None, spine=None, overhang_mm: float 
                       f"pre-cut rods ({max(lengths):g} mm): cut and bend a rod to length.", level=levels[0])
         for lv, off in zip(levels, fit["head_offsets_mm"]):
             if off > MAX_HEAD_OFFSET_MM:
-                plan.warn("rod-head-offset", f"The {side} {lv} screw head lies {off:.1f} mm from the {side} rod "
-                          f"(limit {MAX_HEAD_OFFSET_MM:g} mm): the rod will need to be reduced into this head "
-                          "(use a reduction screw) or the screw realigned.", level=lv)
+                plan.warn("rod-head-offset", f"The {side} {lv} screw head lies {off:.1f} mm from the {side} rod, "
+                          f"more than a polyaxial head can take up by angulating ({MAX_HEAD_OFFSET_MM:g} mm at "
+                          f"{POLYAXIAL_USABLE_ANGLE_DEG:g} deg): reduce the rod into this head (reduction screw), "
+                          "bend the rod to it, or realign the screw.", level=lv)
         if skin is not None:
             _depth_check(plan, skin, fit["points"], outward, side, span, levels[0], extra)
         else:
