@@ -301,23 +301,21 @@ def _symmetry_x(crop: _Crop, z: np.ndarray, x0: np.ndarray, rng: np.random.Gener
     from scipy.ndimage import map_coordinates
 
     pts = crop.points
-    if len(pts) > 6000:
-        pts = pts[rng.choice(len(pts), 6000, replace=False)]
+    if len(pts) > 3000:
+        pts = pts[rng.choice(len(pts), 3000, replace=False)]
     c = pts.mean(axis=0)
     xp = _unit(x0 - np.dot(x0, z) * z)
     yp = np.cross(z, xp)
     inv = np.linalg.inv(crop.ct.affine)
 
     def scores(thetas, offsets):
-        out = np.empty((len(thetas), len(offsets)))
-        for a, th in enumerate(thetas):
-            n = np.cos(th) * xp + np.sin(th) * yp
-            dist = (pts - c) @ n
-            for b, d in enumerate(offsets):
-                mir = pts - 2.0 * (dist - d)[:, None] * n
-                idx = mir @ inv[:3, :3].T + inv[:3, 3]
-                out[a, b] = map_coordinates(crop.smooth, idx.T, order=1, mode="constant", cval=0.0).mean()
-        return out
+        th, off = np.meshgrid(np.asarray(thetas, float), np.asarray(offsets, float), indexing="ij")
+        n = np.cos(th)[..., None] * xp + np.sin(th)[..., None] * yp  # (T, O, 3)
+        dist = np.einsum("pk,tok->top", pts - c, n)  # (T, O, P)
+        mir = pts[None, None] - 2.0 * (dist - off[..., None])[..., None] * n[:, :, None, :]
+        idx = mir.reshape(-1, 3) @ inv[:3, :3].T + inv[:3, 3]
+        vals = map_coordinates(crop.smooth, idx.T, order=1, mode="constant", cval=0.0)
+        return vals.reshape(th.shape + (len(pts),)).mean(axis=-1)
 
     th = np.radians(np.arange(-45.0, 45.1, 3.0))
     s = scores(th, [0.0])[:, 0]
@@ -410,29 +408,27 @@ def vertebra_frame(ct: Volume, mask: np.ndarray, *, neighbours=None) -> Vertebra
 
 
 # --------------------------------------------------------------------------- CT profiles
-def _edge_outward(ct: Volume, crop: _Crop, p0, d, max_mm: float, sp: float) -> float | None:
-    """Distance from ``p0`` (inside bone) along unit ``d`` to the outer half-maximum edge.
+def _pct(x: np.ndarray, q: float) -> float:
+    """Cheap percentile (nearest rank) of a short array."""
+    xs = np.sort(x)
+    return float(xs[int(round(q / 100.0 * (len(xs) - 1)))])
+
+
+def _edge_from_profile(s: np.ndarray, v: np.ndarray, inside: np.ndarray, sp: float) -> float | None:
+    """Outer half-maximum edge along one half-line sampled at ``s`` (from a point inside bone).
 
     The mask border along the line gives the rough edge e; the cortical peak is the highest
     CT value within [e - max(3 mm, 1.5 voxels), e + 1 voxel]; the background is the 30th
     percentile over [e + 1 voxel, e + 1 voxel + 4 mm]; the edge is where the profile falls
-    through their mean going outwards from the peak.
+    through their mean going outwards from the peak (linear interpolation between samples).
     """
-    s = np.arange(0.0, max_mm, _STEP_MM)
-    pts = np.asarray(p0)[None, :] + s[:, None] * np.asarray(d)[None, :]
-    inside = crop.mask_at(pts)
-    off = np.flatnonzero(~inside)
-    # the mask may start a little off at p0; look for the first mask exit after any entry
+    on = np.flatnonzero(inside)
+    if on.size == 0:
+        return None
+    off = np.flatnonzero(~inside[on[0]:])
     if off.size == 0:
         return None
-    first_on = np.flatnonzero(inside)
-    if first_on.size == 0:
-        return None
-    off = off[off > first_on[0]]
-    if off.size == 0:
-        return None
-    e = s[off[0]]
-    v = ct.sample(pts, order=1)
+    e = s[on[0] + off[0]]  # the mask may start a little off the start point: first exit after entry
     win = max(3.0, 1.5 * sp)
     a, b = np.searchsorted(s, [max(e - win, 0.0), e + sp])
     if b <= a:
@@ -441,7 +437,7 @@ def _edge_outward(ct: Volume, crop: _Crop, p0, d, max_mm: float, sp: float) -> f
     c0, c1 = np.searchsorted(s, [e + sp, e + sp + 4.0])
     if c1 - c0 < 3:
         return None
-    bg = float(np.percentile(v[c0:c1], 30))
+    bg = _pct(v[c0:c1], 30)
     peak = float(v[k])
     if peak - bg < _MIN_EDGE_HU:  # no bone edge here
         return None
@@ -450,19 +446,35 @@ def _edge_outward(ct: Volume, crop: _Crop, p0, d, max_mm: float, sp: float) -> f
     if below.size == 0:
         return None
     j = k + int(below[0])
-    # linear interpolation between j-1 and j
     v0, v1 = v[j - 1], v[j]
     f = (v0 - thr) / (v0 - v1) if v0 != v1 else 0.0
     return float(s[j - 1] + f * (s[j] - s[j - 1]))
 
 
+def _extents(crop: _Crop, P, D, max_mm: float, sp: float) -> np.ndarray:
+    """Half-maximum edges along +-D from each point P: array (n, 2) of (negative, positive)
+    distances, NaN where an edge is not found. One CT and one mask lookup for all lines."""
+    P = np.atleast_2d(np.asarray(P, float))
+    D = np.atleast_2d(np.asarray(D, float))
+    s = np.arange(0.0, max_mm, _STEP_MM)
+    ss = np.concatenate([-s[::-1], s[1:]])  # symmetric samples, s=0 once
+    pts = P[:, None, :] + ss[None, :, None] * D[:, None, :]
+    v = crop.ct.sample(pts, order=1)
+    m = crop.mask_at(pts)
+    n0 = len(s) - 1  # index of s=0
+    out = np.full((len(P), 2), np.nan)
+    for i in range(len(P)):
+        neg = _edge_from_profile(s, v[i, n0::-1], m[i, n0::-1], sp)
+        pos = _edge_from_profile(s, v[i, n0:], m[i, n0:], sp)
+        if neg is not None and pos is not None:
+            out[i] = (-neg, pos)
+    return out
+
+
 def _extent(ct, crop, p, d, max_mm, sp):
     """(negative, positive) half-maximum edge distances along +-d from p, or None."""
-    a = _edge_outward(ct, crop, p, -np.asarray(d), max_mm, sp)
-    b = _edge_outward(ct, crop, p, np.asarray(d), max_mm, sp)
-    if a is None or b is None:
-        return None
-    return -a, b
+    e = _extents(crop, p, d, max_mm, sp)[0]
+    return None if np.isnan(e[0]) else (float(e[0]), float(e[1]))
 
 
 def _edge_inward_from_hole(ct: Volume, crop: _Crop, p0, d, max_mm: float, sp: float) -> float | None:
@@ -545,23 +557,23 @@ def _pedicle_seed(g: _Grid, canal: _Canal, side: str):
     return centre, _unit(d), float(rows[k, 1])
 
 
-def _pedicle_section(ct, crop, frame: VertebraFrame, c, a, sp):
-    """Width, height and sub-voxel centre of the cross-section through ``c`` perpendicular to ``a``."""
+def _pedicle_sections(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.ndarray, sp: float) -> np.ndarray:
+    """Width, height and sub-voxel centre of the cross-sections through the points ``C`` (n, 3)
+    perpendicular to the axis ``a``: array (n, 5) = width, height, centre xyz (NaN: not found).
+
+    Width is along u (in the transverse plane, perpendicular to the axis), height along
+    w = a x u; the centre is re-centred between the edges after each of the three passes.
+    """
     u = _unit(np.cross(frame.axes[2], a))  # transverse plane, perpendicular to the axis
     w = _unit(np.cross(a, u))  # cranio-caudal within the section
-    ew = _extent(ct, crop, c, u, 25.0, sp)
-    if ew is None:
-        return None
-    c1 = c + 0.5 * (ew[0] + ew[1]) * u
-    eh = _extent(ct, crop, c1, w, 30.0, sp)
-    if eh is None:
-        return None
-    c2 = c1 + 0.5 * (eh[0] + eh[1]) * w
-    ew2 = _extent(ct, crop, c2, u, 25.0, sp)
-    if ew2 is None:
-        return None
-    c3 = c2 + 0.5 * (ew2[0] + ew2[1]) * u
-    return ew2[1] - ew2[0], eh[1] - eh[0], c3
+    n = len(C)
+    ew = _extents(crop, C, np.tile(u, (n, 1)), 18.0, sp)
+    c1 = C + 0.5 * (ew[:, :1] + ew[:, 1:]) * u
+    eh = _extents(crop, np.nan_to_num(c1), np.tile(w, (n, 1)), 20.0, sp)
+    c2 = c1 + 0.5 * (eh[:, :1] + eh[:, 1:]) * w
+    ew2 = _extents(crop, np.nan_to_num(c2), np.tile(u, (n, 1)), 18.0, sp)
+    c3 = c2 + 0.5 * (ew2[:, :1] + ew2[:, 1:]) * u
+    return np.c_[ew2[:, 1] - ew2[:, 0], eh[:, 1] - eh[:, 0], c3]
 
 
 def _smooth(v: np.ndarray) -> np.ndarray:
@@ -590,33 +602,40 @@ def _least_section_axis(crop: _Crop, frame: VertebraFrame, centre, side: str) ->
     from scipy.ndimage import label, map_coordinates
 
     inv = np.linalg.inv(crop.ct.affine)
-    g = np.arange(-12.0, 12.01, 0.75)
+    g = np.arange(-12.0, 12.01, 1.0)
     su, sw = np.meshgrid(g, g, indexing="ij")
     mid = len(g) // 2
 
-    def area(med, cra):
-        a = frame.axes.T @ _local_axis(side, med, cra)
-        u = _unit(np.cross(frame.axes[2], a))
-        w = np.cross(a, u)
-        tot = 0.0
-        for t in (-3.0, 0.0, 3.0):
-            pts = centre + t * a + su[..., None] * u + sw[..., None] * w
-            idx = pts.reshape(-1, 3) @ inv[:3, :3].T + inv[:3, 3]
-            sec = map_coordinates(crop.smooth, idx.T, order=1, mode="constant").reshape(su.shape) >= 0.5
+    ts = np.array([-3.0, 0.0, 3.0])
+
+    def areas(cands):
+        A = np.array([frame.axes.T @ _local_axis(side, m, c) for m, c in cands])  # (K, 3)
+        U = np.cross(frame.axes[2], A)
+        U /= np.linalg.norm(U, axis=1, keepdims=True)
+        W = np.cross(A, U)
+        pts = (centre + ts[None, :, None, None, None] * A[:, None, None, None, :]
+               + su[None, None, :, :, None] * U[:, None, None, None, :]
+               + sw[None, None, :, :, None] * W[:, None, None, None, :])
+        idx = pts.reshape(-1, 3) @ inv[:3, :3].T + inv[:3, 3]
+        secs = map_coordinates(crop.smooth, idx.T, order=1, mode="constant").reshape(-1, *su.shape) >= 0.5
+        tot = np.zeros(len(cands))
+        for i, sec in enumerate(secs):
             lab, _ = label(sec)
             k = lab[mid, mid]
             if k == 0:
                 on = np.argwhere(sec)
                 if len(on) == 0:
-                    return np.inf
+                    tot[i // len(ts)] = np.inf
+                    continue
                 j = np.argmin(np.sum((on - mid) ** 2, axis=1))
                 k = lab[tuple(on[j])]
-            tot += float(np.sum(lab == k))
+            tot[i // len(ts)] += float(np.count_nonzero(lab == k))
         return tot
 
-    best = min(((area(m, c), m, c) for m in np.arange(-10.0, 45.1, 5.0) for c in np.arange(-20.0, 20.1, 5.0)))
-    _, m0, c0 = best
-    best = min(((area(m, c), m, c) for m in m0 + np.arange(-3.0, 3.1, 1.5) for c in c0 + np.arange(-3.0, 3.1, 1.5)))
+    cands = [(m, c) for m in np.arange(-10.0, 45.1, 5.0) for c in np.arange(-20.0, 20.1, 5.0)]
+    m0, c0 = cands[int(np.argmin(areas(cands)))]
+    cands = [(m, c) for m in m0 + np.arange(-3.0, 3.1, 1.5) for c in c0 + np.arange(-3.0, 3.1, 1.5)]
+    best = (None, *cands[int(np.argmin(areas(cands)))])
     return frame.axes.T @ _local_axis(side, best[1], best[2])
 
 
@@ -630,14 +649,11 @@ def _measure_pedicle(ct, crop, fit: _FrameFit, side: str, sp: float) -> Pedicle 
     ts = np.arange(-9.0, 9.01, 0.5)
     best = None
     for it in range(3):
-        rows = []
-        for t in ts:
-            r = _pedicle_section(ct, crop, frame, centre + t * axis, axis, sp)
-            if r is not None:
-                rows.append((t, r[0], r[1], *r[2]))
+        sec = _pedicle_sections(crop, frame, centre + ts[:, None] * axis, axis, sp)
+        rows = np.c_[ts, sec]
+        rows = rows[np.all(np.isfinite(rows), axis=1)]
         if len(rows) < 5:
             return None
-        rows = np.array(rows)
         # a section whose edge search latched onto noise or a thin process is implausibly narrow
         rows = rows[rows[:, 1] > 0.6 * np.median(rows[:, 1])]
         if len(rows) < 5:
@@ -769,8 +785,12 @@ def _cancellous_hu(crop: _Crop, fit: _FrameFit) -> float | None:
     body = loc[:, 1] < fit.canal.front_y - 1.0
     if fit.canal.found:
         body &= np.abs(loc[:, 0] - fit.canal.center[0]) < max(35.0, 3.0 * fit.canal.half_width)
-    bm = np.zeros(crop.mask.shape, bool)
-    bm[tuple(idx[body].T)] = True
+    bi = idx[body]
+    if len(bi) == 0:
+        return None
+    lo = np.maximum(bi.min(axis=0) - 2, 0)
+    bm = np.zeros(tuple(bi.max(axis=0) - lo + 3), bool)
+    bm[tuple((bi - lo).T)] = True
     dist = distance_transform_edt(bm, sampling=sp)
     depth = max(CANCELLOUS_DEPTH_MM, 1.5 * float(sp.max()))
     roi = dist > depth
@@ -778,7 +798,8 @@ def _cancellous_hu(crop: _Crop, fit: _FrameFit) -> float | None:
         roi = dist >= np.percentile(dist[bm], 75) if bm.any() else roi
     if not roi.any():
         return None
-    return float(np.mean(crop.ct.array[roi]))
+    sub = crop.ct.array[lo[0]:lo[0] + bm.shape[0], lo[1]:lo[1] + bm.shape[1], lo[2]:lo[2] + bm.shape[2]]
+    return float(np.mean(sub[roi[:sub.shape[0], :sub.shape[1], :sub.shape[2]]]))
 
 
 # --------------------------------------------------------------------------- public
