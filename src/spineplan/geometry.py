@@ -102,11 +102,15 @@ class DistanceField:
     outside_value: float  # value returned outside the box (a lower bound of the true distance)
 
     @classmethod
-    def of_mask(cls, mask: np.ndarray, grid: Volume, *, pad_mm: float = 10.0, box=None) -> "DistanceField":
+    def of_mask(cls, mask: np.ndarray, grid: Volume, *, pad_mm: float = 10.0, box=None,
+                exact_outside: bool = True) -> "DistanceField":
         """Signed distance field of ``mask`` (bool, on ``grid``) in its bounding box padded by ``pad_mm``.
 
         ``box`` = ((i0, i1), (j0, j1), (k0, k1)) overrides the bounding box. An empty mask gives a
-        field that is ``+pad_mm`` everywhere (every point outside).
+        field that is ``+pad_mm`` everywhere (every point outside). With ``exact_outside=False``
+        only the inside distance is computed (one EDT instead of two): every outside voxel gets
+        +half a voxel, so the zero level and all inside values are unchanged but distances
+        outside the mask are not (use it when only inside margins and the sign matter).
         """
         from scipy.ndimage import distance_transform_edt
 
@@ -120,12 +124,15 @@ class DistanceField:
         aff[:3, 3] = grid.index_to_world([i0, j0, k0])
         if not sub.any():
             return cls(np.full(sub.shape, pad_mm, np.float32), aff, float(pad_mm))
-        d_out = distance_transform_edt(~sub, sampling=sp)
-        d_in = distance_transform_edt(sub, sampling=sp)
         half = 0.5 * float(np.min(sp))
-        sdf = np.where(sub, -(d_in - half), d_out - half).astype(np.float32)
+        d_in = distance_transform_edt(sub, sampling=sp).astype(np.float32)
+        if exact_outside:
+            d_out = distance_transform_edt(~sub, sampling=sp).astype(np.float32)
+            sdf = np.where(sub, half - d_in, d_out - half)
+        else:
+            sdf = np.where(sub, half - d_in, np.float32(half))
         # Outside the box every point is at least as far out as the padding (the mask is inside it).
-        return cls(sdf, aff, float(max(pad_mm, half)))
+        return cls(sdf.astype(np.float32), aff, float(max(pad_mm, half)))
 
     @property
     def inv(self) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 Method (per vertebra, then per side):
 
-1. The vertebra's bone mask (internal cavities filled) gets a signed distance field (SDF, mm,
+1. The vertebra's bone mask gets a signed distance field (SDF, mm,
    negative inside) once, in its padded bounding box (:class:`spineplan.geometry.DistanceField`).
 2. Candidate axes pass through a grid of points around the pedicle isthmus centre, with
    directions in a cone around the expected pedicle direction (thousands of axes).
@@ -45,14 +45,15 @@ RECENTRE_CONE_DEG, RECENTRE_ASTEP_DEG = 20.0, 4.0
 #: The surface-sampling verification may find a margin this much below the inscribed-ball
 #: estimate (sampling and interpolation differences) before a candidate is rejected.
 VERIFY_TOLERANCE_MM = 0.25
-#: Box padding around the vertebra for its distance field (mm).
-BOX_PAD_MM = 12.0
+#: Box padding around the vertebra for its distance field (mm; inside distances are exact with
+#: any padding of at least one voxel, and only they are used).
+BOX_PAD_MM = 4.0
 #: Extra slack (mm) on the inscribed-ball test for the SDF varying between profile samples.
 PROFILE_SLACK_MM = 0.1
 #: How far behind the isthmus point the entry is searched for, and how far ahead of the entry
 #: the profile runs (mm).
-BACK_MM = 45.0
-AHEAD_MM = 80.0
+BACK_MM = 40.0
+AHEAD_MM = 72.0
 
 RULES = ("bone-corridor", "margin", "isthmus-80", "length", "sap-entry", "facet", "corridor-bone",
          "skin-offset", "verified-grade")
@@ -93,7 +94,11 @@ class Option:
 class PedicleResult:
     options: list[Option]
     isthmus_width_mm: float  # used for the 80 % rule
-    isthmus_width_sdf_mm: float  # measured here from the distance field
+    #: Diameter of the widest straight cylinder through the pedicle from the entry zone on
+    #: (2 x the largest inscribed radius over the candidate axes, first 25 mm after the entry
+    #: zone): the corridor the screw must fit in. It is <= the isthmus width and is used for the
+    #: 80 % rule when the Spine has no pedicle measurement (conservative).
+    isthmus_width_sdf_mm: float
     width_source: str
     counts: dict[str, int] = field(default_factory=dict)  # survivors after each rule
     failed_rule: str | None = None
@@ -115,25 +120,19 @@ class VertebraContext:
     endplates: dict
 
 
-def _fill_cavities(mask: np.ndarray) -> np.ndarray:
-    from scipy.ndimage import binary_fill_holes
-
-    return binary_fill_holes(mask)
-
-
 def make_context(ct: Volume, vertebra, mask: np.ndarray, labels: np.ndarray | None, above_mask: np.ndarray | None,
                  settings: PlannerSettings) -> VertebraContext:
     from spineplan.safety import facet_zone
 
     box = mask_box(mask, ct, BOX_PAD_MM)
     sl = tuple(slice(a, b) for a, b in box)
-    filled = mask.copy()
-    filled[sl] = _fill_cavities(mask[sl])
-    fld = DistanceField.of_mask(filled, ct, pad_mm=BOX_PAD_MM, box=box)
+    # Inside distances only: the rules need margins inside bone and the sign outside. Cavities
+    # in the mask are not filled: they count as outside bone (conservative).
+    fld = DistanceField.of_mask(mask, ct, pad_mm=BOX_PAD_MM, box=box, exact_outside=False)
     hu = np.asarray(ct.array[sl], dtype=np.float32)
     fz = facet_zone(mask, above_mask, ct, vertebra.frame, zone_mm=settings.facet_zone_mm) \
         if above_mask is not None else None
-    return VertebraContext(name=vertebra.name, frame=vertebra.frame, mask=filled, field=fld, hu=hu, ct=ct,
+    return VertebraContext(name=vertebra.name, frame=vertebra.frame, mask=mask, field=fld, hu=hu, ct=ct,
                            labels=labels, label=getattr(vertebra, "label", None), facet=fz,
                            pedicles=dict(getattr(vertebra, "pedicles", {}) or {}),
                            endplates=dict(getattr(vertebra, "endplates", {}) or {}))
@@ -468,8 +467,13 @@ def search_pedicle(ctx: VertebraContext, side: str, st: PlannerSettings, sizes: 
         return PedicleResult([], float("nan"), float("nan"), "none", {"bone-corridor": 0}, "bone-corridor", src)
     ped = ctx.pedicles.get(side)
     spine_width = float(ped.isthmus_width_mm) if ped is not None and np.isfinite(ped.isthmus_width_mm) else None
+    seed_med, seed_cra = med0, cra0
     centre, med0, cra0 = recentre(ctx, side, centre, med0, cra0, st)
     pts, dirs = candidate_axes(ctx, side, centre, med0, cra0, st)
+    if src == "spine" and max(abs(seed_med - med0), abs(seed_cra - cra0)) > 0.5 * st.search_cone_deg:
+        # the measured pedicle direction and the widest corridor disagree: search around both
+        p2, d2 = candidate_axes(ctx, side, centre, seed_med, seed_cra, st)
+        pts, dirs = np.concatenate([pts, p2]), np.concatenate([dirs, d2])
     res = evaluate(ctx, side, pts, dirs, st, sizes, spine_width)
     width_sdf = res["isthmus"]
     if spine_width is not None:

@@ -117,7 +117,7 @@ def plan_screws(ct: Volume, spine, levels: Iterable[str], *, sides=("left", "rig
             extra = {
                 "purchase": _r(opt.purchase, 1), "mean_hu": _r(opt.mean_hu, 1),
                 "isthmus_width_mm": _r(res.isthmus_width_mm, 2), "isthmus_width_source": res.width_source,
-                "isthmus_width_sdf_mm": _r(res.isthmus_width_sdf_mm, 2),
+                "corridor_width_mm": _r(res.isthmus_width_sdf_mm, 2),
                 "diameter_to_isthmus": _r(opt.diameter_mm / res.isthmus_width_mm, 3) if res.isthmus_width_mm else None,
                 "breach_mm": _r(saf.breach_mm, 2), "breach_direction": saf.breach_direction,
                 "facet_violation": saf.facet_violation, "entry_zone_mm": st.entry_zone_mm,

@@ -53,8 +53,11 @@ class PlannerSettings:
     #: Entry lateral to the superior articular process (Weinstein et al. 1988): the entry's
     #: lateral coordinate in the vertebra frame must be at least the SAP's centre line (median
     #: lateral coordinate of the bone above the pedicle roof, behind the isthmus) minus this
-    #: tolerance. The Weinstein entry sits on the SAP's lateral border at the transverse process.
-    sap_lateral_tolerance_mm: float = 0.0
+    #: tolerance, i.e. on the SAP's lateral half or beyond, never over the facet joint line or the
+    #: lamina. The Weinstein entry sits on the SAP's lateral border at the transverse process; the
+    #: tolerance allows for the SAP's width measured from a coarse mask (about half a lumbar SAP's
+    #: ~8-10 mm width, minus a margin). The facet-zone test below is the stricter check.
+    sap_lateral_tolerance_mm: float = 3.0
     #: Facet joint zone of the level above: points within this distance of both this vertebra
     #: and its cranial neighbour, posterior to the pedicle isthmus (the facet joint space
     #: between the inferior articular process above and the superior articular process here;
@@ -99,7 +102,7 @@ class PlannerSettings:
     #: (half-width and step, mm) with directions in a cone around the pedicle axis (half-angle
     #: and step, degrees).
     search_halfwidth_mm: float = 3.0
-    search_step_mm: float = 0.75
+    search_step_mm: float = 1.0
     search_cone_deg: float = 15.0
     search_angle_step_deg: float = 2.5
     #: Step of the distance-field profile along each candidate axis (mm).

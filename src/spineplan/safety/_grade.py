@@ -118,7 +118,7 @@ def patient_axes_frame(mask: np.ndarray, grid: Volume):
 
 
 def facet_zone(mask: np.ndarray, above_mask: np.ndarray | None, grid: Volume, frame, *,
-               zone_mm: float = FACET_ZONE_MM, pad_mm: float = 15.0) -> BoxMask | None:
+               zone_mm: float = FACET_ZONE_MM, pad_mm: float = 12.0) -> BoxMask | None:
     """The facet joint zone between a vertebra and the one above it.
 
     Points within ``zone_mm`` of both vertebrae, plus the cranial vertebra's own bone, restricted
@@ -131,22 +131,35 @@ def facet_zone(mask: np.ndarray, above_mask: np.ndarray | None, grid: Volume, fr
     if above_mask is None or not np.any(above_mask):
         return None
     box = mask_box(mask, grid, pad_mm)
-    sl = tuple(slice(a, b) for a, b in box)
-    sub, up = mask[sl], above_mask[sl]
     aff = grid.affine.copy()
     aff[:3, 3] = grid.index_to_world([b[0] for b in box])
-    if not up.any():
-        return BoxMask(np.zeros(sub.shape, bool), aff)
-    sp = grid.spacing
-    near_this = distance_transform_edt(~sub, sampling=sp) <= zone_mm
-    near_up = distance_transform_edt(~up, sampling=sp) <= zone_mm
-    ii = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in box], indexing="ij"), -1).reshape(-1, 3)
-    y_local = frame.to_local(grid.index_to_world(ii))[:, 1].reshape(sub.shape)
-    ys = y_local[sub]
-    if ys.size == 0:
-        return BoxMask(np.zeros(sub.shape, bool), aff)
+    shape = tuple(b - a for a, b in box)
+    zone = np.zeros(shape, bool)
+    # local y of every box voxel, by broadcasting (y is affine in the indices)
+    m = frame.axes[1] @ aff[:3, :3]  # d y_local / d index
+    y0 = float(frame.axes[1] @ (aff[:3, 3] - frame.origin))
+    y_local = (y0 + m[0] * np.arange(shape[0])[:, None, None] + m[1] * np.arange(shape[1])[None, :, None]
+               + m[2] * np.arange(shape[2])[None, None, :]).astype(np.float32)
+    sl = tuple(slice(a, b) for a, b in box)
+    sub, up = mask[sl], above_mask[sl]
+    ys = y_local[np.broadcast_to(sub, shape)] if sub.any() else np.zeros(0)
+    if ys.size == 0 or not up.any():
+        return BoxMask(zone, aff)
     y_cut = ys.min() + FACET_POSTERIOR_FRACTION * (ys.max() - ys.min())
-    zone = ((near_this & near_up) | up) & (y_local > y_cut)
+    post = y_local > y_cut
+    # work only in the sub-box holding the posterior part of both masks (+ the zone width)
+    cand = post & (sub | up)
+    if not cand.any():
+        return BoxMask(zone, aff)
+    sp = grid.spacing
+    lo = [max(int(np.flatnonzero(np.any(cand, axis=tuple(a for a in range(3) if a != ax)))[0])
+              - int(np.ceil(zone_mm / sp[ax])) - 1, 0) for ax in range(3)]
+    hi = [min(int(np.flatnonzero(np.any(cand, axis=tuple(a for a in range(3) if a != ax)))[-1])
+              + int(np.ceil(zone_mm / sp[ax])) + 2, shape[ax]) for ax in range(3)]
+    ss = tuple(slice(a, b) for a, b in zip(lo, hi))
+    near_this = distance_transform_edt(~sub[ss], sampling=sp) <= zone_mm
+    near_up = distance_transform_edt(~up[ss], sampling=sp) <= zone_mm
+    zone[ss] = ((near_this & near_up) | up[ss]) & post[ss]
     return BoxMask(zone, aff)
 
 
