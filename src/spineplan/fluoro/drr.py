@@ -28,8 +28,11 @@ Renderers
 * ``mode="exact"``: Siddon-type ray-voxel traversal: the exact line integral of the
   piecewise-constant voxel field (reference; float64).
 * ``mode="fast"``: fused numba ray marching (parallel over pixels, rays clipped to the box of
-  non-zero attenuation by slab intersection, midpoint rule with a step of half the smallest
-  voxel, nearest-voxel sampling by default). Nothing of size rays x samples is allocated.
+  non-zero attenuation by slab intersection and to their first/last non-empty 8^3 block,
+  midpoint rule with a step of half the smallest voxel, nearest-voxel sampling by default from
+  a uint16 copy of mu with fixed-point positions, or trilinear sampling). Nothing of size
+  rays x samples is allocated. Caches (occupancy, uint16 copy) are built on first use: do not
+  modify ``mu`` in place afterwards (use ``dataclasses.replace``).
 """
 
 from __future__ import annotations
@@ -136,6 +139,7 @@ class AttenuationVolume:
             raise InputError("Attenuation volume needs a 4x4 index-to-LPS affine.")
         self.box = _nonzero_box(mu)
         self._occ = None
+        self._quant = None
 
     @classmethod
     def from_ct(cls, ct: Volume, *, energy_kev: float = DEFAULT_ENERGY_KEV) -> "AttenuationVolume":
@@ -174,6 +178,17 @@ class AttenuationVolume:
 
             self._occ = block_occupancy(self.mu, OCCUPANCY_BLOCK)
         return self._occ
+
+    def quantized(self) -> tuple[np.ndarray, float]:
+        """(uint16 array, scale) with ``mu ~= q * scale`` (relative step 1/65535 of the largest mu),
+        computed once; the fast nearest-voxel renderer reads it (half the memory traffic)."""
+        if self._quant is None:
+            top = float(self.mu.max()) if self.mu.size else 0.0
+            scale = top / 65535.0 if top > 0 else 1.0
+            q = np.empty(self.mu.shape, np.uint16)
+            np.rint(self.mu / np.float32(scale), out=q, casting="unsafe")
+            self._quant = (q, scale)
+        return self._quant
 
     def centre_lps(self) -> np.ndarray:
         """LPS centre of the non-zero box."""
@@ -230,7 +245,9 @@ def render(att: AttenuationVolume, carm: CArm, *, mode: str = "fast", metal=None
         # stay a hair inside the grid so that nearest-voxel indices never need clamping
         lo = np.maximum(np.asarray(lo, np.float64), -0.5 + _INSET)
         hi = np.minimum(np.asarray(hi, np.float64), np.array(att.shape, np.float64) - 0.5 - _INSET)
-        K.render_fast(att.mu, m, b, src, rt, cu, cv, f, lo, hi, float(step_mm), sampling == "linear",
+        linear = sampling == "linear"
+        q, q_scale = att.quantized() if not linear else (np.zeros((1, 1, 1), np.uint16), 1.0)
+        K.render_fast(att.mu, q, float(q_scale), m, b, src, rt, cu, cv, f, lo, hi, float(step_mm), linear,
                       att.occupancy(), OCCUPANCY_BLOCK, out)
     elif mode == "exact":
         K.render_siddon(att.mu, m, b, src, rt, cu, cv, f, out)
