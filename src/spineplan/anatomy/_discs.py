@@ -73,7 +73,7 @@ def build_curve(body_pts: np.ndarray, canal_pts: np.ndarray) -> Curve:
 
 
 def core_profile(sample, curve: Curve, radius: float = CORE_RADIUS_MM) -> np.ndarray:
-    """Mean HU over a disc of ``radius`` in the normal plane at each curve sample.
+    """Median HU over a disc of ``radius`` in the normal plane at each curve sample.
 
     ``sample(xyz)`` returns HU at LPS points (M, 3).
     """
@@ -86,36 +86,98 @@ def core_profile(sample, curve: Curve, radius: float = CORE_RADIUS_MM) -> np.nda
     return np.median(vals, axis=1)
 
 
-#: Endplates lie within this distance (mm) of a disc centre: half the thickest lumbar disc
-#: (~12-14 mm) plus the endplate (1-2 mm).
-ENDPLATE_WINDOW_MM = 10.0
+#: Lateral rays for the body width reach this far (mm) from the curve.
+WIDTH_RAY_MM = 40.0
+#: Along a lateral ray the body ends where soft tissue starts (three samples below SOFT_HU:
+#: muscle 40-60 HU, fat < 0; even osteoporotic marrow stays above it) and its edge is the last
+#: cortex (above CORTEX_EDGE_HU) before that.
+SOFT_HU = 50.0
+CORTEX_EDGE_HU = 150.0
+#: Expected vertebral period per mm of body width: lumbar bodies 45-50 mm wide repeat every
+#: 40-50 mm, mid-thoracic ones 28-32 mm wide every 22-26 mm (Panjabi et al., Spine 1991/1992).
+PERIOD_PER_WIDTH = 0.85
 
 
-def disc_score(profile: np.ndarray, step: float = STEP_MM) -> np.ndarray:
-    """Depth of each point below the brighter endplates on both sides (HU, >= 0).
+def body_width(sample, curve: Curve) -> np.ndarray:
+    """Body width (mm) along the curve: where lateral rays leave bone, robustly smoothed."""
+    from scipy.ndimage import median_filter, percentile_filter
 
-    A disc is dark *between two bright endplates* a few mm away; the dark centre of an
-    osteoporotic body (basivertebral veins) has its endplates 20-40 mm apart and scores low.
-    """
-    from scipy.ndimage import gaussian_filter1d, maximum_filter1d
+    r = np.arange(3.0, WIDTH_RAY_MM + 0.1, 1.0)
+    out = []
+    for sgn in (-1.0, 1.0):
+        pts = curve.points[:, None, :] + sgn * r[None, :, None] * curve.lateral[:, None, :]
+        v = sample(pts.reshape(-1, 3)).reshape(len(curve.s), len(r))
+        soft = v < SOFT_HU
+        run = soft[:, :-2] & soft[:, 1:-1] & soft[:, 2:]
+        first = np.where(run.any(axis=1), np.argmax(run, axis=1), len(r) - 1)
+        inside = np.arange(len(r))[None, :] < first[:, None]
+        cort = (v > CORTEX_EDGE_HU) & inside
+        last = np.where(cort.any(axis=1), len(r) - 1 - np.argmax(cort[:, ::-1], axis=1), 0)
+        out.append(r[last])
+    w = out[0] + out[1]
+    w = percentile_filter(w, 75, size=max(3, int(round(30.0 / STEP_MM))) | 1, mode="nearest")
+    return median_filter(w, size=max(3, int(round(20.0 / STEP_MM))) | 1, mode="nearest")
 
-    p = gaussian_filter1d(profile.astype(float), 1.0 / step, mode="nearest")
-    w = max(2, int(round(ENDPLATE_WINDOW_MM / step)))
+
+#: A thick disc (lumbar, 8-14 mm; Pooni et al., Spine 1986) is resolved as a dark band whose
+#: bright endplates lie within this distance (mm) of its centre ...
+THICK_DISC_WINDOW_MM = 10.0
+#: ... a thin one (thoracic, 4-6 mm) merges with its endplates into one bright band at 2-3 mm
+#: slices, bright within this distance (mm) on both sides of its centre. The middle of a body,
+#: 9-20 mm from either endplate, satisfies neither.
+THIN_DISC_WINDOW_MM = 6.0
+#: Baseline window (mm): about one vertebral period.
+BASELINE_MM = 40.0
+
+
+def _side_max(p: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """max(p[i-w..i]) and max(p[i..i+w]) for every i (edges padded with the end values)."""
     pad = np.concatenate([np.full(w, p[0]), p, np.full(w, p[-1])])
     win = np.lib.stride_tricks.sliding_window_view(pad, w + 1)  # win[m] = pad[m : m + w + 1]
-    left = win[: len(p)].max(axis=1)  # p[i - w .. i]
-    right = win[w : w + len(p)].max(axis=1)  # p[i .. i + w]
-    return np.clip(np.minimum(left, right) - p, 0.0, None)
+    return win[: len(p)].max(axis=1), win[w : w + len(p)].max(axis=1)
+
+
+def disc_score(profile: np.ndarray, period: np.ndarray, step: float = STEP_MM) -> np.ndarray:
+    """How strongly each point looks like a disc (HU >= 0), given the expected local period.
+
+    Thick (resolved) discs: depth of the core below the brighter endplates found on *both*
+    sides within a quarter period. Thin discs (endplates merged into one bright band at 2-3 mm
+    slices): brightness on both sides within a fifth of a period above the local median; such
+    bands next to a resolved disc are its endplates and are ignored. The middle of a body, dark
+    or not (osteoporosis, basivertebral veins), has its endplates ~0.35-0.4 periods away.
+    """
+    from scipy.ndimage import gaussian_filter1d, maximum_filter1d, median_filter
+
+    p = gaussian_filter1d(profile.astype(float), 1.0 / step, mode="nearest")
+    base = median_filter(p, size=max(3, int(round(BASELINE_MM / step))) | 1, mode="nearest")
+    thick = np.zeros_like(p)
+    thin = np.zeros_like(p)
+    near = np.zeros_like(p)
+    for w_mm in np.unique(np.round(np.clip(period, *PERIOD_MM) * 0.25)):
+        sel = np.round(np.clip(period, *PERIOD_MM) * 0.25) == w_mm
+        w = max(2, int(round(w_mm / step)))
+        lt, rt = _side_max(p, w)
+        thick[sel] = (np.minimum(lt, rt) - p)[sel]
+        wn = max(2, int(round(0.8 * w_mm / step)))
+        ln, rn = _side_max(p, wn)
+        thin[sel] = (np.minimum(ln, rn) - base)[sel]
+        nt = maximum_filter1d(np.clip(np.minimum(lt, rt) - p, 0, None), size=2 * w + 3)
+        near[sel] = nt[sel]
+    # a bright endplate next to a resolved (dark) disc is not a thin disc itself
+    thin = np.where(near > 0.6 * thin, 0.0, thin)
+    return np.clip(np.maximum(thick, thin), 0.0, None)
 
 
 #: Weights of the periodic disc selection: the cost of a change of period between two
 #: neighbouring vertebrae (per log-ratio squared; heights change by < 10 % per level,
 #: Panjabi et al.) and the score (HU) a dip needs before it is worth being a disc at all.
 PERIOD_CHANGE_COST = 100.0
+#: Allowed distance between consecutive discs, as a fraction of the expected period.
+GAP_RANGE = (0.6, 1.35)
 DISC_MIN_SCORE = 25.0
 
 
-def find_discs(profile: np.ndarray, step: float = STEP_MM) -> np.ndarray:
+def find_discs(profile: np.ndarray, width: np.ndarray, step: float = STEP_MM) -> np.ndarray:
     """Indices of disc centres along the curve: the most periodic set of deep dips.
 
     Candidates are the local maxima of :func:`disc_score`; dynamic programming over pairs of
@@ -124,14 +186,15 @@ def find_discs(profile: np.ndarray, step: float = STEP_MM) -> np.ndarray:
     """
     from scipy.signal import find_peaks
 
-    d = disc_score(profile, step)
+    period = np.clip(width * PERIOD_PER_WIDTH, *PERIOD_MM)
+    d = disc_score(profile, period, step)
     cand, _ = find_peaks(d, height=DISC_MIN_SCORE * 0.5)
     n = len(cand)
     if n == 0:
         return np.zeros(0, int)
     sc = d[cand] - DISC_MIN_SCORE
     pos = cand * step
-    lo, hi = PERIOD_MM
+    per = period[cand]
     best_single = int(np.argmax(sc))
     # V[i, j]: best value of a chain ending with picks i < j (gap within the period range)
     V = np.full((n, n), -np.inf)
@@ -139,12 +202,14 @@ def find_discs(profile: np.ndarray, step: float = STEP_MM) -> np.ndarray:
     for i in range(n):
         for j in range(i + 1, n):
             g = pos[j] - pos[i]
-            if lo <= g <= hi:
+            pm = 0.5 * (per[i] + per[j])
+            if GAP_RANGE[0] * pm <= g <= GAP_RANGE[1] * pm:
                 V[i, j] = sc[i] + sc[j]
     for j in range(n):
         for k in range(j + 1, n):
             g2 = pos[k] - pos[j]
-            if not (lo <= g2 <= hi):
+            pm = 0.5 * (per[j] + per[k])
+            if not (GAP_RANGE[0] * pm <= g2 <= GAP_RANGE[1] * pm):
                 continue
             for i in range(j):
                 if not np.isfinite(V[i, j]):

@@ -136,7 +136,8 @@ def _segment_builtin(ct: Volume, anchor: str | None) -> Segmentation:
         return map_coordinates(hu, idx, order=1, mode="nearest")
 
     profile = _discs.core_profile(sample, curve)
-    discs = _discs.find_discs(profile)
+    width = _discs.body_width(sample, curve)
+    discs = _discs.find_discs(profile, width)
     next(steps, None)
 
     segs = _instances.segments_from_discs(curve, discs)
@@ -179,6 +180,8 @@ def _segment_builtin(ct: Volume, anchor: str | None) -> Segmentation:
         "rib_bearing": nm.rib_bearing,
         "sacrum_found": nm.sacrum_found,
         "core_profile_hu": profile,
+        "body_width_mm": width,
+        "curve": curve,
     }
     return Segmentation(out, nm.names, nm.confidence, nm.method, nm.warnings, extras)
 
