@@ -235,14 +235,41 @@ def _chain_names(levels: list[str], lumbar_count: int) -> list[str]:
 
 
 # ------------------------------------------------------------------------------- builders
-def _pedicle(v: VertebraModel, side: str, shape_scale: float = 1.0) -> tuple[Tube, PedicleSpec]:
+def local_layout(d: M.LevelDims) -> dict:
+    """Local landmarks of a vertebra that depend on its dimensions only (mm, vertebra frame)."""
+    z_p = d.body_h / 2 - d.ped_h / 2 - 1.5  # pedicles attach to the upper part of the body
+    y_i = d.body_d / 2 + 0.35 * d.canal_d  # isthmus ~1/3 of the canal depth behind the body
+    out = {"z_p": z_p, "y_i": y_i, "z_lam": z_p - 4.0,
+           "lamina_mid": np.array([0.0, d.body_d / 2 + d.canal_d + d.lamina_t / 2, z_p - 4.0])}
+    th, ph = np.radians(d.ped_ang), np.radians(d.ped_sag)
+    for side, s in SIDES.items():
+        u = np.array([-s * np.sin(th) * np.cos(ph), -np.cos(th) * np.cos(ph), np.sin(ph)])  # post -> ant
+        C = np.array([s * (d.canal_w / 2 + d.ped_w / (2 * np.cos(th))), y_i, z_p])
+        L_post = (0.65 * d.canal_d + 2.0) / np.cos(th)
+        out[side] = {"u": u, "C": C, "L_post": L_post, "A": C - u * L_post}
+    return out
+
+
+def posterior_clearance_points(d: M.LevelDims) -> tuple[np.ndarray, np.ndarray]:
+    """Local points on the top of the pedicle ends/laminae and on the bottom of the laminae,
+    used to keep neighbouring posterior elements apart when the spine bends."""
+    lay = local_layout(d)
+    top, bottom = [], []
+    for side in SIDES:
+        A = lay[side]["A"]
+        top.append([A[0], A[1], lay["z_p"] + d.ped_h / 2 * PEDICLE_FLARE_POST[1]])
+        for t in (0.0, 0.15, 0.3, 0.6):
+            e = A + t * (lay["lamina_mid"] - A)
+            top.append([e[0], e[1], lay["z_lam"] + d.lamina_h / 2])
+            bottom.append([e[0], e[1], lay["z_lam"] - d.lamina_h / 2])
+        bottom.append([A[0], A[1], lay["z_p"] - d.ped_h / 2 * PEDICLE_FLARE_POST[1]])
+    return np.array(top), np.array(bottom)
+
+
+def _pedicle(v: VertebraModel, side: str) -> tuple[Tube, PedicleSpec]:
     d = v.dims
-    s = SIDES[side]
-    th = np.radians(d.ped_ang)
-    ph = np.radians(d.ped_sag)
-    u = np.array([-s * np.sin(th) * np.cos(ph), -np.cos(th) * np.cos(ph), np.sin(ph)])  # post -> ant
-    C = np.array([s * (d.canal_w / 2 + d.ped_w / (2 * np.cos(th))), v.y_i, v.z_p])
-    L_post = (0.65 * d.canal_d + 2.0) / np.cos(th)
+    lay = local_layout(d)[side]
+    u, C, L_post = lay["u"], lay["C"], lay["L_post"]
     L_ant = PEDICLE_ANT_LEN_MM
     A, B = C - u * L_post, C + u * L_ant
     Aw, Bw = v.frame.to_world(A), v.frame.to_world(B)
@@ -267,10 +294,10 @@ def build_vertebra(name: str, code: int, frame: Frame, dims: M.LevelDims, *, can
     v = VertebraModel(name=name, code=code, frame=frame, dims=d, body=body, cancellous_hu=cancellous_hu,
                       is_sacrum=is_sacrum)
     v.parts.append(("body", body))
-    v.z_p = d.body_h / 2 - d.ped_h / 2 - 1.5
-    v.y_i = d.body_d / 2 + 0.35 * d.canal_d
-    z_lam = _lamina_z(v)
-    M_loc = np.array([0.0, d.body_d / 2 + d.canal_d + d.lamina_t / 2, z_lam])
+    lay = local_layout(d)
+    v.z_p, v.y_i = lay["z_p"], lay["y_i"]
+    z_lam = lay["z_lam"]
+    M_loc = lay["lamina_mid"]
     v.lamina_mid = M_loc
     up = frame.R[:, 2]
     for side in SIDES:
@@ -307,7 +334,7 @@ FACET_CLEARANCE_MM = 2.0
 
 def _lamina_z(v: VertebraModel) -> float:
     """Local height of the lamina's centre line."""
-    return v.z_p - 4.0
+    return float(local_layout(v.dims)["z_lam"])
 
 
 def facet_joint_local(lower: VertebraModel, side: str, facet_deg: float, upper: VertebraModel | None = None):
@@ -324,8 +351,13 @@ def facet_joint_local(lower: VertebraModel, side: str, facet_deg: float, upper: 
     sap_max = lower.z_p + 0.5 * d.ped_h + 12.0
     if upper is not None:
         Au = upper.pedicles[side].post_end_local
-        lam_bottom = upper.frame.to_world([Au[0], Au[1], _lamina_z(upper) - upper.dims.lamina_h / 2])
-        zb = float(lower.frame.to_local_xyz(*lam_bottom)[2])
+        Mu = upper.lamina_mid
+        # the upper lamina's bottom edge over its lateral third (it may be tilted or rotated)
+        edge = [Au + t * (Mu - Au) for t in (0.0, 0.15, 0.3)]
+        low = [[e[0], e[1], _lamina_z(upper) - upper.dims.lamina_h / 2] for e in edge]
+        low.append([Au[0], Au[1], upper.z_p - upper.dims.ped_h / 2 * PEDICLE_FLARE_POST[1]])  # pedicle end
+        pts = upper.frame.to_world(low)
+        zb = float(np.min(lower.frame.to_local_xyz(pts[:, 0], pts[:, 1], pts[:, 2])[2]))
         sap_max = min(sap_max, zb - FACET_CLEARANCE_MM - FACET_THIN_R)
     sap_max = max(sap_max, lower.z_p + 4.0)
     jz = 0.5 * (iap_min + sap_max)
@@ -372,22 +404,22 @@ def _add_sacrum(v: VertebraModel) -> None:
     f, d = v.frame, v.dims
     up = f.R[:, 2]
     H = d.body_h
-    # S2-S3: a tapering, kyphotic continuation of the S1 body
-    v.parts.append(("sacrum_s2s3", Tube(f.to_world([0, 0, -H / 2 + 3]), f.to_world([0, 12.0, -H / 2 - 42.0]),
-                                        ref=f.R[:, 0], r_side=d.body_d / 2 - 3, r_up=d.body_w / 2 - 6,
-                                        t_min=0.0, flare_a=1.0, flare_b=1.0)))
+    # S2-S3: a tapering continuation of the S1 body (narrowest at its caudal end)
+    v.parts.append(("sacrum_s2s3", Tube(f.to_world([0, 0, -H / 2 + 3]), f.to_world([0, 3.0, -H / 2 - 34.0]),
+                                        ref=f.R[:, 0], r_side=0.3 * d.body_d, r_up=0.3 * d.body_w,
+                                        t_min=1.0, flare_a=1.4)))
     for side, s in SIDES.items():
         # ala: lateral wing of S1, its upper surface below the S1 endplate
         v.parts.append((f"ala_{side}", Tube(f.to_world([s * 12.0, 4.0, -2.0]), f.to_world([s * 44.0, 8.0, -8.0]),
                                             ref=up, r_side=14.0, r_up=11.0)))
         # lateral mass (auricular part), down to S2-S3
-        v.parts.append((f"lateral_mass_{side}", Tube(f.to_world([s * 40.0, 10.0, -8.0]),
-                                                     f.to_world([s * 28.0, 22.0, -50.0]),
-                                                     ref=f.R[:, 0], r_side=11.0, r_up=9.0)))
+        v.parts.append((f"lateral_mass_{side}", Tube(f.to_world([s * 40.0, 14.0, -8.0]),
+                                                     f.to_world([s * 24.0, 22.0, -40.0]),
+                                                     ref=f.R[:, 0], r_side=12.0, r_up=8.0)))
     # dorsal wall of the sacral canal with the median crest
     y0 = d.body_d / 2 + d.canal_d + 3.0
-    v.parts.append(("sacrum_dorsal", Tube(f.to_world([0, y0, -12.0]), f.to_world([0, y0 + 8.0, -55.0]),
-                                          ref=f.R[:, 1], r_side=26.0, r_up=4.0)))
+    v.parts.append(("sacrum_dorsal", Tube(f.to_world([0, y0, -12.0]), f.to_world([0, y0 + 1.0, -42.0]),
+                                          ref=f.R[:, 1], r_side=18.0, r_up=3.5, t_min=1.0, flare_a=(1.4, 1.0))))
 
 
 def build_ribs(v: VertebraModel) -> list[Shape]:

@@ -26,6 +26,9 @@ SUPPORTED = ("T10", "T11", "T12", "L1", "L2", "L3", "L4", "L5", "L6", "S1")
 FRACTURE_TYPES = ("wedge", "biconcave", "crush")
 #: Trunk cross-section semi-axes (x, y) in mm: an adult lower trunk ~330 x 240 mm.
 TRUNK_SEMI_AXES = (165.0, 120.0)
+#: Minimum vertical clearance between the laminae/pedicle ends of neighbouring vertebrae; a
+#: strongly bent segment gets a taller disc rather than touching posterior elements.
+MIN_POSTERIOR_CLEARANCE_MM = 3.0
 #: Soft tissue between the spinous tips and the subcutaneous fat (supraspinous ligament).
 SUPRASPINOUS_MM = 3.0
 
@@ -291,6 +294,12 @@ def make_phantom(*, levels="T11-S1", spacing=1.0, lordosis_deg=40.0, scoliosis_d
         nmid /= np.linalg.norm(nmid)
         p_up = pivot + nmid * du.disc_post
         frames[n] = Frame(p_up - R @ np.array([0, du.body_d / 2, -du.body_h / 2]), R)
+        # strong bending would press the posterior elements together: open the disc instead
+        top_pts = A.posterior_clearance_points(dl)[0]
+        bot_pts = frames[n].to_world(A.posterior_clearance_points(du)[1])
+        clear = float(np.min(lower.to_local_xyz(*bot_pts.T)[2]) - np.max(top_pts[:, 2]))
+        if clear < MIN_POSTERIOR_CLEARANCE_MM:
+            frames[n] = Frame(frames[n].origin + nmid * (MIN_POSTERIOR_CLEARANCE_MM - clear), R)
     shift = -np.mean([frames[n].origin for n in names], axis=0)
     for fr in frames.values():
         fr.origin = fr.origin + shift
@@ -407,6 +416,7 @@ def make_phantom(*, levels="T11-S1", spacing=1.0, lordosis_deg=40.0, scoliosis_d
                 paint_bone(ct, res[0], res[1], cort_hu, canc, cort_mm, h)
 
     # vertebrae (labelled)
+    overlaps = 0
     for n in progress(names, "phantom: vertebrae"):
         v = models[n]
         res = union_sdf(grid, [s for _, s in v.parts], 2 * h + cort_mm)
@@ -415,7 +425,9 @@ def make_phantom(*, levels="T11-S1", spacing=1.0, lordosis_deg=40.0, scoliosis_d
         sl, dd = res
         paint_bone(ct, sl, dd, cort_hu, v.cancellous_hu, cort_mm, h)
         sub = lab[sl]
-        sub[dd <= 0] = v.code
+        inside = dd <= 0
+        overlaps += int(np.count_nonzero(sub[inside]))  # voxels already claimed by another vertebra
+        sub[inside] = v.code
 
     if noise_hu > 0:
         noise = rng_noise.standard_normal(ct.shape, dtype=np.float32)
@@ -447,6 +459,7 @@ def make_phantom(*, levels="T11-S1", spacing=1.0, lordosis_deg=40.0, scoliosis_d
                   "tilt_coronal_deg": {n: round(beta[n], 3) for n in names},
                   "axial_rotation_deg": {n: round(psi[n], 3) for n in names}},
         "ribs": {n: True for n in rib_levels},
+        "label_overlap_voxels": overlaps,
         "iliac_crest": crest,
         "skin": {"posterior_midline_y_at_z": [[round(float(z), 2), round(float(y_skin(z)), 3)] for z in zs],
                  "fat_mm": float(fat_mm)},
