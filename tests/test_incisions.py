@@ -155,3 +155,37 @@ def test_incisions_on_the_phantom_skin(phantom_case):
         y_mid = np.interp(c[2], zy[:, 0], zy[:, 1])
         assert c[1] <= y_mid + h  # never behind the midline skin (the back is convex)
         assert 0 < i.extra["distance_from_midline_mm"] < 80
+
+
+def test_ct_table_attached_by_thin_pads_is_not_skin():
+    """A 4 mm table top (+300 HU) 4 mm behind the back, joined to it by 2 mm pads, is not skin."""
+    ct = torso()
+    arr = np.array(ct.array)
+    xyz = ct.index_to_world(np.moveaxis(np.indices(ct.shape), 0, -1))
+    x, y = xyz[..., 0], xyz[..., 1]
+    plate = (y >= B_MM + 4.0) & (y <= B_MM + 8.0) & (np.abs(x) < 100)  # inside the 89 mm field of view
+    pads = (y > B_MM - 4.0) & (y < B_MM + 5.0) & np.isin(np.round(x), [-19.0, 1.0, 21.0])  # one voxel wide (grid x = ..., -1, 1, ...)
+    arr[(plate | pads) & (arr < -300)] = 300.0
+    ct_table = ct.with_array(arr)
+    start, up = np.array([1.0, 20.0, 0.0]), np.array([0.0, 1.0, 0.0])  # through the middle pad
+    hit = SkinSurface(ct_table).exit_point(start, up)
+    # the skin, not the table; a stub of the pad at most one voxel long may stay on the skin
+    assert hit.point[1] == pytest.approx(B_MM, abs=1.5 * SPACING)
+    # without the opening the table would be part of the body
+    raw = SkinSurface(ct_table, mask=ct_table.array > BODY_THRESHOLD_HU)
+    assert raw.exit_point(start, up).point[1] > B_MM + 6
+
+
+def test_fine_ct_body_outline_keeps_full_resolution():
+    """On a 0.7 mm CT the body's connectivity is worked out on a coarser grid; the skin found
+    must still be within one fine voxel of the true outline."""
+    from spineplan.plan.skin import body_mask
+
+    fine = torso(shape=(330, 260, 6), spacing=0.7)
+    mask = body_mask(fine)
+    raw = np.asarray(fine.array) > BODY_THRESHOLD_HU
+    assert np.array_equal(mask, raw)  # a convex torso: the thresholded outline, exactly
+    skin = SkinSurface(fine, mask=mask)
+    for d in ((0.0, 1.0, 0.0), (0.5, 1.0, 0.0), (-0.8, 1.0, 0.0)):
+        hit = skin.exit_point(np.array([0.0, 10.0, 0.0]), np.asarray(d))
+        assert ellipse_residual(hit.point) < 0.7
