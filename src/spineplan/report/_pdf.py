@@ -24,6 +24,8 @@ from spineplan.report._html import (
     Table,
 )
 
+#: JPEG quality of the pictures embedded in the PDF.
+JPEG_QUALITY = 88
 #: Characters the PDF's built-in Helvetica (WinAnsi) cannot show, and their replacements.
 _ASCII = {"\u2265": ">=", "\u2264": "<=", "\u2192": "->", "\u2212": "-", "\u00d7": "x", "\u2248": "~"}
 
@@ -90,7 +92,18 @@ def render_pdf(doc: Doc, path) -> Path:
     text_w = page_w - 2 * margin
 
     def image(png: bytes, width: float, max_h: float = 175 * mm):
-        w_px, h_px = PILImage.open(io.BytesIO(png)).size
+        im = PILImage.open(io.BytesIO(png))
+        w_px, h_px = im.size
+        # embedded as JPEG (quality JPEG_QUALITY): reportlab passes JPEG through unchanged, which
+        # is much faster and smaller than re-compressing PNG pixels
+        buf = io.BytesIO()
+        if im.mode in ("RGBA", "LA", "P"):
+            im = im.convert("RGBA")
+            bg = PILImage.new("RGB", im.size, "white")
+            bg.paste(im, mask=im.split()[-1])
+            im = bg
+        im.convert("RGB").save(buf, format="JPEG", quality=JPEG_QUALITY)
+        png = buf.getvalue()
         w = width
         hgt = w * h_px / w_px
         if hgt > max_h:

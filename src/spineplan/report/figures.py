@@ -93,6 +93,7 @@ def fluoro_pictures(ct, spine, plan, *, size_px: int = FLUORO_PX, enhance: float
     from spineplan.fluoro.views import named_view
 
     att = AttenuationVolume.from_ct(ct)
+    empty = AttenuationVolume(np.zeros((2, 2, 2), np.float32), ct.affine, energy_kev=att.energy_kev)  # metal only
     # centre the C-arm on every planned implant (screws and needles), not only the screws
     pts = [p for s in plan.screws for p in (s.entry, s.tip)] + [p for a in plan.access for p in (a.entry, a.target)]
     centring = None
@@ -102,9 +103,10 @@ def fluoro_pictures(ct, spine, plan, *, size_px: int = FLUORO_PX, enhance: float
     out: dict[str, dict] = {}
     for view in ("AP", "LAT"):
         carm, info = named_view(view, ct, spine=spine, plan=centring, detector=Detector.square(size_px))
-        li = render(att, carm, mode="fast", sampling="linear", metal=plan)
-        # window on the anatomy: metal darker than the densest bone is shown black (as on a C-arm)
+        # anatomy and metal separately: the window is set on the anatomy, and metal denser than
+        # the densest bone is shown black (as on a C-arm monitor)
         li0 = render(att, carm, mode="fast", sampling="linear")
+        li = li0 + render(empty, carm, mode="fast", metal=plan)
         h, w = li0.shape
         centre = li0[h // 4: h - h // 4, w // 4: w - w // 4]
         vals = centre[centre > 1e-3]

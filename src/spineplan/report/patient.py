@@ -122,8 +122,9 @@ def patient_doc(plan, *, picture: bytes | None = None, patient_name: str | None 
                          f"They are about {_cm(min(lens))} to {_cm(max(lens))} cm long each. "
                          f"Together they add up to about {_cm(total)} cm."))
         if plan.access:
-            doc.add(Para(f"The needle for the broken bone needs {_n(len(plan.access))} tiny cut"
-                         f"{'s' if len(plan.access) > 1 else ''}, each a few millimetres long."))
+            k = len(plan.access)
+            doc.add(Para(f"The needle for the broken bone needs {_n(k)} tiny cut{'s' if k > 1 else ''}, "
+                         f"{'each ' if k > 1 else ''}a few millimetres long."))
         doc.add(Para("The cuts are closed with stitches, glue or strips. They leave small scars."))
     # --- benefits
     doc.add(Heading("What it can do for you"))

@@ -317,16 +317,17 @@ def make_pictures(plan, ct, spine, *, skin_mask=None) -> dict:
     return pics
 
 
-def write_reports(plan, ct, spine, out_dir: TypePath, *, patient_name: str | None = None) -> dict[str, Path]:
+def write_reports(plan, ct, spine, out_dir: TypePath, *, patient_name: str | None = None,
+                  screw_dir: TypePath | None = None) -> dict[str, Path]:
     """Write both reports of ``plan`` into ``out_dir``: ``surgeon_report.html/.pdf`` and
     ``patient_report.html/.pdf``. ``patient_name`` appears in the patient's report only when given.
 
-    The per-screw slice pictures in ``out_dir/screws/`` (written by the plan run) are reused
-    when present. Returns ``{"surgeon_html", "surgeon_pdf", "patient_html", "patient_pdf"}``."""
+    The per-screw slice pictures in ``screw_dir`` (default ``out_dir/screws/``, as written by the
+    plan run) are reused when present. Returns ``{"surgeon_html", "surgeon_pdf", "patient_html", "patient_pdf"}``."""
     from spineplan.report.patient import write_patient_report
 
     out = Path(out_dir)
     pics = make_pictures(plan, ct, spine)
-    paths = write_surgeon_report(plan, ct, spine, out, pictures=pics, screw_dir=out / "screws")
+    paths = write_surgeon_report(plan, ct, spine, out, pictures=pics, screw_dir=out / "screws" if screw_dir is None else screw_dir)
     paths.update(write_patient_report(plan, out, picture=pics["patient"], patient_name=patient_name))
     return paths

@@ -1,0 +1,164 @@
+"""Surgeon's and patient's reports on a phantom plan: real HTML and PDF files, PDF text
+extracted with pypdf, pages rendered with poppler's pdftoppm."""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+
+import pytest
+
+from _report import flesch_kincaid_grade, image_stats, pdf_pages_text, phantom_plan, render_pages
+from spineplan import DISCLAIMER
+
+NAME = "Jane Q. Testpatient"
+#: A4 at 50 dpi: 8.27 x 11.69 inches.
+A4_50DPI = (413, 585)
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory):
+    from spineplan.report.patient import write_patient_report
+    from spineplan.report.surgeon import write_reports
+
+    ph, spine, plan = phantom_plan()
+    out = tmp_path_factory.mktemp("reports")
+    paths = write_reports(plan, ph.ct, spine, out)
+    named = write_patient_report(plan, tmp_path_factory.mktemp("named"), patient_name=NAME,
+                                 picture=None, ct=None, spine=None)
+    return ph, spine, plan, paths, named
+
+
+def _disclaimer_start():
+    return DISCLAIMER.split(".")[0]  # "spineplan is research software ... medical device"
+
+
+def test_plan_has_what_the_reports_show(reports):
+    _, _, plan, paths, _ = reports
+    assert {s.level for s in plan.screws} == {"L1", "L2"} and len(plan.screws) == 4
+    assert [a.level for a in plan.access] == ["T12"] and plan.rods and plan.incisions
+    assert set(paths) == {"surgeon_html", "surgeon_pdf", "patient_html", "patient_pdf"}
+    assert all(p.is_file() and p.stat().st_size > 1000 for p in paths.values())
+
+
+def test_surgeon_pdf_text(reports):
+    _, _, plan, paths, _ = reports
+    pages = pdf_pages_text(paths["surgeon_pdf"])
+    text = " ".join(pages)
+    for p in pages:  # the disclaimer on every page
+        assert _disclaimer_start() in p
+    # warnings first: the danger warning before the case summary, and before the screw table
+    assert text.index("Test danger warning") < text.index("Case summary") < text.index("Pedicle screws")
+    for s in plan.screws:  # every screw's level, side and size in the table
+        assert re.search(rf"{s.level} {s.side} {s.diameter_mm:g} x {s.length_mm:g}", text), s.label
+        assert f"{s.min_margin_mm:.2f}" in text
+    assert "kyphoplasty" in text and "T12" in text and "unipedicular" in text
+    cem = plan.access[0].extra["cement_ml"]
+    assert f"{cem:.1f}" in text and "Molloy" in text
+    assert "Skin incisions" in text and "Rods" in text and "C-arm" in text and "Per-screw slices" in text
+    assert NAME not in text and "Testpatient" not in text
+
+
+def test_patient_pdf_text_and_privacy(reports):
+    _, _, plan, paths, named = reports
+    text = " ".join(pdf_pages_text(paths["patient_pdf"]))
+    for word in ("Nerve injury", "come loose", "break", "leak out", "do not grow together", "Infection",
+                 "Blood clots", "More wear", "may not go away", "radiation"):
+        assert word in text, word
+    for course in ("within about a day", "about 1 to 3 days", "about 2 to 4 weeks", "about 6 to 12 weeks",
+                   "physiotherapist"):
+        assert course in text, course
+    assert "typical" in text.lower() or "usual" in text.lower()
+    assert "kyphoplasty" in text and "T12" in text and "L1 and L2" in text
+    assert "Questions to ask your surgeon" in text and _disclaimer_start() in text
+    n_inc = len(plan.incisions)
+    words = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
+    assert f"You will have {words.get(n_inc, n_inc)} small cuts" in text
+    assert NAME not in text
+    # the name only when given explicitly
+    named_text = " ".join(pdf_pages_text(named["patient_pdf"]))
+    assert NAME in named_text and NAME in named["patient_html"].read_text()
+    assert NAME not in paths["patient_html"].read_text() and NAME not in paths["surgeon_html"].read_text()
+
+
+def test_patient_text_reading_level(reports):
+    from spineplan.report._html import Bullets, Para
+    from spineplan.report.patient import patient_doc
+
+    _, _, plan, _, _ = reports
+    doc = patient_doc(plan)
+    parts = [b.text for b in doc.blocks if isinstance(b, Para)]
+    parts += [i for b in doc.blocks if isinstance(b, Bullets) for i in b.items]
+    text = " ".join(p if p.rstrip()[-1:] in ".?!:" else p + "." for p in parts)
+    assert len(text.split()) > 400
+    grade = flesch_kincaid_grade(text)
+    assert grade <= 8.0, grade
+    # and the formula is not trivially low: a dense technical sentence scores far higher
+    assert flesch_kincaid_grade("Percutaneous transpedicular instrumentation necessitates intraoperative "
+                                "fluoroscopic verification of trajectories.") > 16
+
+
+def test_pdf_pages_render(reports, tmp_path):
+    _, _, _, paths, _ = reports
+    for key in ("surgeon_pdf", "patient_pdf"):
+        d = tmp_path / key
+        d.mkdir()
+        pages = render_pages(paths[key], d)
+        if pages is None:
+            pytest.skip("pdftoppm (poppler-utils) is not installed")
+        assert len(pages) >= (3 if key == "surgeon_pdf" else 2)
+        for p in pages:
+            size, ink, std = image_stats(p)
+            assert abs(size[0] - A4_50DPI[0]) <= 2 and abs(size[1] - A4_50DPI[1]) <= 2, size
+            assert ink > 0.01 and std > 10.0, (p.name, ink, std)  # not blank
+    # pages with pictures carry much more ink than text-only pages: the first surgeon pages hold
+    # the virtual fluoroscopy and the 3D view
+    inks = [image_stats(p)[1] for p in sorted((tmp_path / "surgeon_pdf").glob("page-*.png"))]
+    assert max(inks) > 0.15
+
+
+class _Collect(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.imgs, self.tags = [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "img":
+            self.imgs.append(dict(attrs).get("src", ""))
+
+
+def test_html_reports(reports):
+    _, _, plan, paths, _ = reports
+    html = paths["surgeon_html"].read_text()
+    c = _Collect()
+    c.feed(html)
+    pngs = [s for s in c.imgs if s.startswith("data:image/png;base64,")]
+    assert len(pngs) == len(c.imgs) == 2 + 1 + len(plan.screws)  # AP + LAT, 3D, one per screw
+    assert html.count(_disclaimer_start()) >= 2
+    assert html.index("Test danger warning") < html.index("Case summary")
+    assert "#b00020" in html  # danger red
+    ph = paths["patient_html"].read_text()
+    c2 = _Collect()
+    c2.feed(ph)
+    assert len(c2.imgs) == 1 and _disclaimer_start() in ph
+
+
+def test_report_pictures(reports):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from spineplan.report.figures import fluoro_pictures
+
+    ph, spine, plan, _, _ = reports
+    pics = fluoro_pictures(ph.ct, spine, plan, size_px=128)
+    for view in ("AP", "LAT"):
+        img = np.asarray(Image.open(io.BytesIO(pics[view]["png"])).convert("RGB"))
+        assert img.shape == (128, 128, 3)
+        # the implants' colours (orange left, blue right) are drawn on the image
+        assert np.any((img[..., 0] > 200) & (img[..., 1] > 100) & (img[..., 1] < 180) & (img[..., 2] < 60))
+        assert np.any((img[..., 0] < 60) & (img[..., 2] > 200))
+    assert pics["AP"]["info"]["angular_deg"] == pytest.approx(0.0)
+    assert pics["LAT"]["info"]["angular_deg"] == pytest.approx(90.0)
