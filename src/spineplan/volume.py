@@ -18,6 +18,16 @@ import numpy as np
 from spineplan.errors import InputError
 
 
+def _apply(affine: np.ndarray, pts) -> np.ndarray:
+    """Apply a 4x4 affine to points (..., 3); column sums avoid a slow threaded matmul on (N, 3)."""
+    p = np.asarray(pts, dtype=np.float64)
+    a = affine
+    out = np.empty(p.shape, dtype=np.float64)
+    for r in range(3):
+        out[..., r] = p[..., 0] * a[r, 0] + p[..., 1] * a[r, 1] + p[..., 2] * a[r, 2] + a[r, 3]
+    return out
+
+
 @dataclass(frozen=True, eq=False)
 class Volume:
     """A CT (HU, float32 or int16) or a label map (integers) with its index->LPS affine."""
@@ -75,14 +85,11 @@ class Volume:
 
     def index_to_world(self, ijk) -> np.ndarray:
         """Voxel indices (..., 3) to LPS mm (..., 3)."""
-        ijk = np.asarray(ijk, dtype=np.float64)
-        return ijk @ self.affine[:3, :3].T + self.affine[:3, 3]
+        return _apply(self.affine, ijk)
 
     def world_to_index(self, xyz) -> np.ndarray:
         """LPS mm (..., 3) to continuous voxel indices (..., 3)."""
-        xyz = np.asarray(xyz, dtype=np.float64)
-        inv = np.linalg.inv(self.affine)
-        return xyz @ inv[:3, :3].T + inv[:3, 3]
+        return _apply(np.linalg.inv(self.affine), xyz)
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Axis-aligned LPS bounding box (min, max) of the voxel centres."""
