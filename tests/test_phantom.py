@@ -56,7 +56,7 @@ def _pedicle_dirs(v, side):
 
 
 # --------------------------------------------------------------------------- tests
-@pytest.mark.parametrize("kw", [DEFAULT_1MM, dict(spacing=1.0, lordosis_deg=65.0, scoliosis_deg=35.0,
+@pytest.mark.parametrize("kw", [DEFAULT_1MM, dict(spacing=1.5, lordosis_deg=65.0, scoliosis_deg=35.0,
                                                   rotation_deg=25.0, fracture="L2:3:crush", seed=5)],
                          ids=["default", "deformed"])
 def test_vertebrae_are_separate_bones(kw):
@@ -67,6 +67,8 @@ def test_vertebrae_are_separate_bones(kw):
     ph = get_phantom(**kw)
     assert ph.truth["label_overlap_voxels"] == 0  # no two vertebrae claim the same voxel
     lab = ph.labels.array
+    box = ndimage.find_objects((lab > 0).astype(np.uint8))[0]
+    lab = lab[tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)]
     full = np.ones((3, 3, 3), bool)  # 26-connectivity
     for code in np.unique(lab)[1:]:
         sizes = np.bincount(ndimage.label(lab == code, structure=full)[0].ravel())[1:]
@@ -358,6 +360,38 @@ def test_iliac_crest_lateral_to_l5_s1():
     top = crest[np.argmax(crest[:, 2])]
     assert s1[2] < top[2] < l4[2] + 10  # intercristal line near L4-L5 (Tuffier line)
     assert 50 < abs(top[0] - l5[0]) < 110
+
+
+def _unlabelled_bone_on_line(ph, near, start, direction, length=140.0):
+    """True when the line from ``start`` backwards meets bone (> 300 HU) that is no vertebra
+    before it reaches air."""
+    ts = np.arange(0.0, length, 0.5)
+    pts = np.asarray(start)[None, :] - ts[:, None] * np.asarray(direction)[None, :]
+    hu = ph.ct.sample(pts, order=0)
+    stop = int(np.argmax(hu < -900)) if np.any(hu < -900) else len(ts)
+    bone = (hu[:stop] > 300) & (near.sample(pts[:stop], order=0, fill=0.0) == 0)
+    return bool(bone.any())
+
+
+def test_iliac_bone_blocks_some_s1_trajectories():
+    from scipy import ndimage
+
+    ph = get_phantom(**DEFAULT_1MM)
+    near = ph.labels.with_array(ndimage.binary_dilation(ph.labels.array > 0, iterations=3).astype(np.float32))
+
+    def line(level, side, medial_deg):
+        v = ph.truth["vertebrae"][level]
+        fr = VertebraFrame(origin=v["frame_origin"], axes=[v["axes"][k] for k in "xyz"])
+        m = np.radians(medial_deg)
+        sx = -1.0 if side == "left" else 1.0  # towards the midline going anteriorly
+        d = fr.axes.T @ np.array([sx * np.sin(m), -np.cos(m), 0.0])  # anterior-going, in the endplate plane
+        assert fr.angles_of(d, side)[0] == pytest.approx(medial_deg, abs=1e-3)
+        return _unlabelled_bone_on_line(ph, near, v["pedicles"][side]["isthmus_center"], d)
+
+    for side in ("left", "right"):
+        assert line("S1", side, 42.0)  # steep convergence: the posterior ilium is in the way
+        assert not line("S1", side, 20.0)
+        assert not line("L4", side, ph.truth["vertebrae"]["L4"]["pedicles"][side]["transverse_angle_deg"])
 
 
 def test_lumbar_count_six_has_l6_label():

@@ -450,13 +450,15 @@ def build_ilium(s1: VertebraModel) -> tuple[list[Shape], dict]:
     shapes: list[Shape] = []
     crest = {}
     for side, s in SIDES.items():
-        c = np.array([[38, 62, -32], [46, 62, -8], [56, 58, 16], [72, 46, 32], [92, 26, 36], [110, 2, 30]], float)
+        c = np.array([[36, 64, -30], [44, 66, -6], [50, 64, 20], [66, 50, 38], [88, 30, 40], [110, 4, 32]], float)
         bl = np.array([[46, 40, -48], [54, 30, -42], [62, 16, -44], [78, 4, -46], [94, -8, -46], [104, -22, -44]],
                       float)
         c[:, 0] *= s
         bl[:, 0] *= s
         cw, bw = pf.to_world(c), pf.to_world(bl)
         crest[side] = cw
+        # iliac tuberosity: the thick posterior ilium behind the sacroiliac joint
+        shapes.append(Ellipsoid(pf.to_world([s * 52.0, 52.0, 4.0]), pf.R.T, [10.0, 14.0, 24.0]))
         for p, q in zip(cw[:-1], cw[1:]):
             shapes.append(Tube(p, q, ref=pf.R[:, 2], r_side=7.0, r_up=7.0))
         # wing: a ruled surface between crest and the lower line, as overlapping flat tubes
