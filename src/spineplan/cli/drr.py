@@ -68,7 +68,7 @@ def run(args) -> int:
     from spineplan import DISCLAIMER
     from spineplan._atomic import atomic_path, write_text
     from spineplan.errors import InputError
-    from spineplan.fluoro.drr import AttenuationVolume, render, to_display
+    from spineplan.fluoro.drr import AttenuationVolume, add_noise, metal_image, render, to_display
     from spineplan.fluoro.geometry import Detector
     from spineplan.fluoro.overlay import draw_overlay, view_title
     from spineplan.fluoro.views import GENERIC_VIEWS, named_view
@@ -82,9 +82,12 @@ def run(args) -> int:
     ct, spine, plan = load_inputs(args, need_spine)
     carm, info = named_view(args.view, ct, spine=spine, plan=plan, detector=Detector.square(args.size))
     att = AttenuationVolume.from_ct(ct, energy_kev=args.energy)
-    li = render(att, carm, mode=args.mode, sampling=args.sampling, metal=plan,
-                noise=args.noise if args.noise else None, rng=0)
-    img = to_display(li, enhance=args.enhance)
+    tissue = render(att, carm, mode=args.mode, sampling=args.sampling)
+    li = tissue + metal_image(carm, plan, att.energy_kev) if plan is not None else tissue
+    if args.noise:
+        li = add_noise(li, args.noise, rng=0)
+    # window on the anatomy: implants saturate black as on a real monitor
+    img = to_display(li, enhance=args.enhance, reference=tissue)
     if not args.no_overlay:
         img = draw_overlay(img, carm, spine=spine, metal=plan, title=view_title(info),
                            centre_lps=info["isocentre_lps"])

@@ -254,16 +254,31 @@ def render(att: AttenuationVolume, carm: CArm, *, mode: str = "fast", metal=None
     else:
         raise InputError(f"DRR mode must be 'fast' or 'exact'; got {mode!r}.")
     if metal is not None:
-        from spineplan.fluoro.metal import as_metal
-
-        met = as_metal(metal)
-        if len(met):
-            p0, p1, radius, mu_lin = met.arrays(att.energy_kev)
-            K.cylinders_chord(p0, p1, radius, mu_lin, src, rt, cu, cv, f, out)
+        _add_metal(out, carm, metal, att.energy_kev)
     out = out.astype(np.float32, copy=False)
     if noise is not None:
         out = add_noise(out, noise, rng=rng)
     return out
+
+
+def _add_metal(out: np.ndarray, carm: CArm, metal, energy_kev: float) -> None:
+    from spineplan.fluoro import _kernels as K
+    from spineplan.fluoro.metal import as_metal
+
+    met = as_metal(metal)
+    if len(met):
+        p0, p1, radius, mu_lin = met.arrays(energy_kev)
+        src = np.ascontiguousarray(carm.pose.source_lps)
+        rt = np.ascontiguousarray(carm.pose.rotation.T)
+        cu, cv = (float(x) for x in carm.detector.principal_point)
+        K.cylinders_chord(p0, p1, radius, mu_lin, src, rt, cu, cv, float(carm.detector.focal_px), out)
+
+
+def metal_image(carm: CArm, metal, energy_kev: float = DEFAULT_ENERGY_KEV) -> np.ndarray:
+    """Line integrals (H, W) float32 of the implants alone (see :func:`render`'s ``metal``)."""
+    out = np.zeros(carm.detector.shape, np.float64)
+    _add_metal(out, carm, metal, energy_kev)
+    return out.astype(np.float32)
 
 
 def add_noise(line_integral: np.ndarray, noise, *, rng=None) -> np.ndarray:
@@ -289,34 +304,40 @@ def add_noise(line_integral: np.ndarray, noise, *, rng=None) -> np.ndarray:
 
 
 def to_display(line_integral, *, invert: bool = True, window=None, gamma: float = 1.0,
-               enhance: float = 0.0) -> np.ndarray:
+               enhance: float = 0.0, reference=None) -> np.ndarray:
     """uint8 image like a fluoroscopy shot.
 
     Like a C-arm's automatic brightness control, the log-domain line integral is windowed to the
     0.5th-99.5th percentile of the attenuating pixels in the **central region** (middle half of
     each side; or ``window=(lo, hi)``); more attenuation is darker with ``invert=True`` (the
-    default: bone and metal dark, air bright, as on a C-arm monitor). ``enhance`` (0-1) subtracts
-    that fraction of a smooth (sigma = 1/12 of the image) background, like the unsharp-mask
-    edge enhancement of fluoroscopy imaging chains; 0 leaves the physics untouched.
+    default: bone and metal dark, air bright, as on a C-arm monitor). ``reference``: an image to
+    take the window (and the enhancement background) from instead, e.g. the tissue-only DRR so
+    that implants (far more attenuating) do not wash the anatomy out; they then saturate black,
+    as they do on a real monitor. ``enhance`` (0-1) subtracts that fraction of a smooth
+    (sigma = 1/12 of the image) background, like the unsharp-mask edge enhancement of
+    fluoroscopy imaging chains; 0 leaves the physics untouched.
     """
     li = np.asarray(line_integral, dtype=np.float64)
-    hit = li > 1e-3
+    ref = li if reference is None else np.asarray(reference, dtype=np.float64)
+    if ref.shape != li.shape:
+        raise InputError(f"reference image shape {ref.shape} differs from the image's {li.shape}.")
+    hit = ref > 1e-3
     if enhance:
         from scipy.ndimage import gaussian_filter
 
         if not 0.0 <= enhance <= 1.0:
             raise InputError(f"enhance must be within 0-1; got {enhance}.")
-        low = gaussian_filter(li, max(li.shape) / 12.0, mode="nearest")
-        li = np.where(hit, li - enhance * low, 0.0)
-        if hit.any():
-            li = np.where(hit, li - li[hit].min() + 1e-2, 0.0)
+        low = enhance * gaussian_filter(ref, max(li.shape) / 12.0, mode="nearest")
+        shift = float((ref - low)[hit].min()) if hit.any() else 0.0
+        li = np.where(hit | (li > 1e-3), li - low - shift + 1e-2, 0.0)
+        ref = np.where(hit, ref - low - shift + 1e-2, 0.0)
     if window is None:
-        h, w = li.shape
+        h, w = ref.shape
         centre = np.zeros_like(hit)
         centre[h // 4: h - h // 4, w // 4: w - w // 4] = True
-        vals = li[hit & centre]
+        vals = ref[hit & centre]
         if vals.size < 16:
-            vals = li[hit]
+            vals = ref[hit]
         if vals.size == 0:
             lo, hi = 0.0, 1.0
         else:

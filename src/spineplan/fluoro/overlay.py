@@ -109,10 +109,12 @@ def draw_overlay(image: np.ndarray, carm: CArm, *, spine=None, metal=None, title
                   stroke_width=2, stroke_fill=(0, 0, 0))
         draw.text((w / 2 - size / 3, pad), letters["top"], fill=MARK_COLOUR, font=font,
                   stroke_width=2, stroke_fill=(0, 0, 0))
-    if title:
-        draw.text((4, 4), title, fill=MARK_COLOUR, font=small, stroke_width=2, stroke_fill=(0, 0, 0))
+    line = int(size * 0.9)
     if note:
-        draw.text((4, h - 4 - size), note, fill=MARK_COLOUR, font=small, stroke_width=2, stroke_fill=(0, 0, 0))
+        draw.text((4, h - 4 - line), note, fill=MARK_COLOUR, font=small, stroke_width=2, stroke_fill=(0, 0, 0))
+    if title:
+        draw.text((4, h - 4 - line * (2 if note else 1)), title, fill=MARK_COLOUR, font=small, stroke_width=2,
+                  stroke_fill=(0, 0, 0))
     return np.asarray(pil)
 
 
