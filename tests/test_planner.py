@@ -142,3 +142,14 @@ def test_a_larger_margin_never_gives_a_larger_screw():
         base = plan.screw(s.level, s.side)
         assert r.grade == "A" and r.min_margin_mm >= 2.0 - 0.3
         assert s.diameter_mm <= base.diameter_mm
+
+
+def test_s1_is_planned_within_the_sacrum_or_explained():
+    ph = get_phantom(fov="spine", levels="L5-S1", seed=0, spacing=1.5)
+    spine = spine_from_truth(ph)
+    plan = plan_screws(ph.ct, spine, ["S1"])
+    res = check_plan(plan, ph.ct, ph.labels)
+    for s, r in zip(plan.screws, res):
+        assert r.grade == "A" and r.vertebra_found == "S1" and r.min_margin_mm >= 0.7
+    explained = {w.extra.get("side") for w in plan.warnings if w.code == "no-safe-screw"}
+    assert {s.side for s in plan.screws} | explained == {"left", "right"}

@@ -132,6 +132,10 @@ def plan_screws(ct: Volume, spine, levels: Iterable[str], *, sides=("left", "rig
                 extra["alignment_trade"] = {"purchase_lost_pct": _r(loss, 1),
                                             "offset_before_mm": _r(report["offset_before"][j], 2),
                                             "offset_after_mm": _r(report["offset_after"][j], 2)}
+            if opt.skin is None:
+                plan.warn("skin-not-found", f"{lv} {side}: the trajectory leaves the scan before reaching the skin; "
+                          "the percutaneous corridor was checked only inside the field of view.", level=lv,
+                          severity="info", side=side)
             plan.screws.append(Screw(level=lv, side=side, entry=[float(x) for x in opt.entry],
                                      tip=[float(x) for x in opt.tip], diameter_mm=opt.diameter_mm,
                                      length_mm=opt.length_mm, medial_angle_deg=med, cranial_angle_deg=cra,
