@@ -197,3 +197,44 @@ def test_fast_vs_exact_real_abdomen(abdomen_att):
         assert np.abs(fl - ex)[hit].mean() / ex[hit].mean() < 0.02
         # a real abdomen: several (1/mm x mm) units of attenuation through the body
         assert 2.0 < float(np.median(ex[hit])) < 20.0
+
+
+def test_drr_right_way_up_on_a_las_grid():
+    """Bone markers at the patient's left, head and front land where a surgeon expects them."""
+    # LAS-stored grid (like the chest NIfTI): i runs to the patient's right, j to anterior
+    aff = np.array([[-2.0, 0, 0, 60.0], [0, -2.0, 0, 60.0], [0, 0, 2.0, -60.0], [0, 0, 0, 1]])
+    hu = np.full((60, 60, 60), 0, np.int16)
+    ct = Volume(hu, aff)
+
+    def put(xyz):
+        i, j, k = np.round(ct.world_to_index(xyz)).astype(int)
+        hu[i - 2:i + 3, j - 2:j + 3, k - 2:k + 3] = 1500
+
+    put([30.0, 0.0, 0.0])  # patient's left
+    put([0.0, 0.0, 35.0])  # head
+    put([0.0, -30.0, -20.0])  # anterior and a little inferior
+    att = AttenuationVolume.from_ct(Volume(hu, aff))
+    det = Detector.square(101, field_mm=200.0)
+    ap = render(att, CArm(det, Pose.from_carm([0, 0, 0], 0, 0)), mode="exact")
+    base = np.median(ap)
+    rows, cols = np.nonzero(ap > base + 0.05)
+    # AP: left marker right of centre, head marker above centre (row < 50)
+    assert cols.max() > 70 and rows.min() < 30
+    assert ap[50, 50 + int(round(30 * 1000 / 600 / (200 / 101)))] > base + 0.1  # left marker on the right
+    assert ap[50 - int(round(35 * 1000 / 600 / (200 / 101))), 50] > base + 0.1  # head at the top
+    lat = render(att, CArm(det, Pose.from_carm([0, 0, 0], 0, 90)), mode="exact")
+    # LAT (detector on the left): anterior marker to the right of centre, below the head marker
+    u_ant = 50 + 30 * 1000 / 600 / (200 / 101)
+    v_ant = 50 + 20 * 1000 / 600 / (200 / 101)
+    assert lat[int(round(v_ant)), int(round(u_ant))] > np.median(lat) + 0.1
+
+
+def test_needle_from_plan_access():
+    att = AttenuationVolume.from_mu(np.zeros((4, 4, 4), np.float32), np.eye(4))
+    iso = np.array([1.5, 1.5, 1.5])
+    carm = CArm(Detector(sdd_mm=1000.0, width_px=21, height_px=21, pixel_mm=0.5), Pose.from_carm(iso, 0, 0))
+    plan = {"access": [{"level": "L1", "side": "left", "skin": (iso - [30, 0, 0]).tolist(),
+                        "entry": (iso - [5, 0, 0]).tolist(), "target": (iso + [20, 0, 0]).tolist(), "gauge": 11}]}
+    img = render(att, carm, mode="exact", metal=plan)
+    mu_fe = 1.205 * 8.0 / 10  # NIST Fe mu/rho at 60 keV x 316L density, 1/mm
+    assert img[10, 10] == pytest.approx(mu_fe * 3.05, rel=1e-6)  # 11 G outer diameter (ISO 9626)

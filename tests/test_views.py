@@ -172,3 +172,19 @@ def test_ap_centre_from_ct_bone():
     ct = Volume(arr, aff)
     _, info = named_view("AP", ct)
     np.testing.assert_allclose(info["isocentre_lps"], [-10.0, 30.0, -100 + 3.0 * 19 / 2], atol=2.1)
+
+
+def test_orientation_letters_and_overlay_names():
+    from spineplan.fluoro.overlay import draw_overlay, orientation_letters
+
+    v = _vertebra("L4", np.eye(3))
+    spine = _spine(v)
+    carm, info = named_view("AP", spine=spine, detector=Detector.square(200))
+    assert orientation_letters(carm, ORIGIN) == {"right": "L", "left": "R", "bottom": "F", "top": "H"}
+    lat, _ = named_view("LAT", spine=spine, detector=Detector.square(200))
+    assert orientation_letters(lat, ORIGIN) == {"right": "A", "left": "P", "bottom": "F", "top": "H"}
+    img = draw_overlay(np.full((200, 200), 128, np.uint8), carm, spine=spine, title="AP")
+    u, vv = carm.project(v.frame.origin)
+    dot = img[int(round(vv)), int(round(u))]
+    assert dot[0] > 200 and dot[1] > 200 and dot[2] < 80  # yellow dot at the body centre
+    assert img.shape == (200, 200, 3) and (img[:100] != 128).any()
