@@ -56,7 +56,7 @@ def _pedicle_dirs(v, side):
 
 
 # --------------------------------------------------------------------------- tests
-@pytest.mark.parametrize("kw", [DEFAULT_1MM, dict(spacing=1.5, lordosis_deg=65.0, scoliosis_deg=35.0,
+@pytest.mark.parametrize("kw", [DEFAULT_1MM, dict(spacing=1.0, lordosis_deg=65.0, scoliosis_deg=35.0,
                                                   rotation_deg=25.0, fracture="L2:3:crush", seed=5)],
                          ids=["default", "deformed"])
 def test_vertebrae_are_separate_bones(kw):
