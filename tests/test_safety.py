@@ -108,3 +108,17 @@ def test_check_plan_with_label_volume_names_the_vertebra(bone, tmp_path):
     assert res[0].vertebra_found is None  # its axis lies outside the bone
     assert res[1].vertebra_found == "L4" and res[1].min_margin_mm == pytest.approx(3.0, abs=0.2)  # the tip is 3 mm below the top
     assert res[0].facet_violation is None  # no vertebra above in these labels
+
+
+def test_check_plan_grades_needles_as_thin_screws(bone):
+    from spineplan.plan.model import Access
+
+    grid, mask = bone
+    labels = grid.with_array(np.where(mask, 23, 0).astype(np.uint8), modality="labels")
+    # an 11 G needle (3.05 mm OD) along z, its surface 1.0 mm outside the bone toward +y
+    off = R_BONE - 3.05 / 2 + 1.0
+    plan = Plan(access=[Access(level="L4", procedure="kyphoplasty", side="left", skin=[0, off, -30.0],
+                               entry=[0, off, -9.0], target=[0, off, 9.0], gauge=11)])
+    (res,) = check_plan(plan, grid, labels)
+    assert res.kind == "needle" and res.grade == "B"
+    assert res.breach_mm == pytest.approx(1.0, abs=0.2) and res.breach_direction == "posterior"

@@ -128,10 +128,11 @@ def plan_screws(ct: Volume, spine, levels: Iterable[str], *, sides=("left", "rig
                 "grading": "planning mask",
             }
             if choice[j] != 0:
-                loss = 100.0 * (1 - opt.purchase / best.purchase)
+                loss = 100.0 * (1 - opt.purchase / max(best.purchase, 1e-9))
                 extra["alignment_trade"] = {"purchase_lost_pct": _r(loss, 1),
                                             "offset_before_mm": _r(report["offset_before"][j], 2),
-                                            "offset_after_mm": _r(report["offset_after"][j], 2)}
+                                            "offset_after_mm": _r(report["offset_after"][j], 2),
+                                            "side_offset_gain_mm": _r(report["total_before"] - report["total_after"], 2)}
             if opt.skin is None:
                 plan.warn("skin-not-found", f"{lv} {side}: the trajectory leaves the scan before reaching the skin; "
                           "the percutaneous corridor was checked only inside the field of view.", level=lv,
@@ -141,13 +142,13 @@ def plan_screws(ct: Volume, spine, levels: Iterable[str], *, sides=("left", "rig
                                      length_mm=opt.length_mm, medial_angle_deg=med, cranial_angle_deg=cra,
                                      grade=saf.grade, min_margin_mm=float(saf.min_margin_mm), extra=extra))
         if report and report["changed"]:
-            traded = [f"{lvs[j]} {100 * (1 - results[(lvs[j], side)].options[choice[j]].purchase / results[(lvs[j], side)].options[0].purchase):.1f} %"
-                      for j in range(len(lvs)) if choice[j] != 0]
+            traded = [f"{lvs[int(j)]} {v:.1f} %" for j, v in report["loss_pct"].items()]
             plan.warn("rod-alignment-trade",
                       f"{side.capitalize()} rod: gave up purchase ({', '.join(traded)}) to line up the screw heads: "
                       f"summed head offset from a smooth rod line {report['total_before']:.1f} -> "
                       f"{report['total_after']:.1f} mm (gain {report['total_before'] - report['total_after']:.1f} mm).",
-                      severity="info", side=side, purchase_lost_pct=report["loss_pct"],
+                      severity="info", side=side,
+                      purchase_lost_pct={lvs[int(j)]: v for j, v in report["loss_pct"].items()},
                       alignment_gain_mm=_r(report["total_before"] - report["total_after"], 2))
         if report:
             worst = int(np.argmax(report["offset_after"]))
@@ -239,7 +240,7 @@ def _align(opts: list[list], st: PlannerSettings):
         if before.sum() - cur < st.min_alignment_gain_mm:
             choice = [0] * n
     after = _rod_residuals(heads(choice))
-    loss = {i: 100.0 * (1 - opts[i][choice[i]].purchase / opts[i][0].purchase) for i in range(n) if choice[i]}
+    loss = {i: 100.0 * (1 - opts[i][choice[i]].purchase / max(opts[i][0].purchase, 1e-9)) for i in range(n) if choice[i]}
     return choice, {"offset_before": before, "offset_after": after, "total_before": float(before.sum()),
                     "total_after": float(after.sum()), "changed": any(choice),
                     "loss_pct": {str(i): round(v, 2) for i, v in loss.items()}}
