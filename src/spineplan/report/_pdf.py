@@ -173,12 +173,12 @@ def render_pdf(doc: Doc, path) -> Path:
             for sev, text in b.items:
                 c = SEVERITY_COLOURS.get(sev, "#37474f")
                 bg = SEVERITY_BACKGROUND.get(sev, "#eceff1")
-                ps = ParagraphStyle(f"al-{sev}", parent=body, fontSize=9, leading=11.5, textColor=colors.HexColor(c),
-                                    backColor=colors.HexColor(bg), borderPadding=(3, 4, 3, 6), leftIndent=4,
+                ps = ParagraphStyle(f"al-{sev}", parent=body, fontSize=8.3, leading=10, textColor=colors.HexColor(c),
+                                    backColor=colors.HexColor(bg), borderPadding=(2, 4, 2, 5), leftIndent=4,
                                     borderColor=colors.HexColor(c), borderWidth=0)
                 items.append(Paragraph(f"<b>{_clean(sev.upper())}</b>  {_clean(text)}", ps))
-                items.append(Spacer(1, 5))
-            put(items, keep=len(b.items) < 8)
+                items.append(Spacer(1, 4.5))
+            put(items, keep=len(b.items) < 12)
         elif isinstance(b, PageBreak):
             if pending:
                 story.extend(pending)

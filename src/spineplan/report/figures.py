@@ -37,6 +37,8 @@ TREATED = "#f4a340"
 #: Voxel size (mm) of the vertebra meshes and of the skin patch in the 3D picture.
 MESH_VOXEL_MM = 2.5
 SKIN_VOXEL_MM = 5.0
+#: Gaussian smoothing (voxels) of the masks before marching cubes.
+MESH_SMOOTH_VOXELS = 0.7
 #: Skin patch margin around the incisions and needle skin points (mm).
 SKIN_PATCH_MARGIN_MM = 45.0
 #: Detector size (pixels) of the virtual fluoroscopy pictures (field ~30 cm).
@@ -137,11 +139,14 @@ def _mesh(mask: np.ndarray, affine: np.ndarray):
     """Triangles (T, 3, 3) in LPS of a bool mask's surface (marching cubes, padded so it closes)."""
     from skimage.measure import marching_cubes
 
+    from scipy.ndimage import gaussian_filter
+
     if mask.sum() < 8:
         return None
-    m = np.pad(mask.astype(np.float32), 1)
+    # a light smoothing (MESH_SMOOTH_VOXELS) removes the voxel staircase without moving the surface
+    m = gaussian_filter(np.pad(mask.astype(np.float32), 2), MESH_SMOOTH_VOXELS)
     verts, faces, _, _ = marching_cubes(m, 0.5)
-    verts = verts - 1.0
+    verts = verts - 2.0  # the padding
     xyz = verts @ affine[:3, :3].T + affine[:3, 3]
     return xyz[faces]
 
@@ -267,6 +272,12 @@ def spine_3d_picture(ct, spine, plan, *, path: TypePath | None = None, dpi: int 
         ax.view_init(elev=elev, azim=azim)
         ax.set_axis_off()
         ax.set_title(title, fontsize=10)
+        # which way is which (posterior view: the patient's left on the viewer's left, as when
+        # standing behind the patient; left-side view: the back on the right)
+        ends = ("patient's left", "patient's right") if azim == 90.0 else ("front", "back")
+        ax.text2D(0.03, 0.08, ends[0], transform=ax.transAxes, fontsize=8.5, color="#333333")
+        ax.text2D(0.97, 0.08, ends[1], transform=ax.transAxes, fontsize=8.5, color="#333333", ha="right")
+        ax.text2D(0.5, 0.96, "head", transform=ax.transAxes, fontsize=8.5, color="#333333", ha="center")
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color=LEFT, lw=3, label="left screws"), Line2D([], [], color=RIGHT, lw=3, label="right screws"),

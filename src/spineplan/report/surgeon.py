@@ -231,8 +231,7 @@ def surgeon_doc(plan, ct, spine, *, pictures: dict | None = None, screw_pngs: li
               footer=DISCLAIMER)
     items = _warning_items(plan)
     doc.add(Alert(f"Warnings ({len(items)})", items) if items else Para("No warnings.", "lead"))
-    doc.add(Heading("Case summary"), Table(["Item", "Value"], _summary_rows(plan, ct, spine), widths=[1.3, 5.0],
-                                           small=False))
+    doc.add(Heading("Case summary"), Table(["Item", "Value"], _summary_rows(plan, ct, spine), widths=[1.3, 5.0]))
     if plan.screws:
         doc.add(_screw_table(plan))
         doc.add(Para("Angles are in each vertebra's own frame: medial from its mid-sagittal plane (positive = "
