@@ -55,6 +55,19 @@ _GRID_MM = 1.0
 #: The pedicle is looked for in the anterior part of the canal's AP extent (from the posterior
 #: body wall); farther back lie the laminae and the articular/transverse processes.
 _PEDICLE_SEARCH_FRACTION = 0.6
+#: Thickness of the cortical shell as clinical CT resolves it (~1 mm: the 0.2-0.5 mm shell of
+#: micro-CT studies, Silva MJ et al., J Bone Miner Res 1994, is blurred to about 1 mm), used
+#: by the edge model.
+_CORTEX_MM = 1.0
+#: Scanner blur (Gaussian sigma, mm) added to the voxel/interpolation kernel of the edge model;
+#: the voxel box dominates at clinical slice thicknesses.
+_PSF_SIGMA_MM = 0.0
+#: Window of the edge-model fit: this far inside and outside the first edge estimate (mm).
+_FIT_IN_MM, _FIT_OUT_MM = 4.0, 5.0
+#: Use the model-based edge (True) or the plain half-maximum (False).
+_EDGE_MODEL = True
+#: Rounds of pedicle cross-section sweeps (each re-fits the axis through the section centres).
+_PEDICLE_ROUNDS = 3
 #: Step (mm) of the CT profiles used for half-maximum edges.
 _STEP_MM = 0.1
 #: Out-of-field CT values (padding) are below this.
@@ -414,13 +427,14 @@ def _pct(x: np.ndarray, q: float) -> float:
     return float(xs[int(round(q / 100.0 * (len(xs) - 1)))])
 
 
-def _edge_from_profile(s: np.ndarray, v: np.ndarray, inside: np.ndarray, sp: float) -> float | None:
+def _edge_from_profile(s: np.ndarray, v: np.ndarray, inside: np.ndarray, sp: float) -> tuple[float, float] | None:
     """Outer half-maximum edge along one half-line sampled at ``s`` (from a point inside bone).
 
     The mask border along the line gives the rough edge e; the cortical peak is the highest
     CT value within [e - max(3 mm, 1.5 voxels), e + 1 voxel]; the background is the 30th
     percentile over [e + 1 voxel, e + 1 voxel + 4 mm]; the edge is where the profile falls
     through their mean going outwards from the peak (linear interpolation between samples).
+    Returns (edge distance, threshold).
     """
     on = np.flatnonzero(inside)
     if on.size == 0:
@@ -448,7 +462,64 @@ def _edge_from_profile(s: np.ndarray, v: np.ndarray, inside: np.ndarray, sp: flo
     j = k + int(below[0])
     v0, v1 = v[j - 1], v[j]
     f = (v0 - thr) / (v0 - v1) if v0 != v1 else 0.0
-    return float(s[j - 1] + f * (s[j] - s[j - 1]))
+    return float(s[j - 1] + f * (s[j] - s[j - 1])), thr
+
+
+def _line_kernel(spacing: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The CT's blur along the unit direction ``d``: per voxel axis, the voxel's box average and
+    the tent of linear interpolation (box * box), widths ``spacing_i * |d_i|``; plus
+    ``_PSF_SIGMA_MM`` of scanner blur. Returns (x, pdf, cdf) on a ``_STEP_MM`` grid."""
+    k = np.array([1.0])
+    for h in np.asarray(spacing, float) * np.abs(d):
+        n = int(round(h / _STEP_MM))
+        if n >= 2:
+            box = np.ones(n) / n
+            k = np.convolve(np.convolve(k, box), box)
+    if _PSF_SIGMA_MM > 0:
+        g = np.arange(-3 * _PSF_SIGMA_MM, 3 * _PSF_SIGMA_MM + 1e-9, _STEP_MM)
+        k = np.convolve(k, np.exp(-0.5 * (g / _PSF_SIGMA_MM) ** 2))
+    k /= k.sum()
+    x = (np.arange(len(k)) - (len(k) - 1) / 2.0) * _STEP_MM
+    return x, k / _STEP_MM, np.cumsum(k)
+
+
+def _model_edge(s: np.ndarray, v: np.ndarray, e0: float, kern, thr: float, sp: float) -> float | None:
+    """Edge position by fitting the blurred model of a bone surface to a profile.
+
+    Model along the outward half-line: background B beyond the edge e, interior level
+    B + D before it, and a thin cortical shell of mass A centred ``_CORTEX_MM / 2`` inside the
+    edge, all blurred by the line's kernel. For each trial e the model is linear in (B, D, A)
+    (least squares); e minimises the residual. Unlike a half-maximum, this is not biased
+    outwards when the cortex is thinner than the voxels.
+    """
+    x, pdf, cdf = kern
+    lo, hi = e0 - _FIT_IN_MM, e0 + _FIT_OUT_MM
+    # stop before the next bone (e.g. the neighbour's endplate across a thin disc)
+    again = np.flatnonzero((s > e0 + 0.5) & (v > thr))
+    if again.size:
+        hi = min(hi, s[again[0]] - 0.5 * sp)
+    sel = (s >= max(lo, 0.0)) & (s <= hi)
+    if sel.sum() < 20:
+        return None
+    ss, vv = s[sel], v[sel]
+    es = e0 + np.arange(-2.0, 2.0001, 0.05)
+    F = np.interp(es[:, None] - ss[None, :], x, cdf, left=0.0, right=1.0)  # 1 inside, 0 outside
+    K = np.interp(ss[None, :] - (es[:, None] - 0.5 * _CORTEX_MM), x, pdf, left=0.0, right=0.0)
+    X = np.stack([np.ones_like(F), F, K], axis=-1)  # (E, n, 3)
+    G = np.einsum("enk,enl->ekl", X, X) + 1e-6 * np.eye(3)
+    r = np.einsum("enk,n->ek", X, vv)
+    beta = np.linalg.solve(G, r[..., None])[..., 0]
+    res = np.sum((vv[None, :] - np.einsum("enk,ek->en", X, beta)) ** 2, axis=1)
+    res[(beta[:, 1] <= 0) | (beta[:, 2] < 0)] = np.inf  # bone must be brighter, cortex not negative
+    i = int(np.argmin(res))
+    if not np.isfinite(res[i]) or i == 0 or i == len(es) - 1:
+        return None
+    den = res[i - 1] - 2 * res[i] + res[i + 1]
+    off = 0.5 * (res[i - 1] - res[i + 1]) / den if (den > 0 and np.isfinite(den)) else 0.0
+    e = float(es[i] + np.clip(off, -1, 1) * (es[1] - es[0]))
+    # the model corrects the half-maximum by a fraction of a voxel; more means it fitted
+    # something else (a neighbouring structure): keep the half-maximum then
+    return e if abs(e - e0) <= 0.6 * sp + 0.3 else None
 
 
 def _extents(crop: _Crop, P, D, max_mm: float, sp: float) -> np.ndarray:
@@ -463,11 +534,24 @@ def _extents(crop: _Crop, P, D, max_mm: float, sp: float) -> np.ndarray:
     m = crop.mask_at(pts)
     n0 = len(s) - 1  # index of s=0
     out = np.full((len(P), 2), np.nan)
+    kernels: dict = {}
     for i in range(len(P)):
-        neg = _edge_from_profile(s, v[i, n0::-1], m[i, n0::-1], sp)
-        pos = _edge_from_profile(s, v[i, n0:], m[i, n0:], sp)
-        if neg is not None and pos is not None:
-            out[i] = (-neg, pos)
+        key = tuple(np.round(np.abs(D[i]), 2))
+        if key not in kernels:
+            kernels[key] = _line_kernel(crop.ct.spacing, D[i])
+        kern = kernels[key]
+        edges = []
+        for vv, mm in ((v[i, n0::-1], m[i, n0::-1]), (v[i, n0:], m[i, n0:])):
+            r = _edge_from_profile(s, vv, mm, sp)
+            e = None
+            if r is not None:
+                e = r[0]
+                if _EDGE_MODEL:
+                    e2 = _model_edge(s, vv, e, kern, r[1], sp)
+                    e = e2 if e2 is not None else e
+            edges.append(e)
+        if edges[0] is not None and edges[1] is not None:
+            out[i] = (-edges[0], edges[1])
     return out
 
 
@@ -648,7 +732,7 @@ def _measure_pedicle(ct, crop, fit: _FrameFit, side: str, sp: float) -> Pedicle 
     axis = _least_section_axis(crop, frame, centre, side)
     ts = np.arange(-9.0, 9.01, 0.5)
     best = None
-    for it in range(3):
+    for it in range(_PEDICLE_ROUNDS):
         sec = _pedicle_sections(crop, frame, centre + ts[:, None] * axis, axis, sp)
         rows = np.c_[ts, sec]
         rows = rows[np.all(np.isfinite(rows), axis=1)]
@@ -672,7 +756,7 @@ def _measure_pedicle(ct, crop, fit: _FrameFit, side: str, sp: float) -> Pedicle 
         if best is not None and abs(width[k] - best[1][best[2]]) > 0.2 * best[1][best[2]]:
             break  # the re-fitted axis left the pedicle: keep the previous round
         best = (rows, width, k, axis)
-        if it == 2:
+        if it == _PEDICLE_ROUNDS - 1:
             break
         run = rows[lo:hi + 1]
         hs = run[:, 2]
@@ -707,48 +791,59 @@ def _column_extent(g: _Grid, x: float, y: float):
     return float(gz[col[0]]), float(gz[col[-1]])
 
 
+def _median_chord(crop: _Crop, frame: VertebraFrame, local_pts, axis: int, max_mm: float, sp: float):
+    """Median bone chord along frame axis ``axis`` over several parallel lines (local start
+    points); robust to one line hitting a vessel foramen, an osteophyte or noise.
+    Returns (length, start point of the median line, (neg, pos) edges) or None."""
+    P = frame.to_world(np.asarray(local_pts, float))
+    d = frame.axes[axis]
+    E = _extents(crop, P, np.tile(d, (len(P), 1)), max_mm, sp)
+    ok = np.flatnonzero(np.isfinite(E[:, 0]))
+    if len(ok) < max(1, (len(P) + 2) // 3):
+        return None
+    lens = E[ok, 1] - E[ok, 0]
+    i = ok[np.argsort(lens)[len(lens) // 2]]
+    return float(np.median(lens)), P[i], E[i]
+
+
 def _body_measurements(ct, crop, fit: _FrameFit, sp: float) -> tuple[dict, dict]:
+    """AP depth and width at mid-height, and anterior/middle/posterior heights in the
+    mid-sagittal plane, each the median over a small bundle of parallel lines."""
     f = fit.frame
-    X, Y, Z = f.axes
+    Z = f.axes[2]
     out: dict[str, float] = {}
     endplates: dict = {}
     body = fit.body_local
     ymin, ymax = np.percentile(body[:, 1], [0.5, 99.5])
     ext = _column_extent(fit.grid, 0.0, 0.0)
     zc = 0.5 * (ext[0] + ext[1]) if ext else 0.0
+    o = np.array([-2.0, 0.0, 2.0])
     # AP depth at mid-height in the mid-sagittal plane
-    p = f.to_world([0.0, 0.0, zc])
-    e = _extent(ct, crop, p, Y, 0.5 * (ymax - ymin) + 25.0, sp)
-    if e is None:
+    r = _median_chord(crop, f, [[x, 0.0, zc + dz] for x in o for dz in o], 1, 0.5 * (ymax - ymin) + 25.0, sp)
+    if r is None:
         return out, endplates
-    y_ant, y_post = e
-    out["body_ap_depth_mm"] = y_post - y_ant
+    out["body_ap_depth_mm"] = r[0]
+    y_ant, y_post = f.to_local(r[1])[1] + r[2][0], f.to_local(r[1])[1] + r[2][1]
+    yc = 0.5 * (y_ant + y_post)
     # width at mid-height through the body centre
-    e = _extent(ct, crop, p, X, 60.0, sp)
-    if e is not None:
-        out["body_width_mm"] = e[1] - e[0]
+    r = _median_chord(crop, f, [[0.0, yc + dy, zc + dz] for dy in o for dz in o], 0, 60.0, sp)
+    if r is not None:
+        out["body_width_mm"] = r[0]
     # heights at the anterior edge (inset), centre and posterior edge (inset)
-    ys = {"anterior": y_ant + HEIGHT_EDGE_INSET_MM, "middle": 0.5 * (y_ant + y_post),
-          "posterior": y_post - HEIGHT_EDGE_INSET_MM}
-    tops = {}
+    ys = {"anterior": y_ant + HEIGHT_EDGE_INSET_MM, "middle": yc, "posterior": y_post - HEIGHT_EDGE_INSET_MM}
     for name, y0 in ys.items():
-        e = None
-        # a noisy or unusual profile: try lines up to 1 mm beside it (inwards first)
-        for dy in (0.0, 0.5, -0.5, 1.0, -1.0):
-            y = y0 + (dy if name != "posterior" else -dy)
-            ext = _column_extent(fit.grid, 0.0, y)
-            z0 = 0.5 * (ext[0] + ext[1]) if ext else zc
-            q = f.to_world([0.0, y, z0])
-            e = _extent(ct, crop, q, Z, 40.0, sp)
-            if e is not None:
-                break
-        if e is None:
+        pts = []
+        for x in (-3.0, 0.0, 3.0):
+            for dy in (-1.0, 0.0, 1.0):
+                ext = _column_extent(fit.grid, x, y0 + dy)
+                pts.append([x, y0 + dy, 0.5 * (ext[0] + ext[1]) if ext else zc])
+        r = _median_chord(crop, f, pts, 2, 40.0, sp)
+        if r is None:
             continue
-        out[f"{name}_height_mm"] = e[1] - e[0]
-        tops[name] = (q + e[1] * Z, q + e[0] * Z)
-    if "middle" in tops:
-        endplates["superior"] = {"point": tops["middle"][0], "normal": fit.n_sup}
-        endplates["inferior"] = {"point": tops["middle"][1], "normal": fit.n_inf}
+        out[f"{name}_height_mm"] = r[0]
+        if name == "middle":
+            endplates["superior"] = {"point": r[1] + r[2][1] * Z, "normal": fit.n_sup}
+            endplates["inferior"] = {"point": r[1] + r[2][0] * Z, "normal": fit.n_inf}
     return out, endplates
 
 
