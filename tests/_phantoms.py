@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 
 _CACHE: dict[str, object] = {}
@@ -28,14 +27,15 @@ def get_phantom(**kwargs):
     return _CACHE[key]
 
 
-@functools.lru_cache(maxsize=None)
-def phantom_dir(tmp_root: str, **kwargs) -> str:  # pragma: no cover - convenience for file-based tests
-    """Write ``get_phantom(**kwargs)`` once under ``tmp_root`` and return the folder."""
+def phantom_dir(tmp_root, **kwargs) -> str:
+    """Write ``get_phantom(**kwargs)`` once under ``tmp_root`` (e.g. ``tmp_path_factory.getbasetemp()``)
+    and return the folder holding ct.nii.gz, labels.nii.gz and truth.json."""
+    import hashlib
     from pathlib import Path
 
     from spineplan.phantom import write_phantom
 
-    out = Path(tmp_root) / ("phantom_" + str(abs(hash(_key(kwargs)))))
+    out = Path(tmp_root) / ("phantom_" + hashlib.sha1(_key(kwargs).encode()).hexdigest()[:12])
     if not (out / "truth.json").exists():
         write_phantom(get_phantom(**kwargs), out)
     return str(out)

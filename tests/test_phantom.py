@@ -149,6 +149,25 @@ def test_body_and_canal_dimensions_match_label_map():
         assert 14 <= v["canal_ap_mm"] <= 21 and 17 <= v["canal_transverse_mm"] <= 29, name
 
 
+def test_pedicle_axis_entry_and_bone_length_match_label_map():
+    ph = get_phantom(**FINE)
+    for name, v in ph.truth["vertebrae"].items():
+        vol = _mask_volume(ph, v["label"])
+        for side in ("left", "right"):
+            p = v["pedicles"][side]
+            a = np.array(p["axis"])
+            e = np.array(p["axis_entry_point"])
+            # just anterior of the entry point is bone, just posterior is not
+            assert vol.sample([e + 0.6 * a], order=1, fill=0)[0] > 0.5, (name, side)
+            assert vol.sample([e - 0.6 * a], order=1, fill=0)[0] < 0.5, (name, side)
+            ts = np.arange(0.5, p["axis_bone_length_mm"] - 0.5, 0.25)
+            inside = vol.sample(e[None, :] + ts[:, None] * a[None, :], order=1, fill=0) > 0.5
+            assert inside.mean() > 0.9, (name, side, inside.mean())
+            far = e + (p["axis_bone_length_mm"] + 0.6) * a
+            assert vol.sample([far], order=1, fill=0)[0] < 0.5  # beyond the anterior cortex
+            assert 35 <= p["axis_bone_length_mm"] <= 75
+
+
 def test_pedicle_angles_follow_frame_convention_and_literature():
     t = get_phantom(**DEFAULT_1MM).truth["vertebrae"]
     for name, v in t.items():

@@ -195,6 +195,12 @@ def _vertebra_truth(v: A.VertebraModel, rib_bearing: bool) -> dict:
     peds = {}
     for side, p in v.pedicles.items():
         med, cran = _angles(f, p.axis, side)
+        # along the axis: how far bone reaches anteriorly (body cortex) and where the axis
+        # finally leaves the vertebra posteriorly (its anatomical entry through the cortex)
+        ts = np.arange(0.0, 60.0, 0.05)
+        back = sdf(p.center[None, :] - ts[:, None] * p.axis[None, :]) <= 0
+        entry_t = float(ts[np.nonzero(back)[0][-1]])
+        ant_len = _first_change(sdf, p.center, p.axis, True, max_len=90.0)
         peds[side] = {
             "isthmus_center": _r(p.center), "axis": _r(p.axis, 6),
             "isthmus_width_mm": round(_chord(sdf, p.center, p.e_side), 3),
@@ -202,6 +208,8 @@ def _vertebra_truth(v: A.VertebraModel, rib_bearing: bool) -> dict:
             "transverse_angle_deg": round(med, 3), "sagittal_angle_deg": round(cran, 3),
             "design_width_mm": round(float(p.width), 3), "design_height_mm": round(float(p.height), 3),
             "isthmus_measurable": bool(p.measurable),
+            "axis_entry_point": _r(p.center - entry_t * p.axis),
+            "axis_bone_length_mm": round(entry_t + ant_len, 3),
         }
     loss = genant_loss_pct(ant, mid, post, expected)
     grade = 0
@@ -429,14 +437,16 @@ def make_phantom(*, levels="T11-S1", spacing=1.0, lordosis_deg=40.0, scoliosis_d
         overlaps += int(np.count_nonzero(sub[inside]))  # voxels already claimed by another vertebra
         sub[inside] = v.code
 
-    if noise_hu > 0:
-        noise = rng_noise.standard_normal(ct.shape, dtype=np.float32)
-        noise *= np.float32(noise_hu)
-        ct += noise
-        del noise
-    np.rint(ct, out=ct)
-    np.clip(ct, -1024, 3071, out=ct)
-    ct_i16 = ct.astype(np.int16)
+    # noise and int16 conversion slab by slab (no full-size temporaries at 0.5 mm)
+    ct_i16 = np.empty(grid.shape, dtype=np.int16)
+    step = max(1, int(4_000_000 // (grid.shape[0] * grid.shape[1])))
+    for k0 in range(0, grid.shape[2], step):
+        slab = ct[:, :, k0:k0 + step]
+        if noise_hu > 0:
+            slab += rng_noise.standard_normal(slab.shape, dtype=np.float32) * np.float32(noise_hu)
+        np.rint(slab, out=slab)
+        np.clip(slab, -1024, 3071, out=slab)
+        ct_i16[:, :, k0:k0 + step] = slab
     del ct
 
     # ------------------------------------------------------------------ ground truth
@@ -472,6 +482,10 @@ def make_phantom(*, levels="T11-S1", spacing=1.0, lordosis_deg=40.0, scoliosis_d
             "body_width": "chord along frame x at mid-height through the body's widest AP position",
             "canal_ap": "mid-sagittal bone-free gap along frame y at the pedicle-axis height",
             "canal_transverse": "bone-free gap along frame x through the two isthmus centres",
+            "axis_entry_point": "where the pedicle axis, followed posteriorly from the isthmus, last leaves the "
+                                "vertebra's bone (within 60 mm); axis_bone_length_mm runs from there to where the "
+                                "axis leaves the body anteriorly",
+            "joint_spaces": "facet joints are 2 mm wide; at voxels above ~1.15 mm neighbours may touch diagonally",
             "endplate_normals": "both point cranially (towards +frame z); plane fitted to the endplate rim",
             "height_loss_pct": "100*(1-min(ant,mid)/max(post, expected)); expected = this level's unfractured "
                                "posterior height",
