@@ -143,3 +143,24 @@ def test_bad_inputs():
         plan_access(ph.ct, sp, ["T12"], procedure="fusion")
     with pytest.raises(PlanningError, match="gauge"):
         plan_access(ph.ct, sp, ["T12"], gauge=7)
+
+
+def test_bipedicular_on_request_each_tip_in_its_half():
+    from spineplan.safety import check_plan
+
+    ph = get_phantom(**FRACTURE_KW)
+    sp = _spine(ph)
+    acc, warns = plan_access(ph.ct, sp, ["T12"], approach="bipedicular")
+    assert sorted(a.side for a in acc) == ["left", "right"]
+    assert all(a.extra["approach"] == "bipedicular" for a in acc)
+    y0 = _anterior_edge_y(ph, "T12")
+    depth = ph.truth["vertebrae"]["T12"]["body_ap_depth_mm"]
+    for a, r in zip(acc, check_plan(Plan(access=acc), ph.ct, ph.labels)):
+        assert r.grade == "A"
+        loc = _local(ph, "T12", a.target)
+        assert (loc[0] > -1.0) if a.side == "left" else (loc[0] < 1.0)  # own half (1 mm slack)
+        assert y0 - 0.5 <= loc[1] <= y0 + depth / 3.0 + 0.5
+    # the level's cement estimate is shared between the two needles
+    assert acc[0].extra["cement_ml"] + acc[1].extra["cement_ml"] == pytest.approx(acc[0].extra["cement_ml_level"], abs=0.11)
+    with pytest.raises(Exception, match="approach"):
+        plan_access(ph.ct, sp, ["T12"], approach="sideways")

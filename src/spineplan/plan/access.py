@@ -205,11 +205,15 @@ def _candidates(ctx, body: _Body, side: str, approach: str, st: PlannerSettings,
         centre, med0, cra0, _ = pedicle_seed(ctx, side)
         if centre is None:
             return []
-        centre, med0, cra0 = recentre(ctx, side, centre, med0, cra0, st)
-        if approach == "unipedicular":
-            med0 += UNIPEDICULAR_EXTRA_MEDIAL_DEG
-        pts, dirs = candidate_axes(ctx, side, centre, med0, cra0, st, halfwidth=SEARCH_HALFWIDTH_MM,
-                                   step=SEARCH_STEP_MM, cone=SEARCH_CONE_DEG, astep=SEARCH_ANGLE_STEP_DEG)
+        # candidates around the seed (the measured pedicle) and around the planner's recentred
+        # pedicle line (which corrects a seed that is off on a coarse CT)
+        seeds = [(centre, med0, cra0), recentre(ctx, side, centre, med0, cra0, st)]
+        extra_med = UNIPEDICULAR_EXTRA_MEDIAL_DEG if approach == "unipedicular" else 0.0
+        axes = [candidate_axes(ctx, side, c, m + extra_med, cr, st, halfwidth=SEARCH_HALFWIDTH_MM,
+                               step=SEARCH_STEP_MM, cone=SEARCH_CONE_DEG, astep=SEARCH_ANGLE_STEP_DEG)
+                for c, m, cr in seeds]
+        pts = np.concatenate([a[0] for a in axes])
+        dirs = np.concatenate([a[1] for a in axes])
     entry, dirs = _entries(ctx, pts, dirs, st)
     if approach == "extrapedicular" and len(entry):
         # the entry is on the body's postero-lateral wall, not on the pedicle or posterior arch
@@ -257,15 +261,23 @@ class _Needle:
         self.level, self.side, self.entry, self.tip, self.diameter_mm = level, side, entry, tip, od
 
 
+APPROACHES = ("auto", "unipedicular", "bipedicular")
+
+
 def plan_access(ct, spine, levels=None, *, procedure: str = "kyphoplasty", gauge: int = 11,
-                settings: PlannerSettings | None = None, skin=None) -> tuple[list[Access], list[PlanWarning]]:
+                settings: PlannerSettings | None = None, skin=None,
+                approach: str = "auto") -> tuple[list[Access], list[PlanWarning]]:
     """Needle paths for vertebroplasty/kyphoplasty at ``levels`` (default: every level with a
     Genant fracture grade >= 1 in ``spine``).
 
     ``gauge``: needle gauge (11 or 13 typical; outer diameter per ISO 9626). ``settings``: the
     screw planner's :class:`PlannerSettings` (bone margin, anterior-cortex clearance, entry zone,
     corridor and skin thresholds). ``skin``: a :class:`spineplan.plan.skin.SkinSurface` of ``ct``
-    to reuse (built when omitted). Returns the access entries (two per level when bipedicular)
+    to reuse (built when omitted). ``approach``: ``"auto"`` (unipedicular when a path reaches the
+    midline, else bipedicular), ``"unipedicular"`` (only; a level without such a path gets a
+    warning) or ``"bipedicular"`` (one needle per side, e.g. the surgeon's routine for balloon
+    kyphoplasty). Thoracic sides too narrow for a transpedicular needle fall back to the
+    extrapedicular path except with ``"unipedicular"``. Returns the access entries (two per level when bipedicular)
     and warnings (``no-safe-access`` danger, ``level-missing`` danger, ``access-extrapedicular``
     and ``access-bipedicular`` info, ``not-fractured`` info).
     """
@@ -275,6 +287,8 @@ def plan_access(ct, spine, levels=None, *, procedure: str = "kyphoplasty", gauge
 
     if procedure not in PROCEDURES:
         raise PlanningError(f"Unknown procedure {procedure!r}: use 'vertebroplasty' or 'kyphoplasty'.")
+    if approach not in APPROACHES:
+        raise PlanningError(f"Unknown access approach {approach!r}: use 'auto', 'unipedicular' or 'bipedicular'.")
     if int(gauge) not in NEEDLE_OD_MM:
         raise PlanningError(f"Unknown needle gauge {gauge}: use one of {sorted(NEEDLE_OD_MM)} (11 or 13 are usual).")
     gauge = int(gauge)
@@ -329,13 +343,18 @@ def plan_access(ct, spine, levels=None, *, procedure: str = "kyphoplasty", gauge
         thoracic = region(lv) == "thoracic"
         paths: list[_Path] = []
         uni = []
-        for side in ("left", "right"):
+        for side in ("left", "right") if approach != "bipedicular" else ():
             w = width(side)
             if w is not None and w < need:
                 continue
             uni += _candidates(ctx, body, side, "unipedicular", st, r_mm, corridor, grade)
         if uni:
             paths = [min(uni, key=lambda p: p.cost)]
+        elif approach == "unipedicular":
+            warnings.append(PlanWarning(
+                "no-safe-access", f"No unipedicular {gauge} G needle path reaches the midline of {lv} with "
+                f"{st.margin_mm:g} mm of bone around the needle; consider bipedicular access.", level=lv,
+                severity="danger"))
         else:
             for side in ("left", "right"):
                 w = width(side)
@@ -359,7 +378,7 @@ def plan_access(ct, spine, levels=None, *, procedure: str = "kyphoplasty", gauge
                         f"{st.margin_mm:g} mm of bone around the needle ({od:.2f} mm) to the anterior third "
                         f"(isthmus width {wtxt}) with a bone-free corridor to the skin. Consider a thinner "
                         "needle or the other side.", level=lv, severity="danger", extra={"side": side}))
-            if len(paths) == 2:
+            if len(paths) == 2 and approach == "auto":
                 warnings.append(PlanWarning(
                     "access-bipedicular", f"{lv}: no unipedicular path reaches the midline with a safe margin; "
                     "two needles (one per side) planned.", level=lv, severity="info"))

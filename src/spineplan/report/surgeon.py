@@ -150,7 +150,7 @@ def _rod_table(plan) -> Table:
                      _f(e.get("diameter_mm"), 1), str(e.get("contour", "-")), _f(e.get("bend_angle_deg"), 0),
                      offs or "-", depth])
     return Table(["Side", "Levels", "Length (mm)", "Diameter (mm)", "Contour", "Bend (deg)", "Head offsets (mm)",
-                  "Depth"], rows, widths=[0.6, 0.8, 1.1, 0.8, 1.4, 0.7, 1.1, 1.8], caption=f"Rods ({len(plan.rods)})")
+                  "Depth"], rows, widths=[0.6, 0.8, 1.1, 0.8, 1.4, 0.7, 1.1, 1.8])
 
 
 def _incision_table(plan, spine) -> Table:
@@ -181,7 +181,7 @@ def _access_table(plan) -> Table:
         styles.append(None if e.get("grade") in (None, "A") else "danger")
     return Table(["Level", "Side", "Procedure", "Needle", "Skin entry LPS (mm)", "Medial / cranial (deg)",
                   "Skin to tip (mm)", "Tip from midline (mm)", "Cement (mL)", "Grade (margin)"], rows,
-                 widths=[0.55, 0.55, 1.4, 0.95, 1.9, 0.9, 0.7, 0.75, 1.2, 0.9], row_styles=styles,
+                 widths=[0.65, 0.6, 1.35, 0.95, 1.85, 0.9, 0.7, 0.75, 1.2, 0.9], row_styles=styles,
                  caption=f"Bone access needles ({len(plan.access)})")
 
 
@@ -241,8 +241,8 @@ def surgeon_doc(plan, ct, spine, *, pictures: dict | None = None, screw_pngs: li
     pictures = pictures or {}
     if pictures.get("AP") is not None and pictures.get("LAT") is not None:
         doc.add(Heading("Virtual fluoroscopy with the planned metal"),
-                FigureRow([Figure(pictures["AP"]["png"], "AP " + pictures["AP"]["info"].get("description", "")),
-                           Figure(pictures["LAT"]["png"], "Lateral " + pictures["LAT"]["info"].get("description", ""))],
+                FigureRow([Figure(pictures["AP"]["png"], pictures["AP"]["info"].get("description", "AP")),
+                           Figure(pictures["LAT"]["png"], pictures["LAT"]["info"].get("description", "Lateral"))],
                           "Digitally reconstructed radiographs from the CT with screws, rods and needles at true "
                           "size (orange = patient's left, blue = right). Simulated images."))
     if pictures.get("3d") is not None:
@@ -250,7 +250,7 @@ def surgeon_doc(plan, ct, spine, *, pictures: dict | None = None, screw_pngs: li
                                            "needles and skin incisions (red) on the skin over the operated levels.",
                                            width=1.0))
     if plan.rods:
-        doc.add(Heading("Rods"), _rod_table(plan))
+        doc.add(Heading(f"Rods ({len(plan.rods)})"), _rod_table(plan))
     if plan.incisions:
         doc.add(Heading("Incisions"), _incision_table(plan, spine))
     if plan.access:
