@@ -107,7 +107,8 @@ def draw_overlay(image: np.ndarray, carm: CArm, *, spine=None, metal=None, title
                   stroke_width=2, stroke_fill=(0, 0, 0))
         draw.text((pad, h / 2 - size / 2), letters["left"], fill=MARK_COLOUR, font=font,
                   stroke_width=2, stroke_fill=(0, 0, 0))
-        draw.text((w / 2 - size / 3, pad), letters["top"], fill=MARK_COLOUR, font=font,
+        # the top letter sits in the top-right corner, clear of the names along the spine
+        draw.text((w - pad - size, pad), letters["top"], fill=MARK_COLOUR, font=font,
                   stroke_width=2, stroke_fill=(0, 0, 0))
     line = int(size * 0.9)
     if note:
