@@ -119,6 +119,11 @@ def block_mean(a: np.ndarray, f) -> np.ndarray:
     return b.mean(axis=(1, 3, 5), dtype=np.float32)
 
 
+#: In-plane (per axial slice) connectivity for 3-D arrays: no links between slices.
+_PLANE = np.zeros((3, 3, 3), bool)
+_PLANE[:, :, 1] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]
+
+
 def body_mask(hu: np.ndarray) -> np.ndarray:
     """The patient's body: the largest connected region above ``BODY_HU``, holes filled per slice."""
     from scipy import ndimage as ndi
@@ -130,10 +135,7 @@ def body_mask(hu: np.ndarray) -> np.ndarray:
     sizes = np.bincount(lab.ravel())
     sizes[0] = 0
     m = lab == int(np.argmax(sizes))
-    for k in range(m.shape[2]):
-        if m[:, :, k].any():
-            m[:, :, k] = ndi.binary_fill_holes(m[:, :, k])
-    return m
+    return ndi.binary_fill_holes(m, structure=_PLANE)
 
 
 #: Largest marrow hole (mm^2 in an axial slice) that is filled in: a lumbar body is ~45 x 35 mm
@@ -157,22 +159,18 @@ def filled_bone(hu: np.ndarray, spacing, threshold: float = BONE_HU, keep_open=N
 
     b = hu > threshold
     max_px = MAX_HOLE_MM2 / float(spacing[0] * spacing[1])
-    out = b.copy()
-    for k in range(b.shape[2]):
-        sl = b[:, :, k]
-        if not sl.any():
-            continue
-        holes = ndi.binary_fill_holes(sl) & ~sl
-        if not holes.any():
-            continue
-        lab, n = ndi.label(holes)
-        sizes = np.bincount(lab.ravel())
-        mean_hu = np.bincount(lab.ravel(), weights=hu[:, :, k].ravel()) / np.maximum(sizes, 1)
-        keep = (sizes <= max_px) & ((mean_hu > HOLE_MIN_HU) | (sizes * spacing[0] * spacing[1] < 20.0))
-        keep[0] = False
-        if keep_open is not None:
-            keep[np.unique(lab[keep_open[:, :, k]])] = False
-        out[:, :, k] |= keep[lab]
+    holes = ndi.binary_fill_holes(b, structure=_PLANE) & ~b
+    if not holes.any():
+        return b
+    lab, n = ndi.label(holes, structure=_PLANE)
+    sizes = np.bincount(lab.ravel())
+    mean_hu = np.bincount(lab.ravel(), weights=hu.ravel().astype(np.float64)) / np.maximum(sizes, 1)
+    keep = (sizes <= max_px) & ((mean_hu > HOLE_MIN_HU) | (sizes * spacing[0] * spacing[1] < 20.0))
+    keep[0] = False
+    if keep_open is not None:
+        keep[np.unique(lab[keep_open])] = False
+    keep[0] = False
+    out = b | keep[lab]
     return out
 
 

@@ -173,7 +173,7 @@ def disc_score(profile: np.ndarray, period: np.ndarray, step: float = STEP_MM) -
 #: Panjabi et al.) and the score (HU) a dip needs before it is worth being a disc at all.
 PERIOD_CHANGE_COST = 100.0
 #: Allowed distance between consecutive discs, as a fraction of the expected period.
-GAP_RANGE = (0.6, 1.35)
+GAP_RANGE = (0.5, 1.35)
 DISC_MIN_SCORE = 25.0
 
 

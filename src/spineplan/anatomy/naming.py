@@ -37,6 +37,10 @@ CONTACT_MIN_MM3 = 60.0
 #: Sacro-iliac contact: the auricular surfaces are ~15-20 cm^2 each side; we ask for a small
 #: fraction of that within CONTACT_MM.
 SI_CONTACT_MIN_MM3 = 400.0
+#: Where rib heads and necks touch a vertebra, relative to the body centre (mm, + posterior):
+#: costovertebral joints at the back of the body, costotransverse joints at the transverse
+#: processes. Contrast-filled vessels and organs lie anterior of this.
+RIB_POST_MM = (0.0, 50.0)
 #: Smallest volume (mL) of a labelled piece kept as a (partial) vertebra.
 MIN_VERTEBRA_ML = 0.5
 
@@ -101,10 +105,11 @@ def _names_from(index: int, name: str, n: int, lumbar_count: int = 5) -> list[st
     return out
 
 
-def name_segments(segs, inst, bone, coords, curve, grid, box, *, anchor=None, ct=None) -> Naming:
+def name_segments(segs, inst, bone, coords, curve, grid, box, *, anchor=None, ct=None, hu_box=None) -> Naming:
     """Name the instance segments (cranial first) and drop empty ones."""
     from scipy import ndimage as ndi
 
+    from spineplan.anatomy._bone import CORTEX_HU
     from spineplan.anatomy._instances import OTHER
 
     vox_ml = float(np.prod(grid.spacing)) / 1000.0
@@ -133,6 +138,8 @@ def name_segments(segs, inst, bone, coords, curve, grid, box, *, anchor=None, ct
     cvol = np.bincount(compf, minlength=ncomp + 1) * vox_ml
     cmaxlat = np.zeros(ncomp + 1)
     np.maximum.at(cmaxlat, compf, np.abs(lat))
+    cmaxhu = np.full(ncomp + 1, -np.inf)
+    np.maximum.at(cmaxhu, compf, hu_box[nz])
     cmins = np.full(ncomp + 1, np.inf)
     np.minimum.at(cmins, compf, s)
     contf = contact[nz]
@@ -147,7 +154,7 @@ def name_segments(segs, inst, bone, coords, curve, grid, box, *, anchor=None, ct
         side = "left" if lat[v] > 0 else "right"
         if cmaxlat[c] < 45.0:
             continue
-        if -20.0 <= post[v] <= 55.0 and 10.0 <= abs(lat[v]) <= 65.0:
+        if RIB_POST_MM[0] <= post[v] <= RIB_POST_MM[1] and 10.0 <= abs(lat[v]) <= 65.0 and cmaxhu[c] >= CORTEX_HU:
             rib_contacts[lbl][side] += 1
             if cvol[c] > 40.0:
                 ilium_contacts[lbl][side] += 1
@@ -180,6 +187,12 @@ def name_segments(segs, inst, bone, coords, curve, grid, box, *, anchor=None, ct
         lr = [rc[sd] - (il[sd] if near_sacrum else 0) for sd in ("left", "right")]
         rib[i] = max(lr) >= min_contact
     rib_idx = [i for i in keep if rib.get(i)]
+    # the last rib-bearing vertebra is T12 only if a vertebra without ribs is seen below it
+    if rib_idx and not any(not rib.get(i) for i in keep if i > rib_idx[-1] and (sacrum_i is None or i <= sacrum_i)):
+        rib_idx = []
+        ribs_to_edge = True
+    else:
+        ribs_to_edge = False
 
     # merge everything caudal of S1 into the sacrum
     order = [i for i in keep if sacrum_i is None or i <= sacrum_i]

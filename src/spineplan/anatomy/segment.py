@@ -39,6 +39,8 @@ from spineplan.volume import Volume
 MIN_SPINE_MM = 40.0
 #: Inscribed bone radius (mm) on the path that counts as "inside a vertebral body / sacrum".
 MIN_BODY_THICKNESS_MM = 5.0
+#: In-plane spacing (mm) of the coarse copy on which the body path is searched.
+PATH_GRID_MM = 3.0
 #: Gap (mm) along z bridged when following bone along the path (lumbar discs are 8-14 mm high).
 DISC_BRIDGE_MM = 18.0
 #: Fraction of the path's slices in which an enclosed canal must be found behind the body.
@@ -99,9 +101,14 @@ def _segment_builtin(ct: Volume, anchor: str | None) -> Segmentation:
     grid, full = _bone.make_work_grid(ct)
     hu = grid.array
     sp = grid.spacing
-    body = _bone.body_mask(hu)
-    fb = _bone.filled_bone(hu, sp, _canal.PATH_BONE_HU)
-    path, thick_at, canal_at = _canal.body_path(hu, sp, body, fb)
+    # the body path is searched on a coarse copy (~PATH_GRID_MM in-plane), then refined
+    cf = tuple(max(1, int(round(PATH_GRID_MM / sp[a]))) if a < 2 else 1 for a in range(3))
+    hc = _bone.block_mean(hu, cf)
+    spc = sp * np.array(cf)
+    body = _bone.body_mask(hc)
+    fb = _bone.filled_bone(hc, spc, _canal.PATH_BONE_HU)
+    path_c, thick_at, canal_at = _canal.body_path(hc, spc, body, fb)
+    path = path_c * np.array(cf[:2]) + (np.array(cf[:2]) - 1) / 2.0
     next(steps, None)
 
     # the spine's extent: the longest run of slices whose path point lies in thick bone
@@ -143,7 +150,7 @@ def _segment_builtin(ct: Volume, anchor: str | None) -> Segmentation:
     segs = _instances.segments_from_discs(curve, discs)
     if not segs:
         raise NoVertebraeError("no vertebrae found: no vertebral bodies could be separated along the spine.")
-    bone_thr = _bone.adaptive_bone_threshold(hu, body, curve, profile, discs, grid)
+    bone_thr = _bone.adaptive_bone_threshold(hc, body, curve, profile, discs, grid)
     box = _box_around(curve, grid)
     hub = hu[box]
     boneb = _bone.filled_bone(hub, sp, bone_thr)
@@ -156,7 +163,7 @@ def _segment_builtin(ct: Volume, anchor: str | None) -> Segmentation:
     next(steps, None)
 
     # naming (on the working grid)
-    nm = naming.name_segments(segs, inst, boneb, coords, curve, grid, box, anchor=anchor, ct=ct)
+    nm = naming.name_segments(segs, inst, boneb, coords, curve, grid, box, anchor=anchor, ct=ct, hu_box=hub)
     next(steps, None)
 
     # to VerSe codes on the CT grid
@@ -200,24 +207,27 @@ def _longest_run(mask: np.ndarray) -> tuple[int, int]:
 
 
 #: Half-size (mm) of the box around the curve in which vertebrae are labelled (left-right and
-#: antero-posterior): wide enough for the sacral ala and the transverse processes.
-BOX_HALF_MM = (85.0, 120.0)
+#: posterior): wide enough for the sacral ala, the transverse and the spinous processes.
+BOX_HALF_MM = (75.0, 110.0)
+#: How far (mm) the box reaches anterior of the body curve: past the front of the bodies and
+#: far enough for the aorta / sternum "other bone" markers to exist.
+BOX_ANTERIOR_MM = 45.0
 
 
 def _box_around(curve, grid) -> tuple[slice, slice, slice]:
     idx = grid.to_index(curve.points)
-    half = np.array([BOX_HALF_MM[0] / grid.spacing[0], BOX_HALF_MM[1] / grid.spacing[1], 30.0 / grid.spacing[2]])
-    lo = np.floor(idx.min(axis=0) - half).astype(int)
-    hi = np.ceil(idx.max(axis=0) + half).astype(int) + 1
-    lo[2] = int(np.floor(idx[:, 2].min() - 60.0 / grid.spacing[2]))  # the sacrum below the curve's end
-    lo = np.maximum(lo, 0)
-    hi = np.minimum(hi, grid.shape)
+    sp = grid.spacing
+    lo = np.floor(idx.min(axis=0) - np.array([BOX_HALF_MM[0] / sp[0], BOX_ANTERIOR_MM / sp[1], 30.0 / sp[2]]))
+    hi = np.ceil(idx.max(axis=0) + np.array([BOX_HALF_MM[0] / sp[0], BOX_HALF_MM[1] / sp[1], 30.0 / sp[2]])) + 1
+    lo[2] = np.floor(idx[:, 2].min() - 60.0 / sp[2])  # the sacrum below the curve's end
+    lo = np.maximum(lo.astype(int), 0)
+    hi = np.minimum(hi.astype(int), grid.shape)
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))  # type: ignore[return-value]
 
 
 def _to_full_resolution(work_lab: np.ndarray, grid, full: np.ndarray, box, bone_thr: float) -> np.ndarray:
     """Upsample labels to the reoriented full-resolution grid and snap them to the bone there."""
-    from scipy.ndimage import distance_transform_edt
+    from scipy.ndimage import grey_dilation
 
     from spineplan.anatomy import _bone
 
@@ -235,11 +245,14 @@ def _to_full_resolution(work_lab: np.ndarray, grid, full: np.ndarray, box, bone_
     sp_full = grid.spacing / np.array(f)
     bone = _bone.filled_bone(sub, sp_full, bone_thr)
     lab = np.where(bone, up, 0).astype(np.uint8)
-    # bone voxels left unlabelled next to a label (thin edges lost by block averaging) take the nearest label
-    near = distance_transform_edt(lab == 0, sampling=sp_full, return_distances=True, return_indices=True)
-    dist, ind = near
-    fill = bone & (lab == 0) & (dist <= float(grid.spacing.max()))
-    lab[fill] = lab[tuple(i[fill] for i in ind)]
+    # bone voxels left unlabelled next to a label (thin edges lost by block averaging) grow in
+    foot = np.ones((3, 3, 1), bool)
+    for _ in range(max(f)):
+        grown = grey_dilation(lab, footprint=foot)
+        fill = bone & (lab == 0) & (grown > 0)
+        if not fill.any():
+            break
+        lab[fill] = grown[fill]
     out[fb[0].start : fb[0].start + lab.shape[0], fb[1].start : fb[1].start + lab.shape[1],
         fb[2].start : fb[2].start + lab.shape[2]] = lab
     return out
