@@ -117,7 +117,8 @@ class Detector:
         object.__setattr__(self, "height_px", int(self.height_px))
 
     @classmethod
-    def square(cls, size_px: int, *, field_mm: float = DEFAULT_DETECTOR_MM, sdd_mm: float = DEFAULT_SDD_MM) -> "Detector":
+    def square(cls, size_px: int, *, field_mm: float = DEFAULT_DETECTOR_MM,
+               sdd_mm: float = DEFAULT_SDD_MM) -> "Detector":
         """A square detector of ``field_mm`` side sampled with ``size_px`` pixels."""
         return cls(sdd_mm=sdd_mm, width_px=size_px, height_px=size_px, pixel_mm=field_mm / size_px)
 
@@ -331,8 +332,8 @@ class CArm:
         uv = np.asarray(uv, dtype=np.float64)
         z = np.asarray(depth_mm, dtype=np.float64)
         cu, cv = d.principal_point
-        p = np.stack([(uv[..., 0] - cu) * z / d.focal_px, (uv[..., 1] - cv) * z / d.focal_px, z * np.ones_like(uv[..., 0])],
-                     axis=-1)
+        z = z * np.ones_like(uv[..., 0])
+        p = np.stack([(uv[..., 0] - cu) * z / d.focal_px, (uv[..., 1] - cv) * z / d.focal_px, z], axis=-1)
         return self.pose.inverse().apply(p)
 
     def downsampled(self, factor: int) -> "CArm":

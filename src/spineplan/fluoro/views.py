@@ -282,7 +282,8 @@ def angles_table_text(rows: list[dict[str, Any]]) -> str:
             "       orb    ang     orb    ang     orb    ang     orb    ang")
     lines = [head]
     for r in rows:
-        lines.append(f"{r['level']:<6} " + " ".join(cell(r[k]) for k in ("true_ap", "true_lateral", "owl_left", "owl_right")))
+        cells = " ".join(cell(r[k]) for k in ("true_ap", "true_lateral", "owl_left", "owl_right"))
+        lines.append(f"{r['level']:<6} {cells}")
     lines.append("orb = orbital (cranio-caudal tilt; + detector towards the head); "
                  "ang = angular (lateral rotation; + detector towards the patient's left). Patient prone.")
     return "\n".join(lines)
