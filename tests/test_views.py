@@ -188,3 +188,19 @@ def test_orientation_letters_and_overlay_names():
     dot = img[int(round(vv)), int(round(u))]
     assert dot[0] > 200 and dot[1] > 200 and dot[2] < 80  # yellow dot at the body centre
     assert img.shape == (200, 200, 3) and (img[:100] != 128).any()
+
+
+def test_check_view_name_and_image_roll():
+    from spineplan.fluoro.views import check_view_name
+
+    assert check_view_name(" owl:l4-LEFT ") == "owl:L4-left"
+    assert check_view_name("t12-lat") == "T12-LAT" and check_view_name("obl-r") == "OBL-R"
+    with pytest.raises(InputError):
+        check_view_name("L4-PA")
+    # coronal tilt of 7 deg: the endplate line is tilted on the monitor by about that much
+    v = _vertebra("L2", _ry(7.0))
+    carm, info = named_view("L2-AP", spine=_spine(v))
+    ep = carm.project(_local_points(v)["endplate"])
+    slope = np.degrees(np.arctan2(*(np.polyfit(ep[:, 0], ep[:, 1], 1)[0], 1.0)))
+    assert info["image_roll_deg"] == pytest.approx(slope, abs=0.5)
+    assert abs(info["image_roll_deg"]) > 5

@@ -68,29 +68,20 @@ def run(args) -> int:
     from spineplan import DISCLAIMER
     from spineplan._atomic import atomic_path, write_text
     from spineplan.errors import InputError
-    from spineplan.fluoro.drr import AttenuationVolume, add_noise, metal_image, render, to_display
-    from spineplan.fluoro.geometry import Detector
-    from spineplan.fluoro.overlay import draw_overlay, view_title
-    from spineplan.fluoro.views import GENERIC_VIEWS, named_view
+    from spineplan.fluoro.drr import AttenuationVolume
+    from spineplan.fluoro.views import GENERIC_VIEWS, check_view_name, render_view
 
     if not 16 <= args.size <= 4096:
         raise InputError(f"--size must be between 16 and 4096 pixels; got {args.size}.")
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise InputError(f"The output image must be a .png file; got {out}.")
-    need_spine = args.view.strip().upper() not in GENERIC_VIEWS
+    need_spine = check_view_name(args.view) not in GENERIC_VIEWS
     ct, spine, plan = load_inputs(args, need_spine)
-    carm, info = named_view(args.view, ct, spine=spine, plan=plan, detector=Detector.square(args.size))
     att = AttenuationVolume.from_ct(ct, energy_kev=args.energy)
-    tissue = render(att, carm, mode=args.mode, sampling=args.sampling)
-    li = tissue + metal_image(carm, plan, att.energy_kev) if plan is not None else tissue
-    if args.noise:
-        li = add_noise(li, args.noise, rng=0)
-    # window on the anatomy: implants saturate black as on a real monitor
-    img = to_display(li, enhance=args.enhance, reference=tissue)
-    if not args.no_overlay:
-        img = draw_overlay(img, carm, spine=spine, metal=plan, title=view_title(info),
-                           centre_lps=info["isocentre_lps"])
+    img, _, info = render_view(att, args.view, ct=ct, spine=spine, plan=plan, size=args.size, mode=args.mode,
+                               sampling=args.sampling, enhance=args.enhance, noise=args.noise or None,
+                               overlay=not args.no_overlay)
     from PIL import Image
 
     with atomic_path(out) as tmp:

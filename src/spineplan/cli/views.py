@@ -18,6 +18,9 @@ def configure(parser) -> None:
                         help="vertebra label map (VerSe or TotalSegmentator)")
     parser.add_argument("--levels", metavar="RANGE", help="levels, e.g. L3-L5 (default: every level found)")
     parser.add_argument("--plan", metavar="PLAN.json", help="plan: owl's-eye views follow its screws")
+    parser.add_argument("--pictures", metavar="DIR",
+                        help="also render each level's true AP, true lateral and owl's-eye views as PNGs here")
+    parser.add_argument("--size", type=int, default=384, help="picture size in pixels (default 384)")
     parser.add_argument("-o", "--out", metavar="FILE.json",
                         help="write the table as JSON here and as text beside it (FILE.txt)")
 
@@ -49,4 +52,26 @@ def run(args) -> int:
         write_text(out, json.dumps(doc, indent=2) + "\n")
         write_text(out.with_suffix(".txt"), text)
         print(f"wrote {out}, {out.with_suffix('.txt')}")
+    if args.pictures:
+        from PIL import Image
+
+        from spineplan._atomic import atomic_path
+        from spineplan.fluoro.drr import AttenuationVolume
+        from spineplan.fluoro.views import render_view
+
+        folder = Path(args.pictures)
+        folder.mkdir(parents=True, exist_ok=True)
+        att = AttenuationVolume.from_ct(ct)
+        written = 0
+        for row in rows:
+            for key, view in (("true_ap", "AP"), ("true_lateral", "LAT"), ("owl_left", "owl-left"),
+                              ("owl_right", "owl-right")):
+                if row[key] is None:
+                    continue
+                name = row[key]["view"]
+                img, _, _ = render_view(att, name, ct=ct, spine=spine, plan=plan, size=args.size)
+                with atomic_path(folder / f"{row['level']}-{view}.png") as tmp:
+                    Image.fromarray(img).save(tmp, format="PNG")
+                written += 1
+        print(f"wrote {written} pictures to {folder}")
     return 0

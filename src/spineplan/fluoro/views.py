@@ -74,8 +74,17 @@ def describe_angles(orbital_deg: float, angular_deg: float) -> str:
     return ", ".join(parts)
 
 
-def _view_info(view: str, pose: Pose, iso: np.ndarray, sid: float, what: str) -> dict[str, Any]:
+def _view_info(view: str, pose: Pose, iso: np.ndarray, sid: float, what: str, vertebra=None) -> dict[str, Any]:
     orb, ang = carm_angles_of_direction(pose.beam_direction)
+    extra = {}
+    if vertebra is not None:
+        # in-plane angle of the vertebra's left-right axis on the image: rotating the monitor
+        # image by -image_roll_deg makes the endplates horizontal
+        d = pose.rotation @ vertebra.frame.axes[0]
+        if np.hypot(d[0], d[1]) > 0.3:
+            roll = float(np.degrees(np.arctan2(d[1], d[0])))
+            roll = (roll + 90.0) % 180.0 - 90.0
+            extra["image_roll_deg"] = round(roll, 2)
     return {
         "view": view,
         "orbital_deg": round(orb, 2),
@@ -85,6 +94,7 @@ def _view_info(view: str, pose: Pose, iso: np.ndarray, sid: float, what: str) ->
         "sid_mm": float(sid),
         "patient": "prone",
         "description": f"{what}: {describe_angles(orb, ang)}.",
+        **extra,
     }
 
 
@@ -202,6 +212,21 @@ def _owl(v, side: str, plan) -> tuple[np.ndarray, np.ndarray, str]:
     return np.asarray(ped.isthmus_center, float), _unit(-np.asarray(ped.axis, float)), "pedicle axis"
 
 
+def check_view_name(name: str) -> str:
+    """The canonical form of a view name (e.g. ``"owl:L4-left"``); raises InputError if unknown."""
+    key = str(name).strip().upper()
+    if key in GENERIC_VIEWS:
+        return key
+    m = _LEVEL_VIEW.match(key)
+    if m:
+        return f"{m.group(1)}-{m.group(2)}"
+    m = _OWL_VIEW.match(key)
+    if m:
+        return f"owl:{m.group(1)}-{m.group(2).lower()}"
+    raise InputError(f"Unknown view {name!r}. Use AP, LAT, OBL-L, OBL-R, <level>-AP, <level>-LAT "
+                     "or owl:<level>-left|right (e.g. L4-AP, owl:L4-left).")
+
+
 def named_view(name: str, ct=None, spine=None, plan=None, detector: Detector | None = None,
                sid_mm: float = DEFAULT_SID_MM) -> tuple[CArm, dict[str, Any]]:
     """The C-arm for a named view and its radiographer's angles (see the module docstring).
@@ -236,7 +261,7 @@ def named_view(name: str, ct=None, spine=None, plan=None, detector: Detector | N
         pose = _pose_for_beam(iso, beam, sid_mm)
         what = (f"True AP of {level} (superior endplate edge-on, spinous process centred)" if kind == "AP"
                 else f"True lateral of {level} (superior endplate edge-on, pedicles superimposed)")
-        return CArm(det, pose), _view_info(f"{level}-{kind}", pose, iso, sid_mm, what)
+        return CArm(det, pose), _view_info(f"{level}-{kind}", pose, iso, sid_mm, what, v if kind == "AP" else None)
     m = _OWL_VIEW.match(key)
     if m:
         level, side = m.group(1), m.group(2).lower()
@@ -287,3 +312,26 @@ def angles_table_text(rows: list[dict[str, Any]]) -> str:
     lines.append("orb = orbital (cranio-caudal tilt; + detector towards the head); "
                  "ang = angular (lateral rotation; + detector towards the patient's left). Patient prone.")
     return "\n".join(lines)
+
+
+def render_view(att, name: str, *, ct=None, spine=None, plan=None, size: int = 512, mode: str = "fast",
+                sampling: str = "linear", enhance: float = 0.6, noise=None, rng=0, overlay: bool = True):
+    """A ready-to-show picture of a named view: ``(image uint8, carm, info)``.
+
+    ``att``: :class:`spineplan.fluoro.drr.AttenuationVolume` of the CT (convert once, reuse).
+    The plan's implants are drawn in; the display window comes from the tissue-only DRR so metal
+    saturates black; with ``overlay`` the vertebra names, screw axes, orientation letters, the
+    view's angles and the research note are drawn on (RGB), else the image is grey (H, W)."""
+    from spineplan.fluoro.drr import add_noise, metal_image, render, to_display
+    from spineplan.fluoro.overlay import draw_overlay, view_title
+
+    carm, info = named_view(name, ct, spine=spine, plan=plan, detector=Detector.square(int(size)))
+    tissue = render(att, carm, mode=mode, sampling=sampling)
+    li = tissue + metal_image(carm, plan, att.energy_kev) if plan is not None else tissue
+    if noise:
+        li = add_noise(li, noise, rng=rng)
+    img = to_display(li, enhance=enhance, reference=tissue)
+    if overlay:
+        img = draw_overlay(img, carm, spine=spine, metal=plan, title=view_title(info),
+                           centre_lps=info["isocentre_lps"])
+    return img, carm, info
