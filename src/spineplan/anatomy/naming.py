@@ -41,6 +41,9 @@ SI_CONTACT_MIN_MM3 = 400.0
 #: costovertebral joints at the back of the body, costotransverse joints at the transverse
 #: processes. Contrast-filled vessels and organs lie anterior of this.
 RIB_POST_MM = (0.0, 50.0)
+#: A rib contains cortical bone: its brightest voxel exceeds this (HU) even at 3 mm voxels;
+#: contrast-enhanced kidneys and veins (150-300 HU in portal phase) do not.
+RIB_MIN_HU = 350.0
 #: Smallest volume (mL) of a labelled piece kept as a (partial) vertebra.
 MIN_VERTEBRA_ML = 0.5
 
@@ -109,7 +112,6 @@ def name_segments(segs, inst, bone, coords, curve, grid, box, *, anchor=None, ct
     """Name the instance segments (cranial first) and drop empty ones."""
     from scipy import ndimage as ndi
 
-    from spineplan.anatomy._bone import CORTEX_HU
     from spineplan.anatomy._instances import OTHER
 
     vox_ml = float(np.prod(grid.spacing)) / 1000.0
@@ -154,7 +156,7 @@ def name_segments(segs, inst, bone, coords, curve, grid, box, *, anchor=None, ct
         side = "left" if lat[v] > 0 else "right"
         if cmaxlat[c] < 45.0:
             continue
-        if RIB_POST_MM[0] <= post[v] <= RIB_POST_MM[1] and 10.0 <= abs(lat[v]) <= 65.0 and cmaxhu[c] >= CORTEX_HU:
+        if RIB_POST_MM[0] <= post[v] <= RIB_POST_MM[1] and 10.0 <= abs(lat[v]) <= 65.0 and cmaxhu[c] >= RIB_MIN_HU:
             rib_contacts[lbl][side] += 1
             if cvol[c] > 40.0:
                 ilium_contacts[lbl][side] += 1
