@@ -90,8 +90,9 @@ def test_drr_level_view_needs_labels(case, capsys):
 
 def test_views_table(case, capsys):
     out = case["tmp"] / "views.json"
+    pics = case["tmp"] / "pics"
     rc = main(["views", case["ct"], "--labels", case["labels"], "--plan", case["plan"], "--levels", "L4",
-               "-o", str(out)])
+               "-o", str(out), "--pictures", str(pics), "--size", "96"])
     assert rc == 0
     doc = json.loads(out.read_text())
     assert [r["level"] for r in doc["levels"]] == ["L4"]
@@ -103,3 +104,6 @@ def test_views_table(case, capsys):
     assert abs(float(beam @ n)) < 1e-3
     assert "planned screw" in row["owl_left"]["description"]
     assert "L4" in capsys.readouterr().out
+    names = sorted(p.name for p in pics.iterdir())
+    assert "L4-AP.png" in names and "L4-LAT.png" in names and "L4-owl-left.png" in names
+    assert _png(pics / "L4-AP.png").shape == (96, 96, 3)
