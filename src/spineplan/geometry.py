@@ -74,6 +74,83 @@ if njit is not None:
         return _trilinear_nb(arr, idx, cval).reshape(n, nt)
 
 
+if njit is not None:
+
+    @njit(cache=True, fastmath=True, inline="always")
+    def _tri1(arr, x, y, z, cval):  # pragma: no cover - compiled
+        ni, nj, nk = arr.shape
+        if not (x >= 0.0 and y >= 0.0 and z >= 0.0 and x <= ni - 1 and y <= nj - 1 and z <= nk - 1):
+            return cval
+        i0 = min(int(x), ni - 2)
+        j0 = min(int(y), nj - 2)
+        k0 = min(int(z), nk - 2)
+        fx, fy, fz = x - i0, y - j0, z - k0
+        c00 = arr[i0, j0, k0] * (1 - fx) + arr[i0 + 1, j0, k0] * fx
+        c10 = arr[i0, j0 + 1, k0] * (1 - fx) + arr[i0 + 1, j0 + 1, k0] * fx
+        c01 = arr[i0, j0, k0 + 1] * (1 - fx) + arr[i0 + 1, j0, k0 + 1] * fx
+        c11 = arr[i0, j0 + 1, k0 + 1] * (1 - fx) + arr[i0 + 1, j0 + 1, k0 + 1] * fx
+        return (c00 * (1 - fy) + c10 * fy) * (1 - fz) + (c01 * (1 - fy) + c11 * fy) * fz
+
+    @njit(cache=True, fastmath=True)
+    def march_axes(sdf, cval, p, d, step, n_back, n_fwd, ez, iso_n, needs):  # pragma: no cover - compiled
+        """For axes through index points ``p`` with index-space directions ``d`` (per mm):
+        walk back to the entry (first exit from the mask), then forward from the entry.
+        Returns te (mm behind p; NaN = no entry), exit_s (first s >= ez*step outside),
+        fail_s[:, k] (first s >= ez*step where the running inscribed radius < needs[k]),
+        iso (smallest inscribed radius over [ez, ez + iso_n) samples), iso_s (where),
+        run (N, n_fwd) running inscribed radius (inf before ez)."""
+        n = p.shape[0]
+        nk = needs.shape[0]
+        te = np.full(n, np.nan)
+        exit_s = np.full(n, n_fwd * step)
+        fail_s = np.full((n, nk), n_fwd * step)
+        iso = np.full(n, -np.inf)
+        iso_s = np.zeros(n)
+        run = np.full((n, n_fwd), np.inf, dtype=np.float32)
+        for a in range(n):
+            v = _tri1(sdf, p[a, 0], p[a, 1], p[a, 2], cval)
+            if v >= 0:
+                continue
+            prev = v
+            t_e = -1.0
+            for q in range(1, n_back + 1):
+                t = q * step
+                v = _tri1(sdf, p[a, 0] - t * d[a, 0], p[a, 1] - t * d[a, 1], p[a, 2] - t * d[a, 2], cval)
+                if v > 0:
+                    t_e = t - step + step * (-prev) / max(v - prev, 1e-6)
+                    break
+                prev = v
+            if t_e < 0:
+                continue
+            te[a] = t_e
+            e0, e1, e2 = p[a, 0] - t_e * d[a, 0], p[a, 1] - t_e * d[a, 1], p[a, 2] - t_e * d[a, 2]
+            rmin = np.inf
+            imin = np.inf
+            for q in range(ez, n_fwd):
+                s = q * step
+                v = _tri1(sdf, e0 + s * d[a, 0], e1 + s * d[a, 1], e2 + s * d[a, 2], cval)
+                if v >= 0:
+                    exit_s[a] = s
+                    if q < ez + iso_n and -v < imin:  # leaves the bone inside the window
+                        imin = -v
+                        iso_s[a] = s
+                    for k in range(nk):
+                        if fail_s[a, k] > s:
+                            fail_s[a, k] = s
+                    break
+                if -v < rmin:
+                    rmin = -v
+                run[a, q] = rmin
+                for k in range(nk):
+                    if rmin < needs[k] and fail_s[a, k] > s:
+                        fail_s[a, k] = s
+                if q < ez + iso_n and -v < imin:
+                    imin = -v
+                    iso_s[a] = s
+            iso[a] = imin if imin < np.inf else -1.0
+        return te, exit_s, fail_s, iso, iso_s, run
+
+
 def affine_apply(m: np.ndarray, xyz: np.ndarray, linear_only: bool = False) -> np.ndarray:
     """``xyz @ m[:3, :3].T + m[:3, 3]`` for (N, 3) points, without BLAS (whose thread start-up
     dominates for tall thin matrices on a shared machine)."""
@@ -142,6 +219,16 @@ class DistanceField:
 
     def to_index(self, xyz: np.ndarray) -> np.ndarray:
         return affine_apply(self.inv, np.asarray(xyz, dtype=np.float64).reshape(-1, 3))
+
+    def march(self, origins: np.ndarray, dirs: np.ndarray, *, step: float, back_mm: float, ahead_mm: float,
+              skip_mm: float, iso_mm: float, needs) -> dict:
+        """Entry and clearance profiles along many axes (see :func:`march_axes`); world units."""
+        o = np.ascontiguousarray(self.to_index(origins))
+        d = np.ascontiguousarray(affine_apply(self.inv, dirs, linear_only=True))
+        out = march_axes(self.sdf, np.float32(self.outside_value), o, d, float(step), int(round(back_mm / step)),
+                         int(round(ahead_mm / step)) + 1, int(np.ceil(skip_mm / step)), int(round(iso_mm / step)),
+                         np.asarray(needs, np.float64))
+        return dict(zip(("te", "exit_s", "fail_s", "iso", "iso_s", "run"), out))
 
     def sample_rays(self, origins: np.ndarray, dirs: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """Signed distance at ``origins + t * dirs`` for every ray and every ``t``: (N, T)."""

@@ -59,6 +59,8 @@ PROFILE_SLACK_MM = 0.1
 #: the profile runs (mm).
 BACK_MM = 40.0
 AHEAD_MM = 72.0
+#: Window after the entry zone in which the pedicle's narrowest point is looked for (mm).
+ISO_MM = 25.0
 
 RULES = ("bone-corridor", "margin", "isthmus-80", "length", "sap-entry", "facet", "corridor-bone",
          "skin-offset", "verified-grade")
@@ -240,26 +242,14 @@ def recentre(ctx: VertebraContext, side: str, centre, med0: float, cra0: float, 
     This corrects a seed that is off by several mm or degrees (e.g. from a coarse CT)."""
     pts, dirs = candidate_axes(ctx, side, centre, med0, cra0, st, halfwidth=RECENTRE_HALFWIDTH_MM,
                                step=RECENTRE_STEP_MM, cone=RECENTRE_CONE_DEG, astep=RECENTRE_ASTEP_DEG)
-    step = st.profile_step_mm
-    inside = ctx.field.sample(pts) < 0
-    pts, dirs = pts[inside], dirs[inside]
-    if not len(pts):
+    m = ctx.field.march(pts, dirs, step=st.profile_step_mm, back_mm=BACK_MM, ahead_mm=st.entry_zone_mm + ISO_MM,
+                        skip_mm=st.entry_zone_mm, iso_mm=ISO_MM, needs=[0.0])
+    ok = np.isfinite(m["te"])
+    if not ok.any():
         return centre, med0, cra0
-    tb = np.arange(0.0, BACK_MM + 1e-9, step)
-    fb = _profiles(ctx.field, pts, -dirs, tb)
-    k = _first_true(fb > 0)
-    ok = k < len(tb)
-    pts, dirs, k = pts[ok], dirs[ok], k[ok]
-    if not len(pts):
-        return centre, med0, cra0
-    entry = pts - tb[k][:, None] * dirs
-    ez = int(np.ceil(st.entry_zone_mm / step))
-    ts = np.arange(0.0, ez * step + 25.0 + 1e-9, step)
-    f = _profiles(ctx.field, entry, dirs, ts)[:, ez:]
-    radius = np.min(-f, axis=1)
-    best = int(np.argmax(radius))
-    j = int(np.argmin(-f[best]))
-    c = entry[best] + ts[ez + j] * dirs[best]
+    best = int(np.argmax(np.where(ok, m["iso"], -np.inf)))
+    entry = pts[best] - m["te"][best] * dirs[best]
+    c = entry + m["iso_s"][best] * dirs[best]
     med, cra = ctx.frame.angles_of(dirs[best], side)
     return c, float(med), float(cra)
 
@@ -269,72 +259,45 @@ def evaluate(ctx: VertebraContext, side: str, pts: np.ndarray, dirs: np.ndarray,
     """Entries, best size and purchase for every candidate axis. Returns a dict of arrays and counts."""
     step = st.profile_step_mm
     counts: dict[str, int] = {}
-    inside = ctx.field.sample(pts) < 0
-    pts, dirs = pts[inside], dirs[inside]
-    # --- entry: walk back from the isthmus point to the first exit from bone
-    tb = np.arange(0.0, BACK_MM + 1e-9, step)
-    fb = _profiles(ctx.field, pts, -dirs, tb)
-    k = _first_true(fb > 0)
-    ok = k < len(tb)
-    pts, dirs, fb, k = pts[ok], dirs[ok], fb[ok], k[ok]
-    rows = np.arange(len(k))
-    f0, f1 = fb[rows, k - 1], fb[rows, k]
-    te = tb[k - 1] + step * (-f0) / np.maximum(f1 - f0, 1e-6)
-    entry = pts - te[:, None] * dirs
-    # --- forward profile from the entry
-    ts = np.arange(0.0, AHEAD_MM + 1e-9, step)
-    f = _profiles(ctx.field, entry, dirs, ts)
-    ez = int(np.ceil(st.entry_zone_mm / step))
-    after = f[:, ez:]
-    exit_idx = _first_true(after >= 0) + ez  # first sample outside bone after the entry zone
-    s_exit = ts[np.minimum(exit_idx, len(ts) - 1)]
-    counts["bone-corridor"] = int(np.sum(s_exit - st.entry_zone_mm >= min(l for _, l in sizes) * 0.5))
-    # running clearance: min over [ez, s] of -f  (the inscribed radius available up to depth s)
-    run = np.minimum.accumulate(-after, axis=1)
     diam = np.array(sorted({d for d, _ in sizes}))
+    needs = 0.5 * diam + st.margin_mm + PROFILE_SLACK_MM
+    m = ctx.field.march(pts, dirs, step=step, back_mm=BACK_MM, ahead_mm=AHEAD_MM, skip_mm=st.entry_zone_mm,
+                        iso_mm=ISO_MM, needs=needs)
+    ok = np.isfinite(m["te"])
+    pts, dirs = pts[ok], dirs[ok]
+    te, s_exit, fail, iso, run = m["te"][ok], m["exit_s"][ok], m["fail_s"][ok], m["iso"][ok], m["run"][ok]
+    entry = pts - te[:, None] * dirs
+    counts["bone-corridor"] = int(np.sum(s_exit - st.entry_zone_mm >= min(l for _, l in sizes) * 0.5))
     best_d = np.zeros(len(entry))
     best_l = np.zeros(len(entry))
     fits_any = np.zeros(len(entry), bool)
     fits_rule = np.zeros(len(entry), bool)
-    for dmm in diam:
-        need = 0.5 * dmm + st.margin_mm + PROFILE_SLACK_MM
-        okr = run >= need
-        s_fail = ts[np.minimum(_first_true(~okr) + ez, len(ts) - 1)]  # first depth where it no longer fits
-        lmax = np.minimum(s_fail - step, s_exit - st.anterior_cortex_clearance_mm - step)
-        lens = np.array([l_ for d_, l_ in sizes if abs(d_ - dmm) < 1e-6])
+    for kd, dmm in enumerate(diam):
+        lmax = np.minimum(fail[:, kd] - step, s_exit - st.anterior_cortex_clearance_mm - step)
+        lens = np.sort(np.array([l_ for d_, l_ in sizes if abs(d_ - dmm) < 1e-6]))
         fit_d = lmax >= st.entry_zone_mm
         fits_any |= fit_d & (lmax >= lens.min())
         if width_for_rule is not None and dmm > st.max_diameter_fraction * width_for_rule + 1e-6:
             continue
-        # longest catalogue length <= lmax
-        li = np.searchsorted(np.sort(lens), lmax, side="right") - 1
+        li = np.searchsorted(lens, lmax, side="right") - 1  # longest catalogue length <= lmax
         l_ok = li >= 0
         fits_rule |= fit_d & l_ok
-        lsel = np.where(l_ok, np.sort(lens)[np.clip(li, 0, None)], 0.0)
+        lsel = np.where(l_ok, lens[np.clip(li, 0, None)], 0.0)
         better = l_ok & (dmm >= best_d)
         best_d = np.where(better, dmm, best_d)
         best_l = np.where(better, lsel, best_l)
-    isth = 2.0 * float(np.max(_isthmus_radius(f, ez))) if len(f) else float("nan")
+    isth = 2.0 * float(np.max(iso)) if len(iso) else float("nan")
     counts["margin"] = int(fits_any.sum())
     counts["isthmus-80"] = int(fits_rule.sum())
     good = best_l > 0
     counts["length"] = int(good.sum())
-    entry, dirs, best_d, best_l, f = entry[good], dirs[good], best_d[good], best_l[good], f[good]
-    # clearance actually achieved (inscribed-ball margin) over [ez, L]
-    nL = np.round(best_l / step).astype(int)
-    mask_run = (np.arange(len(ts))[None, :] >= ez) & (np.arange(len(ts))[None, :] <= nL[:, None])
-    clear = np.where(mask_run, -f, np.inf).min(axis=1) - 0.5 * best_d
-    # purchase: HU over the screw volume (axis + ring at 0.6 r), 1 mm steps
+    entry, dirs, best_d, best_l, run = entry[good], dirs[good], best_d[good], best_l[good], run[good]
+    # clearance actually achieved (inscribed-ball margin) over [entry zone, L]
+    nL = np.minimum(np.round(best_l / step).astype(int), run.shape[1] - 1)
+    clear = run[np.arange(len(nL)), nL].astype(float) - 0.5 * best_d
     pur, mhu = _purchase(ctx, entry, dirs, best_d, best_l)
     return dict(entry=entry, dirs=dirs, d=best_d, L=best_l, purchase=pur, mean_hu=mhu, clear=clear,
                 counts=counts, isthmus=isth)
-
-
-def _isthmus_radius(f: np.ndarray, ez: int) -> np.ndarray:
-    """Per axis, the smallest inscribed radius over the first 25 mm after the entry zone (the
-    pedicle's narrowest part along the axis)."""
-    n = min(f.shape[1], ez + 50)
-    return np.min(-f[:, ez:n], axis=1) if n > ez else np.zeros(len(f))
 
 
 def _purchase(ctx: VertebraContext, entry, dirs, dmm, lmm):
