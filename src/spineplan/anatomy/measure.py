@@ -502,14 +502,22 @@ def _model_edge(s: np.ndarray, v: np.ndarray, e0: float, kern, thr: float, sp: f
     if sel.sum() < 20:
         return None
     ss, vv = s[sel], v[sel]
-    es = e0 + np.arange(-2.0, 2.0001, 0.05)
+    es = e0 + np.arange(-2.0, 2.0001, 0.1)
     F = np.interp(es[:, None] - ss[None, :], x, cdf, left=0.0, right=1.0)  # 1 inside, 0 outside
     K = np.interp(ss[None, :] - (es[:, None] - 0.5 * _CORTEX_MM), x, pdf, left=0.0, right=0.0)
-    X = np.stack([np.ones_like(F), F, K], axis=-1)  # (E, n, 3)
-    G = np.einsum("enk,enl->ekl", X, X) + 1e-6 * np.eye(3)
-    r = np.einsum("enk,n->ek", X, vv)
+    # normal equations of the columns (1, F, K), for every trial edge at once
+    n = float(len(ss))
+    sF, sK = F.sum(1), K.sum(1)
+    sFF, sKK, sFK = (F * F).sum(1), (K * K).sum(1), (F * K).sum(1)
+    G = np.empty((len(es), 3, 3))
+    G[:, 0, 0], G[:, 0, 1], G[:, 0, 2] = n, sF, sK
+    G[:, 1, 0], G[:, 1, 1], G[:, 1, 2] = sF, sFF, sFK
+    G[:, 2, 0], G[:, 2, 1], G[:, 2, 2] = sK, sFK, sKK
+    G += 1e-6 * np.eye(3)
+    r = np.stack([np.full(len(es), vv.sum()), F @ vv, K @ vv], axis=1)
     beta = np.linalg.solve(G, r[..., None])[..., 0]
-    res = np.sum((vv[None, :] - np.einsum("enk,ek->en", X, beta)) ** 2, axis=1)
+    # residual sum of squares = |v|^2 - 2 b.r + b.G.b
+    res = float(vv @ vv) - 2 * np.sum(beta * r, axis=1) + np.einsum("ek,ekl,el->e", beta, G, beta)
     res[(beta[:, 1] <= 0) | (beta[:, 2] < 0)] = np.inf  # bone must be brighter, cortex not negative
     i = int(np.argmin(res))
     if not np.isfinite(res[i]) or i == 0 or i == len(es) - 1:
@@ -730,9 +738,9 @@ def _measure_pedicle(ct, crop, fit: _FrameFit, side: str, sp: float) -> Pedicle 
     frame = fit.frame
     centre = frame.to_world(seed[0])
     axis = _least_section_axis(crop, frame, centre, side)
-    ts = np.arange(-9.0, 9.01, 0.5)
     best = None
     for it in range(_PEDICLE_ROUNDS):
+        ts = np.arange(-9.0, 9.01, 0.5 if it == _PEDICLE_ROUNDS - 1 else 1.0)
         sec = _pedicle_sections(crop, frame, centre + ts[:, None] * axis, axis, sp)
         rows = np.c_[ts, sec]
         rows = rows[np.all(np.isfinite(rows), axis=1)]
