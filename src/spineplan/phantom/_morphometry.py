@@ -1,7 +1,11 @@
 """Per-level dimensions of the phantom, from published morphometry (one table, one place).
 
-All lengths in mm, angles in degrees, densities in HU. Values are rounded means of the cited
-cadaver/CT series (adult, mixed sex); the phantom jitters them by a few percent per seed.
+All lengths in mm, angles in degrees, densities in HU. Values are rounded, approximate means
+read from the cited cadaver/CT series (adult, mixed sex), interpolated where a series gives no
+value for a level; the phantom jitters them by a few percent per seed. They make a plausible
+average spine, not a reference standard: series differ (e.g. Zindrick's L5 isthmus width of
+~18 mm against 13.6 mm in Christodoulou AG et al., Clin Anat 2005;18:404-408), so check the
+cited papers before using the numbers quantitatively.
 
 Sources (the column each one feeds is named in brackets):
 

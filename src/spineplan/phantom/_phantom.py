@@ -151,7 +151,7 @@ def _angles(frame: Frame, direction, side: str) -> tuple[float, float]:
             float(np.degrees(np.arcsin(np.clip(d[2], -1, 1)))))
 
 
-def _body_centroid(body: A.Body, step=0.4) -> np.ndarray:
+def _body_centroid(body: A.Body, step=0.5) -> np.ndarray:
     xs = np.arange(-body.a, body.a + step, step)
     ys = np.arange(-body.D / 2, body.D / 2 + 2 * body.e + step, step)
     zs = np.arange(-body.H / 2, body.H / 2 + step, step)
