@@ -29,7 +29,11 @@ the usual radiographic displays:
 
 Radiographer's C-arm angles (:meth:`Pose.from_carm`)
 -----------------------------------------------------
-* ``angular_deg`` (lateral rotation, "rainbow"): rotation of the C about the patient's long
+Manufacturers name the two C-arm motions differently (which one is "orbital" depends on how
+the C-arm stands at the table), so the angles here are defined by what they do to the beam
+relative to the patient's anatomy:
+
+* ``angular_deg`` (lateral rotation): rotation of the C about the patient's long
   (cranio-caudal) axis. 0 = AP. Positive = the **detector** (image intensifier, above the prone
   patient's back) swings towards the **patient's left**; +90 = lateral with the detector on
   the left; +45 = ``OBL-L`` (ipsilateral oblique for the left side's posterior elements).
