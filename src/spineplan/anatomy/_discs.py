@@ -43,15 +43,19 @@ class Curve:
         return self.s[idx] + ax, lat, post, idx
 
 
+def _interp_rows(x, xp, fp) -> np.ndarray:
+    """Linear interpolation of each column of ``fp`` (N, 3), ends held constant."""
+    return np.column_stack([np.interp(x, xp, fp[:, c]) for c in range(fp.shape[1])])
+
+
 def build_curve(body_pts: np.ndarray, canal_pts: np.ndarray) -> Curve:
     """Resample the body path (M, 3 LPS mm, increasing z) at ``STEP_MM``; posterior from the canal."""
-    from scipy.interpolate import interp1d
     from scipy.ndimage import gaussian_filter1d
 
     seg = np.linalg.norm(np.diff(body_pts, axis=0), axis=1)
     s0 = np.concatenate([[0.0], np.cumsum(seg)])
     s = np.arange(0.0, s0[-1] + 1e-6, STEP_MM)
-    pts = interp1d(s0, body_pts, axis=0)(s)
+    pts = _interp_rows(s, s0, body_pts)
     pts = gaussian_filter1d(pts, 2.0 / STEP_MM, axis=0, mode="nearest")
     tan = np.gradient(pts, axis=0)
     tan = gaussian_filter1d(tan, 5.0 / STEP_MM, axis=0, mode="nearest")
@@ -63,7 +67,7 @@ def build_curve(body_pts: np.ndarray, canal_pts: np.ndarray) -> Curve:
         v = canal_pts[ok] - body_pts[ok]
         v[:, 2] = 0
         v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-6)
-        vi = interp1d(s0[ok], v, axis=0, bounds_error=False, fill_value=(v[0], v[-1]))(s)
+        vi = _interp_rows(s, s0[ok], v)
         vi = gaussian_filter1d(vi, 10.0 / STEP_MM, axis=0, mode="nearest")
         post = vi
     post = post - np.einsum("ij,ij->i", post, tan)[:, None] * tan
@@ -177,6 +181,26 @@ GAP_RANGE = (0.5, 1.35)
 DISC_MIN_SCORE = 25.0
 
 
+def _local_maxima(d: np.ndarray, height: float) -> np.ndarray:
+    """Indices of plateau-centred local maxima of ``d`` above ``height``."""
+    if len(d) < 3:
+        return np.zeros(0, int)
+    out = []
+    i = 1
+    n = len(d)
+    while i < n - 1:
+        if d[i] > d[i - 1]:
+            j = i
+            while j + 1 < n and d[j + 1] == d[i]:
+                j += 1
+            if j + 1 < n and d[j + 1] < d[i] and d[i] >= height:
+                out.append((i + j) // 2)
+            i = j + 1
+        else:
+            i += 1
+    return np.asarray(out, dtype=int)
+
+
 def find_discs(profile: np.ndarray, width: np.ndarray, step: float = STEP_MM) -> np.ndarray:
     """Indices of disc centres along the curve: the most periodic set of deep dips.
 
@@ -184,11 +208,9 @@ def find_discs(profile: np.ndarray, width: np.ndarray, step: float = STEP_MM) ->
     consecutive picks maximises sum(score - DISC_MIN_SCORE) - PERIOD_CHANGE_COST *
     sum(log(gap ratio)^2), with every gap within ``PERIOD_MM``.
     """
-    from scipy.signal import find_peaks
-
     period = np.clip(width * PERIOD_PER_WIDTH, *PERIOD_MM)
     d = disc_score(profile, period, step)
-    cand, _ = find_peaks(d, height=DISC_MIN_SCORE * 0.5)
+    cand = _local_maxima(d, DISC_MIN_SCORE * 0.5)
     n = len(cand)
     if n == 0:
         return np.zeros(0, int)

@@ -32,6 +32,18 @@ BODY_SEED_RADIUS_MM = 11.0
 #: Half-width (mm) of the seed of the most caudal segment below the curve (sacral body and alae
 #: medial to the sacro-iliac joints; the sacral base is 95-120 mm wide).
 SACRUM_SEED_HALF_WIDTH_MM = 40.0
+#: The pedicles leave the cranial half of their body (fractions of the disc-to-disc span from
+#: the caudal disc) ...
+PEDICLE_LEVEL = (0.5, 0.85)
+#: ... lateral of the canal (mm from the midline; canal half-width 7-12 mm, pedicles 5-10 mm
+#: wide) and between the back of the body and the canal's centre (mm behind the body centre).
+PEDICLE_LAT_MM = (8.0, 24.0)
+PEDICLE_POST_MM = (8.0, 28.0)
+#: The laminae meet in the midline behind the canal (mm behind the body centre), where the
+#: spinous process starts; only a narrow midline strip is seeded so the facet joints
+#: (15-25 mm lateral) stay free.
+LAMINA_HALF_WIDTH_MM = 5.0
+LAMINA_POST_MM = (32.0, 48.0)
 #: Fraction of a vertebra's disc-to-disc span (at each end) left out of its seed.
 SEED_MARGIN = 0.25
 #: Label used for the "other bone" marker.
@@ -92,7 +104,15 @@ def watershed_instances(hu: np.ndarray, bone: np.ndarray, coords: dict, segs: li
             below = (s < sg.s1 - SEED_MARGIN * h) & (np.abs(lat) < SACRUM_SEED_HALF_WIDTH_MM) & (post < 40.0)
             mk[below] = sg.label
         sel = (s > a) & (s < b) & (rad < r)
-        mk[sel] = sg.label
+        # the neural arch at the level of the pedicles (cranial half of the body) belongs to
+        # this vertebra too: pedicles and the midline of the laminae
+        pa = sg.s0 + PEDICLE_LEVEL[0] * h if not sg.partial_bottom else -np.inf
+        pb = sg.s0 + PEDICLE_LEVEL[1] * h if not sg.partial_top else np.inf
+        lev = (s > pa) & (s < pb)
+        ped = lev & (np.abs(lat) > PEDICLE_LAT_MM[0]) & (np.abs(lat) < PEDICLE_LAT_MM[1]) & \
+            (post > PEDICLE_POST_MM[0]) & (post < PEDICLE_POST_MM[1])
+        lam = lev & (np.abs(lat) < LAMINA_HALF_WIDTH_MM) & (post > LAMINA_POST_MM[0]) & (post < LAMINA_POST_MM[1])
+        mk[sel | ped | lam] = sg.label
     other = (np.abs(lat) > OTHER_LATERAL_MM) | (post < -OTHER_ANTERIOR_MM) | (post > OTHER_POSTERIOR_MM)
     mk[other] = OTHER
     markers[nz] = mk
@@ -108,42 +128,26 @@ GAP_COST = 12.0
 def geodesic_labels(hu: np.ndarray, mask: np.ndarray, markers: np.ndarray, spacing, lo_hu: float | None = None) -> np.ndarray:
     """Each mask voxel takes the marker with the cheapest path to it through the mask.
 
-    Path cost is the sum over voxels of step length x (1 + GAP_COST x darkness^2), darkness
-    being 0 at ``BRIGHT_HU`` and 1 at ``lo_hu`` (default: the darkest masked voxel).
+    Path cost is the sum over steps of step length x the mean of (1 + GAP_COST x darkness^2)
+    at both ends, darkness being 0 at ``BRIGHT_HU`` and 1 at ``lo_hu`` (default: the darkest
+    masked voxel). Dijkstra over the 26-neighbourhood (numba).
     """
-    from skimage.graph import MCP_Geometric
-
     h = hu.astype(np.float32)
     if lo_hu is None:
         lo_hu = float(np.percentile(h[mask], 1)) if mask.any() else 0.0
     dark = np.clip((BRIGHT_HU - h) / max(BRIGHT_HU - lo_hu, 1.0), 0.0, 1.0)
     cost = (1.0 + GAP_COST * dark**2).astype(np.float64)
-    cost[~mask] = np.inf
-    starts = np.argwhere(markers > 0)
-    if len(starts) == 0:
+    lab = np.where(mask, markers, 0).astype(np.int32)
+    if not (lab > 0).any():
         return np.zeros(hu.shape, np.int32)
-    mcp = MCP_Geometric(cost, sampling=tuple(float(x) for x in spacing), fully_connected=True)
-    cum, tb = mcp.find_costs([tuple(p) for p in starts])
-    offsets = np.asarray(mcp.offsets)
-    shape = np.array(hu.shape)
-    reach = np.isfinite(cum) & mask
-    flat = np.arange(h.size).reshape(hu.shape)
-    pred = flat.copy()
-    idx = np.nonzero(reach & (tb >= 0))
-    if len(idx[0]):
-        o = offsets[tb[idx]]
-        src = np.stack(idx, axis=1) - o
-        src = np.clip(src, 0, shape - 1)
-        pred[idx] = np.ravel_multi_index(src.T, hu.shape)
-    pred = pred.ravel()
-    mflat = markers.ravel()
-    is_seed = mflat > 0
-    pred[is_seed] = np.nonzero(is_seed)[0]
-    for _ in range(64):
-        nxt = pred[pred]
-        if np.array_equal(nxt, pred):
-            break
-        pred = nxt
-    lab = mflat[pred].reshape(hu.shape)
-    lab[~reach] = 0
-    return lab.astype(np.int32)
+    offs = np.array([(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1) if (a, b, c) != (0, 0, 0)],
+                    dtype=np.int64)
+    steps = np.sqrt(((offs * np.asarray(spacing, dtype=np.float64)) ** 2).sum(axis=1))
+    out = _dijkstra(np.ascontiguousarray(cost), np.ascontiguousarray(mask), np.ascontiguousarray(lab), offs, steps)
+    return out
+
+
+def _dijkstra(cost, mask, lab, offs, steps):
+    from spineplan.anatomy._numba import dijkstra_labels
+
+    return dijkstra_labels(cost, mask, lab, offs, steps)

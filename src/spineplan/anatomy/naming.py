@@ -148,18 +148,17 @@ def name_segments(segs, inst, bone, coords, curve, grid, box, *, anchor=None, ct
     nearest_lab = inst[tuple(i[nz] for i in ind)]
     rib_contacts: dict[int, dict[str, int]] = {sg.label: {"left": 0, "right": 0} for sg in segs}
     ilium_contacts: dict[int, dict[str, int]] = {sg.label: {"left": 0, "right": 0} for sg in segs}
-    for v in np.nonzero(contf)[0]:
-        c = compf[v]
-        lbl = int(nearest_lab[v])
-        if lbl not in rib_contacts or c == 0:
-            continue
-        side = "left" if lat[v] > 0 else "right"
-        if cmaxlat[c] < 45.0:
-            continue
-        if RIB_POST_MM[0] <= post[v] <= RIB_POST_MM[1] and 10.0 <= abs(lat[v]) <= 65.0 and cmaxhu[c] >= RIB_MIN_HU:
-            rib_contacts[lbl][side] += 1
-            if cvol[c] > 40.0:
-                ilium_contacts[lbl][side] += 1
+    sel = np.nonzero(contf & (compf > 0))[0]
+    c = compf[sel]
+    lv, lt, pt = nearest_lab[sel], lat[sel], post[sel]
+    ok = ((cmaxlat[c] >= 45.0) & (pt >= RIB_POST_MM[0]) & (pt <= RIB_POST_MM[1])
+          & (np.abs(lt) >= 10.0) & (np.abs(lt) <= 65.0) & (cmaxhu[c] >= RIB_MIN_HU))
+    big = cvol[c] > 40.0
+    for lbl in rib_contacts:
+        for side, sgn in (("left", lt > 0), ("right", lt <= 0)):
+            m = ok & (lv == lbl) & sgn
+            rib_contacts[lbl][side] = int(m.sum())
+            ilium_contacts[lbl][side] = int((m & big).sum())
     min_contact = max(3, int(round(CONTACT_MIN_MM3 / (vox_ml * 1000.0))))
     import os
     if os.environ.get("SPINEPLAN_DEBUG_NAMING"):
