@@ -238,7 +238,8 @@ def _first_true(b: np.ndarray) -> np.ndarray:
 
 def recentre(ctx: VertebraContext, side: str, centre, med0: float, cra0: float, st: PlannerSettings):
     """Coarse wide pass: the axis with the largest inscribed radius at its narrowest point in the
-    25 mm after the entry zone is the pedicle's centre line; return its narrowest point and angles.
+    25 mm after the entry zone is the pedicle's centre line; return its point nearest the seed
+    and its angles.
     This corrects a seed that is off by several mm or degrees (e.g. from a coarse CT)."""
     pts, dirs = candidate_axes(ctx, side, centre, med0, cra0, st, halfwidth=RECENTRE_HALFWIDTH_MM,
                                step=RECENTRE_STEP_MM, cone=RECENTRE_CONE_DEG, astep=RECENTRE_ASTEP_DEG)
@@ -248,9 +249,11 @@ def recentre(ctx: VertebraContext, side: str, centre, med0: float, cra0: float, 
     if not ok.any():
         return centre, med0, cra0
     best = int(np.argmax(np.where(ok, m["iso"], -np.inf)))
-    entry = pts[best] - m["te"][best] * dirs[best]
-    c = entry + m["iso_s"][best] * dirs[best]
-    med, cra = ctx.frame.angles_of(dirs[best], side)
+    # pivot: the point of the best axis nearest the seed (the isthmus), so that turning the
+    # direction in the fine pass swings the entry across the posterior elements
+    d = dirs[best]
+    c = pts[best] + float(np.dot(np.asarray(centre) - pts[best], d)) * d
+    med, cra = ctx.frame.angles_of(d, side)
     return c, float(med), float(cra)
 
 
