@@ -149,6 +149,32 @@ def test_body_and_canal_dimensions_match_label_map():
         assert 14 <= v["canal_ap_mm"] <= 21 and 17 <= v["canal_transverse_mm"] <= 29, name
 
 
+def test_endplates_match_label_map():
+    """Fit planes to the top and bottom of each body measured on the label map (vertical chords
+    on a ring 75 % of the way to the rim) and compare them with the truth endplates."""
+    ph = get_phantom(**FINE)
+    for name, v in ph.truth["vertebrae"].items():
+        vol = _mask_volume(ph, v["label"])
+        o = np.array(v["frame_origin"])
+        x, y, z = (np.array(v["axes"][k]) for k in "xyz")
+        half_w = chord(vol, o, x) / 2
+        half_d = chord(vol, o, y) / 2
+        for which, sign in (("superior", 1.0), ("inferior", -1.0)):
+            pts = []
+            for t in np.linspace(0, 2 * np.pi, 24, endpoint=False):
+                c = o + 0.75 * half_w * np.cos(t) * x + 0.75 * half_d * np.sin(t) * y
+                if vol.sample([c], order=1, fill=0)[0] < 0.5:
+                    continue
+                pts.append(c + sign * _first_out(vol, c, sign * z) * z)
+            P = np.array(pts)
+            n = np.linalg.svd(P - P.mean(0))[2][-1]
+            n = n if n @ z > 0 else -n
+            tn = np.array(v[f"{which}_endplate"]["normal"])
+            assert np.degrees(np.arccos(np.clip(n @ tn, -1, 1))) < 2.0, (name, which)
+            # the truth point lies on the measured plane (within a voxel)
+            assert abs((np.array(v[f"{which}_endplate"]["point"]) - P.mean(0)) @ n) < 0.6, (name, which)
+
+
 def test_pedicle_axis_entry_and_bone_length_match_label_map():
     ph = get_phantom(**FINE)
     for name, v in ph.truth["vertebrae"].items():
@@ -219,6 +245,11 @@ def test_hu_ranges_by_tissue():
     fat = np.array([0.0, ysk - 2.0 - t["params"]["fat_mm"] / 2, zc])
     assert -115 <= mean_at(fat) <= -85
     assert -1010 <= mean_at(np.array([0.0, ysk + 6.0, zc])) <= -985  # air behind the back
+    # the skin surface is where the truth says: HU crosses -500 within a voxel of it
+    ray = np.array([[0.0, yv, zc] for yv in np.arange(ysk - 10, ysk + 10, 0.1)])
+    prof = ct.sample(ray, order=1)
+    y_cross = ray[int(np.argmax(prof < -500)), 1]
+    assert abs(y_cross - ysk) <= 1.0
     # cortex: the brightest voxels on a ray through the anterior body wall (1 mm spacing)
     ray = o[None, :] - np.linspace(0, 25, 101)[:, None] * y[None, :]
     assert 650 <= ct.sample(ray, order=0).max() <= 1250
@@ -370,6 +401,12 @@ def test_ribs_only_on_t11_t12_and_none_without():
     other = (no.ct.array > 500) & ~binary_dilation(no.labels.array > 0, iterations=2)
     zs = no.ct.index_to_world(np.argwhere(other))[:, 2]
     assert np.all(zs < np.array(no.truth["vertebrae"]["L4"]["frame_origin"])[2])  # only the ilium remains
+
+
+def test_t10_is_rib_bearing_when_drawn():
+    ph = get_phantom(levels="T10-L1", spacing=2.0, noise_hu=0.0)
+    assert [n for n, v in ph.truth["vertebrae"].items() if v["rib_bearing"]] == ["T10", "T11", "T12"]
+    assert set(np.unique(ph.labels.array)) == {0, 17, 18, 19, 20}
 
 
 def test_iliac_crest_lateral_to_l5_s1():
