@@ -502,7 +502,7 @@ def _model_edge(s: np.ndarray, v: np.ndarray, e0: float, kern, thr: float, sp: f
     if sel.sum() < 20:
         return None
     ss, vv = s[sel], v[sel]
-    es = e0 + np.arange(-2.0, 2.0001, 0.1)
+    es = e0 + np.arange(-2.0, 2.0001, 0.05)
     F = np.interp(es[:, None] - ss[None, :], x, cdf, left=0.0, right=1.0)  # 1 inside, 0 outside
     K = np.interp(ss[None, :] - (es[:, None] - 0.5 * _CORTEX_MM), x, pdf, left=0.0, right=0.0)
     # normal equations of the columns (1, F, K), for every trial edge at once
@@ -740,7 +740,7 @@ def _measure_pedicle(ct, crop, fit: _FrameFit, side: str, sp: float) -> Pedicle 
     axis = _least_section_axis(crop, frame, centre, side)
     best = None
     for it in range(_PEDICLE_ROUNDS):
-        ts = np.arange(-9.0, 9.01, 0.5 if it == _PEDICLE_ROUNDS - 1 else 1.0)
+        ts = np.arange(-9.0, 9.01, 0.5)
         sec = _pedicle_sections(crop, frame, centre + ts[:, None] * axis, axis, sp)
         rows = np.c_[ts, sec]
         rows = rows[np.all(np.isfinite(rows), axis=1)]
