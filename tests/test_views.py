@@ -204,3 +204,16 @@ def test_check_view_name_and_image_roll():
     slope = np.degrees(np.arctan2(*(np.polyfit(ep[:, 0], ep[:, 1], 1)[0], 1.0)))
     assert info["image_roll_deg"] == pytest.approx(slope, abs=0.5)
     assert abs(info["image_roll_deg"]) > 5
+
+
+def test_spine_centre_from_real_ct_near_labelled_vertebrae(data_file):
+    from spineplan.fluoro.views import spine_centre_from_ct
+    from spineplan.io import read_ct, read_labels
+
+    ct = read_ct(data_file("totalseg_example_abdomen/example_ct.nii.gz"))
+    labels = read_labels(data_file("totalseg_example_abdomen/spine_report_totalseg.nii.gz"), ct)
+    centroid = ct.index_to_world(np.argwhere(np.asarray(labels.volume.array) > 0).mean(axis=0))
+    est = spine_centre_from_ct(ct)
+    # left-right within 5 mm; antero-posterior within 15 mm (half a vertebral body's depth)
+    assert abs(est[0] - centroid[0]) < 5.0
+    assert abs(est[1] - centroid[1]) < 15.0

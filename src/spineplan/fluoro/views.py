@@ -108,10 +108,10 @@ def spine_centre_from_ct(ct) -> np.ndarray:
 
     Left-right: the median position of bone (spine, sternum and the symmetric ribs are centred on
     the midline). Antero-posterior: within :data:`MIDLINE_BAND_MM` of that midline, the spine is
-    the bone present in (nearly) **every** axial slice, unlike the sternum, the heart or vessels
-    with contrast; the 5 mm antero-posterior bins whose bone appears in >= 80 % of the slices of
-    the best-covered bin are taken, and the median of their bone is used. Cranio-caudal: the
-    middle of the scan."""
+    a thick column of bone present in (nearly) every axial slice, unlike the sternum or the
+    heart and vessels with contrast (partial coverage) and the CT table (a thin plate): the
+    longest contiguous run of 5 mm antero-posterior bins whose bone appears in >= 80 % of the
+    slices is taken, and the median of its bone is used. Cranio-caudal: the middle of the scan."""
     arr = np.asarray(ct.array)
     step = max(1, int(round(2.0 / max(float(ct.spacing.min()), 1e-3))))  # ~2 mm sampling
     sub = arr[::step, ::step, ::step]
@@ -122,16 +122,26 @@ def spine_centre_from_ct(ct) -> np.ndarray:
     pts = ct.index_to_world(idx)
     x_mid = float(np.median(pts[:, 0]))
     band = pts[np.abs(pts[:, 0] - x_mid) < MIDLINE_BAND_MM]
-    if len(band) < 20:
-        return np.array([x_mid, float(np.median(pts[:, 1])), (lo[2] + hi[2]) / 2.0])
-    zs = np.round(band[:, 2] / 2.0).astype(int)  # 2 mm slabs
-    ys = np.floor(band[:, 1] / 5.0).astype(int)  # 5 mm bins
-    n_slabs = len(np.unique(zs))
-    pairs = np.unique(np.stack([ys, zs], axis=1), axis=0)
-    bins, counts = np.unique(pairs[:, 0], return_counts=True)
-    good = bins[counts >= 0.8 * counts.max()]
-    sel = np.isin(ys, good)
-    y = float(np.median(band[sel, 1])) if sel.sum() > 10 and n_slabs > 0 else float(np.median(band[:, 1]))
+    y = float(np.median(band[:, 1])) if len(band) else float(np.median(pts[:, 1]))
+    if len(band) > 20:
+        zs = np.round(band[:, 2] / 2.0).astype(int)  # 2 mm slabs
+        ys = np.floor(band[:, 1] / 5.0).astype(int)  # 5 mm bins
+        n_slabs = len(np.unique(zs))
+        pairs = np.unique(np.stack([ys, zs], axis=1), axis=0)
+        bins, counts = np.unique(pairs[:, 0], return_counts=True)
+        good = set(bins[counts >= 0.8 * n_slabs].tolist())
+        best: list[int] = []
+        for b0 in sorted(good):
+            if b0 - 1 in good:
+                continue
+            run = [b0]
+            while run[-1] + 1 in good:
+                run.append(run[-1] + 1)
+            if len(run) > len(best):
+                best = run
+        sel = np.isin(ys, best)
+        if sel.sum() > 10:
+            y = float(np.median(band[sel, 1]))
     return np.array([x_mid, y, (lo[2] + hi[2]) / 2.0])
 
 
