@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -236,6 +235,268 @@ def _vertebra_truth(v: A.VertebraModel, rib_bearing: bool) -> dict:
 
 
 # ----------------------------------------------------------------------------- the phantom
+#: What each truth quantity means (written into truth.json; the anatomy measurements follow it).
+DEFINITIONS = {
+    "isthmus": "outer width/height of the pedicle's narrowest cross-section perpendicular to its axis; "
+               "width along the horizontal (vertebra transverse-plane) direction, height along the other",
+    "heights": "vertical (frame z) outer heights in the mid-sagittal plane, 3 mm inside the anterior and "
+               "posterior body edges and at the centre of the mid-sagittal AP line",
+    "body_ap_depth": "mid-sagittal chord along frame y at mid-height through the frame origin",
+    "body_width": "chord along frame x at mid-height through the body's widest AP position",
+    "canal_ap": "mid-sagittal bone-free gap along frame y at the pedicle-axis height",
+    "canal_transverse": "bone-free gap along frame x through the two isthmus centres",
+    "axis_entry_point": "where the pedicle axis, followed posteriorly from the isthmus, last leaves the "
+                        "vertebra's bone (within 60 mm); axis_bone_length_mm runs from there to where the "
+                        "axis leaves the body anteriorly",
+    "joint_spaces": "facet joints are 2 mm wide; at voxels above ~1.15 mm neighbours may touch diagonally",
+    "endplate_normals": "both point cranially (towards +frame z); plane fitted to the endplate rim",
+    "height_loss_pct": "100*(1-min(ant,mid)/max(post, expected)); expected = this level's unfractured "
+                       "posterior height",
+    "body_centroid": "volume centroid of the vertebral body alone; frame_origin is the centre of the body's "
+                     "mid-sagittal depth at mid-height",
+}
+
+
+@dataclass
+class _Anatomy:
+    """Everything drawn, as implicit shapes, before rasterising."""
+
+    names: list
+    chain: list
+    dims: dict
+    tilts: tuple  # (alpha, beta, psi) per chain level, degrees
+    models: dict
+    rib_levels: list
+    rib_shapes: dict
+    ilium: list
+    crest: dict
+    discs: list
+    tips: np.ndarray  # spinous tips sorted by z (world)
+    skin_extra: float  # from the spinous tip line to the skin surface, mm
+
+    def y_skin(self, z):
+        """Posterior skin surface (LPS y) at the midline, per height z."""
+        return np.interp(z, self.tips[:, 2], self.tips[:, 1]) + self.skin_extra
+
+    def bone_shapes(self) -> list:
+        return ([s for v in self.models.values() for _, s in v.parts] + self.ilium
+                + [s for r in self.rib_shapes.values() for s in r])
+
+
+def _chain_frames(chain, dims, alpha, beta, psi) -> dict[str, Frame]:
+    """Vertebra frames chained from the sacrum upwards: each disc pivots on its posterior rim
+    (lordosis opens the discs anteriorly); a strongly bent segment gets a taller disc rather
+    than touching posterior elements."""
+    frames: dict[str, Frame] = {}
+    for i in range(len(chain) - 1, -1, -1):
+        n = chain[i]
+        R = rot_y(beta[n]) @ rot_x(alpha[n]) @ rot_z(psi[n])
+        if i == len(chain) - 1:
+            frames[n] = Frame(np.zeros(3), R)
+            continue
+        lower, dl, du = frames[chain[i + 1]], dims[chain[i + 1]], dims[n]
+        pivot = lower.to_world([0, dl.body_d / 2, dl.body_h / 2])
+        nmid = lower.R[:, 2] + R[:, 2]
+        nmid /= np.linalg.norm(nmid)
+        p_up = pivot + nmid * du.disc_post
+        frames[n] = Frame(p_up - R @ np.array([0, du.body_d / 2, -du.body_h / 2]), R)
+        top_pts = A.posterior_clearance_points(dl)[0]
+        bot_pts = frames[n].to_world(A.posterior_clearance_points(du)[1])
+        clear = float(np.min(lower.to_local_xyz(*bot_pts.T)[2]) - np.max(top_pts[:, 2]))
+        if clear < MIN_POSTERIOR_CLEARANCE_MM:
+            frames[n] = Frame(frames[n].origin + nmid * (MIN_POSTERIOR_CLEARANCE_MM - clear), R)
+    return frames
+
+
+def _build_anatomy(names, lumbar_count, lordosis_deg, scoliosis_deg, rotation_deg, frac, osteoporosis,
+                   pedicle_scale, fat_mm, ribs, jitter, rng_dims) -> _Anatomy:
+    chain = ["T10", "T11", "T12", *[f"L{i}" for i in range(1, lumbar_count + 1)], "S1"]
+    alpha, beta, psi = A._tilt_tables(chain, lordosis_deg, scoliosis_deg, rotation_deg)
+    jit = rng_dims.uniform(1 - jitter, 1 + jitter, size=(len(chain), 3)) if jitter > 0 else np.ones((len(chain), 3))
+    dims = {}
+    for i, n in enumerate(chain):
+        d = M.scaled(M.dims_for(n, lumbar_count), body=jit[i, 0], posterior=jit[i, 1], pedicle=jit[i, 2])
+        dims[n] = replace(d, ped_w=d.ped_w * pedicle_scale) if pedicle_scale != 1.0 else d
+    frames = _chain_frames(chain, dims, alpha, beta, psi)
+    shift = -np.mean([frames[n].origin for n in names], axis=0)
+    for fr in frames.values():
+        fr.origin = fr.origin + shift
+
+    models: dict[str, A.VertebraModel] = {}
+    for n in names:
+        d = dims[n]
+        canc = (M.CANCELLOUS_HU_OSTEOPOROTIC * d.cancellous / 220.0) if osteoporosis else d.cancellous
+        fr = (frac[2], 0.0) if frac and frac[0] == n else None
+        v = A.build_vertebra(n, LV.verse_code(n), frames[n], d, cancellous_hu=canc, fracture=fr)
+        if fr:
+            _solve_fracture_loss(v.body, frac[2], M.GENANT_TARGET_LOSS[frac[1]])
+            v.fracture = {"grade": frac[1], "type": frac[2]}
+        models[n] = v
+    for i, n in enumerate(names):
+        idx = chain.index(n)
+        facet_above = dims[chain[idx - 1]].facet if idx > 0 else dims[n].facet
+        A.add_sap(models[n], facet_above, models[names[i - 1]] if i > 0 else None)
+        if i > 0:
+            A.add_iap(models[names[i - 1]], models[n], dims[names[i - 1]].facet)
+
+    rib_levels = [n for n in names if n.startswith("T")] if ribs else []
+    ilium, crest = A.build_ilium(models["S1"]) if "S1" in names else ([], {})
+    tips = np.array(sorted((v.spinous_tip for v in models.values()), key=lambda p: p[2]))
+    return _Anatomy(
+        names=names, chain=chain, dims=dims, tilts=(alpha, beta, psi), models=models, rib_levels=rib_levels,
+        rib_shapes={n: A.build_ribs(models[n]) for n in rib_levels}, ilium=ilium, crest=crest,
+        discs=[A.Disc(models[names[i + 1]].body, models[names[i]].body) for i in range(len(names) - 1)],
+        tips=tips, skin_extra=SUPRASPINOUS_MM + fat_mm + M.SKIN_MM)
+
+
+def _field_of_view(an: _Anatomy, fov: str, spacing) -> Grid:
+    shapes = an.bone_shapes()
+    lo = np.min([s.lo for s in shapes], axis=0)
+    hi = np.max([s.hi for s in shapes], axis=0)
+    if fov == "full":  # the posterior skin, some anterior soft tissue, at most 280 mm wide
+        lo = np.array([max(lo[0] - 8.0, -140.0), lo[1] - 25.0, lo[2] - 6.0])
+        hi = np.array([min(hi[0] + 8.0, 140.0), max(hi[1], an.tips[:, 1].max() + an.skin_extra) + 10.0, hi[2] + 6.0])
+    else:
+        lo, hi = lo - 6.0, hi + 6.0
+    return Grid(lo, hi, spacing)
+
+
+def _paint_trunk(ct: np.ndarray, grid: Grid, an: _Anatomy, fat_mm: float) -> None:
+    """Skin, subcutaneous fat and muscle of an elliptic trunk whose back follows the spinous tips.
+
+    The layers are offsets of one ellipse, so the tissue is a 1-D function of the distance to
+    the skin: that profile (the same partial-volume blends as paint_soft) is built once as a
+    look-up table. The trunk is wide and smooth, so per column the distance is the vertical
+    distance to the boundary times the boundary normal's y component."""
+    h = grid.h
+    ax_, by_ = TRUNK_SEMI_AXES
+    lut_step = h / 32.0
+    dprof = np.arange(-(M.SKIN_MM + fat_mm + 2 * h), 2 * h, lut_step)
+    prof = np.full(dprof.shape, M.AIR_HU)
+    for da, hu in ((0.0, M.SKIN_HU), (M.SKIN_MM, M.FAT_HU), (M.SKIN_MM + fat_mm, M.MUSCLE_HU)):
+        f = np.clip(0.5 - (dprof + da) / h, 0.0, 1.0)
+        prof += f * (hu - prof)
+    lut = np.concatenate([[M.MUSCLE_HU], prof, [M.AIR_HU]]).astype(np.float32)
+    xs = grid.axes[0].astype(np.float64)
+    ys = grid.axes[1][None, :]
+    xr = np.clip(xs / ax_, -1.0, 1.0)
+    half = by_ * np.sqrt(1.0 - xr * xr)  # boundary y offset from the centre, per column
+    ny = (half / by_**2) / np.sqrt((xs / ax_**2) ** 2 + (half / by_**2) ** 2 + 1e-30)
+    for k in progress(range(grid.shape[2]), "phantom: soft tissue"):
+        yc = float(an.y_skin(grid.axes[2][k]) - by_)
+        d_post = (ys - (yc + half)[:, None]) * ny[:, None]
+        d_ant = ((yc - half)[:, None] - ys) * ny[:, None]
+        dd = np.maximum(d_post, d_ant)
+        idx = np.clip((dd - dprof[0]) / lut_step + 1.0, 0, len(lut) - 1).astype(np.int32)
+        ct[:, :, k] = lut[idx]
+
+
+def _paint_canal_and_discs(ct: np.ndarray, grid: Grid, an: _Anatomy) -> None:
+    """Epidural fat and the CSF-filled thecal sac along the canal centres, then the discs."""
+    h, names, models, dims = grid.h, an.names, an.models, an.dims
+    cc = [models[n].frame.to_world([0, dims[n].body_d / 2 + dims[n].canal_d / 2, models[n].z_p]) for n in names]
+    cc = [cc[0] + models[names[0]].frame.R[:, 2] * 25.0, *cc]
+    if "S1" in names:
+        cc.append(models["S1"].frame.to_world([0, dims["S1"].body_d / 2 + 6.0, -30.0]))
+    else:
+        cc.append(cc[-1] - models[names[-1]].frame.R[:, 2] * 25.0)
+    epi, sac = [], []
+    for i in range(len(cc) - 1):
+        n = names[min(max(i - 1, 0), len(names) - 1)]
+        d = dims[n]
+        ref = models[n].frame.R[:, 0]
+        epi.append(Tube(cc[i], cc[i + 1], ref=ref, r_up=d.canal_w / 2 + 1.0, r_side=d.canal_d / 2 + 1.0))
+        sac.append(Tube(cc[i], cc[i + 1], ref=ref, r_up=0.38 * d.canal_w, r_side=0.36 * d.canal_d))
+    for shapes, hu in ((epi, M.EPIDURAL_FAT_HU), (sac, M.CSF_HU)):
+        res = union_sdf(grid, shapes, 2 * h)
+        if res is not None:
+            paint_soft(ct, res[0], res[1], hu, h)
+    for disc in an.discs:
+        box = grid.box(disc.lo, disc.hi, 2 * h)
+        if box is None:
+            continue
+        sl, (X, Y, Z) = box
+        dd = np.asarray(disc.sdf(X, Y, Z), np.float32)
+        hu = np.where(disc.nucleus(X, Y, Z), np.float32(M.NUCLEUS_HU), np.float32(M.ANNULUS_HU))
+        paint_soft(ct, sl, dd, np.broadcast_to(hu, dd.shape), h)
+
+
+def _paint_bones(ct: np.ndarray, lab: np.ndarray, grid: Grid, an: _Anatomy, osteoporosis: bool) -> int:
+    """Ilium and ribs (unlabelled), then the vertebrae (labelled); returns overlapping voxels."""
+    h = grid.h
+    cort_hu, cort_mm = _cortex(osteoporosis)
+    ilium_canc = M.CANCELLOUS_HU_OSTEOPOROTIC if osteoporosis else M.ILIUM_CANCELLOUS_HU
+    rib_canc = M.CANCELLOUS_HU_OSTEOPOROTIC if osteoporosis else M.RIB_CANCELLOUS_HU
+    for shapes, canc in ((an.ilium, ilium_canc), *[(r, rib_canc) for r in an.rib_shapes.values()]):
+        if shapes:
+            res = union_sdf(grid, shapes, 2 * h + cort_mm)
+            if res is not None:
+                paint_bone(ct, res[0], res[1], cort_hu, canc, cort_mm, h)
+    overlaps = 0
+    for n in progress(an.names, "phantom: vertebrae"):
+        v = an.models[n]
+        res = union_sdf(grid, [s for _, s in v.parts], 2 * h + cort_mm)
+        if res is None:
+            continue
+        sl, dd = res
+        paint_bone(ct, sl, dd, cort_hu, v.cancellous_hu, cort_mm, h)
+        sub = lab[sl]
+        inside = dd <= 0
+        overlaps += int(np.count_nonzero(sub[inside]))  # voxels already claimed by another vertebra
+        sub[inside] = v.code
+    return overlaps
+
+
+def _cortex(osteoporosis: bool) -> tuple[float, float]:
+    return ((M.CORTICAL_HU_OSTEOPOROTIC, M.CORTEX_MM_OSTEOPOROTIC) if osteoporosis
+            else (M.CORTICAL_HU, M.CORTEX_MM))
+
+
+def _to_int16(ct: np.ndarray, noise_hu: float, rng) -> np.ndarray:
+    """Add Gaussian noise and convert to int16, slab by slab (no full-size temporaries)."""
+    out = np.empty(ct.shape, dtype=np.int16)
+    step = max(1, int(4_000_000 // (ct.shape[0] * ct.shape[1])))
+    for k0 in range(0, ct.shape[2], step):
+        slab = ct[:, :, k0:k0 + step]
+        if noise_hu > 0:
+            slab += rng.standard_normal(slab.shape, dtype=np.float32) * np.float32(noise_hu)
+        np.rint(slab, out=slab)
+        np.clip(slab, -1024, 3071, out=slab)
+        out[:, :, k0:k0 + step] = slab
+    return out
+
+
+def _truth(an: _Anatomy, grid: Grid, params: dict, osteoporosis: bool, fat_mm: float, overlaps: int) -> dict:
+    names, dims = an.names, an.dims
+    alpha, beta, psi = an.tilts
+    cort_hu, cort_mm = _cortex(osteoporosis)
+    zs = np.arange(grid.axes[2][0], grid.axes[2][-1] + 1e-6, 5.0)
+    return {
+        "format": TRUTH_FORMAT, "version": TRUTH_VERSION, "frame": "LPS", "units": "mm",
+        "params": params,
+        "grid": {"shape": list(grid.shape), "spacing_mm": _r(grid.spacing, 4), "origin": _r(grid.origin, 4)},
+        "tissue_hu": {"cortical": cort_hu, "cortex_mm": cort_mm, "disc_annulus": M.ANNULUS_HU,
+                      "disc_nucleus": M.NUCLEUS_HU, "csf": M.CSF_HU, "epidural_fat": M.EPIDURAL_FAT_HU,
+                      "muscle": M.MUSCLE_HU, "fat": M.FAT_HU, "skin": M.SKIN_HU, "air": M.AIR_HU},
+        "vertebrae": {n: _vertebra_truth(an.models[n], n in an.rib_levels) for n in names},
+        "discs": {f"{names[i]}-{names[i + 1]}": {
+            "posterior_height_mm": round(dims[names[i]].disc_post, 3),
+            "segmental_lordosis_deg": round(alpha[names[i + 1]] - alpha[names[i]], 3)} for i in range(len(names) - 1)},
+        "spine": {"scoliosis_end_vertebrae": list(A.scoliosis_end_vertebrae(an.chain)),
+                  "lordosis_L1_S1_deg": round(alpha["S1"] - alpha["L1"], 3) if "L1" in alpha else None,
+                  "tilt_sagittal_deg": {n: round(alpha[n], 3) for n in names},
+                  "tilt_coronal_deg": {n: round(beta[n], 3) for n in names},
+                  "axial_rotation_deg": {n: round(psi[n], 3) for n in names}},
+        "ribs": {n: True for n in an.rib_levels},
+        "label_overlap_voxels": overlaps,
+        "iliac_crest": an.crest,
+        "skin": {"posterior_midline_y_at_z": [[round(float(z), 2), round(float(an.y_skin(z)), 3)] for z in zs],
+                 "fat_mm": float(fat_mm)},
+        "definitions": DEFINITIONS,
+        "disclaimer": "Synthetic research phantom; not patient data and not a certified medical device.",
+    }
+
+
 def make_phantom(*, levels="T11-S1", spacing=1.0, lordosis_deg=40.0, scoliosis_deg=0.0, rotation_deg=0.0,
                  fracture=None, osteoporosis=False, pedicle_scale=1.0, fat_mm=25.0, noise_hu=10.0, seed=0,
                  lumbar_count=5, ribs=True, jitter=0.03, fov="full") -> Phantom:
@@ -277,221 +538,19 @@ def make_phantom(*, levels="T11-S1", spacing=1.0, lordosis_deg=40.0, scoliosis_d
                   fracture=list(frac) if frac else None, osteoporosis=bool(osteoporosis),
                   pedicle_scale=float(pedicle_scale), fat_mm=float(fat_mm), noise_hu=float(noise_hu), seed=int(seed),
                   lumbar_count=int(lumbar_count), ribs=bool(ribs), jitter=float(jitter), fov=fov)
+    rng_dims, rng_noise = (np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(2))
 
-    chain = ["T10", "T11", "T12", *[f"L{i}" for i in range(1, lumbar_count + 1)], "S1"]
-    alpha, beta, psi = A._tilt_tables(chain, lordosis_deg, scoliosis_deg, rotation_deg)
-    ss = np.random.SeedSequence(int(seed))
-    rng_dims, rng_noise = (np.random.default_rng(s) for s in ss.spawn(2))
-    jit = rng_dims.uniform(1 - jitter, 1 + jitter, size=(len(chain), 3)) if jitter > 0 else np.ones((len(chain), 3))
-    dims = {}
-    for i, n in enumerate(chain):
-        d = M.scaled(M.dims_for(n, lumbar_count), body=jit[i, 0], posterior=jit[i, 1], pedicle=jit[i, 2])
-        dims[n] = replace(d, ped_w=d.ped_w * pedicle_scale) if pedicle_scale != 1.0 else d
-
-    # frames, chained from the sacrum upwards (discs pivot on their posterior rim)
-    frames: dict[str, Frame] = {}
-    for i in range(len(chain) - 1, -1, -1):
-        n = chain[i]
-        R = rot_y(beta[n]) @ rot_x(alpha[n]) @ rot_z(psi[n])
-        if i == len(chain) - 1:
-            frames[n] = Frame(np.zeros(3), R)
-            continue
-        lower, dl, du = frames[chain[i + 1]], dims[chain[i + 1]], dims[n]
-        pivot = lower.to_world([0, dl.body_d / 2, dl.body_h / 2])
-        nmid = lower.R[:, 2] + R[:, 2]
-        nmid /= np.linalg.norm(nmid)
-        p_up = pivot + nmid * du.disc_post
-        frames[n] = Frame(p_up - R @ np.array([0, du.body_d / 2, -du.body_h / 2]), R)
-        # strong bending would press the posterior elements together: open the disc instead
-        top_pts = A.posterior_clearance_points(dl)[0]
-        bot_pts = frames[n].to_world(A.posterior_clearance_points(du)[1])
-        clear = float(np.min(lower.to_local_xyz(*bot_pts.T)[2]) - np.max(top_pts[:, 2]))
-        if clear < MIN_POSTERIOR_CLEARANCE_MM:
-            frames[n] = Frame(frames[n].origin + nmid * (MIN_POSTERIOR_CLEARANCE_MM - clear), R)
-    shift = -np.mean([frames[n].origin for n in names], axis=0)
-    for fr in frames.values():
-        fr.origin = fr.origin + shift
-
-    cort_hu = M.CORTICAL_HU_OSTEOPOROTIC if osteoporosis else M.CORTICAL_HU
-    cort_mm = M.CORTEX_MM_OSTEOPOROTIC if osteoporosis else M.CORTEX_MM
-    models: dict[str, A.VertebraModel] = {}
-    for n in names:
-        d = dims[n]
-        canc = (M.CANCELLOUS_HU_OSTEOPOROTIC * d.cancellous / 220.0) if osteoporosis else d.cancellous
-        fr = None
-        if frac and frac[0] == n:
-            fr = (frac[2], 0.0)
-        v = A.build_vertebra(n, LV.verse_code(n), frames[n], d, cancellous_hu=canc, fracture=fr)
-        if fr:
-            _solve_fracture_loss(v.body, frac[2], M.GENANT_TARGET_LOSS[frac[1]])
-            v.fracture = {"grade": frac[1], "type": frac[2]}
-        models[n] = v
-    for i, n in enumerate(names):
-        idx = chain.index(n)
-        facet_above = dims[chain[idx - 1]].facet if idx > 0 else dims[n].facet
-        A.add_sap(models[n], facet_above, models[names[i - 1]] if i > 0 else None)
-        if i > 0:
-            A.add_iap(models[names[i - 1]], models[n], dims[names[i - 1]].facet)
-
-    rib_levels = [n for n in names if n.startswith("T")] if ribs else []
-    rib_shapes = {n: A.build_ribs(models[n]) for n in rib_levels}
-    ilium, crest = A.build_ilium(models["S1"]) if "S1" in names else ([], {})
-    discs = [A.Disc(models[names[i + 1]].body, models[names[i]].body) for i in range(len(names) - 1)]
-
-    # ------------------------------------------------------------------ field of view
-    all_shapes = [s for v in models.values() for _, s in v.parts] + ilium + [s for r in rib_shapes.values() for s in r]
-    lo = np.min([s.lo for s in all_shapes], axis=0)
-    hi = np.max([s.hi for s in all_shapes], axis=0)
-    tips = np.array(sorted((v.spinous_tip for v in models.values()), key=lambda p: p[2]))
-    skin_extra = SUPRASPINOUS_MM + fat_mm + M.SKIN_MM
-
-    def y_skin(z):
-        return np.interp(z, tips[:, 2], tips[:, 1]) + skin_extra
-
-    if fov == "full":
-        lo = np.array([max(lo[0] - 8.0, -140.0), lo[1] - 25.0, lo[2] - 6.0])
-        hi = np.array([min(hi[0] + 8.0, 140.0), max(hi[1], tips[:, 1].max() + skin_extra) + 10.0, hi[2] + 6.0])
-    else:
-        lo, hi = lo - 6.0, hi + 6.0
-    grid = Grid(lo, hi, sp)
-    h = grid.h
+    an = _build_anatomy(names, lumbar_count, lordosis_deg, scoliosis_deg, rotation_deg, frac, osteoporosis,
+                        pedicle_scale, fat_mm, ribs, jitter, rng_dims)
+    grid = _field_of_view(an, fov, sp)
     ct = np.full(grid.shape, M.AIR_HU, dtype=np.float32)
     lab = np.zeros(grid.shape, dtype=np.uint8)
-
-    # ------------------------------------------------------------------ soft tissue (per slice)
-    # The layers are offsets of one ellipse, so the tissue is a 1-D function of the distance to
-    # the skin: build that profile once (the same partial-volume blends as paint_soft) as a
-    # look-up table.  The trunk is wide and smooth, so per column the distance is the vertical
-    # distance to the boundary times the boundary normal's y component.
-    ax_, by_ = TRUNK_SEMI_AXES
-    lut_step = h / 32.0
-    dprof = np.arange(-(M.SKIN_MM + fat_mm + 2 * h), 2 * h, lut_step)
-    prof = np.full(dprof.shape, M.AIR_HU)
-    for da, hu in ((0.0, M.SKIN_HU), (M.SKIN_MM, M.FAT_HU), (M.SKIN_MM + fat_mm, M.MUSCLE_HU)):
-        f = np.clip(0.5 - (dprof + da) / h, 0.0, 1.0)
-        prof += f * (hu - prof)
-    lut = np.concatenate([[M.MUSCLE_HU], prof, [M.AIR_HU]]).astype(np.float32)
-    xs = grid.axes[0].astype(np.float64)
-    ys = grid.axes[1][None, :]
-    xr = np.clip(xs / ax_, -1.0, 1.0)
-    half = by_ * np.sqrt(1.0 - xr * xr)  # boundary y offset from the centre, per column
-    ny = (half / by_**2) / np.sqrt((xs / ax_**2) ** 2 + (half / by_**2) ** 2 + 1e-30)
-    for k in progress(range(grid.shape[2]), "phantom: soft tissue"):
-        yc = float(y_skin(grid.axes[2][k]) - by_)
-        d_post = (ys - (yc + half)[:, None]) * ny[:, None]
-        d_ant = ((yc - half)[:, None] - ys) * ny[:, None]
-        dd = np.maximum(d_post, d_ant)
-        idx = np.clip((dd - dprof[0]) / lut_step + 1.0, 0, len(lut) - 1).astype(np.int32)
-        ct[:, :, k] = lut[idx]
-
-    # canal: epidural fat and thecal sac (CSF) along the canal centres
-    cc = [models[n].frame.to_world([0, dims[n].body_d / 2 + dims[n].canal_d / 2, models[n].z_p]) for n in names]
-    top_ext = cc[0] + models[names[0]].frame.R[:, 2] * 25.0
-    cc = [top_ext, *cc]
-    if "S1" in names:
-        cc.append(models["S1"].frame.to_world([0, dims["S1"].body_d / 2 + 6.0, -30.0]))
-    else:
-        cc.append(cc[-1] - models[names[-1]].frame.R[:, 2] * 25.0)
-    epi, sac = [], []
-    for i in range(len(cc) - 1):
-        n = names[min(max(i - 1, 0), len(names) - 1)]
-        dd = dims[n]
-        ref = models[n].frame.R[:, 0]
-        epi.append(Tube(cc[i], cc[i + 1], ref=ref, r_up=dd.canal_w / 2 + 1.0, r_side=dd.canal_d / 2 + 1.0))
-        sac.append(Tube(cc[i], cc[i + 1], ref=ref, r_up=0.38 * dd.canal_w, r_side=0.36 * dd.canal_d))
-    for shapes, hu in ((epi, M.EPIDURAL_FAT_HU), (sac, M.CSF_HU)):
-        res = union_sdf(grid, shapes, 2 * h)
-        if res is not None:
-            paint_soft(ct, res[0], res[1], hu, h)
-
-    # discs
-    for disc in discs:
-        box = grid.box(disc.lo, disc.hi, 2 * h)
-        if box is None:
-            continue
-        sl, (X, Y, Z) = box
-        dd = disc.sdf(X, Y, Z)
-        hu = np.where(disc.nucleus(X, Y, Z), np.float32(M.NUCLEUS_HU), np.float32(M.ANNULUS_HU))
-        paint_soft(ct, sl, np.asarray(dd, np.float32), np.broadcast_to(hu, dd.shape), h)
-
-    # other bone: ilium and ribs (not labelled)
-    ilium_canc = M.CANCELLOUS_HU_OSTEOPOROTIC if osteoporosis else M.ILIUM_CANCELLOUS_HU
-    rib_canc = M.CANCELLOUS_HU_OSTEOPOROTIC if osteoporosis else M.RIB_CANCELLOUS_HU
-    for shapes, canc in ((ilium, ilium_canc), *[(r, rib_canc) for r in rib_shapes.values()]):
-        if shapes:
-            res = union_sdf(grid, shapes, 2 * h + cort_mm)
-            if res is not None:
-                paint_bone(ct, res[0], res[1], cort_hu, canc, cort_mm, h)
-
-    # vertebrae (labelled)
-    overlaps = 0
-    for n in progress(names, "phantom: vertebrae"):
-        v = models[n]
-        res = union_sdf(grid, [s for _, s in v.parts], 2 * h + cort_mm)
-        if res is None:
-            continue
-        sl, dd = res
-        paint_bone(ct, sl, dd, cort_hu, v.cancellous_hu, cort_mm, h)
-        sub = lab[sl]
-        inside = dd <= 0
-        overlaps += int(np.count_nonzero(sub[inside]))  # voxels already claimed by another vertebra
-        sub[inside] = v.code
-
-    # noise and int16 conversion slab by slab (no full-size temporaries at 0.5 mm)
-    ct_i16 = np.empty(grid.shape, dtype=np.int16)
-    step = max(1, int(4_000_000 // (grid.shape[0] * grid.shape[1])))
-    for k0 in range(0, grid.shape[2], step):
-        slab = ct[:, :, k0:k0 + step]
-        if noise_hu > 0:
-            slab += rng_noise.standard_normal(slab.shape, dtype=np.float32) * np.float32(noise_hu)
-        np.rint(slab, out=slab)
-        np.clip(slab, -1024, 3071, out=slab)
-        ct_i16[:, :, k0:k0 + step] = slab
+    _paint_trunk(ct, grid, an, fat_mm)
+    _paint_canal_and_discs(ct, grid, an)
+    overlaps = _paint_bones(ct, lab, grid, an, osteoporosis)
+    ct_i16 = _to_int16(ct, noise_hu, rng_noise)
     del ct
-
-    # ------------------------------------------------------------------ ground truth
-    verts = {n: _vertebra_truth(models[n], n in rib_levels) for n in names}
-    zs = np.arange(grid.axes[2][0], grid.axes[2][-1] + 1e-6, 5.0)
-    truth: dict[str, Any] = {
-        "format": TRUTH_FORMAT, "version": TRUTH_VERSION, "frame": "LPS", "units": "mm",
-        "params": params,
-        "grid": {"shape": list(grid.shape), "spacing_mm": _r(grid.spacing, 4), "origin": _r(grid.origin, 4)},
-        "tissue_hu": {"cortical": cort_hu, "cortex_mm": cort_mm, "disc_annulus": M.ANNULUS_HU,
-                      "disc_nucleus": M.NUCLEUS_HU, "csf": M.CSF_HU, "epidural_fat": M.EPIDURAL_FAT_HU,
-                      "muscle": M.MUSCLE_HU, "fat": M.FAT_HU, "skin": M.SKIN_HU, "air": M.AIR_HU},
-        "vertebrae": verts,
-        "discs": {f"{names[i]}-{names[i + 1]}": {
-            "posterior_height_mm": round(dims[names[i]].disc_post, 3),
-            "segmental_lordosis_deg": round(alpha[names[i + 1]] - alpha[names[i]], 3)} for i in range(len(names) - 1)},
-        "spine": {"scoliosis_end_vertebrae": list(A.scoliosis_end_vertebrae(chain)),
-                  "lordosis_L1_S1_deg": round(alpha["S1"] - alpha["L1"], 3) if "L1" in alpha else None,
-                  "tilt_sagittal_deg": {n: round(alpha[n], 3) for n in names},
-                  "tilt_coronal_deg": {n: round(beta[n], 3) for n in names},
-                  "axial_rotation_deg": {n: round(psi[n], 3) for n in names}},
-        "ribs": {n: True for n in rib_levels},
-        "label_overlap_voxels": overlaps,
-        "iliac_crest": crest,
-        "skin": {"posterior_midline_y_at_z": [[round(float(z), 2), round(float(y_skin(z)), 3)] for z in zs],
-                 "fat_mm": float(fat_mm)},
-        "definitions": {
-            "isthmus": "outer width/height of the pedicle's narrowest cross-section perpendicular to its axis; "
-                       "width along the horizontal (vertebra transverse-plane) direction, height along the other",
-            "heights": "vertical (frame z) outer heights in the mid-sagittal plane, 3 mm inside the anterior and "
-                       "posterior body edges and at the centre of the mid-sagittal AP line",
-            "body_ap_depth": "mid-sagittal chord along frame y at mid-height through the frame origin",
-            "body_width": "chord along frame x at mid-height through the body's widest AP position",
-            "canal_ap": "mid-sagittal bone-free gap along frame y at the pedicle-axis height",
-            "canal_transverse": "bone-free gap along frame x through the two isthmus centres",
-            "axis_entry_point": "where the pedicle axis, followed posteriorly from the isthmus, last leaves the "
-                                "vertebra's bone (within 60 mm); axis_bone_length_mm runs from there to where the "
-                                "axis leaves the body anteriorly",
-            "joint_spaces": "facet joints are 2 mm wide; at voxels above ~1.15 mm neighbours may touch diagonally",
-            "endplate_normals": "both point cranially (towards +frame z); plane fitted to the endplate rim",
-            "height_loss_pct": "100*(1-min(ant,mid)/max(post, expected)); expected = this level's unfractured "
-                               "posterior height",
-        },
-        "disclaimer": "Synthetic research phantom; not patient data and not a certified medical device.",
-    }
+    truth = _truth(an, grid, params, osteoporosis, fat_mm, overlaps)
     meta = {"source": "spineplan phantom", "synthetic": True}
     ct_vol = Volume(ct_i16, grid.affine, modality="CT", meta=dict(meta))
     lab_vol = Volume(lab, grid.affine, modality="SEG", meta=dict(meta, convention="verse"))
