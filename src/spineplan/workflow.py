@@ -98,7 +98,9 @@ def write_carm_csv(rows: list[dict], path: TypePath) -> None:
 
 
 def run_plan(ct_path: TypePath, out_dir: TypePath, *, labels: TypePath | None = None, levels=None,
-             sides=("left", "right"), catalogue=None, settings=None, progress: bool = True):
+             sides=("left", "right"), catalogue=None, settings=None, progress: bool = True,
+             access_levels="auto", procedure: str = "kyphoplasty", gauge: int = 11,
+             reports: bool = True, patient_name: str | None = None):
     """Plan ``levels`` on the CT at ``ct_path`` and write every output into ``out_dir``.
 
     ``labels``: a vertebra label map (VerSe / TotalSegmentator) to use instead of spineplan's
@@ -106,6 +108,11 @@ def run_plan(ct_path: TypePath, out_dir: TypePath, *, labels: TypePath | None = 
     passes :data:`DEMO_LEVELS`). ``catalogue``: a :class:`~spineplan.plan.catalogue.ScrewCatalogue`
     or a CSV path. ``settings``: :class:`~spineplan.plan.settings.PlannerSettings`. Returns the
     :class:`~spineplan.plan.model.Plan` (as written to ``plan.json``).
+
+    ``access_levels``: vertebral augmentation (``procedure`` "kyphoplasty" or "vertebroplasty",
+    needle ``gauge`` 11 or 13) for ``"auto"`` = every level with a Genant grade >= 1, a level spec
+    such as ``"T12"`` / a list, or ``None`` for no access planning. ``reports``: write the surgeon's
+    and the patient's reports (HTML + PDF); ``patient_name`` appears in them only when given.
     """
     from spineplan.errors import PlanningError
     from spineplan.levels import level_range
@@ -157,6 +164,19 @@ def run_plan(ct_path: TypePath, out_dir: TypePath, *, labels: TypePath | None = 
 
         plan_incisions(state["plan"], state["skin"], spine=state["spine"])
 
+    def access():
+        from spineplan.plan.access import plan_access
+
+        if access_levels is None:
+            return
+        chosen = None if access_levels == "auto" else (
+            level_range(access_levels) if isinstance(access_levels, str) else list(access_levels))
+        acc, warns = plan_access(state["ct"], state["spine"], chosen, procedure=procedure, gauge=gauge,
+                                 settings=settings, skin=state["skin"])
+        state["plan"].access.extend(acc)
+        state["plan"].warnings.extend(warns)
+        state["plan"].extra["access_levels"] = sorted({a.level for a in acc})
+
     def carm():
         rows = carm_plan(state["spine"], state["plan"], level_list)
         state["plan"].extra["carm"] = rows
@@ -182,9 +202,17 @@ def run_plan(ct_path: TypePath, out_dir: TypePath, *, labels: TypePath | None = 
 
         screw_figures(state["ct"], state["plan"], tmp / "screws", spine=state["spine"], labels=state["spine"].labels)
 
+    def write_reports_step():
+        from spineplan.report.surgeon import write_reports
+
+        write_reports(state["plan"], state["ct"], state["spine"], tmp, patient_name=patient_name)
+
     steps: list[tuple[str, Callable[[], None]]] = [
         ("read CT", read), ("anatomy", anatomy), ("screws", screws), ("rods", rods), ("incisions", incisions),
-        ("C-arm angles", carm), ("tables", tables), ("Slicer folder", slicer), ("screw pictures", pictures)]
+        ("access", access), ("C-arm angles", carm), ("tables", tables), ("Slicer folder", slicer),
+        ("screw pictures", pictures)]
+    if reports:
+        steps.append(("reports", write_reports_step))
     try:
         if progress:
             from tqdm import tqdm

@@ -25,6 +25,15 @@ def configure(parser) -> None:
                         help="minimum bone margin around every screw in mm (default: the planner's, 1.0)")
     parser.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder (created; an earlier "
                         "plan there is replaced only when the new one is complete)")
+    parser.add_argument("--access", default="auto", metavar="auto|none|LEVELS",
+                        help="vertebroplasty/kyphoplasty needle access: 'auto' (default) for every level with a "
+                             "Genant compression fracture, 'none', or levels such as T12 or T12,L1")
+    parser.add_argument("--procedure", choices=("kyphoplasty", "vertebroplasty"), default="kyphoplasty",
+                        help="augmentation procedure for the access levels (default: kyphoplasty)")
+    parser.add_argument("--gauge", type=int, choices=(11, 13), default=11, help="access needle gauge (default 11)")
+    parser.add_argument("--no-reports", action="store_true", help="do not write the surgeon's and patient's reports")
+    parser.add_argument("--patient-name", metavar="NAME", help="name to print on the reports (never taken "
+                        "from the DICOM; omitted unless given here)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -64,6 +73,14 @@ def summary(plan) -> str:
             flag = "  FLAGGED" if i.length_mm > 30 else ""
             lines.append(f"  {i.side:<6} {'/'.join(e.get('levels', [])):<9} {i.length_mm:.0f} mm, "
                          f"{e.get('distance_from_midline_mm', float('nan')):.0f} mm from the midline{flag}")
+    if plan.access:
+        lines.append("")
+        lines.append(f"NEEDLE ACCESS ({len(plan.access)}):")
+        for a in plan.access:
+            e = a.extra
+            cement = e.get("cement_ml_estimate", e.get("cement_ml"))
+            lines.append(f"  {a.level:<6}{a.side:<7}{a.procedure}, {e.get('approach', '')}, {a.gauge} G, "
+                         f"grade {e.get('grade', '-')}" + ("" if cement is None else f", cement ~{float(cement):.1f} mL"))
     if plan.extra.get("carm"):
         from spineplan.fluoro.views import angles_table_text
 
@@ -86,7 +103,11 @@ def run(args) -> int:
         settings = replace(settings, margin_mm=float(args.margin))
     sides = ("left", "right") if args.sides == "both" else (args.sides,)
     plan = run_plan(args.ct, args.out, labels=args.labels, levels=args.levels, sides=sides,
-                    catalogue=args.catalogue, settings=settings, progress=not args.no_progress)
+                    catalogue=args.catalogue, settings=settings, progress=not args.no_progress,
+                    access_levels=None if args.access == "none" else args.access, procedure=args.procedure,
+                    gauge=args.gauge, reports=not args.no_reports, patient_name=args.patient_name)
     print(summary(plan))
-    print(f"\nPlan written to {args.out}/ (plan.json, screws.csv, carm.csv, slicer/, screws/)")
+    outputs = "plan.json, screws.csv, carm.csv, slicer/, screws/" + ("" if args.no_reports else
+                                                                      ", surgeon and patient reports (HTML, PDF)")
+    print(f"\nPlan written to {args.out}/ ({outputs})")
     return 0
