@@ -225,17 +225,6 @@ def candidate_axes(ctx: VertebraContext, side: str, centre: np.ndarray, medial0:
     return np.repeat(pts, D, axis=0), np.tile(dirs, (P, 1))
 
 
-def _profiles(fld: DistanceField, origins: np.ndarray, dirs: np.ndarray, ts: np.ndarray) -> np.ndarray:
-    """SDF along many rays: (N, T)."""
-    return fld.sample_rays(origins, dirs, ts)
-
-
-def _first_true(b: np.ndarray) -> np.ndarray:
-    """Index of the first True per row, or the row length when none."""
-    has = b.any(axis=1)
-    return np.where(has, np.argmax(b, axis=1), b.shape[1])
-
-
 def recentre(ctx: VertebraContext, side: str, centre, med0: float, cra0: float, st: PlannerSettings):
     """Coarse wide pass: the axis with the largest inscribed radius at its narrowest point in the
     25 mm after the entry zone is the pedicle's centre line; return its point nearest the seed

@@ -13,7 +13,6 @@ Research software for planning support, not a certified medical device.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Iterable
 
 import numpy as np
