@@ -523,12 +523,13 @@ def test_cli_writes_phantom(tmp_path, capsys):
 
     out = tmp_path / "ph"
     rc = main(["phantom", "-o", str(out), "--levels", "L4-S1", "--spacing", "3", "--fracture", "L4:2:wedge",
-               "--seed", "2", "--no-ribs"])
+               "--seed", "2", "--no-ribs", "--fov", "spine", "--jitter", "0"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "truth.json" in text and "L4 Genant grade 2" in text and "not a certified medical device" in text
     t = load_truth(out / "truth.json")
     assert t["params"]["seed"] == 2 and t["vertebrae"]["L4"]["fracture"]["grade"] == 2
+    assert t["params"]["fov"] == "spine" and t["params"]["jitter"] == 0.0 and not t["ribs"]
     rc = main(["phantom", "-o", str(out), "--levels", "L1-L2", "--fracture", "L5:2"])
     assert rc != 0
     assert "not a drawn vertebra" in capsys.readouterr().err

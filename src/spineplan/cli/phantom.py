@@ -37,6 +37,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (dimensions jitter, noise)")
     parser.add_argument("--lumbar-count", type=int, default=5, choices=(5, 6), help="5, or 6 for an L6")
     parser.add_argument("--no-ribs", action="store_true", help="draw no ribs")
+    parser.add_argument("--fov", choices=("full", "spine"), default="full",
+                        help="field of view: 'full' (with the back's skin; default) or 'spine' (tight box, small files)")
+    parser.add_argument("--jitter", type=float, default=0.03,
+                        help="largest relative per-level size change drawn from the seed (default 0.03; 0 = table values)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     ph = make_phantom(levels=args.levels, spacing=args.spacing, lordosis_deg=args.lordosis,
                       scoliosis_deg=args.scoliosis, rotation_deg=args.rotation, fracture=args.fracture,
                       osteoporosis=args.osteoporosis, pedicle_scale=args.pedicle_scale, fat_mm=args.fat,
-                      noise_hu=args.noise, seed=args.seed, lumbar_count=args.lumbar_count, ribs=not args.no_ribs)
+                      noise_hu=args.noise, seed=args.seed, lumbar_count=args.lumbar_count, ribs=not args.no_ribs,
+                      fov=args.fov, jitter=args.jitter)
     paths = write_phantom(ph, args.out)
     dt = time.perf_counter() - t0
     names = list(ph.truth["vertebrae"])

@@ -471,5 +471,5 @@ def build_ilium(s1: VertebraModel) -> tuple[list[Shape], dict]:
     return shapes, {k: v.round(3).tolist() for k, v in crest.items()}
 
 
-__all__ = ["Body", "Disc", "Union", "VertebraModel", "PedicleSpec", "build_vertebra", "add_sap", "add_iap",
-           "build_ribs", "build_ilium", "Ellipsoid", "Frame", "Tube", "rot_x", "rot_y", "rot_z"]
+__all__ = ["Body", "Disc", "Union", "VertebraModel", "PedicleSpec", "local_layout", "posterior_clearance_points",
+           "build_vertebra", "add_sap", "add_iap", "build_ribs", "build_ilium", "scoliosis_end_vertebrae"]

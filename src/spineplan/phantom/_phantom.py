@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,12 @@ class Phantom:
 
     ct: Volume
     labels: Volume
-    truth: dict
+    truth: dict = field(repr=False)
+
+    def __repr__(self) -> str:
+        names = list(self.truth.get("vertebrae", {}))
+        span = f"{names[0]}-{names[-1]}" if names else "no vertebrae"
+        return f"Phantom({span}, ct={self.ct!r})"
 
 
 # ----------------------------------------------------------------------------- parameters
