@@ -37,8 +37,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from spineplan.workflow import run_plan
 
-    plan = run_plan(files["ct"], out / "plan", labels=files["labels"], levels=["L1", "L2", "L3", "L4", "L5"])
-    print(f"plan: {len(plan.screws)} screws, {len(plan.rods)} rods, {len(plan.incisions)} incisions, "
+    from spineplan.cli.plan import summary
+
+    # The demo segments and names the vertebrae itself (no labels given), as with a patient's CT.
+    plan = run_plan(files["ct"], out / "plan", levels=["L1", "L2", "L3", "L4", "L5"], patient_name=None)
+    print(summary(plan))
+    print(f"\nplan: {len(plan.screws)} screws, {len(plan.rods)} rods, {len(plan.incisions)} incisions, "
           f"{len(plan.access)} access paths, {len(plan.warnings)} warnings -> {out / 'plan'}")
+    print(f"open {out / 'plan' / 'surgeon_report.pdf'} and {out / 'plan' / 'patient_report.pdf'}; "
+          f"load {out / 'plan' / 'slicer'} in 3D Slicer")
     print(f"done in {time.perf_counter() - t0:.1f} s. Research software, not a medical device.")
     return 0
