@@ -620,8 +620,13 @@ def _pedicle_seed(g: _Grid, canal: _Canal, side: str):
         lab, n = label(sec)
         if n == 0:
             continue
-        # the component nearest the canal's lateral border
-        ii, kk = np.nonzero(sec)
+        # the component nearest the canal's lateral border, ignoring slivers (< 12 mm2)
+        sizes = np.bincount(lab.ravel()) * g.res ** 2
+        big = sizes >= 12.0
+        big[0] = False
+        ii, kk = np.nonzero(big[lab])
+        if ii.size == 0:
+            continue
         dist = np.abs(gx[ii] - cx)
         comp = lab[ii[np.argmin(dist)], kk[np.argmin(dist)]]
         ci, ck = np.nonzero(lab == comp)
@@ -752,9 +757,11 @@ def _measure_pedicle(ct, crop, fit: _FrameFit, side: str, sp: float) -> Pedicle 
             return None
         width = _smooth(rows[:, 1])
         wmin = width.min()
-        part = width < 1.35 * wmin + 0.5
+        # the pedicle proper: narrow, and not yet merged with the body or a process in height
+        hc = np.median(rows[np.abs(rows[:, 0]) <= 3.0, 2]) if np.any(np.abs(rows[:, 0]) <= 3.0) else np.median(rows[:, 2])
+        part = (width < 1.35 * wmin + 0.5) & (_smooth(rows[:, 2]) < 1.25 * hc + 0.5)
         # contiguous run around the minimum = the pedicle proper
-        k = int(np.argmin(width))
+        k = int(np.argmin(np.where(part, width, np.inf)))
         lo = k
         while lo > 0 and part[lo - 1]:
             lo -= 1
