@@ -27,6 +27,8 @@ FACET_BROAD_R = 6.0  # half-width of an articular process along the joint, mm
 PEDICLE_FLARE_POST = (1.40, 1.08)
 PEDICLE_FLARE_ANT = (1.30, 1.08)
 PEDICLE_ANT_LEN_MM = 11.0
+#: The iliac wing is drawn as a ruled surface of flat tubes, this many per crest segment.
+ILIUM_LINES_PER_SEGMENT = 8
 #: Rib cross-section (~12 x 7 mm) and the rib-head to body joint gap.
 RIB_R_UP, RIB_R_SIDE, RIB_JOINT_GAP = 6.0, 3.5, 1.5
 
@@ -463,7 +465,7 @@ def build_ilium(s1: VertebraModel) -> tuple[list[Shape], dict]:
             shapes.append(Tube(p, q, ref=pf.R[:, 2], r_side=7.0, r_up=7.0))
         # wing: a ruled surface between crest and the lower line, as overlapping flat tubes
         for i in range(len(c) - 1):
-            for t in np.linspace(0, 1, 4, endpoint=False):
+            for t in np.linspace(0, 1, ILIUM_LINES_PER_SEGMENT, endpoint=False):
                 p = cw[i] + t * (cw[i + 1] - cw[i])
                 q = bw[i] + t * (bw[i + 1] - bw[i])
                 tang = (cw[i + 1] - cw[i]) / np.linalg.norm(cw[i + 1] - cw[i])
