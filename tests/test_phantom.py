@@ -475,6 +475,14 @@ def test_spacing_range_keeps_every_level():
     assert set(np.unique(ph.labels.array)) - {0} == {18, 19, 20, 21, 22, 23, 24, 26}
 
 
+def test_anisotropic_spacing_and_level_list():
+    ph = get_phantom(levels=["L3", "L4"], spacing=(1.0, 1.2, 2.5), fov="spine", noise_hu=0.0)
+    np.testing.assert_allclose(ph.ct.spacing, [1.0, 1.2, 2.5])
+    assert set(np.unique(ph.labels.array)) == {0, 22, 23}
+    c = ph.truth["vertebrae"]["L4"]["body_centroid"]
+    assert ph.labels.sample([c], order=0)[0] == 23
+
+
 def test_write_and_load_roundtrip(tmp_path):
     from spineplan.io import read_nifti
 
