@@ -121,3 +121,15 @@ def test_real_abdomen_heights_against_totalsegmentator(abdomen):
         assert 80.0 < v.measurements["cancellous_hu"] < 200.0
         assert v.frame.axes[2][2] > 0.8
     assert np.mean(np.abs(diffs)) < 3.5
+
+
+def test_osteoporotic_phantom_is_flagged_and_normal_one_is_not():
+    from _phantoms import get_phantom
+
+    for osteo in (False, True):
+        ph = get_phantom(levels="L2-L3", spacing=2.0, osteoporosis=osteo, fov="spine")
+        truth = ph.truth["vertebrae"]["L2"]
+        v = measure_vertebra(ph.ct, np.asarray(ph.labels.array) == 21, "L2", 21)
+        assert v.measurements["cancellous_hu"] == pytest.approx(truth["cancellous_hu"], abs=15.0)
+        assert v.measurements["osteoporosis_suspected"] is (truth["cancellous_hu"] < OSTEOPOROSIS_HU)
+        assert v.measurements["osteoporosis_suspected"] is osteo

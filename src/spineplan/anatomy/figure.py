@@ -87,10 +87,10 @@ def render_anatomy(ct: Volume, spine: Spine, path: TypePath, *, dpi: int = 110):
                 continue
             fr = v.fracture or {}
             txt = v.name
-            colour = "white"
+            box = colours.get(v.label, (0, 0, 0))[:3]
             if fr.get("grade"):
-                txt += f"  G{fr['grade']} {fr.get('type', '')}"
-                colour = "#ff5050"
+                txt += f"  Genant {fr['grade']} {fr.get('type', '')}"
+                box = (0.85, 0.05, 0.05)  # fractures stand out in red
             if not v.complete:
                 txt += " (partial)"
             i = int(np.argmin(np.abs(z - zc)))
@@ -98,8 +98,8 @@ def render_anatomy(ct: Volume, spine: Spine, path: TypePath, *, dpi: int = 110):
                 xpos = ys[0] + 3.0
             else:
                 xpos = v.frame.origin[0] - xc[i] + 40.0
-            ax.text(xpos, zc, txt, color=colour, fontsize=10, weight="bold", va="center",
-                    bbox=dict(facecolor=colours.get(v.label, (0, 0, 0))[:3], alpha=0.55, pad=1.5, lw=0))
+            ax.text(xpos, zc, txt, color="white", fontsize=10, weight="bold", va="center",
+                    bbox=dict(facecolor=box, alpha=0.8, pad=1.5, lw=0))
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("mm")
         ax.set_ylabel("z (mm, superior up)" if kind == "sag" else "")

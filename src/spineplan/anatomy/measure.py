@@ -50,6 +50,9 @@ OSTEOPOROSIS_HU = 110.0
 #: trabecular bone, away from the cortex.
 CANCELLOUS_DEPTH_MM = 3.0
 
+#: Levels whose pedicle has no free isthmus to measure: the S1 pedicle runs into the sacral ala.
+NO_ISTHMUS_LEVELS = ("S1",)
+
 #: Resolution (mm) of the frame-aligned resampling of the label mask.
 _GRID_MM = 1.0
 #: The pedicle is looked for in the anterior part of the canal's AP extent (from the posterior
@@ -936,7 +939,7 @@ def measure_vertebra(ct: Volume, mask: np.ndarray, name: str, label: int, *, nei
                         warnings=[f"{name}: could not fit the vertebra's frame ({exc}); only its volume is given."])
     sub = crop.ct
     pedicles: dict[str, Pedicle] = {}
-    for side in SIDES:
+    for side in (SIDES if name not in NO_ISTHMUS_LEVELS else ()):
         try:
             p = _measure_pedicle(sub, crop, fit, side, sp)
         except (ValueError, IndexError, np.linalg.LinAlgError):
@@ -945,6 +948,8 @@ def measure_vertebra(ct: Volume, mask: np.ndarray, name: str, label: int, *, nei
             pedicles[side] = p
         else:
             warnings.append(f"{name}: the {side} pedicle could not be measured.")
+    if name in NO_ISTHMUS_LEVELS:
+        warnings.append(f"{name}: its pedicles merge with the sacral ala (no free isthmus); they are not measured.")
     meas: dict[str, float] = {}
     body, endplates = _body_measurements(sub, crop, fit, sp)
     meas.update(body)
