@@ -76,3 +76,24 @@ def test_fracture_grades_on_the_synthetic_vertebra_heights():
     s = Spine(vertebrae=[_v("L1", 26.5, 26.5, 26.5), v, _v("L3", 27.5, 27.5, 27.5)], labels=None)
     grade_fractures(s)
     assert s["L2"].fracture["grade"] == 0, h
+
+
+@pytest.mark.parametrize("kw", [
+    dict(levels="L1-L3", fracture=("L2", 1, "biconcave"), seed=4),
+    dict(levels="T12-L2", fracture=("L1", 3, "crush"), seed=5, lordosis_deg=50.0),
+    dict(levels="L2-L4", fracture=("L3", 2, "wedge"), seed=6, scoliosis_deg=12.0, rotation_deg=8.0, osteoporosis=True),
+])
+def test_phantom_fractures_graded_and_no_false_fracture(kw):
+    """Measured heights of phantom vertebrae give each fracture's Genant grade and type, and
+    grade the intact neighbours 0 (2 mm voxels)."""
+    from _phantoms import get_phantom
+    from spineplan.anatomy.spine import build_spine
+
+    ph = get_phantom(spacing=2.0, fov="spine", **kw)
+    spine = build_spine(ph.ct, ph.labels)
+    for v in spine.vertebrae:
+        t = ph.truth["vertebrae"][v.name]["fracture"]
+        assert v.fracture["grade"] == t["grade"], (v.name, v.fracture, t)
+        if t["grade"]:
+            assert v.fracture["type"] == t["type"], (v.name, v.fracture, t)
+            assert v.fracture["height_loss_pct"] == pytest.approx(t["height_loss_pct"], abs=5.0)
