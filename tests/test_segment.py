@@ -173,3 +173,4 @@ def test_cli_segment_with_labels_file(tmp_path, data_file, capsys):
     lab = np.asarray(read_nifti(out, modality="SEG").array)
     ref = _ts_masks(data_file(ABDOMEN_REF))
     assert _dice(lab == VERSE_CODES["L4"], ref["L4"]) > 0.99
+

@@ -33,7 +33,7 @@ SACRUM_MIN_WIDTH_MM = 60.0
 #: (joint space 1-3 mm plus partial-volume loss at 3 mm voxels).
 CONTACT_MM = 5.0
 #: Smallest volume of bone (mm^3) within CONTACT_MM of a vertebra that makes a rib contact.
-CONTACT_MIN_MM3 = 60.0
+CONTACT_MIN_MM3 = 25.0
 #: Sacro-iliac contact: the auricular surfaces are ~15-20 cm^2 each side; we ask for a small
 #: fraction of that within CONTACT_MM.
 SI_CONTACT_MIN_MM3 = 400.0
@@ -96,8 +96,6 @@ def parse_anchor(anchor: str, ct) -> tuple[str, np.ndarray | None, float | None]
 def _names_from(index: int, name: str, n: int, lumbar_count: int = 5) -> list[str]:
     """Names of ``n`` segments (cranial first) when segment ``index`` is ``name``."""
     seq = [f"C{i}" for i in range(1, 8)] + [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, lumbar_count + 1)] + ["S1"]
-    if lumbar_count == 6:
-        seq = [s if s != "L6" else "L6" for s in seq]
     if name not in seq:
         seq = STANDARD
     pos = seq.index(name)
@@ -210,6 +208,18 @@ def name_segments(segs, inst, bone, coords, curve, grid, box, *, anchor=None, ct
         if gap == 5:
             auto_names = _names_from(pos[sacrum_i], "S1", n)
             conf, method = CONF_CROSS_CHECKED, "sacrum-count+last-rib cross-checked"
+        elif gap == 6 and min(rib_contacts[segs[last_rib].label].values()) >= min_contact:
+            # (only with a pair of ribs on the last rib-bearing vertebra: a missed short 12th rib
+            # at coarse voxels must not turn L5 into "L6")
+            # six lumbar-type vertebrae: T12 from the last rib, then L1-L6 (transitional L6)
+            lumb = gap
+            auto_names = _names_from(pos[last_rib], "T12", n, lumbar_count=6)
+            conf, method = CONF_DISAGREE, "last-rib count, L6 (six lumbar-type vertebrae above the sacrum)"
+            warnings.append(
+                "Transitional anatomy: six non-rib-bearing vertebrae between the last rib-bearing vertebra "
+                "and the sacrum. Named T12 (last rib), L1-L6; it may instead be a lumbarised S1 or 11 rib "
+                "pairs. Confirm by counting from C2 on a whole-spine image before choosing a level."
+            )
         else:
             lumb = gap
             auto_names = _names_from(pos[sacrum_i], "S1", n)
