@@ -475,6 +475,14 @@ def test_spacing_range_keeps_every_level():
     assert set(np.unique(ph.labels.array)) - {0} == {18, 19, 20, 21, 22, 23, 24, 26}
 
 
+def test_blur_softens_cortex_but_keeps_labels():
+    kw = dict(levels="L4", spacing=0.5, fov="spine", noise_hu=0.0, ribs=False)
+    sharp, soft = get_phantom(**kw), get_phantom(blur_mm=1.0, **kw)
+    assert np.array_equal(sharp.labels.array, soft.labels.array)
+    assert soft.ct.array.max() < sharp.ct.array.max() - 100  # the 1 mm cortex is smeared
+    assert soft.truth["params"]["blur_mm"] == 1.0
+
+
 def test_anisotropic_spacing_and_level_list():
     ph = get_phantom(levels=["L3", "L4"], spacing=(1.0, 1.2, 2.5), fov="spine", noise_hu=0.0)
     np.testing.assert_allclose(ph.ct.spacing, [1.0, 1.2, 2.5])

@@ -34,6 +34,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pedicle-scale", type=float, default=1.0, help="scale pedicle isthmus widths (e.g. 0.6)")
     parser.add_argument("--fat", type=float, default=25.0, help="posterior subcutaneous fat in mm (default 25)")
     parser.add_argument("--noise", type=float, default=10.0, help="image noise SD in HU (default 10)")
+    parser.add_argument("--blur", type=float, default=0.0, help="Gaussian scanner blur SD in mm (default 0)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (dimensions jitter, noise)")
     parser.add_argument("--lumbar-count", type=int, default=5, choices=(5, 6), help="5, or 6 for an L6")
     parser.add_argument("--no-ribs", action="store_true", help="draw no ribs")
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
                       scoliosis_deg=args.scoliosis, rotation_deg=args.rotation, fracture=args.fracture,
                       osteoporosis=args.osteoporosis, pedicle_scale=args.pedicle_scale, fat_mm=args.fat,
                       noise_hu=args.noise, seed=args.seed, lumbar_count=args.lumbar_count, ribs=not args.no_ribs,
-                      fov=args.fov, jitter=args.jitter)
+                      fov=args.fov, jitter=args.jitter, blur_mm=args.blur)
     paths = write_phantom(ph, args.out)
     dt = time.perf_counter() - t0
     names = list(ph.truth["vertebrae"])

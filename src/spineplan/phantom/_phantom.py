@@ -504,7 +504,7 @@ def _truth(an: _Anatomy, grid: Grid, params: dict, osteoporosis: bool, fat_mm: f
 
 def make_phantom(*, levels="T11-S1", spacing=1.0, lordosis_deg=40.0, scoliosis_deg=0.0, rotation_deg=0.0,
                  fracture=None, osteoporosis=False, pedicle_scale=1.0, fat_mm=25.0, noise_hu=10.0, seed=0,
-                 lumbar_count=5, ribs=True, jitter=0.03, fov="full") -> Phantom:
+                 lumbar_count=5, ribs=True, jitter=0.03, fov="full", blur_mm=0.0) -> Phantom:
     """Build a synthetic lower thoracic/lumbar/sacral spine CT with exact ground truth.
 
     Parameters (all keyword-only):
@@ -526,6 +526,8 @@ def make_phantom(*, levels="T11-S1", spacing=1.0, lordosis_deg=40.0, scoliosis_d
         jitter: largest relative change of each level's dimensions drawn from ``seed`` (0 = table values).
         fov: "full" (bones, posterior skin and some anterior soft tissue; the default) or "spine"
             (a tight box around the drawn bones: small and fast, for tests).
+        blur_mm: standard deviation (mm) of a Gaussian scanner blur applied before the noise
+            (0 = none). The labels and the truth are unaffected.
     """
     names = _parse_levels(levels, lumbar_count)
     frac = _parse_fracture(fracture, names)
@@ -536,13 +538,14 @@ def make_phantom(*, levels="T11-S1", spacing=1.0, lordosis_deg=40.0, scoliosis_d
         raise InputError(f"pedicle_scale={pedicle_scale} must be in (0, 2].")
     if fov not in ("full", "spine"):
         raise InputError(f"fov={fov!r} is unknown; use 'full' or 'spine'.")
-    if fat_mm < 0 or noise_hu < 0:
-        raise InputError("fat_mm and noise_hu must not be negative.")
+    if fat_mm < 0 or noise_hu < 0 or blur_mm < 0:
+        raise InputError("fat_mm, noise_hu and blur_mm must not be negative.")
     params = dict(levels=names, spacing=[float(s) for s in sp], lordosis_deg=float(lordosis_deg),
                   scoliosis_deg=float(scoliosis_deg), rotation_deg=float(rotation_deg),
                   fracture=list(frac) if frac else None, osteoporosis=bool(osteoporosis),
                   pedicle_scale=float(pedicle_scale), fat_mm=float(fat_mm), noise_hu=float(noise_hu), seed=int(seed),
-                  lumbar_count=int(lumbar_count), ribs=bool(ribs), jitter=float(jitter), fov=fov)
+                  lumbar_count=int(lumbar_count), ribs=bool(ribs), jitter=float(jitter), fov=fov,
+                  blur_mm=float(blur_mm))
     rng_dims, rng_noise = (np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(2))
 
     an = _build_anatomy(names, lumbar_count, lordosis_deg, scoliosis_deg, rotation_deg, frac, osteoporosis,
@@ -553,6 +556,10 @@ def make_phantom(*, levels="T11-S1", spacing=1.0, lordosis_deg=40.0, scoliosis_d
     _paint_trunk(ct, grid, an, fat_mm)
     _paint_canal_and_discs(ct, grid, an)
     overlaps = _paint_bones(ct, lab, grid, an, osteoporosis)
+    if blur_mm > 0:
+        from scipy.ndimage import gaussian_filter
+
+        gaussian_filter(ct, sigma=[blur_mm / s for s in grid.spacing], output=ct, mode="nearest")
     ct_i16 = _to_int16(ct, noise_hu, rng_noise)
     del ct
     truth = _truth(an, grid, params, osteoporosis, fat_mm, overlaps)
