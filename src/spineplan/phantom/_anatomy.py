@@ -228,14 +228,6 @@ def _tilt_tables(names: list[str], lordosis: float, scoliosis: float, rotation: 
     return alpha, beta, psi
 
 
-def _chain_names(levels: list[str], lumbar_count: int) -> list[str]:
-    """All names from the top requested level down to S1 (the chain is built from the sacrum)."""
-    lumbar = [f"L{i}" for i in range(1, lumbar_count + 1)]
-    full = ["T10", "T11", "T12", *lumbar, "S1"]
-    top = full.index(levels[0])
-    return full[top:]
-
-
 # ------------------------------------------------------------------------------- builders
 def local_layout(d: M.LevelDims) -> dict:
     """Local landmarks of a vertebra that depend on its dimensions only (mm, vertebra frame)."""
