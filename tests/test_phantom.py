@@ -483,6 +483,19 @@ def test_blur_softens_cortex_but_keeps_labels():
     assert soft.truth["params"]["blur_mm"] == 1.0
 
 
+def test_cropped_field_of_view_marks_cut_vertebra_incomplete():
+    full = get_phantom(levels="T12-L2", spacing=2.0, fov="spine", noise_hu=0.0)
+    cut = get_phantom(levels="T12-L2", spacing=2.0, fov="spine", noise_hu=0.0, crop_top_mm=30.0)
+    assert all(v["complete"] for v in full.truth["vertebrae"].values())
+    assert [n for n, v in cut.truth["vertebrae"].items() if not v["complete"]] == ["T12"]
+    n_full = np.count_nonzero(full.labels.array == 19)
+    n_cut = np.count_nonzero(cut.labels.array == 19)
+    assert 0 < n_cut < 0.8 * n_full
+    assert cut.truth["vertebrae"]["L1"] == full.truth["vertebrae"]["L1"]
+    with pytest.raises(InputError, match="crop"):
+        make_phantom(levels="L3", spacing=2.0, fov="spine", crop_top_mm=200.0)
+
+
 def test_anisotropic_spacing_and_level_list():
     ph = get_phantom(levels=["L3", "L4"], spacing=(1.0, 1.2, 2.5), fov="spine", noise_hu=0.0)
     np.testing.assert_allclose(ph.ct.spacing, [1.0, 1.2, 2.5])

@@ -35,6 +35,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fat", type=float, default=25.0, help="posterior subcutaneous fat in mm (default 25)")
     parser.add_argument("--noise", type=float, default=10.0, help="image noise SD in HU (default 10)")
     parser.add_argument("--blur", type=float, default=0.0, help="Gaussian scanner blur SD in mm (default 0)")
+    parser.add_argument("--crop-top", type=float, default=0.0, metavar="MM",
+                        help="lower the top of the field of view by MM, cutting the top vertebra (default 0)")
+    parser.add_argument("--crop-bottom", type=float, default=0.0, metavar="MM",
+                        help="raise the bottom of the field of view by MM (default 0)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (dimensions jitter, noise)")
     parser.add_argument("--lumbar-count", type=int, default=5, choices=(5, 6), help="5, or 6 for an L6")
     parser.add_argument("--no-ribs", action="store_true", help="draw no ribs")
@@ -55,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
                       scoliosis_deg=args.scoliosis, rotation_deg=args.rotation, fracture=args.fracture,
                       osteoporosis=args.osteoporosis, pedicle_scale=args.pedicle_scale, fat_mm=args.fat,
                       noise_hu=args.noise, seed=args.seed, lumbar_count=args.lumbar_count, ribs=not args.no_ribs,
-                      fov=args.fov, jitter=args.jitter, blur_mm=args.blur)
+                      fov=args.fov, jitter=args.jitter, blur_mm=args.blur, crop_top_mm=args.crop_top,
+                      crop_bottom_mm=args.crop_bottom)
     paths = write_phantom(ph, args.out)
     dt = time.perf_counter() - t0
     names = list(ph.truth["vertebrae"])
@@ -67,5 +72,8 @@ def run(args: argparse.Namespace) -> int:
     frac = [(n, v["fracture"]) for n, v in ph.truth["vertebrae"].items() if v["fracture"]["grade"]]
     for n, f in frac:
         print(f"  fracture: {n} Genant grade {f['grade']} {f['type']} ({f['height_loss_pct']:.1f} % height loss)")
+    cut = [n for n, v in ph.truth["vertebrae"].items() if not v["complete"]]
+    if cut:
+        print(f"  cut by the field of view: {', '.join(cut)}")
     print(DISCLAIMER)
     return 0

@@ -184,7 +184,7 @@ def _r(v, nd=3):
     return [round(float(x), nd) for x in np.ravel(v)]
 
 
-def _vertebra_truth(v: A.VertebraModel, rib_bearing: bool) -> dict:
+def _vertebra_truth(v: A.VertebraModel, rib_bearing: bool, complete: bool = True) -> dict:
     u = v.union()
     sdf = u.sdf_points
     f, b, d = v.frame, v.body, v.dims
@@ -224,7 +224,7 @@ def _vertebra_truth(v: A.VertebraModel, rib_bearing: bool) -> dict:
             "height_loss_pct": round(loss, 3), "grade_from_heights": grade,
             "expected_height_mm": round(expected, 3)}
     return {
-        "label": v.code, "complete": True, "rib_bearing": bool(rib_bearing), "sacrum": v.is_sacrum,
+        "label": v.code, "complete": bool(complete), "rib_bearing": bool(rib_bearing), "sacrum": v.is_sacrum,
         "body_centroid": _r(_body_centroid(b)), "frame_origin": _r(f.origin),
         "axes": {"x": _r(X, 6), "y": _r(Y, 6), "z": _r(Z, 6)},
         "superior_endplate": _endplate(b, "superior"), "inferior_endplate": _endplate(b, "inferior"),
@@ -354,7 +354,7 @@ def _build_anatomy(names, lumbar_count, lordosis_deg, scoliosis_deg, rotation_de
         tips=tips, skin_extra=SUPRASPINOUS_MM + fat_mm + M.SKIN_MM)
 
 
-def _field_of_view(an: _Anatomy, fov: str, spacing) -> Grid:
+def _field_of_view(an: _Anatomy, fov: str, spacing, crop_top_mm: float = 0.0, crop_bottom_mm: float = 0.0) -> Grid:
     shapes = an.bone_shapes()
     lo = np.min([s.lo for s in shapes], axis=0)
     hi = np.max([s.hi for s in shapes], axis=0)
@@ -363,7 +363,18 @@ def _field_of_view(an: _Anatomy, fov: str, spacing) -> Grid:
         hi = np.array([min(hi[0] + 8.0, 140.0), max(hi[1], an.tips[:, 1].max() + an.skin_extra) + 10.0, hi[2] + 6.0])
     else:
         lo, hi = lo - 6.0, hi + 6.0
+    hi[2] -= crop_top_mm
+    lo[2] += crop_bottom_mm
+    if hi[2] - lo[2] < 20.0:
+        raise InputError(f"crop_top_mm={crop_top_mm} and crop_bottom_mm={crop_bottom_mm} leave less than 20 mm "
+                         "of the spine; crop less.")
     return Grid(lo, hi, spacing)
+
+
+def _touches_border(lab: np.ndarray) -> set[int]:
+    """Label codes present on any face of the grid (vertebrae the field of view cuts)."""
+    faces = [lab[0], lab[-1], lab[:, 0], lab[:, -1], lab[:, :, 0], lab[:, :, -1]]
+    return set(int(c) for f in faces for c in np.unique(f)) - {0}
 
 
 def _paint_trunk(ct: np.ndarray, grid: Grid, an: _Anatomy, fat_mm: float) -> None:
@@ -471,7 +482,8 @@ def _to_int16(ct: np.ndarray, noise_hu: float, rng) -> np.ndarray:
     return out
 
 
-def _truth(an: _Anatomy, grid: Grid, params: dict, osteoporosis: bool, fat_mm: float, overlaps: int) -> dict:
+def _truth(an: _Anatomy, grid: Grid, params: dict, osteoporosis: bool, fat_mm: float, overlaps: int,
+           cut: set[int] = frozenset()) -> dict:
     names, dims = an.names, an.dims
     alpha, beta, psi = an.tilts
     cort_hu, cort_mm = _cortex(osteoporosis)
@@ -483,7 +495,8 @@ def _truth(an: _Anatomy, grid: Grid, params: dict, osteoporosis: bool, fat_mm: f
         "tissue_hu": {"cortical": cort_hu, "cortex_mm": cort_mm, "disc_annulus": M.ANNULUS_HU,
                       "disc_nucleus": M.NUCLEUS_HU, "csf": M.CSF_HU, "epidural_fat": M.EPIDURAL_FAT_HU,
                       "muscle": M.MUSCLE_HU, "fat": M.FAT_HU, "skin": M.SKIN_HU, "air": M.AIR_HU},
-        "vertebrae": {n: _vertebra_truth(an.models[n], n in an.rib_levels) for n in names},
+        "vertebrae": {n: _vertebra_truth(an.models[n], n in an.rib_levels, an.models[n].code not in cut)
+                      for n in names},
         "discs": {f"{names[i]}-{names[i + 1]}": {
             "posterior_height_mm": round(dims[names[i]].disc_post, 3),
             "segmental_lordosis_deg": round(alpha[names[i + 1]] - alpha[names[i]], 3)} for i in range(len(names) - 1)},
@@ -504,7 +517,8 @@ def _truth(an: _Anatomy, grid: Grid, params: dict, osteoporosis: bool, fat_mm: f
 
 def make_phantom(*, levels="T11-S1", spacing=1.0, lordosis_deg=40.0, scoliosis_deg=0.0, rotation_deg=0.0,
                  fracture=None, osteoporosis=False, pedicle_scale=1.0, fat_mm=25.0, noise_hu=10.0, seed=0,
-                 lumbar_count=5, ribs=True, jitter=0.03, fov="full", blur_mm=0.0) -> Phantom:
+                 lumbar_count=5, ribs=True, jitter=0.03, fov="full", blur_mm=0.0, crop_top_mm=0.0,
+                 crop_bottom_mm=0.0) -> Phantom:
     """Build a synthetic lower thoracic/lumbar/sacral spine CT with exact ground truth.
 
     Parameters (all keyword-only):
@@ -528,6 +542,9 @@ def make_phantom(*, levels="T11-S1", spacing=1.0, lordosis_deg=40.0, scoliosis_d
             (a tight box around the drawn bones: small and fast, for tests).
         blur_mm: standard deviation (mm) of a Gaussian scanner blur applied before the noise
             (0 = none). The labels and the truth are unaffected.
+        crop_top_mm, crop_bottom_mm: move the top/bottom of the field of view inwards, cutting
+            the end vertebrae as scans often do; a vertebra whose label reaches the edge of the
+            grid gets ``"complete": false`` (its shape truth still describes the whole bone).
     """
     names = _parse_levels(levels, lumbar_count)
     frac = _parse_fracture(fracture, names)
@@ -545,12 +562,12 @@ def make_phantom(*, levels="T11-S1", spacing=1.0, lordosis_deg=40.0, scoliosis_d
                   fracture=list(frac) if frac else None, osteoporosis=bool(osteoporosis),
                   pedicle_scale=float(pedicle_scale), fat_mm=float(fat_mm), noise_hu=float(noise_hu), seed=int(seed),
                   lumbar_count=int(lumbar_count), ribs=bool(ribs), jitter=float(jitter), fov=fov,
-                  blur_mm=float(blur_mm))
+                  blur_mm=float(blur_mm), crop_top_mm=float(crop_top_mm), crop_bottom_mm=float(crop_bottom_mm))
     rng_dims, rng_noise = (np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(2))
 
     an = _build_anatomy(names, lumbar_count, lordosis_deg, scoliosis_deg, rotation_deg, frac, osteoporosis,
                         pedicle_scale, fat_mm, ribs, jitter, rng_dims)
-    grid = _field_of_view(an, fov, sp)
+    grid = _field_of_view(an, fov, sp, crop_top_mm, crop_bottom_mm)
     ct = np.full(grid.shape, M.AIR_HU, dtype=np.float32)
     lab = np.zeros(grid.shape, dtype=np.uint8)
     _paint_trunk(ct, grid, an, fat_mm)
@@ -562,7 +579,7 @@ def make_phantom(*, levels="T11-S1", spacing=1.0, lordosis_deg=40.0, scoliosis_d
         gaussian_filter(ct, sigma=[blur_mm / s for s in grid.spacing], output=ct, mode="nearest")
     ct_i16 = _to_int16(ct, noise_hu, rng_noise)
     del ct
-    truth = _truth(an, grid, params, osteoporosis, fat_mm, overlaps)
+    truth = _truth(an, grid, params, osteoporosis, fat_mm, overlaps, _touches_border(lab))
     meta = {"source": "spineplan phantom", "synthetic": True}
     ct_vol = Volume(ct_i16, grid.affine, modality="CT", meta=dict(meta))
     lab_vol = Volume(lab, grid.affine, modality="SEG", meta=dict(meta, convention="verse"))
