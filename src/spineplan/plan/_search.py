@@ -62,13 +62,15 @@ AHEAD_MM = 72.0
 #: Window after the entry zone in which the pedicle's narrowest point is looked for (mm).
 ISO_MM = 25.0
 
-RULES = ("bone-corridor", "margin", "isthmus-80", "length", "sap-entry", "facet", "corridor-bone",
+RULES = ("bone-corridor", "margin", "isthmus-80", "length", "ct-bone", "sap-entry", "facet", "corridor-bone",
          "skin-offset", "verified-grade")
 RULE_TEXT = {
     "bone-corridor": "no axis through the pedicle stays in bone",
     "margin": "no catalogue diameter fits the pedicle with the required bone margin",
     "isthmus-80": "every screw that fits exceeds 80 % of the isthmus width",
     "length": "no catalogue length fits (tip clearance from the anterior cortex)",
+    "ct-bone": "in the CT, every screw that fits the bone mask would lie partly in fat or fluid "
+              "(the segmentation may be wrong here)",
     "sap-entry": "no entry lateral to the superior articular process",
     "facet": "every remaining trajectory enters the facet joint of the level above",
     "corridor-bone": "every remaining trajectory meets other bone (iliac crest, transverse process, "
@@ -402,6 +404,17 @@ def skin_and_corridor(cor: Corridor, entries: np.ndarray, dirs: np.ndarray, radi
     return skin, blocked
 
 
+def _soft_fraction(hu_field: DistanceField, entries, dirs, diam, lengths, st: PlannerSettings) -> np.ndarray:
+    """Fraction of surface samples (8 around, every 1 mm after the entry zone) below soft_tissue_hu."""
+    ts = np.arange(st.entry_zone_mm, float(np.max(lengths)) + 1e-9, 1.0)
+    valid = ts[None, :] <= lengths[:, None]
+    low = np.zeros(len(entries))
+    for off in _ring_offsets(dirs, 0.5 * diam, 8)[1:]:
+        hu = hu_field.sample_rays(entries + off, dirs, ts)
+        low += np.sum((hu < st.soft_tissue_hu) & valid, axis=1)
+    return low / np.maximum(8 * valid.sum(axis=1), 1)
+
+
 def _facet_hits(fz: BoxMask, entries, dirs, diam, lengths, st: PlannerSettings) -> np.ndarray:
     """Whether the shaft or the head model of each screw touches the facet zone (N,)."""
     out = np.zeros(len(entries), bool)
@@ -459,12 +472,15 @@ def search_pedicle(ctx: VertebraContext, side: str, st: PlannerSettings, sizes: 
     keep = st.keep_candidates if max_options is None else max_options
     options: list[Option] = []
     stage = {r: 0 for r in RULES[4:]}
+    hu_field = DistanceField(ctx.hu, ctx.field.affine, 1000.0)
     for c0 in range(0, len(order), CHUNK):
         ii = order[c0:c0 + CHUNK]
         e, d = res["entry"][ii], res["dirs"][ii]
         dmm, lmm = res["d"][ii], res["L"][ii]
+        ok = _soft_fraction(hu_field, e, d, dmm, lmm, st) <= st.max_soft_fraction
+        stage["ct-bone"] += int(ok.sum())
         sap = s * ctx.frame.to_local(e)[:, 0] - border if border is not None else np.full(len(ii), np.nan)
-        ok = ~(sap < -st.sap_lateral_tolerance_mm)
+        ok &= ~(sap < -st.sap_lateral_tolerance_mm)
         stage["sap-entry"] += int(ok.sum())
         if ctx.facet is not None and ok.any():
             ok[ok] = ~_facet_hits(ctx.facet, e[ok], d[ok], dmm[ok], lmm[ok], st)

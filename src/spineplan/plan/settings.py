@@ -69,6 +69,13 @@ class PlannerSettings:
     #: because the tulip's exact shape varies by implant system).
     head_radius_mm: float = 3.0
     head_height_mm: float = 10.0
+    #: CT cross-check of the mask (a wrong segmentation must not hide a breach): at most
+    #: ``max_soft_fraction`` of the screw's surface samples after the entry zone may have a CT
+    #: value below ``soft_tissue_hu``. Cerebrospinal fluid is ~0-15 HU and epidural/retroperitoneal
+    #: fat -100 to -50 HU, while even osteoporotic cancellous bone stays above ~50 HU (Pickhardt
+    #: et al., Ann Intern Med 2013;158:588-595: L1 trabecular HU <= 110 flags osteoporosis).
+    soft_tissue_hu: float = 20.0
+    max_soft_fraction: float = 0.02
     # ------------------------------------------------------------------ percutaneous corridor
     #: Skin = body surface in the CT: the outermost point along the trajectory with HU above
     #: this value (fat is about -100 HU, air -1000 HU).
