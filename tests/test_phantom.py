@@ -319,6 +319,17 @@ def test_fracture_height_loss_in_genant_band(grade, kind):
         assert ph.truth["vertebrae"][n]["fracture"]["height_loss_pct"] < 15
 
 
+def test_several_fractures():
+    ph = get_phantom(levels="T12-L3", spacing=1.5, fov="spine", noise_hu=0.0, ribs=False,
+                     fracture=[("T12", 1, "wedge"), "L2:3:crush"])
+    t = ph.truth["vertebrae"]
+    assert (t["T12"]["fracture"]["grade"], t["L2"]["fracture"]["grade"], t["L1"]["fracture"]["grade"]) == (1, 3, 0)
+    assert 20 < t["T12"]["fracture"]["height_loss_pct"] < 25 and t["L2"]["fracture"]["height_loss_pct"] > 40
+    assert ph.truth["params"]["fractures"] == [["T12", 1, "wedge"], ["L2", 3, "crush"]]
+    with pytest.raises(InputError, match="one fracture"):
+        make_phantom(levels="L1-L2", fracture="L1:2,L1:3")
+
+
 def _mask_centroids(ph):
     lab = ph.labels.array
     out = {}
@@ -552,12 +563,14 @@ def test_cli_writes_phantom(tmp_path, capsys):
 
     out = tmp_path / "ph"
     rc = main(["phantom", "-o", str(out), "--levels", "L4-S1", "--spacing", "3", "--fracture", "L4:2:wedge",
+               "--fracture", "L5:1:biconcave",
                "--seed", "2", "--no-ribs", "--fov", "spine", "--jitter", "0"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "truth.json" in text and "L4 Genant grade 2" in text and "not a certified medical device" in text
     t = load_truth(out / "truth.json")
     assert t["params"]["seed"] == 2 and t["vertebrae"]["L4"]["fracture"]["grade"] == 2
+    assert t["vertebrae"]["L5"]["fracture"]["type"] == "biconcave"
     assert t["params"]["fov"] == "spine" and t["params"]["jitter"] == 0.0 and not t["ribs"]
     rc = main(["phantom", "-o", str(out), "--levels", "L1-L2", "--fracture", "L5:2"])
     assert rc != 0

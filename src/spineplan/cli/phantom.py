@@ -28,8 +28,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="lumbar coronal Cobb angle in degrees; positive = convex left (default 0)")
     parser.add_argument("--rotation", type=float, default=0.0,
                         help="axial rotation of the apical vertebra in degrees (default 0)")
-    parser.add_argument("--fracture", type=_fracture, default=None, metavar="LEVEL:GRADE[:TYPE]",
-                        help="compression fracture, Genant grade 1-3, type wedge|biconcave|crush (e.g. L1:2:wedge)")
+    parser.add_argument("--fracture", type=_fracture, action="append", default=None, metavar="LEVEL:GRADE[:TYPE]",
+                        help="compression fracture, Genant grade 1-3, type wedge|biconcave|crush (e.g. L1:2:wedge); "
+                             "repeat for several")
     parser.add_argument("--osteoporosis", action="store_true", help="osteoporotic bone (~80 HU cancellous)")
     parser.add_argument("--pedicle-scale", type=float, default=1.0, help="scale pedicle isthmus widths (e.g. 0.6)")
     parser.add_argument("--fat", type=float, default=25.0, help="posterior subcutaneous fat in mm (default 25)")

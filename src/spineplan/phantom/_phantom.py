@@ -65,18 +65,17 @@ def _parse_levels(levels, lumbar_count: int) -> list[str]:
     return [chain[i] for i in idx]
 
 
-def _parse_fracture(fracture, names):
-    if fracture is None or fracture == "" or fracture is False:
-        return None
-    if isinstance(fracture, str):
-        fracture = fracture.split(":")
-    parts = list(fracture)
+def _parse_one_fracture(spec, names):
+    parts = spec.split(":") if isinstance(spec, str) else list(spec)
     if len(parts) == 2:
         parts.append("wedge")
     if len(parts) != 3:
-        raise InputError(f"fracture={fracture!r}: give (level, Genant grade 1-3, wedge|biconcave|crush), "
+        raise InputError(f"fracture={spec!r}: give (level, Genant grade 1-3, wedge|biconcave|crush), "
                          "e.g. ('L1', 2, 'wedge') or 'L1:2:wedge'.")
-    level, grade, kind = str(parts[0]).upper(), int(parts[1]), str(parts[2]).lower()
+    try:
+        level, grade, kind = str(parts[0]).upper(), int(parts[1]), str(parts[2]).lower()
+    except ValueError:
+        raise InputError(f"fracture={spec!r}: the grade must be a number 1-3, e.g. 'L1:2:wedge'.") from None
     if level not in names or level == "S1":
         raise InputError(f"Fracture level {level} is not a drawn vertebra ({', '.join(n for n in names if n != 'S1')}).")
     if grade not in (1, 2, 3):
@@ -84,6 +83,24 @@ def _parse_fracture(fracture, names):
     if kind not in FRACTURE_TYPES:
         raise InputError(f"Fracture type {kind!r} is unknown; use one of {', '.join(FRACTURE_TYPES)}.")
     return level, grade, kind
+
+
+def _parse_fracture(fracture, names) -> list[tuple[str, int, str]]:
+    """One fracture ("L1:2:wedge", ("L1", 2, "wedge")) or several (a list of those, or
+    "T12:2,L2:1:biconcave") -> [(level, grade, type), ...]."""
+    if fracture is None or fracture == "" or fracture is False:
+        return []
+    if isinstance(fracture, str):
+        specs = [f for f in fracture.replace(" ", "").split(",") if f]
+    elif len(fracture) and all(isinstance(f, (list, tuple)) or (isinstance(f, str) and ":" in f) for f in fracture):
+        specs = list(fracture)
+    else:
+        specs = [fracture]
+    out = [_parse_one_fracture(f, names) for f in specs]
+    levels = [f[0] for f in out]
+    if len(set(levels)) != len(levels):
+        raise InputError(f"Each level can have one fracture; got {', '.join(levels)}.")
+    return out
 
 
 def genant_loss_pct(ant: float, mid: float, post: float, expected: float) -> float:
@@ -331,11 +348,12 @@ def _build_anatomy(names, lumbar_count, lordosis_deg, scoliosis_deg, rotation_de
     for n in names:
         d = dims[n]
         canc = (M.CANCELLOUS_HU_OSTEOPOROTIC * d.cancellous / 220.0) if osteoporosis else d.cancellous
-        fr = (frac[2], 0.0) if frac and frac[0] == n else None
-        v = A.build_vertebra(n, LV.verse_code(n), frames[n], d, cancellous_hu=canc, fracture=fr)
-        if fr:
-            _solve_fracture_loss(v.body, frac[2], M.GENANT_TARGET_LOSS[frac[1]])
-            v.fracture = {"grade": frac[1], "type": frac[2]}
+        f = {lv: (g, k) for lv, g, k in frac}.get(n)
+        v = A.build_vertebra(n, LV.verse_code(n), frames[n], d, cancellous_hu=canc,
+                             fracture=(f[1], 0.0) if f else None)
+        if f:
+            _solve_fracture_loss(v.body, f[1], M.GENANT_TARGET_LOSS[f[0]])
+            v.fracture = {"grade": f[0], "type": f[1]}
         models[n] = v
     for i, n in enumerate(names):
         idx = chain.index(n)
@@ -529,7 +547,8 @@ def make_phantom(*, levels="T11-S1", spacing=1.0, lordosis_deg=40.0, scoliosis_d
             positive = convex to the patient's left (apex displaced to +x).
         rotation_deg: axial rotation of the apical vertebra about its own z; positive turns the
             anterior body towards the patient's left. Falls off to 0 at the end vertebrae.
-        fracture: (level, Genant grade 1-3, "wedge"|"biconcave"|"crush") or "L1:2:wedge".
+        fracture: (level, Genant grade 1-3, "wedge"|"biconcave"|"crush") or "L1:2:wedge"; several
+            as a list of those or "T12:2,L2:1:biconcave".
         osteoporosis: cancellous bone ~80 HU, thinner (0.6 mm) and fainter cortex.
         pedicle_scale: multiplies every pedicle's isthmus width (narrow pedicles < 1).
         fat_mm: subcutaneous fat thickness over the posterior midline.
@@ -559,7 +578,8 @@ def make_phantom(*, levels="T11-S1", spacing=1.0, lordosis_deg=40.0, scoliosis_d
         raise InputError("fat_mm, noise_hu and blur_mm must not be negative.")
     params = dict(levels=names, spacing=[float(s) for s in sp], lordosis_deg=float(lordosis_deg),
                   scoliosis_deg=float(scoliosis_deg), rotation_deg=float(rotation_deg),
-                  fracture=list(frac) if frac else None, osteoporosis=bool(osteoporosis),
+                  fracture=(list(frac[0]) if len(frac) == 1 else [list(f) for f in frac]) if frac else None,
+                  fractures=[list(f) for f in frac], osteoporosis=bool(osteoporosis),
                   pedicle_scale=float(pedicle_scale), fat_mm=float(fat_mm), noise_hu=float(noise_hu), seed=int(seed),
                   lumbar_count=int(lumbar_count), ribs=bool(ribs), jitter=float(jitter), fov=fov,
                   blur_mm=float(blur_mm), crop_top_mm=float(crop_top_mm), crop_bottom_mm=float(crop_bottom_mm))
