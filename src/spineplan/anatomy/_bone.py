@@ -94,7 +94,7 @@ def make_work_grid(ct: Volume, work_spacing: float = WORK_SPACING_MM) -> tuple[W
     sp_full = np.array([sp_ct[perm[a]] for a in range(3)])
     arr = np.asarray(ct.array)
     full = np.transpose(arr, perm)[tuple(slice(None, None, -1) if f else slice(None) for f in flip)]
-    full = np.asarray(full, dtype=np.float32)
+    # ``full`` stays a view in the CT's own dtype (no 4-byte copy of a 512x512x300 CT)
     factors = tuple(max(1, int(round(work_spacing / s))) if a < 2 else 1
                     for a, s in enumerate(sp_full))
     work = block_mean(full, factors)

@@ -236,6 +236,12 @@ def _to_full_resolution(work_lab: np.ndarray, grid, full: np.ndarray, box, bone_
     if tuple(f) == (1, 1, 1):
         out[...] = work_lab
         return out
+    # only the labelled part of the box (plus a margin) is refined at full resolution
+    nzl = np.nonzero(work_lab[box].any(axis=2))
+    if len(nzl[0]) == 0:
+        return out
+    box = (slice(box[0].start + max(0, nzl[0].min() - 2), box[0].start + nzl[0].max() + 3),
+           slice(box[1].start + max(0, nzl[1].min() - 2), box[1].start + nzl[1].max() + 3), box[2])
     fb = tuple(slice(b.start * k, b.stop * k) for b, k in zip(box, f))
     up = work_lab[box]
     for a, k in enumerate(f):
