@@ -7,10 +7,11 @@ height reduction: grade 0 normal (< 20 %), 1 mild (20-25 %), 2 moderate (25-40 %
 crush (the whole body, including the posterior height, reduced).
 
 Height loss % = 100 * (1 - min(anterior, middle) / reference), where the reference is the
-larger of the body's own posterior height and the height expected from its neighbours (the
-mean of the posterior heights of the nearest complete levels above and below, interpolated
-linearly when only farther levels are available). The neighbour reference is what reveals a
-crush fracture, whose own posterior height is reduced too. The level used is reported.
+body's own posterior height, or the height expected from its neighbours (the posterior heights
+of the nearest complete levels above and below, interpolated linearly by level) when the own
+posterior height is clearly shorter than that (``NEIGHBOUR_REFERENCE_MIN_LOSS_PCT``). The
+neighbour reference is what reveals a crush fracture, whose own posterior height is reduced
+too. The reference used is reported.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ GENANT_GRADE_BOUNDS_PCT = (20.0, 25.0, 40.0)
 #: wall collapsed too: a crush fracture (Genant et al. 1993, "crush" = whole-body reduction),
 #: the same 20 % as the grade-1 threshold.
 CRUSH_POSTERIOR_LOSS_PCT = 20.0
+#: The neighbours' expected height replaces the body's own posterior height as the reference
+#: only when the posterior height is this much (%) shorter than expected, i.e. clearly more than
+#: the height measurement error (about 5 % at 3 mm voxels, benchmarks/bench_measure.py);
+#: otherwise a neighbour measured a little too tall would fake a fracture.
+NEIGHBOUR_REFERENCE_MIN_LOSS_PCT = 10.0
 #: Levels not graded: C1/C2 have no comparable body, S1 is the sacrum.
 UNGRADED_LEVELS = ("C1", "C2", "S1")
 #: Neighbours farther than this many levels away are not used for the expected height.
@@ -76,14 +82,14 @@ def _neighbour_expected(spine: Spine, v: Vertebra) -> tuple[float | None, list[s
 def grade_vertebra(v: Vertebra, expected: float | None, neighbours: list[str]) -> dict:
     """Genant grade, type and height loss of one vertebra given the neighbours' expected height."""
     ha, hm, hp = (float(v.measurements[k]) for k in _HEIGHTS)
-    if expected is not None and expected > hp:
+    post_loss = 100.0 * (1.0 - hp / expected) if expected else 0.0
+    if expected is not None and post_loss >= NEIGHBOUR_REFERENCE_MIN_LOSS_PCT:
         ref, used = expected, f"neighbours ({', '.join(neighbours)})"
     else:
         ref, used = hp, "own posterior height"
     loss = 100.0 * (1.0 - min(ha, hm) / ref)
     loss = max(loss, 0.0)
     grade = genant_grade(loss)
-    post_loss = 100.0 * (1.0 - hp / expected) if expected else 0.0
     if grade == 0:
         kind = "none"
     elif post_loss >= CRUSH_POSTERIOR_LOSS_PCT:
