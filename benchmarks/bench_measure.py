@@ -81,7 +81,11 @@ if __name__ == "__main__":
     quick = "--quick" in sys.argv
     cases = [dict(levels="L1-L3", seed=0, fracture=("L2", 2, "wedge")),
              dict(levels="L2-L4", seed=1, scoliosis_deg=15.0, rotation_deg=10.0, fracture=("L3", 1, "biconcave")),
-             dict(levels="T12-L2", seed=2, lordosis_deg=50.0, fracture=("L1", 3, "crush"))]
+             dict(levels="T12-L2", seed=2, lordosis_deg=50.0, fracture=("L1", 3, "crush")),
+             dict(levels="L3-L5", seed=3, lordosis_deg=30.0, fracture=("L4", 1, "wedge")),
+             dict(levels="T11-L1", seed=4, scoliosis_deg=-12.0, rotation_deg=-8.0, fracture=("T12", 1, "crush"),
+                  osteoporosis=True),
+             dict(levels="L1-L3", seed=5, pedicle_scale=0.7)]
     if quick:
         cases = cases[:1]
     phantom_errors([1.0, 2.0] if quick else [0.8, 1.0, 1.5, 2.0, 3.0], cases)

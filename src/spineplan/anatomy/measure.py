@@ -14,14 +14,21 @@ How (sub-voxel where it matters):
    is the bone anterior to the canal. Endplate planes are least-squares fits to the top and
    bottom surfaces of the body's central columns; the mid-sagittal plane maximises the overlap
    of the (smoothed) mask with its mirror image. Three rounds refine the frame.
-2. Lengths are read on the **CT**, not the mask: along a line, each edge of the bone is the
-   half-maximum crossing between the cortical peak next to the mask border and the soft tissue
-   beyond it (trilinear interpolation, 0.1 mm steps). The label only says roughly where the
-   edge is, so a label that is a voxel too big or too small does not bias the result.
+2. Lengths are read on the **CT**, not the mask: along a line (trilinear interpolation, 0.1 mm
+   steps) a first edge is the half-maximum crossing between the cortical peak next to the mask
+   border and the tissue beyond it; it is then refined by fitting a model of a bone surface
+   (interior level, background, thin cortical shell) blurred by the line's voxel and
+   interpolation kernel. A plain half-maximum puts the edge of a cortex thinner than the voxels
+   too far out (+0.5-1 mm per side at 2-3 mm voxels); the model fit does not. The label only
+   says roughly where the edge is, so a label a voxel too big or too small does not bias it.
+   Body sizes and heights are medians over small bundles of parallel lines.
 3. The pedicle is the bony bridge lateral to the canal: coronal sections of the resampled mask
-   locate its narrowest part and a first axis; then cross-sections perpendicular to the axis
-   are measured on the CT, the axis is re-fitted through their centres, and the isthmus is the
-   narrowest (smoothed) cross-section.
+   locate its narrowest part; the first axis is the direction whose perpendicular mask sections
+   are smallest; then cross-sections perpendicular to the axis are measured on the CT, the axis
+   is re-fitted through their centres, and the isthmus is the narrowest (smoothed) section.
+
+Accuracy and speed are measured by ``benchmarks/bench_measure.py`` (phantoms with exact truth
+at 0.8-3 mm voxels; the abdomen CT against TotalSegmentator's own heights).
 """
 
 from __future__ import annotations
