@@ -120,6 +120,12 @@ class _Body:
     volume_ml: float
 
 
+def first_true(b: np.ndarray) -> np.ndarray:
+    """Index of the first True in each row of ``b``, or the row length where there is none."""
+    has = b.any(axis=1)
+    return np.where(has, np.argmax(b, axis=1), b.shape[1])
+
+
 def _body(v, mask: np.ndarray, ct) -> _Body:
     idx = np.argwhere(mask)
     loc = v.frame.to_local(ct.index_to_world(idx[:: max(1, len(idx) // 60000)]))
@@ -139,12 +145,12 @@ def _body(v, mask: np.ndarray, ct) -> _Body:
 
 def _score(ctx, body: _Body, side: str, approach: str, entry, dirs, ts, f, st, r_mm):
     """Best tip (index into ts) and its cost for each axis; cost inf when no admissible tip."""
-    from spineplan.plan._search import PROFILE_SLACK_MM, _first_true
+    from spineplan.plan._search import PROFILE_SLACK_MM
 
     ez = int(np.ceil(st.entry_zone_mm / st.profile_step_mm))
     after = f[:, ez:]
     run = np.minimum.accumulate(-after, axis=1)
-    exit_idx = _first_true(after >= 0)
+    exit_idx = first_true(after >= 0)
     s_exit = ts[ez:][np.minimum(exit_idx, after.shape[1] - 1)]
     s_exit = np.where(exit_idx < after.shape[1], s_exit, ts[-1])
     t = ts[ez:]
@@ -172,14 +178,14 @@ def _score(ctx, body: _Body, side: str, approach: str, entry, dirs, ts, f, st, r
 
 def _entries(ctx, pts, dirs, st):
     """Entry points (where each axis enters bone walking back from its through-point)."""
-    from spineplan.plan._search import BACK_MM, _first_true, _profiles
+    from spineplan.plan._search import BACK_MM
 
     inside = ctx.field.sample(pts) < 0
     pts, dirs = pts[inside], dirs[inside]
     step = st.profile_step_mm
     tb = np.arange(0.0, BACK_MM + 1e-9, step)
-    fb = _profiles(ctx.field, pts, -dirs, tb)
-    k = _first_true(fb > 0)
+    fb = ctx.field.sample_rays(pts, -dirs, tb)
+    k = first_true(fb > 0)
     ok = (k < len(tb)) & (k > 0)
     pts, dirs, fb, k = pts[ok], dirs[ok], fb[ok], k[ok]
     rows = np.arange(len(k))
@@ -191,7 +197,7 @@ def _entries(ctx, pts, dirs, st):
 def _candidates(ctx, body: _Body, side: str, approach: str, st: PlannerSettings, r_mm: float, corridor,
                 grade_fn) -> list[_Path]:
     """Admissible needle paths for one side and approach, best (lowest cost) first."""
-    from spineplan.plan._search import _profiles, candidate_axes, pedicle_seed, recentre, skin_and_corridor
+    from spineplan.plan._search import candidate_axes, pedicle_seed, recentre, skin_and_corridor
 
     s = 1.0 if side == "left" else -1.0
     if approach == "extrapedicular":
@@ -223,7 +229,7 @@ def _candidates(ctx, body: _Body, side: str, approach: str, st: PlannerSettings,
     if not len(entry):
         return []
     ts = np.arange(0.0, AHEAD_MM + 1e-9, st.profile_step_mm)
-    f = _profiles(ctx.field, entry, dirs, ts)
+    f = ctx.field.sample_rays(entry, dirs, ts)
     t_tip, cost = _score(ctx, body, side, approach, entry, dirs, ts, f, st, r_mm)
     good = np.isfinite(cost)
     order = np.flatnonzero(good)[np.argsort(cost[good], kind="stable")]
