@@ -95,24 +95,43 @@ def test_separate_stab_incisions_when_entries_are_far(skin):
     assert not [w for w in plan.warnings if w.code == "incision-long"]
 
 
-def test_close_entries_are_merged_and_long_ones_flagged(skin):
-    plan = _pair_plan(25.0)  # stabs of 20 mm 25 mm apart: skin bridge 5 mm < 10 mm
+def test_narrow_bridge_keeps_stabs_separate_when_one_incision_would_be_long(skin):
+    plan = _pair_plan(25.0)  # stabs of 20 mm 25 mm apart: skin bridge 5 mm < 10 mm, one incision 45 mm
+    inc = plan_incisions(plan, skin)
+    assert len(inc) == 4 and not any(i.extra["merged"] for i in inc)
+    assert all(i.length_mm <= MAX_INCISION_MM for i in inc)
+    notes = [w for w in plan.warnings if w.code == "narrow-skin-bridge"]
+    assert len(notes) == 2 and all("bridge of only 5 mm" in w.message for w in notes)
+    assert not [w for w in plan.warnings if w.code == "incision-long"]
+
+
+def test_overlapping_stabs_are_merged_and_flagged_when_long(skin):
+    plan = _pair_plan(15.0)  # stabs of 20 mm 15 mm apart overlap: one incision of 15 + 20 = 35 mm
     inc = plan_incisions(plan, skin)
     assert len(inc) == 2
     for i in inc:
         assert sorted(i.screws) == sorted(k for k, s in enumerate(plan.screws) if s.side == i.side)
         assert i.extra["merged"]
-        assert i.length_mm == pytest.approx(25.0 + 20.0, abs=1.0)
-        assert i.length_mm > MAX_INCISION_MM
-        assert "joins the skin entries of L4/L5" in i.extra["flag"]
+        assert i.length_mm == pytest.approx(15.0 + 20.0, abs=1.0)
+        assert "joins the skin entries of L4/L5" in i.extra["flag"] and "overlap" in i.extra["flag"]
     flags = [w for w in plan.warnings if w.code == "incision-long"]
-    assert len(flags) == 2 and all("25 mm apart" in w.message for w in flags)
+    assert len(flags) == 2 and all("15 mm apart" in w.message for w in flags)
+
+
+def test_close_entries_share_one_short_incision(skin):
+    plan = _pair_plan(8.0)  # one incision of 8 + 20 = 28 mm serves both screws, within 30 mm
+    inc = plan_incisions(plan, skin)
+    assert len(inc) == 2 and all(i.extra["merged"] for i in inc)
+    assert all(i.length_mm == pytest.approx(28.0, abs=1.0) for i in inc)
+    assert not [w for w in plan.warnings if w.code == "incision-long"]
 
 
 def test_threshold_between_merge_and_not(skin):
-    # bridge exactly around the 10 mm threshold: 31 mm apart -> bridge 11 (separate); 29 -> 9 (merged)
+    # 31 mm apart -> bridge 11 mm: separate; 21 mm -> bridge 1 mm, merged 41 mm: still separate;
+    # 19 mm -> stabs overlap by 1 mm: merged
     assert len(plan_incisions(_pair_plan(31.0), skin)) == 4
-    assert len(plan_incisions(_pair_plan(29.0), skin)) == 2
+    assert len(plan_incisions(_pair_plan(21.0), skin)) == 4
+    assert len(plan_incisions(_pair_plan(19.0), skin)) == 2
 
 
 @pytest.fixture(scope="module")

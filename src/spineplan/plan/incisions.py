@@ -7,8 +7,10 @@ length is the footprint of the screw extender / largest dilator on the skin (a c
 diameter :data:`EXTENDER_DIAMETER_MM` crossing the skin obliquely leaves an ellipse, longer by
 1/cos of the obliquity along the axis' projection) plus :data:`INCISION_MARGIN_MM`.
 
-On one side, neighbouring stab incisions are merged into one when the skin bridge between them
-would be shorter than :data:`MIN_SKIN_BRIDGE_MM`. Every incision reports its position (centre,
+On one side, neighbouring stab incisions are merged into one when they would overlap, or when
+the skin bridge between them would be shorter than :data:`MIN_SKIN_BRIDGE_MM` and the merged
+incision stays within :data:`MAX_INCISION_MM` (minimally invasive first: longer merges are not
+made; the narrow bridge is reported instead). Every incision reports its position (centre,
 start, end on the skin), length, distance from the midline (the vertebra's mid-sagittal plane)
 and skin depth; the plan gets the total incision length. Incisions longer than
 :data:`MAX_INCISION_MM` are flagged with the reason.
@@ -125,11 +127,22 @@ def plan_incisions(plan: Plan, skin, *, spine=None, diameter_mm: float = EXTENDE
         clusters: list[list[dict]] = []
         for t in group:
             if clusters:
-                prev = clusters[-1][-1]
+                prev, first = clusters[-1][-1], clusters[-1][0]
                 gap = float(np.linalg.norm(t["point"] - prev["point"])) - (t["length"] + prev["length"]) / 2
-                if gap < min_bridge_mm:
+                merged = float(np.linalg.norm(t["point"] - first["point"])) + (t["length"] + first["length"]) / 2
+                # Overlapping stabs must be one incision; a narrow bridge is merged only while the
+                # merged incision stays minimally invasive (<= max_incision_mm). Otherwise the stabs
+                # stay separate and the narrow bridge is reported (the skin is mobile: the surgeon may
+                # also shift a stab by a few mm).
+                if gap < 0 or (gap < min_bridge_mm and merged <= max_incision_mm):
                     clusters[-1].append(t)
                     continue
+                if gap < min_bridge_mm:
+                    plan.warn("narrow-skin-bridge", f"The {side} stab incisions of {prev['screw'].level} and "
+                              f"{t['screw'].level} leave a skin bridge of only {max(gap, 0):.0f} mm (under "
+                              f"{min_bridge_mm:g} mm); they are kept separate because one incision would be "
+                              f"{merged:.0f} mm. Shift the stabs apart on the mobile skin or join them if the "
+                              "bridge looks at risk.", level=t["screw"].level, severity="info")
             clusters.append([t])
         for cl in clusters:
             incisions.append(_incision(plan, skin, side, cl, min_bridge_mm))
@@ -167,7 +180,8 @@ def _incision(plan: Plan, skin, side: str, cl: list[dict], min_bridge_mm: float)
     if len(cl) > 1:
         extra["entry_spacing_mm"] = [round(float(np.linalg.norm(p["point"] - q["point"])), 1)
                                      for p, q in zip(cl[:-1], cl[1:])]
-        extra["merge_rule"] = f"skin bridge between stab incisions < {min_bridge_mm:g} mm"
+        extra["merge_rule"] = (f"overlapping stabs, or skin bridge < {min_bridge_mm:g} mm while the merged "
+                               "incision stays short")
     return Incision(side=side, start=[float(v) for v in start], end=[float(v) for v in end], length_mm=length,
                     screws=[t["i"] for t in cl], extra=extra)
 
@@ -179,7 +193,7 @@ def _why_long(inc: Incision, limit: float) -> str:
     if e["merged"]:
         sp = ", ".join(f"{x:g}" for x in e["entry_spacing_mm"])
         reasons.append(f"it joins the skin entries of {lv}, which lie only {sp} mm apart, so separate stab "
-                       f"incisions would leave a skin bridge under {MIN_SKIN_BRIDGE_MM:g} mm")
+                       "incisions would overlap")
     if e["obliquity_deg"] > 35:
         reasons.append(f"the trajectory meets the skin {e['obliquity_deg']:.0f} degrees from perpendicular, "
                        "which lengthens the dilator's footprint")
