@@ -46,9 +46,12 @@ def summarise(name: str, plan, results, requested: int, widths: dict | None = No
     print(f"  {name}: {n}/{requested} pedicles screwed, grade A {100 * a / max(n, 1):.0f} %, A+B "
           f"{100 * ab / max(n, 1):.0f} %, medial breaches {medial}, wrong vertebra {wrong}, "
           f"min margin {min(margins) if margins else float('nan'):.2f} mm, no-safe-screw {len(nss)}")
-    for s in plan.screws:
+    by_index = {r.index: r for r in results if r.kind == "screw"}
+    for i, s in enumerate(plan.screws):
         w = (widths or {}).get((s.level, s.side), s.extra.get("isthmus_width_mm"))
-        print(f"    {s.label:<18} grade {s.grade}  margin {s.min_margin_mm:4.1f} mm  isthmus "
+        r = by_index.get(i)
+        ref = f"{r.grade} ({r.breach_mm:.1f} mm {r.breach_direction or ''})" if r is not None else "?"
+        print(f"    {s.label:<18} reference grade {ref:<18} margin {r.min_margin_mm if r else float('nan'):4.1f} mm  isthmus "
               f"{w if w is None else round(w, 1)} mm  D/isthmus {s.diameter_mm / w if w else float('nan'):.2f}  "
               f"medial {s.medial_angle_deg:5.1f}  cranial {s.cranial_angle_deg:5.1f}  "
               f"head offset {s.extra.get('head_offset_mm')} mm")

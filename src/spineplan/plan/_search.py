@@ -215,7 +215,11 @@ def candidate_axes(ctx: VertebraContext, side: str, centre: np.ndarray, medial0:
     ast = st.search_angle_step_deg if astep is None else astep
     angs = np.arange(-cn, cn + 1e-9, ast)
     med, cra = np.meshgrid(medial0 + angs, cranial0 + angs, indexing="ij")
-    d_local = _local_direction(med.ravel(), cra.ravel(), side)
+    keep = ((med >= st.min_medial_angle_deg) & (med <= st.max_medial_angle_deg)
+            & (np.abs(cra) <= st.max_cranial_angle_deg)).ravel()
+    if not keep.any():
+        return np.zeros((0, 3)), np.zeros((0, 3))
+    d_local = _local_direction(med.ravel()[keep], cra.ravel()[keep], side)
     dirs = ctx.frame.axes.T @ d_local.T  # (3, D)
     dirs = (dirs / np.linalg.norm(dirs, axis=0)).T
     d0 = ctx.frame.axes.T @ _local_direction(medial0, cranial0, side)

@@ -76,6 +76,13 @@ class PlannerSettings:
     #: et al., Ann Intern Med 2013;158:588-595: L1 trabecular HU <= 110 flags osteoporosis).
     soft_tissue_hu: float = 20.0
     max_soft_fraction: float = 0.02
+    #: Plausible trajectory angles in the vertebra frame: medial (transverse) angle between these
+    #: limits and cranial/caudal angle within +/- max_cranial_angle_deg. Pedicle transverse angles
+    #: run from ~5 deg (T12) to ~30 deg (L5) and up to ~40 deg at T1; sagittal angles stay within
+    #: ~15 deg of the endplates (Zindrick et al., Spine 1987;12:160-166); a little beyond is allowed.
+    min_medial_angle_deg: float = -5.0
+    max_medial_angle_deg: float = 45.0
+    max_cranial_angle_deg: float = 25.0
     # ------------------------------------------------------------------ percutaneous corridor
     #: Skin = body surface in the CT: the outermost point along the trajectory with HU above
     #: this value (fat is about -100 HU, air -1000 HU).
