@@ -66,3 +66,15 @@ def test_access_none_plans_no_needles(tmp_path, case):
     plan = json.loads((tmp_path / "p" / "plan.json").read_text())
     assert code == 0 and plan["access"] == [] and len(plan["screws"]) == 1
     assert not (tmp_path / "p" / "surgeon_report.pdf").exists()
+
+
+def test_check_regrades_the_written_plan_against_its_labels(case):
+    """``spineplan check`` on the plan folder finds labels.nii.gz beside plan.json and agrees: all A."""
+    _, _, out, _ = case
+    phantom = out.parent / "phantom"
+    assert (out / "labels.nii.gz").is_file()
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(["check", str(out / "plan.json"), "--ct", str(phantom / "ct.nii.gz")])
+    assert code == 0, buf.getvalue()
+    assert buf.getvalue().count(" A ") + buf.getvalue().count(" A\n") >= 1
