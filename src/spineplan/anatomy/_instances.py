@@ -151,3 +151,4 @@ def _dijkstra(cost, mask, lab, offs, steps):
     from spineplan.anatomy._numba import dijkstra_labels
 
     return dijkstra_labels(cost, mask, lab, offs, steps)
+

@@ -250,6 +250,13 @@ def _to_full_resolution(work_lab: np.ndarray, grid, full: np.ndarray, box, bone_
     up = up[: sub.shape[0], : sub.shape[1], : sub.shape[2]]
     sp_full = grid.spacing / np.array(f)
     bone = _bone.filled_bone(sub, sp_full, bone_thr)
+    # at sub-millimetre voxels the outermost layer between the low threshold and the cortex is
+    # partial volume with soft tissue (and the thin discs); keep it only where it is cortex
+    from scipy.ndimage import binary_erosion
+
+    plane = np.zeros((3, 3, 3), bool)
+    plane[:, :, 1] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]
+    bone = binary_erosion(bone, structure=plane) | _bone.filled_bone(sub, sp_full, max(bone_thr, RIM_HU))
     lab = np.where(bone, up, 0).astype(np.uint8)
     # bone voxels left unlabelled next to a label (thin edges lost by block averaging) grow in
     foot = np.ones((3, 3, 1), bool)
@@ -262,6 +269,11 @@ def _to_full_resolution(work_lab: np.ndarray, grid, full: np.ndarray, box, bone_
     out[fb[0].start : fb[0].start + lab.shape[0], fb[1].start : fb[1].start + lab.shape[1],
         fb[2].start : fb[2].start + lab.shape[2]] = lab
     return out
+
+
+#: At full resolution, a bone voxel on the outer layer of the low-threshold mask is kept only if
+#: it is brighter than this (HU): halfway between soft tissue (~40 HU) and thin cortex (~400 HU).
+RIM_HU = 220.0
 
 
 # ------------------------------------------------------------------------------ TotalSegmentator
