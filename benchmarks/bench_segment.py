@@ -88,6 +88,44 @@ def main(argv=None) -> int:
             print(f"   {lv:>4s}: ours {ours:>4s}  Dice {d:.3f}  {'name ok' if lv == ours else 'NAME DIFFERS'}")
         n = len(res["rows"])
         print(f"   Dice >= 0.85: {ok_d}/{n}; same name: {ok_n}/{n}; mean Dice {np.mean([d for *_, d in res['rows']]):.3f}")
+    # phantoms with exact truth
+    phantom_cases = [
+        dict(spacing=1.5, seed=0),
+        dict(spacing=1.0, seed=2, scoliosis_deg=20.0, rotation_deg=10.0),
+        dict(spacing=2.0, seed=3, scoliosis_deg=30.0, rotation_deg=20.0),
+        dict(spacing=3.0, seed=1, lordosis_deg=50.0),
+        dict(spacing=0.8, seed=4, lordosis_deg=30.0),
+        dict(spacing=1.5, seed=5, lordosis_deg=55.0, scoliosis_deg=15.0),
+        dict(spacing=1.5, seed=6, lumbar_count=6),
+        dict(spacing=2.0, seed=8, osteoporosis=True),
+    ]
+    try:
+        from spineplan.phantom import make_phantom
+    except ImportError:  # pragma: no cover
+        phantom_cases = []
+    print("\n== phantoms (every complete level: name right? Dice)")
+    for kw in phantom_cases:
+        ph = make_phantom(**kw)
+        t0 = time.perf_counter()
+        try:
+            seg = segment_spine(ph.ct)
+        except Exception as exc:  # report, do not stop the benchmark
+            print(f"   {kw}: FAILED {type(exc).__name__}: {exc}")
+            continue
+        dt = time.perf_counter() - t0
+        lab = np.asarray(seg.labels.array)
+        ref = np.asarray(ph.labels.array)
+        ok, dices = 0, []
+        complete = [(lv, v) for lv, v in ph.truth["vertebrae"].items() if v.get("complete", True)]
+        for lv, v in complete:
+            r = ref == v["label"]
+            vals, cnt = np.unique(lab[r], return_counts=True)
+            cnt, vals = cnt[vals > 0], vals[vals > 0]
+            ok += int(len(vals) > 0 and int(vals[np.argmax(cnt)]) == v["label"])
+            dices.append(dice(lab == v["label"], r))
+        print(f"   {kw}: {ph.ct.shape}, {dt:.1f} s, named right {ok}/{len(complete)}, "
+              f"Dice min {min(dices):.3f} mean {np.mean(dices):.3f}, confidence {seg.confidence:.2f} ({seg.method})")
+
     # speed on a 512x512x300 CT
     ct = read_nifti(data / CASES[1][1])
     arr = np.asarray(ct.array, dtype=np.float32)

@@ -174,3 +174,24 @@ def test_cli_segment_with_labels_file(tmp_path, data_file, capsys):
     ref = _ts_masks(data_file(ABDOMEN_REF))
     assert _dice(lab == VERSE_CODES["L4"], ref["L4"]) > 0.99
 
+
+
+def test_anchor_voxel_form():
+    from spineplan.anatomy.naming import parse_anchor
+
+    ct = Volume(np.zeros((4, 4, 4), np.int16), np.diag([0.5, 0.5, 2.0, 1.0]))
+    name, point, z = parse_anchor("l3@2,1,3", ct)
+    assert name == "L3" and z is None
+    assert np.allclose(point, [1.0, 0.5, 6.0])
+    assert parse_anchor("T12@z=-210.5", ct) == ("T12", None, -210.5)
+
+
+def test_cli_totalsegmentator_missing(tmp_path, data_file, monkeypatch, capsys):
+    from spineplan.cli import main
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    out = tmp_path / "labels.nii.gz"
+    rc = main(["segment", str(data_file(ABDOMEN_CT)), "-o", str(out), "--backend", "totalsegmentator"])
+    assert rc == MissingDependencyError.exit_code and rc != 0
+    assert "TotalSegmentator" in capsys.readouterr().err
+    assert not out.exists()
