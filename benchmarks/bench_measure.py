@@ -36,6 +36,10 @@ def phantom_errors(spacings, cases):
                 g = v.fracture.get("grade")
                 n_fx += 1
                 ok += int(g == tv["fracture"]["grade"])
+                if g != tv["fracture"]["grade"]:
+                    print(f"    grade mismatch {kw.get('levels')} seed {kw.get('seed')} {v.name}: ours {g} "
+                          f"{v.fracture.get('type')} {v.fracture.get('height_loss_pct')} % vs truth "
+                          f"{tv['fracture']['grade']} {tv['fracture']['type']} {tv['fracture']['height_loss_pct']:.1f} %")
                 for side, p in v.pedicles.items():
                     tp = tv["pedicles"][side]
                     we.append(abs(p.isthmus_width_mm - tp["isthmus_width_mm"]))
@@ -88,5 +92,6 @@ if __name__ == "__main__":
              dict(levels="L1-L3", seed=5, pedicle_scale=0.7)]
     if quick:
         cases = cases[:1]
-    phantom_errors([1.0, 2.0] if quick else [0.8, 1.0, 1.5, 2.0, 3.0], cases)
+    spacings = [float(x) for x in os.environ.get("BENCH_SPACINGS", "0.8,1.0,1.5,2.0,3.0").split(",")]
+    phantom_errors([1.0, 2.0] if quick else spacings, cases)
     abdomen()
