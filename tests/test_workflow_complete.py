@@ -73,6 +73,8 @@ def test_check_regrades_the_written_plan_against_its_labels(case):
     _, _, out, _ = case
     phantom = out.parent / "phantom"
     assert (out / "labels.nii.gz").is_file()
+    spine = json.loads((out / "spine.json").read_text())
+    assert spine["format"] == "spineplan.spine"
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         code = main(["check", str(out / "plan.json"), "--ct", str(phantom / "ct.nii.gz")])

@@ -7,7 +7,7 @@ end, so a failed or interrupted run leaves no half-made plan (and an earlier pla
 Outputs in ``out_dir``:
 
 - ``plan.json`` (format ``spineplan.plan``), ``screws.csv``, ``labels.nii.gz`` (the VerSe vertebra
-  labels the plan was made on);
+  labels the plan was made on), ``spine.json`` (names, naming confidence, measurements, Genant grades);
 - ``slicer/`` (markups, STL models, ``vertebrae.seg.nrrd``; see :mod:`spineplan.export.slicer`);
 - ``screws/<level>_<side>.png`` (axial and sagittal slices through each screw);
 - ``carm.csv`` and ``plan.extra["carm"]``: per level, the C-arm angles of the true AP, true lateral
@@ -197,8 +197,12 @@ def run_plan(ct_path: TypePath, out_dir: TypePath, *, labels: TypePath | None = 
         from spineplan.export.slicer import export_slicer
         from spineplan.io import write_labels
 
-        # the vertebra labels the plan was made on (VerSe codes), read by ``spineplan check`` by default
+        from spineplan.anatomy.spine import write_spine_json
+
+        # the vertebra labels the plan was made on (VerSe codes), read by ``spineplan check`` by default,
+        # and the names, measurements and fracture grades behind the plan
         write_labels(state["spine"].labels, tmp / "labels.nii.gz")
+        write_spine_json(state["spine"], tmp / "spine.json")
 
         export_slicer(state["plan"], tmp / "slicer", labels=state["spine"].labels)
 
