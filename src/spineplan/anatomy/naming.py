@@ -44,6 +44,8 @@ RIB_POST_MM = (0.0, 50.0)
 #: A rib contains cortical bone: its brightest voxel exceeds this (HU) even at 3 mm voxels;
 #: contrast-enhanced kidneys and veins (150-300 HU in portal phase) do not.
 RIB_MIN_HU = 350.0
+#: ... or, in dim (osteoporotic) scans, this fraction of the vertebrae's 99th-percentile HU.
+RIB_CORTEX_FRACTION = 0.8
 #: Smallest volume (mL) of a labelled piece kept as a (partial) vertebra.
 MIN_VERTEBRA_ML = 0.5
 
@@ -146,11 +148,14 @@ def name_segments(segs, inst, bone, coords, curve, grid, box, *, anchor=None, ct
     nearest_lab = inst[tuple(i[nz] for i in ind)]
     rib_contacts: dict[int, dict[str, int]] = {sg.label: {"left": 0, "right": 0} for sg in segs}
     ilium_contacts: dict[int, dict[str, int]] = {sg.label: {"left": 0, "right": 0} for sg in segs}
+    # ribs are as bright as the vertebrae's own cortex; osteoporotic bone is dimmer overall
+    hv = hu_box[nz][np.isin(labf, [sg.label for sg in segs])]
+    rib_min_hu = min(RIB_MIN_HU, RIB_CORTEX_FRACTION * float(np.percentile(hv, 99))) if hv.size else RIB_MIN_HU
     sel = np.nonzero(contf & (compf > 0))[0]
     c = compf[sel]
     lv, lt, pt = nearest_lab[sel], lat[sel], post[sel]
     ok = ((cmaxlat[c] >= 45.0) & (pt >= RIB_POST_MM[0]) & (pt <= RIB_POST_MM[1])
-          & (np.abs(lt) >= 10.0) & (np.abs(lt) <= 65.0) & (cmaxhu[c] >= RIB_MIN_HU))
+          & (np.abs(lt) >= 10.0) & (np.abs(lt) <= 65.0) & (cmaxhu[c] >= rib_min_hu))
     big = cvol[c] > 40.0
     for lbl in rib_contacts:
         for side, sgn in (("left", lt > 0), ("right", lt <= 0)):

@@ -102,7 +102,7 @@ def _segment_builtin(ct: Volume, anchor: str | None) -> Segmentation:
     hu = grid.array
     sp = grid.spacing
     # the body path is searched on a coarse copy (~PATH_GRID_MM in-plane), then refined
-    cf = tuple(max(1, int(round(PATH_GRID_MM / sp[a]))) if a < 2 else 1 for a in range(3))
+    cf = tuple(max(1, int(PATH_GRID_MM / sp[a] + 1e-6)) if a < 2 else 1 for a in range(3))
     hc = _bone.block_mean(hu, cf)
     spc = sp * np.array(cf)
     body = _bone.body_mask(hc)
