@@ -163,10 +163,6 @@ def name_segments(segs, inst, bone, coords, curve, grid, box, *, anchor=None, ct
             rib_contacts[lbl][side] = int(m.sum())
             ilium_contacts[lbl][side] = int((m & big).sum())
     min_contact = max(3, int(round(CONTACT_MIN_MM3 / (vox_ml * 1000.0))))
-    import os
-    if os.environ.get("SPINEPLAN_DEBUG_NAMING"):
-        for i, sg in enumerate(segs):
-            print(i, sg.label, {k: round(v, 1) for k, v in feats[i].items()}, rib_contacts[sg.label], ilium_contacts[sg.label])
 
     # ---- sacrum: among the three most caudal segments, the one with the largest contact with
     # big bones (the ilia) on both sides; everything caudal of it is sacrum too
