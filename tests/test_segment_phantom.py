@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from spineplan.anatomy.segment import segment_spine
-from spineplan.levels import VERSE_CODES, level_from_verse
+from spineplan.levels import level_from_verse
 
 phantom = pytest.importorskip("spineplan.phantom")
 

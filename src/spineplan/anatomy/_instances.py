@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from spineplan.anatomy._discs import CORE_RADIUS_MM, Curve
+from spineplan.anatomy._discs import Curve
 
 #: Bone farther than this from the body curve, left or right (mm), seeds "other bone": the
 #: transverse processes reach ~40-50 mm from the midline at L3 (the widest; Panjabi et al.,
@@ -86,9 +86,6 @@ def watershed_instances(hu: np.ndarray, bone: np.ndarray, coords: dict, segs: li
     ``coords`` holds per-voxel (s, lat, post) arrays for the bone voxels (flat, matching
     ``np.nonzero(bone)``).
     """
-    from scipy.ndimage import gaussian_filter
-    from skimage.segmentation import watershed
-
     markers = np.zeros(hu.shape, np.int32)
     nz = np.nonzero(bone)
     s, lat, post = coords["s"], coords["lat"], coords["post"]

@@ -112,7 +112,6 @@ def name_segments(segs, inst, bone, coords, curve, grid, box, *, anchor=None, ct
     """Name the instance segments (cranial first) and drop empty ones."""
     from scipy import ndimage as ndi
 
-    from spineplan.anatomy._instances import OTHER
 
     vox_ml = float(np.prod(grid.spacing)) / 1000.0
     nz = np.nonzero(bone)
