@@ -80,3 +80,11 @@ def test_check_regrades_the_written_plan_against_its_labels(case):
         code = main(["check", str(out / "plan.json"), "--ct", str(phantom / "ct.nii.gz")])
     assert code == 0, buf.getvalue()
     assert buf.getvalue().count(" A ") + buf.getvalue().count(" A\n") >= 1
+
+
+def test_plan_says_which_labels_it_was_graded_against(case):
+    _, _, out, _ = case
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["labels_source"].startswith("given: labels.nii.gz")
+    assert plan["naming"]["levels"][:2] == ["T12", "L1"]
+    assert not [w for w in plan["warnings"] if w["code"] == "labels-automatic"]

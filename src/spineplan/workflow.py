@@ -26,6 +26,15 @@ from typing import Callable
 from spineplan.errors import InputError
 from spineplan.typing import TypePath
 
+#: Said in every plan made from spineplan's own segmentation: the grades are only as good as the
+#: vertebra masks they are computed against, and the built-in segmentation is not validated for
+#: clinical use (on the shared real CTs its per-vertebra Dice is below the reference labels').
+AUTOMATIC_LABELS_WARNING = (
+    "The vertebrae were segmented and named automatically by spineplan (no reviewed labels were given). "
+    "Screw grades and margins are computed against these automatic masks, which can be wrong at the pedicles "
+    "and facets: review labels.nii.gz and every level name on the CT (e.g. in 3D Slicer), or re-plan with "
+    "--labels from a reviewed segmentation, before relying on any grade.")
+
 #: Levels planned by the demo when none are given.
 DEMO_LEVELS = ("L1", "L2", "L3", "L4", "L5")
 
@@ -151,6 +160,15 @@ def run_plan(ct_path: TypePath, out_dir: TypePath, *, labels: TypePath | None = 
         plan.ct = CTRef.of(ct_path, state["ct"])
         plan.extra.setdefault("levels_requested", level_list)
         plan.extra.setdefault("sides", list(sides))
+        spine = state["spine"]
+        plan.extra["labels_source"] = (f"given: {Path(labels).name}" if labels is not None
+                                       else "spineplan built-in segmentation (automatic)")
+        plan.extra["naming"] = {"method": spine.naming_method, "confidence": round(spine.naming_confidence, 2),
+                                "levels": spine.names}
+        if labels is None:
+            plan.warn("labels-automatic", AUTOMATIC_LABELS_WARNING, severity="danger")
+        for w in spine.warnings:
+            plan.warn("anatomy", w, severity="warning")
         state["plan"] = plan
 
     def rods():
