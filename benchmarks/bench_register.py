@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     from _register import body_core_pixels
 
     from spineplan.fluoro.geometry import Detector
-    from spineplan.fluoro.levelcheck import levelcheck
+    from spineplan.fluoro.levelcheck import levelcheck, projections_for
     from spineplan.fluoro.register import (
         in_view, mask_centroids, perturb_pose, random_pose_delta, register, simulate_xray, target_registration_error)
     from spineplan.fluoro.views import named_view
@@ -94,8 +94,9 @@ def main(argv=None) -> int:
             tre0 = float(target_registration_error(carm0, true, pts).mean())
             right = 0
             pix = body_core_pixels(case, true, rng, per_level=args.pixels) if args.pixels else []
+            proj = projections_for(xr, case["labels"], res, affine=ct.affine, shape=ct.shape) if pix else None
             for lv, uv in pix:
-                chk = levelcheck(xr, case["labels"], res, uv, affine=ct.affine, shape=ct.shape)
+                chk = levelcheck(xr, case["labels"], res, uv, projections=proj)
                 ok = chk.level == lv
                 right += ok
                 lc_levels.setdefault(lv, [0, 0])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from _register import abdomen, body_core_pixels, start_carm
-from spineplan.fluoro.levelcheck import body_masks, decide, levelcheck, project_vertebrae
+from spineplan.fluoro.levelcheck import body_masks, decide, levelcheck, project_vertebrae, projections_for
 from spineplan.fluoro.register import RegistrationResult, mask_centroids, perturb_pose, register, simulate_xray
 
 
@@ -32,8 +32,12 @@ def test_levelcheck_names_the_level_under_simulated_needle_tips(case, shot):
     pix = body_core_pixels(case, true, np.random.default_rng(0), per_level=6)
     levels = {lv for lv, _ in pix}
     assert len(levels) >= 3 and {"L2", "L3"} <= levels
+    proj = projections_for(xr, case["labels"], res, affine=case["ct"].affine, shape=case["ct"].shape)
+    # the one-call form (no precomputed projections) gives the same answer
+    first = levelcheck(xr, case["labels"], res, pix[0][1], shape=case["ct"].shape)
+    assert first.level == pix[0][0]
     for lv, uv in pix:
-        chk = levelcheck(xr, case["labels"], res, uv, affine=case["ct"].affine, shape=case["ct"].shape)
+        chk = levelcheck(xr, case["labels"], res, uv, projections=proj)
         assert chk.level == lv, (lv, uv, chk.to_dict())
         assert chk.distances_px[lv] == 0.0
         assert 0.0 < chk.confidence <= 1.0

@@ -125,32 +125,43 @@ def _distance_maps(foot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return distance_transform_edt(~foot), distance_transform_edt(foot)
 
 
-def levelcheck(xray, spine, result, pixel, *, affine=None, shape=None) -> LevelCheck:
+def levelcheck(xray, spine, result, pixel, *, affine=None, shape=None, projections=None) -> LevelCheck:
     """The level under ``pixel`` = (u, v) (column, row of the X-ray image) with a confidence.
 
-    ``spine``: vertebra labels on the CT grid (a Spine, a label Volume, or a mapping level ->
-    mask with ``affine=`` the CT's index->LPS affine). ``result``: the
-    :class:`~spineplan.fluoro.register.RegistrationResult` for this X-ray.
+    ``spine``: vertebra labels on the CT grid (a Spine, ``spineplan.io.Labels``, a label Volume,
+    or a mapping level -> mask with ``affine=`` the CT's index->LPS affine). ``result``: the
+    :class:`~spineplan.fluoro.register.RegistrationResult` for this X-ray. ``projections``: the
+    output of :func:`projections_for` to reuse for many pixels of the same shot.
     """
-    from spineplan.fluoro.register import vertebra_masks
-
     u, v = (float(pixel[0]), float(pixel[1]))
     h, w = np.asarray(xray.image).shape
     if not (0 <= u <= w - 1 and 0 <= v <= h - 1):
         raise InputError(f"Pixel ({u:g}, {v:g}) is outside the X-ray ({w} columns x {h} rows); give U,V as "
                          "column,row counted from 0 at the top left.")
+    if projections is None:
+        projections = projections_for(xray, spine, result, affine=affine, shape=shape)
+    bodies, wholes, carm = projections
+    return decide(bodies, wholes, (u, v), result, carm)
+
+
+def projections_for(xray, spine, result, *, affine=None, shape=None):
+    """(bodies, wholes, carm): every vertebra's projected body and whole-vertebra path images on
+    the X-ray's detector with the registered pose(s)."""
+    from spineplan.fluoro.register import vertebra_masks
+
     masks = vertebra_masks(spine, shape=shape)
     if not masks:
         raise InputError("The labels contain no vertebrae; the level check needs vertebra labels on the CT grid.")
     if affine is None:
-        affine = getattr(getattr(spine, "labels", spine), "affine", None)
+        holder = getattr(spine, "volume", None) or getattr(spine, "labels", None) or spine
+        affine = getattr(holder, "affine", None)
     if affine is None:
         raise InputError("The vertebra masks need the CT's index->LPS affine (affine=...).")
     carm = _carm_on_xray(result, xray)
     carms = {n: _carm_on_xray(result, xray, n) for n in masks} if result.per_vertebra else None
     bodies = project_vertebrae(carm, body_masks(masks, affine), affine, carms=carms)
     wholes = project_vertebrae(carm, masks, affine, carms=carms)
-    return decide(bodies, wholes, (u, v), result, carm)
+    return bodies, wholes, carm
 
 
 def _carm_on_xray(result, xray, level: str | None = None):
