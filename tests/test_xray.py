@@ -85,6 +85,9 @@ def test_dicom_dx_geometry_and_no_identifiers(tmp_path):
     text = repr(xr.meta)
     for secret in (SECRET_NAME, "Doe", SECRET_ID, "19500101"):
         assert secret not in text
+    det = xr.detector()  # the C-arm detector that took it: columns x rows, detector-plane pitch
+    assert (det.width_px, det.height_px) == (48, 40) and det.pixel_mm == pytest.approx(0.15)
+    assert det.sdd_mm == pytest.approx(1020.0)
 
 
 def test_dicom_cr_monochrome1_is_inverted_and_rescaled(tmp_path):
