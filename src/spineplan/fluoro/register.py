@@ -773,12 +773,11 @@ def _reprojection_mm(carm_a, carm_b, points) -> float:
 
 
 def _user_mask_at(user_mask: np.ndarray, xray, lv: _Level) -> np.ndarray:
-    """The user's valid-pixel mask binned like the level's image (valid if all sub-pixels are)."""
+    """The user's valid-pixel mask cropped and binned like the level's image (valid only if all
+    its sub-pixels are)."""
     h, w = user_mask.shape
     img_h, img_w = lv.image.shape
-    b = (h // (img_h)) if img_h else 1
-    b = max(1, int(round(max(h, w) / max(img_h, img_w))))
-    step = b
+    step = max(1, int(round(max(h, w) / max(img_h, img_w))))
     h2, w2 = img_h * step, img_w * step
     r0, c0 = (h - h2) // 2, (w - w2) // 2
     crop = user_mask[r0:r0 + h2, c0:c0 + w2].astype(np.float32)
