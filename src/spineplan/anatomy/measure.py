@@ -76,8 +76,15 @@ _PSF_SIGMA_MM = 0.0
 _FIT_IN_MM, _FIT_OUT_MM = 4.0, 5.0
 #: Use the model-based edge (True) or the plain half-maximum (False).
 _EDGE_MODEL = True
+#: Margin (mm) around the height of the posterior body within which a pedicle is looked for
+#: (the pedicle joins the body between its endplates; its isthmus is 12-17 mm high in the
+#: lumbar spine, Zindrick MR et al., Spine 1987;12:160-166, about half the body height).
+_PEDICLE_Z_MARGIN_MM = 3.0
 #: Rounds of pedicle cross-section sweeps (each re-fits the axis through the section centres).
 _PEDICLE_ROUNDS = 3
+#: The label is trusted to this many voxels for where an edge lies (its rim may be a voxel off
+#: in an automatic segmentation; the CT decides the edge within the search window).
+_MASK_TOLERANCE_VOX = 1
 #: Step (mm) of the CT profiles used for half-maximum edges.
 _STEP_MM = 0.1
 #: Out-of-field CT values (padding) are below this.
@@ -96,13 +103,17 @@ class _Crop:
     smooth: np.ndarray  # float32, Gaussian-smoothed mask (for symmetry)
     touches_edge: bool
     points: np.ndarray  # (N, 3) LPS of the mask voxels (all)
+    tolerant: np.ndarray  # bool, the mask dilated by _MASK_TOLERANCE_VOX
 
-    def mask_at(self, xyz) -> np.ndarray:
-        """Nearest-voxel mask value at LPS points (False outside the crop)."""
+    def mask_at(self, xyz, tolerant: bool = False) -> np.ndarray:
+        """Nearest-voxel mask value at LPS points (False outside the crop); ``tolerant``: of the
+        mask dilated by ``_MASK_TOLERANCE_VOX`` (used when the label's own rim gives no CT edge:
+        an automatic segmentation's rim may be a voxel too tight and hide the cortical peak)."""
         idx = np.rint(self.ct.world_to_index(np.asarray(xyz).reshape(-1, 3))).astype(np.int64)
         ok = np.all((idx >= 0) & (idx < np.array(self.mask.shape)), axis=1)
         out = np.zeros(len(idx), bool)
-        out[ok] = self.mask[idx[ok, 0], idx[ok, 1], idx[ok, 2]]
+        src = self.tolerant if tolerant else self.mask
+        out[ok] = src[idx[ok, 0], idx[ok, 1], idx[ok, 2]]
         return out.reshape(np.asarray(xyz).shape[:-1])
 
 
@@ -146,7 +157,13 @@ def _make_crop(ct: Volume, mask: np.ndarray, bbox=None, margin_mm: float = 20.0)
     sigma = np.maximum(1.5 / sp, 0.5)
     smooth = gaussian_filter(m.astype(np.float32), sigma=sigma, mode="constant")
     pts = sub.index_to_world(np.argwhere(m))
-    return _Crop(sub, m, smooth, touches, pts)
+    if _MASK_TOLERANCE_VOX > 0:
+        from scipy.ndimage import binary_dilation
+
+        tol = binary_dilation(m, iterations=_MASK_TOLERANCE_VOX)
+    else:
+        tol = m
+    return _Crop(sub, m, smooth, touches, pts, tol)
 
 
 def _unit(v) -> np.ndarray:
@@ -540,9 +557,12 @@ def _model_edge(s: np.ndarray, v: np.ndarray, e0: float, kern, thr: float, sp: f
     return e if abs(e - e0) <= 0.6 * sp + 0.3 else None
 
 
-def _extents(crop: _Crop, P, D, max_mm: float, sp: float) -> np.ndarray:
+def _extents(crop: _Crop, P, D, max_mm: float, sp: float, tolerant: bool = False) -> np.ndarray:
     """Half-maximum edges along +-D from each point P: array (n, 2) of (negative, positive)
-    distances, NaN where an edge is not found. One CT and one mask lookup for all lines."""
+    distances, NaN where an edge is not found. One CT and one mask lookup for all lines.
+    ``tolerant``: where the label's rim gives no edge, retry from the rim of the mask dilated
+    by ``_MASK_TOLERANCE_VOX`` (pedicle sections; not body heights, where the dilated rim can
+    reach across a thin disc)."""
     P = np.atleast_2d(np.asarray(P, float))
     D = np.atleast_2d(np.asarray(D, float))
     s = np.arange(0.0, max_mm, _STEP_MM)
@@ -550,6 +570,7 @@ def _extents(crop: _Crop, P, D, max_mm: float, sp: float) -> np.ndarray:
     pts = P[:, None, :] + ss[None, :, None] * D[:, None, :]
     v = crop.ct.sample(pts, order=1)
     m = crop.mask_at(pts)
+    mt = crop.mask_at(pts, tolerant=True) if tolerant else m
     n0 = len(s) - 1  # index of s=0
     out = np.full((len(P), 2), np.nan)
     kernels: dict = {}
@@ -559,8 +580,10 @@ def _extents(crop: _Crop, P, D, max_mm: float, sp: float) -> np.ndarray:
             kernels[key] = _line_kernel(crop.ct.spacing, D[i])
         kern = kernels[key]
         edges = []
-        for vv, mm in ((v[i, n0::-1], m[i, n0::-1]), (v[i, n0:], m[i, n0:])):
+        for vv, mm, mmt in ((v[i, n0::-1], m[i, n0::-1], mt[i, n0::-1]), (v[i, n0:], m[i, n0:], mt[i, n0:])):
             r = _edge_from_profile(s, vv, mm, sp)
+            if r is None and tolerant:  # the label's rim may be a voxel too tight: look further out
+                r = _edge_from_profile(s, vv, mmt, sp)
             e = None
             if r is not None:
                 e = r[0]
@@ -610,36 +633,70 @@ def _edge_inward_from_hole(ct: Volume, crop: _Crop, p0, d, max_mm: float, sp: fl
 
 
 # --------------------------------------------------------------------------- pedicles
-def _pedicle_seed(g: _Grid, canal: _Canal, side: str):
-    """Coarse isthmus centre (local) and axis from coronal sections of the resampled mask."""
-    from scipy.ndimage import label
+def _pedicle_z_window(fit: "_FrameFit") -> tuple[float, float]:
+    """Local z range in which the pedicles can lie: the height of the posterior part of the body
+    (the pedicles join the body between its endplates), with a margin of ``_PEDICLE_Z_MARGIN_MM``.
+    Bone of the mask above or below it (a neighbour's articular process given this label by an
+    imperfect segmentation, or this vertebra's own facets) cannot seed the pedicle."""
+    body = fit.body_local
+    post = body[body[:, 1] > fit.canal.front_y - 10.0]
+    if len(post) < 20:
+        post = body
+    zlo, zhi = np.percentile(post[:, 2], [2, 98])
+    return float(zlo - _PEDICLE_Z_MARGIN_MM), float(zhi + _PEDICLE_Z_MARGIN_MM)
+
+
+def _pedicle_seed(g: _Grid, canal: _Canal, side: str, zwin: tuple[float, float] | None = None):
+    """Coarse isthmus centre (local) and axis from coronal sections of the resampled mask.
+
+    The pedicle is tracked from the posterior body wall backwards: in the first section the
+    component within the body's height (``zwin``) nearest the canal's lateral border; in each
+    following section the component overlapping the previous one. Stray bone of the label that
+    is not connected to the body that way (a neighbour's articular process) is ignored.
+    """
+    from scipy.ndimage import binary_dilation, label
 
     sgn = 1.0 if side == "left" else -1.0
     gx, gy, gz = g.coords
     cx = canal.center[0]
     lateral = sgn * (gx - cx) > 0.5
+    if zwin is not None:
+        inz = (gz >= zwin[0]) & (gz <= zwin[1])
+        lateral = lateral[:, None] & inz[None, :]
+    else:
+        lateral = np.repeat(lateral[:, None], len(gz), axis=1)
     y0, y1 = canal.front_y, canal.back_y
     if y1 - y0 < 4.0:
         return None
     rows = []
+    prev = None
     for y in np.arange(y0 + 0.5, y0 + _PEDICLE_SEARCH_FRACTION * (y1 - y0), g.res):
         iy = g.iy(y)
-        sec = g.m[:, iy, :] & lateral[:, None]
+        sec = g.m[:, iy, :] & lateral
         if not sec.any():
             continue
         lab, n = label(sec)
         if n == 0:
             continue
-        # the component nearest the canal's lateral border, ignoring slivers (< 12 mm2)
+        # ignoring slivers (< 12 mm2): the component overlapping the previous section's one,
+        # else (first section, or the track was lost) the one nearest the canal's lateral border
         sizes = np.bincount(lab.ravel()) * g.res ** 2
         big = sizes >= 12.0
         big[0] = False
-        ii, kk = np.nonzero(big[lab])
-        if ii.size == 0:
-            continue
-        dist = np.abs(gx[ii] - cx)
-        comp = lab[ii[np.argmin(dist)], kk[np.argmin(dist)]]
-        ci, ck = np.nonzero(lab == comp)
+        comp = 0
+        if prev is not None:
+            ov = np.bincount(lab[binary_dilation(prev) & big[lab]], minlength=len(sizes))
+            ov[0] = 0
+            if ov.max() > 0:
+                comp = int(np.argmax(ov))
+        if comp == 0:
+            ii, kk = np.nonzero(big[lab])
+            if ii.size == 0:
+                continue
+            dist = np.abs(gx[ii] - cx)
+            comp = lab[ii[np.argmin(dist)], kk[np.argmin(dist)]]
+        prev = lab == comp
+        ci, ck = np.nonzero(prev)
         w = gx[ci].max() - gx[ci].min() + g.res
         h = gz[ck].max() - gz[ck].min() + g.res
         rows.append((y, w, h, gx[ci].mean(), gz[ck].mean(), len(ci)))
@@ -674,11 +731,11 @@ def _pedicle_sections(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.nd
     u = _unit(np.cross(frame.axes[2], a))  # transverse plane, perpendicular to the axis
     w = _unit(np.cross(a, u))  # cranio-caudal within the section
     n = len(C)
-    ew = _extents(crop, C, np.tile(u, (n, 1)), 18.0, sp)
+    ew = _extents(crop, C, np.tile(u, (n, 1)), 18.0, sp, tolerant=True)
     c1 = C + 0.5 * (ew[:, :1] + ew[:, 1:]) * u
-    eh = _extents(crop, np.nan_to_num(c1), np.tile(w, (n, 1)), 20.0, sp)
+    eh = _extents(crop, np.nan_to_num(c1), np.tile(w, (n, 1)), 20.0, sp, tolerant=True)
     c2 = c1 + 0.5 * (eh[:, :1] + eh[:, 1:]) * w
-    ew2 = _extents(crop, np.nan_to_num(c2), np.tile(u, (n, 1)), 18.0, sp)
+    ew2 = _extents(crop, np.nan_to_num(c2), np.tile(u, (n, 1)), 18.0, sp, tolerant=True)
     c3 = c2 + 0.5 * (ew2[:, :1] + ew2[:, 1:]) * u
     return np.c_[ew2[:, 1] - ew2[:, 0], eh[:, 1] - eh[:, 0], c3]
 
@@ -747,7 +804,7 @@ def _least_section_axis(crop: _Crop, frame: VertebraFrame, centre, side: str) ->
 
 
 def _measure_pedicle(ct, crop, fit: _FrameFit, side: str, sp: float) -> Pedicle | None:
-    seed = _pedicle_seed(fit.grid, fit.canal, side)
+    seed = _pedicle_seed(fit.grid, fit.canal, side, _pedicle_z_window(fit))
     if seed is None:
         return None
     frame = fit.frame
