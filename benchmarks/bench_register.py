@@ -123,6 +123,11 @@ def main(argv=None) -> int:
         if lc_total:
             per = ", ".join(f"{k} {v[0]}/{v[1]}" for k, v in lc_levels.items())
             print(f"   level check: {lc_right}/{lc_total} right ({lc_right / lc_total * 100:.1f} %, target 100 %); {per}")
+            ok_r = sum(r[6] for r in rows if r[2])
+            ok_n = sum(r[7] for r in rows if r[2])
+            if ok_n:
+                print(f"   level check on the shots whose registration reported success: {ok_r}/{ok_n} right "
+                      f"({ok_r / ok_n * 100:.1f} %); on failed ones the answer carries confidence 0")
         all_rows += rows
     return 0
 
