@@ -162,3 +162,21 @@ def test_report_pictures(reports):
         assert np.any((img[..., 0] < 60) & (img[..., 2] > 200))
     assert pics["AP"]["info"]["angular_deg"] == pytest.approx(0.0)
     assert pics["LAT"]["info"]["angular_deg"] == pytest.approx(90.0)
+
+
+def test_patient_text_does_not_invent_a_fracture(reports):
+    """An augmentation level without a Genant grade on the scan is not called clearly broken silently."""
+    import copy
+
+    from spineplan.report._html import Para
+    from spineplan.report.patient import patient_doc
+
+    _, _, plan, _, _ = reports
+    assert plan.access, "the phantom plan has an access path"
+    graded = " ".join(b.text for b in patient_doc(plan).blocks if isinstance(b, Para))
+    assert "does not look clearly squashed" not in graded
+    chosen = copy.deepcopy(plan)
+    for a in chosen.access:
+        a.extra["genant_grade"] = 0
+    text = " ".join(b.text for b in patient_doc(chosen).blocks if isinstance(b, Para))
+    assert f"{chosen.access[0].level} does not look clearly squashed" in text and "Ask your surgeon why" in text

@@ -108,6 +108,13 @@ def patient_doc(plan, *, picture: bytes | None = None, patient_name: str | None 
         doc.add(Para(f"The plan also treats a broken bone: {_and(acc_levels)}. A thin needle goes through the skin "
                      f"into the bone, and bone cement is put in to make it firm ({proc}). "
                      "There is more about this below."))
+        # Levels chosen by the surgeon although the scan shows no graded collapse: say so, never imply a
+        # finding the scan does not show.
+        unseen = sorted({a.level for a in plan.access if not (a.extra.get("genant_grade") or 0) >= 1})
+        if unseen:
+            doc.add(Para(f"On this scan, {_and(unseen)} does not look clearly squashed. Your surgeon chose "
+                         f"{'it' if len(unseen) == 1 else 'them'} for other reasons, for example a fresh break seen "
+                         "on an MRI scan. Ask your surgeon why."))
     if picture is not None:
         doc.add(Figure(picture, "Where the operation is. Left: you, seen from behind. Right: your back from "
                                 "your scan. Orange shows the bones that are treated. Red shows the cuts.",
