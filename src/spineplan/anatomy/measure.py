@@ -60,6 +60,30 @@ CANCELLOUS_DEPTH_MM = 3.0
 #: Levels whose pedicle has no free isthmus to measure: the S1 pedicle runs into the sacral ala.
 NO_ISTHMUS_LEVELS = ("S1",)
 
+#: Plausible thoracolumbar pedicle isthmus dimensions (T11-L5). Zindrick MR et al., "Analysis of
+#: the morphometric characteristics of the thoracic and lumbar pedicles", Spine 1987;12:160-166:
+#: mean transverse widths from ~7-8 mm (T11-L1) to ~18 mm (L5), heights ~14-17 mm, transverse
+#: angles from ~-5 deg (T12) to ~30 deg (L5). The ranges below are deliberately wider (dysplastic
+#: and scoliotic pedicles, measurement noise): outside them a result is not a pedicle.
+PEDICLE_WIDTH_RANGE_MM = (3.0, 25.0)
+PEDICLE_HEIGHT_RANGE_MM = (6.0, 25.0)
+PEDICLE_TRANSVERSE_RANGE_DEG = (-15.0, 45.0)
+PEDICLE_SAGITTAL_MAX_DEG = 25.0
+#: Left/right agreement within one vertebra: side-to-side isthmus width differences are about
+#: 1 mm in normal spines and reach ~2-3 mm on the concave side of scoliotic curves (Liljenqvist
+#: UR et al., Spine 1998;23:1662-1666 / J Bone Joint Surg Am 2002;84:359-368). Engineering
+#: tolerances above those: larger differences mean one side is probably mis-measured.
+LR_WIDTH_TOL_MM = 3.0
+LR_WIDTH_TOL_FRAC = 0.3
+LR_ANGLE_TOL_DEG = 10.0
+#: A pedicle re-measured from the mirror image of the other one must be its mirror image within
+#: these (engineering tolerances: about twice the measurement error at 1-1.5 mm voxels, see
+#: benchmarks/bench_measure.py, plus the normal asymmetry above).
+_MIRROR_CENTRE_TOL_MM = 4.0
+_MIRROR_WIDTH_TOL_MM = 1.5
+_MIRROR_WIDTH_TOL_FRAC = 0.15
+_MIRROR_ANGLE_TOL_DEG = 6.0
+
 #: Resolution (mm) of the frame-aligned resampling of the label mask.
 _GRID_MM = 1.0
 #: The pedicle is looked for in the anterior part of the canal's AP extent (from the posterior
@@ -803,13 +827,18 @@ def _least_section_axis(crop: _Crop, frame: VertebraFrame, centre, side: str) ->
     return frame.axes.T @ _local_axis(side, best[1], best[2])
 
 
-def _measure_pedicle(ct, crop, fit: _FrameFit, side: str, sp: float) -> Pedicle | None:
-    seed = _pedicle_seed(fit.grid, fit.canal, side, _pedicle_z_window(fit))
-    if seed is None:
-        return None
+def _measure_pedicle(ct, crop, fit: _FrameFit, side: str, sp: float, start=None) -> Pedicle | None:
+    """One pedicle; ``start``: (world centre, world axis) to start from instead of the seed
+    search (the mirror image of the other pedicle, see :func:`_checked_pedicles`)."""
     frame = fit.frame
-    centre = frame.to_world(seed[0])
-    axis = _least_section_axis(crop, frame, centre, side)
+    if start is None:
+        seed = _pedicle_seed(fit.grid, fit.canal, side, _pedicle_z_window(fit))
+        if seed is None:
+            return None
+        centre = frame.to_world(seed[0])
+        axis = _least_section_axis(crop, frame, centre, side)
+    else:
+        centre, axis = (np.asarray(a, float) for a in start)
     best = None
     for it in range(_PEDICLE_ROUNDS):
         ts = np.arange(-9.0, 9.01, 0.5)
@@ -858,6 +887,108 @@ def _measure_pedicle(ct, crop, fit: _FrameFit, side: str, sp: float) -> Pedicle 
     return Pedicle(side=side, isthmus_center=rows[k, 3:6], axis=axis,
                    isthmus_width_mm=float(width[k]), isthmus_height_mm=float(height[k]),
                    transverse_angle_deg=med, sagittal_angle_deg=cra)
+
+
+def pedicle_implausible(p: Pedicle) -> str | None:
+    """Why a measured pedicle cannot be a thoracolumbar pedicle isthmus (published ranges,
+    generously widened), or None when it can."""
+    lo, hi = PEDICLE_WIDTH_RANGE_MM
+    if not lo <= p.isthmus_width_mm <= hi:
+        return f"isthmus width {p.isthmus_width_mm:.1f} mm is outside {lo:g}-{hi:g} mm"
+    lo, hi = PEDICLE_HEIGHT_RANGE_MM
+    if not lo <= p.isthmus_height_mm <= hi:
+        return f"isthmus height {p.isthmus_height_mm:.1f} mm is outside {lo:g}-{hi:g} mm"
+    lo, hi = PEDICLE_TRANSVERSE_RANGE_DEG
+    if not lo <= p.transverse_angle_deg <= hi:
+        return f"transverse angle {p.transverse_angle_deg:.1f} deg is outside {lo:g}..{hi:g} deg"
+    if abs(p.sagittal_angle_deg) > PEDICLE_SAGITTAL_MAX_DEG:
+        return f"sagittal angle {p.sagittal_angle_deg:.1f} deg exceeds +-{PEDICLE_SAGITTAL_MAX_DEG:g} deg"
+    return None
+
+
+def pedicles_disagree(a: Pedicle, b: Pedicle) -> str | None:
+    """Why the left and right pedicles of one vertebra are too different to both be right."""
+    dw = abs(a.isthmus_width_mm - b.isthmus_width_mm)
+    if dw > max(LR_WIDTH_TOL_MM, LR_WIDTH_TOL_FRAC * 0.5 * (a.isthmus_width_mm + b.isthmus_width_mm)):
+        return f"isthmus widths differ by {dw:.1f} mm"
+    da = abs(a.transverse_angle_deg - b.transverse_angle_deg)
+    if da > LR_ANGLE_TOL_DEG:
+        return f"transverse angles differ by {da:.1f} deg"
+    return None
+
+
+def _mirror_start(fit: _FrameFit, p: Pedicle):
+    """(centre, axis) of the mirror image of pedicle ``p`` in the mid-sagittal plane (world)."""
+    f = fit.frame
+    c = f.to_local(p.isthmus_center) * [-1.0, 1.0, 1.0]
+    a = f.direction_to_local(p.axis) * [-1.0, 1.0, 1.0]
+    return f.to_world(c), _unit(a @ f.axes)
+
+
+def _mirror_confirms(p2: Pedicle | None, start, ref: Pedicle) -> bool:
+    """Whether a pedicle re-measured from the mirror image of ``ref`` is its mirror image: its
+    isthmus is near the mirrored one and it is as wide and as angled (a re-measurement that
+    drifted to where the label still has bone - e.g. the lamina - is not accepted)."""
+    if p2 is None or pedicle_implausible(p2) is not None:
+        return False
+    return bool(np.linalg.norm(p2.isthmus_center - start[0]) <= _MIRROR_CENTRE_TOL_MM
+                and abs(p2.isthmus_width_mm - ref.isthmus_width_mm)
+                <= max(_MIRROR_WIDTH_TOL_MM, _MIRROR_WIDTH_TOL_FRAC * ref.isthmus_width_mm)
+                and abs(p2.transverse_angle_deg - ref.transverse_angle_deg) <= _MIRROR_ANGLE_TOL_DEG)
+
+
+def _checked_pedicles(crop: _Crop, fit: _FrameFit, name: str, sp: float) -> tuple[dict, list[str]]:
+    """Both pedicles, each checked against the published ranges and against the other side.
+
+    A pedicle out of range, or one of a left/right pair that disagree, is measured again
+    starting from the mirror image of the other side (the seed search may have latched onto
+    a process or a neighbour's bone in an imperfect label). What stays implausible is left out
+    and said in the warnings; a disagreement nothing resolves is kept and flagged."""
+    def measure(side, start=None):
+        try:
+            return _measure_pedicle(crop.ct, crop, fit, side, sp, start)
+        except (ValueError, IndexError, np.linalg.LinAlgError):
+            return None
+
+    warnings: list[str] = []
+    found = {side: measure(side) for side in SIDES}
+    why = {side: (pedicle_implausible(p) if p is not None else "no isthmus found") for side, p in found.items()}
+    other = {"left": "right", "right": "left"}
+    for side in SIDES:
+        o = other[side]
+        if why[side] is None or found[o] is None or why[o] is not None:
+            continue
+        start = _mirror_start(fit, found[o])
+        p2 = measure(side, start)
+        if _mirror_confirms(p2, start, found[o]):
+            warnings.append(f"{name}: the {side} pedicle was re-measured from the mirror image of the {o} one "
+                            f"(first result rejected: {why[side]}).")
+            found[side], why[side] = p2, None
+    ok = {s: found[s] for s in SIDES if why[s] is None}
+    for side in SIDES:
+        if why[side] is not None:
+            if found[side] is None:
+                warnings.append(f"{name}: the {side} pedicle could not be measured.")
+            else:
+                warnings.append(f"{name}: the {side} pedicle measurement was rejected ({why[side]}); "
+                                "it is not reported.")
+    if len(ok) == 2:
+        d = pedicles_disagree(ok["left"], ok["right"])
+        if d is not None:
+            alt = {}
+            for side in SIDES:
+                start = _mirror_start(fit, ok[other[side]])
+                p2 = measure(side, start)
+                if _mirror_confirms(p2, start, ok[other[side]]):
+                    alt[side] = p2
+            if len(alt) == 1:
+                side = next(iter(alt))
+                warnings.append(f"{name}: left and right pedicles disagreed ({d}); the {side} one was re-measured "
+                                f"from the mirror image of the {other[side]} one.")
+                ok[side] = alt[side]
+            else:
+                warnings.append(f"{name}: left and right pedicles disagree ({d}); check them on the images.")
+    return ok, warnings
 
 
 # --------------------------------------------------------------------------- body, canal
@@ -1003,15 +1134,9 @@ def measure_vertebra(ct: Volume, mask: np.ndarray, name: str, label: int, *, nei
                         warnings=[f"{name}: could not fit the vertebra's frame ({exc}); only its volume is given."])
     sub = crop.ct
     pedicles: dict[str, Pedicle] = {}
-    for side in (SIDES if name not in NO_ISTHMUS_LEVELS else ()):
-        try:
-            p = _measure_pedicle(sub, crop, fit, side, sp)
-        except (ValueError, IndexError, np.linalg.LinAlgError):
-            p = None
-        if p is not None:
-            pedicles[side] = p
-        else:
-            warnings.append(f"{name}: the {side} pedicle could not be measured.")
+    if name not in NO_ISTHMUS_LEVELS:
+        pedicles, w = _checked_pedicles(crop, fit, name, sp)
+        warnings.extend(w)
     if name in NO_ISTHMUS_LEVELS:
         warnings.append(f"{name}: its pedicles merge with the sacral ala (no free isthmus); they are not measured.")
     meas: dict[str, float] = {}

@@ -12,7 +12,7 @@ from spineplan import DISCLAIMER, __version__
 from spineplan._atomic import write_text
 from spineplan._progress import progress
 from spineplan.anatomy.fracture import grade_fractures
-from spineplan.anatomy.measure import OSTEOPOROSIS_HU, measure_vertebra
+from spineplan.anatomy.measure import OSTEOPOROSIS_HU, measure_vertebra, pedicles_disagree
 from spineplan.anatomy.model import Spine
 from spineplan.errors import LabelError, NoVertebraeError
 from spineplan.levels import level_from_verse, level_index
@@ -23,6 +23,12 @@ SPINE_FORMAT = "spineplan.spine"
 SPINE_VERSION = 1
 #: Label maps with fewer voxels than this for a level are treated as noise, not a vertebra.
 _MIN_VOXELS = 20
+#: A pedicle whose isthmus width differs from the mean of the adjacent levels' pedicles by more
+#: than this (mm, and fraction of that mean) is out of line with its neighbours. Adjacent
+#: thoracolumbar levels differ by ~0.5-2 mm, most at L4-L5 (~4-5 mm; Zindrick MR et al., Spine
+#: 1987;12:160-166); the tolerance is above that.
+NEIGHBOUR_WIDTH_TOL_MM = 5.0
+NEIGHBOUR_WIDTH_TOL_FRAC = 0.5
 
 
 def build_spine(ct: Volume, labels: Volume, *, names_confidence: float = 1.0, method: str = "labels",
@@ -66,10 +72,41 @@ def build_spine(ct: Volume, labels: Volume, *, names_confidence: float = 1.0, me
         mask = np.zeros(ct.shape, bool)
         mask[sl] = lab[sl] == code
         verts.append(measure_vertebra(ct, mask, name, code, neighbours=nb, bbox=sl))
+    _check_pedicles_against_neighbours(verts)
     spine = Spine(vertebrae=verts, labels=labels, naming_confidence=float(names_confidence),
                   naming_method=method, warnings=list(warnings))
     grade_fractures(spine)
     return spine
+
+
+def _check_pedicles_against_neighbours(verts) -> None:
+    """Drop a pedicle that is out of line with both its adjacent levels and its other side.
+
+    ``verts`` are in cranio-caudal order. The expected width is the mean isthmus width of the
+    pedicles of the adjacent present levels (both sides). A pedicle far from it is rejected (with a
+    warning in its vertebra) only when the other side of the same vertebra is missing or
+    disagrees with it: a whole level that is wider than its neighbours is anatomy, not an error.
+    """
+    widths = [[p.isthmus_width_mm for p in v.pedicles.values()] for v in verts]
+    drop = []
+    for i, v in enumerate(verts):
+        nb = [w for j in (i - 1, i + 1) if 0 <= j < len(verts)
+              and abs(level_index(verts[j].name) - level_index(v.name)) == 1 for w in widths[j]]
+        if not nb:
+            continue
+        expect = float(np.mean(nb))
+        for side, p in v.pedicles.items():
+            if abs(p.isthmus_width_mm - expect) <= max(NEIGHBOUR_WIDTH_TOL_MM, NEIGHBOUR_WIDTH_TOL_FRAC * expect):
+                continue
+            o = v.pedicles.get("right" if side == "left" else "left")
+            if o is not None and pedicles_disagree(p, o) is None:
+                continue
+            drop.append((v, side, expect))
+    for v, side, expect in drop:
+        p = v.pedicles.pop(side)
+        v.warnings.append(f"{v.name}: the {side} pedicle measurement was rejected (isthmus width "
+                          f"{p.isthmus_width_mm:.1f} mm, adjacent levels {expect:.1f} mm, and the other side "
+                          "does not confirm it); it is not reported.")
 
 
 def _clean(o: Any) -> Any:
