@@ -76,12 +76,12 @@ def build_curve(body_pts: np.ndarray, canal_pts: np.ndarray) -> Curve:
     return Curve(pts, tan, post, lat, s)
 
 
-def core_profile(sample, curve: Curve, radius: float = CORE_RADIUS_MM) -> np.ndarray:
-    """Median HU over a disc of ``radius`` in the normal plane at each curve sample.
+def core_profile(sample, curve: Curve, radius: float = CORE_RADIUS_MM, inner: float = 0.0) -> np.ndarray:
+    """Median HU over a disc of ``radius`` (a ring from ``inner``) in the normal plane at each curve sample.
 
     ``sample(xyz)`` returns HU at LPS points (M, 3).
     """
-    rr, aa = np.meshgrid(np.linspace(0, radius, 4), np.linspace(0, 2 * np.pi, 12, endpoint=False))
+    rr, aa = np.meshgrid(np.linspace(inner, radius, 4), np.linspace(0, 2 * np.pi, 12, endpoint=False))
     u = (rr * np.cos(aa)).ravel()
     v = (rr * np.sin(aa)).ravel()
     pts = (curve.points[:, None, :] + u[None, :, None] * curve.lateral[:, None, :]
@@ -130,6 +130,18 @@ THICK_DISC_WINDOW_MM = 10.0
 #: slices, bright within this distance (mm) on both sides of its centre. The middle of a body,
 #: 9-20 mm from either endplate, satisfies neither.
 THIN_DISC_WINDOW_MM = 6.0
+#: A thin disc's bright band spans the whole endplate, so it is also bright on a ring this far
+#: (mm) from the curve; a focal bone island or sclerotic spot inside a body (typically < 10 mm;
+#: Greenspan, Skeletal Radiol 1995) is bright in the core only. Inside every body from T1 down
+#: (T1 bodies are ~25 mm wide, 17 mm deep; Panjabi et al., Spine 1991).
+RING_MM = (7.0, 10.0)
+#: ... at least this fraction of the core's excess brightness (partial volume at 2-3 mm slices
+#: and the endplates' concavity dim the ring's band).
+RING_FRACTION = 0.25
+#: Only bands brighter than this above the baseline (HU) are checked on the ring: a merged
+#: disc band is at most ~150 HU above its bodies, a dense bone island (> 600 HU; Greenspan
+#: 1995) much more; at the scan's ends the ring may leave the bone, so dimmer bands are kept.
+RING_CHECK_HU = 100.0
 #: Baseline window (mm): about one vertebral period.
 BASELINE_MM = 40.0
 
@@ -141,7 +153,8 @@ def _side_max(p: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
     return win[: len(p)].max(axis=1), win[w : w + len(p)].max(axis=1)
 
 
-def disc_score(profile: np.ndarray, period: np.ndarray, step: float = STEP_MM) -> np.ndarray:
+def disc_score(profile: np.ndarray, period: np.ndarray, step: float = STEP_MM,
+               ring: np.ndarray | None = None) -> np.ndarray:
     """How strongly each point looks like a disc (HU >= 0), given the expected local period.
 
     Thick (resolved) discs: depth of the core below the brighter endplates found on *both*
@@ -149,11 +162,16 @@ def disc_score(profile: np.ndarray, period: np.ndarray, step: float = STEP_MM) -
     slices): brightness on both sides within a fifth of a period above the local median; such
     bands next to a resolved disc are its endplates and are ignored. The middle of a body, dark
     or not (osteoporosis, basivertebral veins), has its endplates ~0.35-0.4 periods away.
+    With ``ring`` (the profile on a ring around the core, :data:`RING_MM`), a thin disc must be
+    bright there too (an endplate spans the body; a bone island does not).
     """
     from scipy.ndimage import gaussian_filter1d, maximum_filter1d, median_filter
 
     p = gaussian_filter1d(profile.astype(float), 1.0 / step, mode="nearest")
     base = median_filter(p, size=max(3, int(round(BASELINE_MM / step))) | 1, mode="nearest")
+    if ring is not None:
+        q = gaussian_filter1d(ring.astype(float), 1.0 / step, mode="nearest")
+        qbase = median_filter(q, size=max(3, int(round(BASELINE_MM / step))) | 1, mode="nearest")
     thick = np.zeros_like(p)
     thin = np.zeros_like(p)
     near = np.zeros_like(p)
@@ -164,7 +182,12 @@ def disc_score(profile: np.ndarray, period: np.ndarray, step: float = STEP_MM) -
         thick[sel] = (np.minimum(lt, rt) - p)[sel]
         wn = max(2, int(round(0.8 * w_mm / step)))
         ln, rn = _side_max(p, wn)
-        thin[sel] = (np.minimum(ln, rn) - base)[sel]
+        th = np.minimum(ln, rn) - base
+        if ring is not None:
+            lq, rq = _side_max(q, wn)
+            pk = maximum_filter1d(th, size=2 * wn + 1)  # the band's peak excess
+            th = np.where((pk > RING_CHECK_HU) & (np.minimum(lq, rq) - qbase < RING_FRACTION * pk), 0.0, th)
+        thin[sel] = th[sel]
         nt = maximum_filter1d(np.clip(np.minimum(lt, rt) - p, 0, None), size=2 * w + 3)
         near[sel] = nt[sel]
     # a bright endplate next to a resolved (dark) disc is not a thin disc itself
@@ -201,7 +224,8 @@ def _local_maxima(d: np.ndarray, height: float) -> np.ndarray:
     return np.asarray(out, dtype=int)
 
 
-def find_discs(profile: np.ndarray, width: np.ndarray, step: float = STEP_MM) -> np.ndarray:
+def find_discs(profile: np.ndarray, width: np.ndarray, step: float = STEP_MM,
+               ring: np.ndarray | None = None) -> np.ndarray:
     """Indices of disc centres along the curve: the most periodic set of deep dips.
 
     Candidates are the local maxima of :func:`disc_score`; dynamic programming over pairs of
@@ -209,7 +233,7 @@ def find_discs(profile: np.ndarray, width: np.ndarray, step: float = STEP_MM) ->
     sum(log(gap ratio)^2), with every gap within ``PERIOD_MM``.
     """
     period = np.clip(width * PERIOD_PER_WIDTH, *PERIOD_MM)
-    d = disc_score(profile, period, step)
+    d = disc_score(profile, period, step, ring)
     cand = _local_maxima(d, DISC_MIN_SCORE * 0.5)
     n = len(cand)
     if n == 0:

@@ -144,7 +144,8 @@ def _segment_builtin(ct: Volume, anchor: str | None) -> Segmentation:
 
     profile = _discs.core_profile(sample, curve)
     width = _discs.body_width(sample, curve)
-    discs = _discs.find_discs(profile, width)
+    ring = _discs.core_profile(sample, curve, _discs.RING_MM[1], _discs.RING_MM[0])
+    discs = _discs.find_discs(profile, width, ring=ring)
     next(steps, None)
 
     segs = _instances.segments_from_discs(curve, discs)
