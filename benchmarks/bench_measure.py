@@ -1,6 +1,6 @@
 """Measurement accuracy vs voxel size on phantoms, real-CT heights vs TotalSegmentator, speed.
 
-Run: SPINEPLAN_PROGRESS=0 python benchmarks/bench_measure.py [--quick]
+Run: SPINEPLAN_PROGRESS=0 python benchmarks/bench_measure.py [--quick] [--ownseg]
 Timings are pessimistic: the machine has 2 cores shared with other jobs.
 """
 
@@ -81,6 +81,53 @@ def abdomen():
     print(f"  mean difference {np.nanmean(d):+.2f} mm, mean |difference| {np.nanmean(np.abs(d)):.2f} mm")
 
 
+#: Phantoms for the own-segmentation comparison (the cases of tests/test_measure_ownseg.py, plus more).
+OWNSEG_CASES = [dict(levels="T11-S1", spacing=1.0, fracture=("T12", 2, "wedge"), seed=0),
+                dict(levels="T11-S1", spacing=1.5, scoliosis_deg=15.0, rotation_deg=10.0, seed=1),
+                dict(levels="T11-S1", spacing=1.0, seed=3, lordosis_deg=55.0),
+                dict(levels="T11-S1", spacing=1.0, seed=5, scoliosis_deg=10.0, rotation_deg=-8.0,
+                     fracture=("L1", 1, "biconcave")),
+                dict(levels="T11-S1", spacing=1.0, seed=7, scoliosis_deg=15.0, rotation_deg=10.0)]
+
+
+def own_segmentation(cases):
+    """Pedicles measured on spineplan's own segmentation vs on the phantom's labels vs truth."""
+    from spineplan.anatomy.segment import segment_spine
+    from spineplan.anatomy.spine import build_spine
+    from spineplan.phantom import make_phantom
+
+    print("own segmentation: pedicle isthmus width (mm) and transverse angle (deg), own / labels / truth")
+    we, ae, missing, n = [], [], 0, 0
+    for kw in cases:
+        ph = make_phantom(**kw)
+        own = build_spine(ph.ct, segment_spine(ph.ct).labels)
+        ref = build_spine(ph.ct, ph.labels)
+        print(f"  {kw}")
+        for name, tv in ph.truth["vertebrae"].items():
+            if name == "S1" or not tv["complete"] or name not in ref:
+                continue
+            for side in ("left", "right"):
+                t = tv["pedicles"][side]
+                r = ref[name].pedicles.get(side)
+                o = own[name].pedicles.get(side) if name in own else None
+                n += 1
+                if o is None:
+                    missing += 1
+                    print(f"    {name:3s} {side:5s} own MISSING ({[w for w in own[name].warnings if side in w]})"
+                          if name in own else f"    {name} not segmented")
+                    continue
+                we.append(abs(o.isthmus_width_mm - t["isthmus_width_mm"]))
+                ae.append(abs(o.transverse_angle_deg - t["transverse_angle_deg"]))
+                rw = f"{r.isthmus_width_mm:5.1f}" if r else "  -  "
+                ra = f"{r.transverse_angle_deg:5.1f}" if r else "  -  "
+                print(f"    {name:3s} {side:5s} width {o.isthmus_width_mm:5.1f}/{rw}/{t['isthmus_width_mm']:5.1f}  "
+                      f"angle {o.transverse_angle_deg:5.1f}/{ra}/{t['transverse_angle_deg']:5.1f}")
+    we, ae = np.asarray(we), np.asarray(ae)
+    print(f"  own segmentation: {n - missing}/{n} pedicles; |width err| median {np.median(we):.2f} max {we.max():.2f} mm "
+          f"(<=1.0: {np.mean(we <= 1.0):.0%}); |angle err| median {np.median(ae):.2f} max {ae.max():.2f} deg "
+          f"(<=4: {np.mean(ae <= 4.0):.0%})")
+
+
 if __name__ == "__main__":
     quick = "--quick" in sys.argv
     cases = [dict(levels="L1-L3", seed=0, fracture=("L2", 2, "wedge")),
@@ -93,5 +140,9 @@ if __name__ == "__main__":
     if quick:
         cases = cases[:1]
     spacings = [float(x) for x in os.environ.get("BENCH_SPACINGS", "0.8,1.0,1.5,2.0,3.0").split(",")]
+    if "--ownseg" in sys.argv:  # only the own-segmentation comparison
+        own_segmentation(OWNSEG_CASES[:2] if quick else OWNSEG_CASES)
+        sys.exit(0)
     phantom_errors([1.0, 2.0] if quick else spacings, cases)
+    own_segmentation(OWNSEG_CASES[:2] if quick else OWNSEG_CASES)
     abdomen()

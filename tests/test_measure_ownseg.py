@@ -121,3 +121,25 @@ def test_plausibility_rules():
     assert "width" in pedicles_disagree(_ped(12.6, 14.6, 17.9), _ped(18.0, 14.6, 17.9, side="right"))
     assert pedicles_disagree(_ped(12.6, 14.6, 17.9), _ped(13.4, 14.6, 19.0, side="right")) is None
     assert "angle" in pedicles_disagree(_ped(12.6, 14.6, -9.4), _ped(12.6, 14.6, 17.9, side="right"))
+
+
+def test_adjacent_level_check_drops_only_the_odd_side():
+    from spineplan.anatomy.model import Vertebra, VertebraFrame
+    from spineplan.anatomy.spine import _check_pedicles_against_neighbours
+
+    def vert(name, wl, wr):
+        peds = {s: _ped(w, 14.5, 14.0, side=s) for s, w in (("left", wl), ("right", wr)) if w is not None}
+        return Vertebra(name=name, label=VERSE_CODES[name], frame=VertebraFrame(np.zeros(3), np.eye(3)), pedicles=peds)
+
+    # L3 left 17 mm while L3 right is 10 and L2/L4 are 8.7/12.7 (Zindrick-like): left dropped, said so
+    verts = [vert("L2", 8.7, 8.7), vert("L3", 17.0, 10.0), vert("L4", 12.7, 12.7), vert("L5", 18.0, 18.0)]
+    _check_pedicles_against_neighbours(verts)
+    assert set(verts[1].pedicles) == {"right"}
+    assert any("left pedicle" in w and "rejected" in w for w in verts[1].warnings)
+    # the L4 -> L5 widening (12.7 -> 18 mm on both sides) is anatomy: nothing dropped
+    assert set(verts[3].pedicles) == {"left", "right"} and not verts[3].warnings
+    assert all(set(v.pedicles) == {"left", "right"} for v in (verts[0], verts[2]))
+    # a lone L5 pedicle of 18 mm next to L4's 12.7 mm is kept
+    verts = [vert("L4", 12.7, 12.7), vert("L5", None, 18.0)]
+    _check_pedicles_against_neighbours(verts)
+    assert "right" in verts[1].pedicles

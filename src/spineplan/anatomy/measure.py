@@ -23,9 +23,17 @@ How (sub-voxel where it matters):
    says roughly where the edge is, so a label a voxel too big or too small does not bias it.
    Body sizes and heights are medians over small bundles of parallel lines.
 3. The pedicle is the bony bridge lateral to the canal: coronal sections of the resampled mask
-   locate its narrowest part; the first axis is the direction whose perpendicular mask sections
-   are smallest; then cross-sections perpendicular to the axis are measured on the CT, the axis
-   is re-fitted through their centres, and the isthmus is the narrowest (smoothed) section.
+   locate its narrowest part, tracked from the posterior body wall backwards and only within the
+   height of the posterior body (so bone of a neighbour's articular process that an automatic
+   segmentation gave this label cannot seed it); the first axis is the direction whose
+   perpendicular mask sections are smallest; then cross-sections perpendicular to the axis are
+   measured on the CT (where the label's rim gives no CT edge, the search starts from the rim of
+   the label dilated by one voxel), the axis is re-fitted through their centres, and the isthmus
+   is the narrowest (smoothed) section.
+4. Checks (:func:`pedicle_implausible`, :func:`pedicles_disagree`): a pedicle outside the published
+   ranges, or one of a left/right pair that disagree, is measured again from the mirror image of
+   the other side; it is kept only if that confirms it, else left out with a sentence in
+   ``Vertebra.warnings``. ``spine.build_spine`` also compares each pedicle with the adjacent levels.
 
 Accuracy and speed are measured by ``benchmarks/bench_measure.py`` (phantoms with exact truth
 at 0.8-3 mm voxels; the abdomen CT against TotalSegmentator's own heights).

@@ -84,8 +84,9 @@ def _check_pedicles_against_neighbours(verts) -> None:
 
     ``verts`` are in cranio-caudal order. The expected width is the mean isthmus width of the
     pedicles of the adjacent present levels (both sides). A pedicle far from it is rejected (with a
-    warning in its vertebra) only when the other side of the same vertebra is missing or
-    disagrees with it: a whole level that is wider than its neighbours is anatomy, not an error.
+    warning in its vertebra) only when the other side of the same vertebra is missing, or
+    disagrees with it and is nearer the expectation: a whole level that is wider than its
+    neighbours is anatomy, not an error.
     """
     widths = [[p.isthmus_width_mm for p in v.pedicles.values()] for v in verts]
     drop = []
@@ -95,11 +96,14 @@ def _check_pedicles_against_neighbours(verts) -> None:
         if not nb:
             continue
         expect = float(np.mean(nb))
+        off = {side: abs(p.isthmus_width_mm - expect) for side, p in v.pedicles.items()}
         for side, p in v.pedicles.items():
-            if abs(p.isthmus_width_mm - expect) <= max(NEIGHBOUR_WIDTH_TOL_MM, NEIGHBOUR_WIDTH_TOL_FRAC * expect):
+            if off[side] <= max(NEIGHBOUR_WIDTH_TOL_MM, NEIGHBOUR_WIDTH_TOL_FRAC * expect):
                 continue
-            o = v.pedicles.get("right" if side == "left" else "left")
-            if o is not None and pedicles_disagree(p, o) is None:
+            o_side = "right" if side == "left" else "left"
+            o = v.pedicles.get(o_side)
+            # both sides agree (the level is what it is), or the other side is the odd one
+            if o is not None and (pedicles_disagree(p, o) is None or off[o_side] > off[side]):
                 continue
             drop.append((v, side, expect))
     for v, side, expect in drop:
