@@ -57,7 +57,21 @@ def summarise(name: str, plan, results, requested: int, widths: dict | None = No
               f"head offset {s.extra.get('head_offset_mm')} mm")
     for w in nss:
         print(f"    ! {w.message}")
-    return {"n": n, "requested": requested, "A": a, "AB": ab, "medial": medial, "wrong": wrong}
+    dm = [s.diameter_mm for s in plan.screws]
+    lm = [s.length_mm for s in plan.screws]
+    ratio = [s.diameter_mm / w for s in plan.screws
+             if (w := (widths or {}).get((s.level, s.side), s.extra.get("isthmus_width_mm")))]
+    if dm:
+        print(f"    sizes: diameter {_dist(dm)} mm; length {_dist(lm)} mm; diameter/isthmus {_dist(ratio, 2)}")
+    return {"n": n, "requested": requested, "A": a, "AB": ab, "medial": medial, "wrong": wrong,
+            "d": dm, "l": lm, "ratio": ratio}
+
+
+def _dist(x, nd: int = 1) -> str:
+    """'median [min-max]' of a list of numbers."""
+    if not x:
+        return "-"
+    return f"median {np.median(x):.{nd}f} [{np.min(x):.{nd}f}-{np.max(x):.{nd}f}]"
 
 
 def timed(fn, repeat: int):
@@ -78,7 +92,7 @@ def phantoms(quick: bool, repeat: int):
     from spineplan.safety import check_plan
 
     print("Phantoms (graded against the phantoms' ground-truth labels):")
-    tot = {"n": 0, "A": 0, "requested": 0}
+    tot = {"n": 0, "A": 0, "requested": 0, "d": [], "l": [], "ratio": []}
     for name, kw in PHANTOMS.items():
         if quick and name not in ("default 1.0 mm", "narrow pedicles x0.5"):
             continue
@@ -96,10 +110,11 @@ def phantoms(quick: bool, repeat: int):
         print(f"    time: {wall:.2f} s wall ({wall / n:.2f} s/screw), {cpu:.2f} s CPU ({cpu / n:.2f} s/screw)"
               + (f", best of {repeat}" if name.startswith("default") else ""))
     print(f"  ALL PHANTOMS: {tot['n']} screws for {tot['requested']} pedicles, grade A "
-          f"{100 * tot['A'] / max(tot['n'], 1):.1f} %")
+          f"{100 * tot['A'] / max(tot['n'], 1):.1f} %; diameter {_dist(tot['d'])} mm, length {_dist(tot['l'])} mm, "
+          f"diameter/isthmus {_dist(tot['ratio'], 2)}")
 
 
-def real(data: Path, quick: bool, repeat: int):
+def real(data: Path, quick: bool, repeat: int, own_segmentation: bool = True):
     from spineplan.anatomy.spine import build_spine
     from spineplan.io import read_ct, read_labels
     from spineplan.plan.screws import plan_screws
@@ -124,7 +139,7 @@ def real(data: Path, quick: bool, repeat: int):
         n = max(len(plan.screws), 1)
         print(f"    time: anatomy {t_anat:.1f} s; planning {wall:.2f} s wall ({wall / n:.2f} s/screw), "
               f"{cpu:.2f} s CPU ({cpu / n:.2f} s/screw), best of {repeat}")
-        if quick:
+        if quick or not own_segmentation:
             continue
         try:
             from spineplan.anatomy.segment import segment_spine
@@ -150,12 +165,14 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=3, help="best of N for the timings")
     ap.add_argument("--skip-phantoms", action="store_true")
     ap.add_argument("--skip-real", action="store_true")
+    ap.add_argument("--skip-own-segmentation", action="store_true",
+                    help="real CTs: plan from the reference labels only")
     args = ap.parse_args(argv)
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (shared machine)")
     if not args.skip_phantoms:
         phantoms(args.quick, args.repeat)
     if not args.skip_real and Path(args.data).is_dir():
-        real(Path(args.data), args.quick, args.repeat)
+        real(Path(args.data), args.quick, args.repeat, not args.skip_own_segmentation)
 
 
 if __name__ == "__main__":

@@ -10,16 +10,20 @@ Method (per vertebra, then per side):
    isthmus to find the **entry** (where the axis enters bone coming from the skin), and forwards
    from the entry. A screw of radius r fits with margin m wherever ``SDF(axis) <= -(r + m)``:
    the ball of radius r + m around every axis point is then inside the bone, so the whole
-   cylinder is (the "inscribed ball" test, exact for a tube). This is required over the screw
-   length after the entry zone; the tip must also be ``anterior_cortex_clearance_mm`` inside
-   bone along the axis. Endplates are the mask's cranial and caudal boundaries, so a screw that
-   keeps its margin never crosses an endplate.
+   cylinder is (the "inscribed ball" test, exact for a tube). The margin m is ``margin_mm``
+   along the **pedicle** (after the entry zone, until the whole screw cross-section lies
+   anterior to the posterior wall of the vertebral body, found per vertebra by
+   :func:`posterior_wall_y`) and the smaller ``body_margin_mm`` in the **body** (never 0: the
+   body cortex is never breached). The canal and the roots only border the pedicle segment. The
+   tip must also be ``anterior_cortex_clearance_mm`` inside bone along the axis. Endplates are the
+   mask's cranial and caudal boundaries, so a screw that keeps its margin never crosses an endplate.
 4. Each axis gets its largest admissible diameter (<= 80 % of the isthmus width) and longest
    catalogue length, and its purchase (mean positive HU over the screw's volume x volume).
 5. The best candidates by purchase are checked for the remaining rules in order: entry lateral
    to the superior articular process, no facet-joint violation of the level above, a bone-free
    percutaneous corridor from the entry back to the skin, skin entry near enough to the midline;
-   then graded with the independent surface-sampling grader of :mod:`spineplan.safety`.
+   then graded with the independent surface-sampling grader of :mod:`spineplan.safety` (grade A,
+   no facet violation) and their surface margins re-checked per segment (pedicle, body).
 """
 
 from __future__ import annotations
@@ -61,6 +65,12 @@ BACK_MM = 40.0
 AHEAD_MM = 72.0
 #: Window after the entry zone in which the pedicle's narrowest point is looked for (mm).
 ISO_MM = 25.0
+#: The posterior wall of the vertebral body is looked for along lines parallel to the frame's
+#: posterior axis (y) from the body centroid, at these lateral and cranial offsets (mm, frame),
+#: up to WALL_SEARCH_MM behind the centroid; the median of the walls found is used (the
+#: basivertebral notch only moves a line's wall anteriorly, i.e. lengthens the pedicle segment).
+WALL_OFFSETS_MM = (-3.0, 0.0, 3.0)
+WALL_SEARCH_MM = 60.0
 
 RULES = ("bone-corridor", "margin", "isthmus-80", "length", "ct-bone", "sap-entry", "facet", "corridor-bone",
          "skin-offset", "verified-grade")
@@ -97,6 +107,10 @@ class Option:
     entry_sap_mm: float | None = None  # entry lateral coordinate minus the SAP's lateral border
     head: np.ndarray | None = None  # rod seat (tulip) position
     safety: Any = None  # ScrewSafety from the verification
+    #: distance from the entry (along the axis) at which the body segment starts (inf: no body segment found)
+    body_start_mm: float = float("inf")
+    pedicle_margin_mm: float | None = None  # surface margin measured along the pedicle segment
+    body_margin_mm: float | None = None  # surface margin measured in the body segment
 
 
 @dataclass
@@ -146,6 +160,65 @@ def make_context(ct: Volume, vertebra, mask: np.ndarray, labels: np.ndarray | No
                            labels=labels, label=getattr(vertebra, "label", None), facet=fz,
                            pedicles=dict(getattr(vertebra, "pedicles", {}) or {}),
                            endplates=dict(getattr(vertebra, "endplates", {}) or {}))
+
+
+# --------------------------------------------------------------------------- pedicle / body junction
+def posterior_wall_y(ctx: VertebraContext) -> float | None:
+    """Frame y coordinate (mm, posterior positive) of the vertebral body's posterior wall next to
+    the midline: where lines from the body centroid along +y first leave the bone (into the
+    spinal canal), median over :data:`WALL_OFFSETS_MM`; None when fewer than half the lines
+    start in bone and leave it (then the whole screw keeps the pedicle margin)."""
+    key = "posterior-wall"
+    if key in ctx.cache:
+        return ctx.cache[key]
+    ys = np.arange(0.0, WALL_SEARCH_MM, 0.25)
+    walls = []
+    lines = [(dx, dz) for dx in WALL_OFFSETS_MM for dz in WALL_OFFSETS_MM]
+    for dx, dz in lines:
+        loc = np.stack([np.full_like(ys, dx), ys, np.full_like(ys, dz)], axis=1)
+        f = ctx.field.sample(ctx.frame.to_world(loc))
+        if f[0] >= 0:
+            continue
+        out = np.flatnonzero(f >= 0)
+        if len(out):
+            walls.append(float(ys[out[0]]))
+    y = float(np.median(walls)) if 2 * len(walls) >= len(lines) else None
+    ctx.cache[key] = y
+    return y
+
+
+def body_start(ctx: VertebraContext, entry: np.ndarray, dirs: np.ndarray, radius, min_start=0.0) -> np.ndarray:
+    """Distance from each entry along its axis (mm) after which the whole screw cross-section of
+    ``radius`` lies anterior to the posterior body wall (frame y <= wall - radius), and not before
+    ``min_start`` (per axis: the axis's point at the pedicle isthmus, so the isthmus always keeps
+    the pedicle margin even when a coarse mask puts the entry beside the body); inf when no wall
+    was found or the axis does not run anteriorly."""
+    wall = posterior_wall_y(ctx)
+    n = len(entry)
+    if wall is None or n == 0:
+        return np.full(n, np.inf)
+    y0 = ctx.frame.to_local(entry)[:, 1]
+    dy = np.asarray(dirs, float) @ np.asarray(ctx.frame.axes, float)[1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sb = (y0 - (wall - np.asarray(radius, float))) / -dy
+    return np.where(dy < -1e-3, np.maximum(sb, min_start), np.inf)
+
+
+def zone_margins(ctx: VertebraContext, entry, tip, diameter_mm: float, start_body: float,
+                 entry_zone_mm: float) -> tuple[float, float]:
+    """Smallest surface margin (mm, SDF sampled on the screw surface like :mod:`spineplan.safety`)
+    along the pedicle segment [entry zone, ``start_body``) and in the body segment (from
+    ``start_body``, tip cap included); inf for an empty segment."""
+    from spineplan.geometry import cylinder_surface
+    from spineplan.safety._grade import SURFACE_STEP_MM
+
+    s = cylinder_surface(entry, tip, 0.5 * diameter_mm, step_mm=SURFACE_STEP_MM)
+    sdf = ctx.field.sample(s.points)
+    ped = (s.t_mm >= entry_zone_mm) & (s.t_mm < start_body)
+    body = s.t_mm >= start_body
+    mp = float(-sdf[ped].max()) if ped.any() else float("inf")
+    mb = float(-sdf[body].max()) if body.any() else float("inf")
+    return mp, mb
 
 
 # --------------------------------------------------------------------------- seeds
@@ -258,13 +331,23 @@ def evaluate(ctx: VertebraContext, side: str, pts: np.ndarray, dirs: np.ndarray,
     step = st.profile_step_mm
     counts: dict[str, int] = {}
     diam = np.array(sorted({d for d, _ in sizes}))
-    needs = 0.5 * diam + st.margin_mm + PROFILE_SLACK_MM
+    # the march finds where the body margin fails (from the entry zone on); the pedicle segment's
+    # larger margin is then applied from its running inscribed radius (a running minimum from
+    # the entry zone, so exact over the pedicle segment, which starts there)
+    needs_body = 0.5 * diam + st.body_margin + PROFILE_SLACK_MM
+    needs_ped = 0.5 * diam + st.margin_mm + PROFILE_SLACK_MM
     m = ctx.field.march(pts, dirs, step=step, back_mm=BACK_MM, ahead_mm=AHEAD_MM, skip_mm=st.entry_zone_mm,
-                        iso_mm=ISO_MM, needs=needs)
+                        iso_mm=ISO_MM, needs=needs_body)
     ok = np.isfinite(m["te"])
     pts, dirs = pts[ok], dirs[ok]
-    te, s_exit, fail, iso, run = m["te"][ok], m["exit_s"][ok], m["fail_s"][ok], m["iso"][ok], m["run"][ok]
+    te, s_exit, fail, iso, run = m["te"][ok], m["exit_s"][ok], m["fail_s"][ok].copy(), m["iso"][ok], m["run"][ok]
     entry = pts - te[:, None] * dirs
+    ss = np.arange(run.shape[1]) * step
+    for kd, dmm in enumerate(diam):
+        sb = body_start(ctx, entry, dirs, 0.5 * dmm, te)
+        bad = (ss[None, :] < sb[:, None]) & (run < needs_ped[kd])
+        fail_p = np.where(bad.any(axis=1), ss[np.argmax(bad, axis=1)], np.inf)
+        fail[:, kd] = np.minimum(fail[:, kd], fail_p)
     counts["bone-corridor"] = int(np.sum(s_exit - st.entry_zone_mm >= min(l for _, l in sizes) * 0.5))
     best_d = np.zeros(len(entry))
     best_l = np.zeros(len(entry))
@@ -289,13 +372,13 @@ def evaluate(ctx: VertebraContext, side: str, pts: np.ndarray, dirs: np.ndarray,
     counts["isthmus-80"] = int(fits_rule.sum())
     good = best_l > 0
     counts["length"] = int(good.sum())
-    entry, dirs, best_d, best_l, run = entry[good], dirs[good], best_d[good], best_l[good], run[good]
+    entry, dirs, best_d, best_l, run, te = entry[good], dirs[good], best_d[good], best_l[good], run[good], te[good]
     # clearance actually achieved (inscribed-ball margin) over [entry zone, L]
     nL = np.minimum(np.round(best_l / step).astype(int), run.shape[1] - 1)
     clear = run[np.arange(len(nL)), nL].astype(float) - 0.5 * best_d
     pur, mhu = _purchase(ctx, entry, dirs, best_d, best_l)
     return dict(entry=entry, dirs=dirs, d=best_d, L=best_l, purchase=pur, mean_hu=mhu, clear=clear,
-                counts=counts, isthmus=isth)
+                counts=counts, isthmus=isth, body_start=body_start(ctx, entry, dirs, 0.5 * best_d, te))
 
 
 def _purchase(ctx: VertebraContext, entry, dirs, dmm, lmm):
@@ -367,6 +450,14 @@ def _lookup(arr: np.ndarray, inv: np.ndarray, pts: np.ndarray, fill: bool) -> np
     return out.reshape(shp)
 
 
+def _in_grid(shape, inv: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Whether LPS points (..., 3) fall on a grid of ``shape`` (nearest voxel)."""
+    from spineplan.geometry import affine_apply
+
+    idx = np.rint(affine_apply(inv, pts.reshape(-1, 3))).astype(np.int64)
+    return np.all((idx >= 0) & (idx < np.array(shape)), axis=1).reshape(pts.shape[:-1])
+
+
 @dataclass
 class Corridor:
     """Whole-CT masks for the percutaneous corridor: ``obstacle`` (bone by HU or any vertebra
@@ -387,24 +478,39 @@ class Corridor:
 
 
 def skin_and_corridor(cor: Corridor, entries: np.ndarray, dirs: np.ndarray, radii: np.ndarray,
-                      st: PlannerSettings) -> tuple[np.ndarray, np.ndarray]:
-    """Skin points (N, 3; NaN when not found before leaving the scan) and whether each back-extension
-    from the entry to the skin meets bone (N,). Off the scan counts as air (the skin is then the
-    last tissue sample inside the field of view)."""
+                      st: PlannerSettings, *, fov_edge_is_skin: bool = True, edge: bool = False):
+    """Skin points (N, 3) and whether each back-extension from the entry to the skin meets bone (N,).
+
+    The skin is the last tissue sample before 3 mm of air. A trajectory that leaves the scan
+    before reaching air: with ``fov_edge_is_skin`` (the default, kept for
+    :mod:`spineplan.plan.access`) its last tissue sample inside the field of view is returned
+    as the skin; without it (the screw planner) its skin point is NaN, since the true skin entry
+    is unknown. Either way its corridor is checked for bone only inside the field of view, and
+    a trajectory that never finds air within ``max_skin_depth_mm`` has a NaN skin point. With
+    ``edge``, also returns the last point checked (N, 3): the skin, or the last tissue sample
+    inside the field of view.
+    """
     start = max(st.corridor_start_mm, cor.spacing + 1.0)
     ts = np.arange(start, st.max_skin_depth_mm, 1.0)
     line = entries[:, None, :] - ts[None, :, None] * dirs[:, None, :]  # (N, T, 3)
     air = _lookup(cor.air, cor.inv, line, True)
-    run = air[:, :-2] & air[:, 1:-1] & air[:, 2:]  # 3 mm of air
+    inside = _in_grid(cor.air.shape, cor.inv, line)  # in the field of view
+    run = air[:, :-2] & air[:, 1:-1] & air[:, 2:]  # 3 mm of air (off the scan counts as air)
     has = run.any(axis=1)
     k = np.where(has, np.argmax(run, axis=1), len(ts) - 1)
-    skin = line[np.arange(len(k)), np.maximum(k - 1, 0)]
-    skin[~has] = np.nan
+    last = line[np.arange(len(k)), np.maximum(k - 1, 0)]
+    skin = last.copy()
+    if fov_edge_is_skin:
+        skin[~has] = np.nan
+    else:  # real air only: the first air run must start inside the field of view
+        skin[~(has & inside[np.arange(len(k)), k])] = np.nan
     before = np.arange(len(ts))[None, :] < k[:, None]
     blocked = np.zeros(len(entries), bool)
     for off in _ring_offsets(dirs, radii):
         hit = _lookup(cor.obstacle, cor.inv, line + off[:, None, :], False)
         blocked |= np.any(hit & before, axis=1)
+    if edge:
+        return skin, blocked, last
     return skin, blocked
 
 
@@ -490,14 +596,19 @@ def search_pedicle(ctx: VertebraContext, side: str, st: PlannerSettings, sizes: 
             ok[ok] = ~_facet_hits(ctx.facet, e[ok], d[ok], dmm[ok], lmm[ok], st)
         stage["facet"] += int(ok.sum())
         skin = np.full((len(ii), 3), np.nan)
+        last = np.zeros((len(ii), 3))
         if ok.any():
-            sk, blocked = skin_and_corridor(cor, e[ok], d[ok], 0.5 * dmm[ok], st)
+            sk, blocked, last[ok] = skin_and_corridor(cor, e[ok], d[ok], 0.5 * dmm[ok], st,
+                                                      fov_edge_is_skin=False, edge=True)
             skin[ok] = sk
             ok[ok] = ~blocked
         stage["corridor-bone"] += int(ok.sum())
         off = np.abs(ctx.frame.to_local(np.nan_to_num(skin))[:, 0])
         off[np.isnan(skin[:, 0])] = np.nan
-        ok &= ~(off > st.max_skin_offset_mm)
+        # when the trajectory leaves the scan before the skin, its offset where it leaves is a
+        # lower bound of the skin entry's (the trajectory runs away from the midline going back)
+        off_edge = np.abs(ctx.frame.to_local(last)[:, 0])
+        ok &= ~(np.where(np.isnan(off), off_edge, off) > st.max_skin_offset_mm)
         stage["skin-offset"] += int(ok.sum())
         for j in np.flatnonzero(ok):
             i = ii[j]
@@ -506,11 +617,16 @@ def search_pedicle(ctx: VertebraContext, side: str, st: PlannerSettings, sizes: 
                          min_clearance_mm=float(res["clear"][i]),
                          skin=None if np.isnan(skin[j, 0]) else skin[j],
                          skin_offset_mm=None if np.isnan(off[j]) else float(off[j]),
-                         entry_sap_mm=None if np.isnan(sap[j]) else float(sap[j]), head=e[j] - st.rod_seat_mm * d[j])
+                         entry_sap_mm=None if np.isnan(sap[j]) else float(sap[j]), head=e[j] - st.rod_seat_mm * d[j],
+                         body_start_mm=float(res["body_start"][i]))
+            opt.pedicle_margin_mm, opt.body_margin_mm = zone_margins(ctx, opt.entry, opt.tip, opt.diameter_mm,
+                                                                     opt.body_start_mm, st.entry_zone_mm)
+            if (opt.pedicle_margin_mm < st.margin_mm - VERIFY_TOLERANCE_MM
+                    or opt.body_margin_mm < st.body_margin - VERIFY_TOLERANCE_MM):
+                continue
             if grade_fn is not None:
                 opt.safety = grade_fn(opt, side)
-                if (opt.safety.grade != "A" or opt.safety.min_margin_mm < st.margin_mm - VERIFY_TOLERANCE_MM
-                        or opt.safety.facet_violation):
+                if opt.safety.grade != "A" or opt.safety.facet_violation:
                     continue
             stage["verified-grade"] += 1
             options.append(opt)

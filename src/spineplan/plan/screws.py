@@ -95,7 +95,7 @@ def plan_screws(ct: Volume, spine, levels: Iterable[str], *, sides=("left", "rig
                 smaller = _smaller_option(ctx, side, st, cat, grade, corridor)
                 width = res.isthmus_width_mm
                 msg = (f"No safe screw for {lv} {side}: {why} (isthmus width {width:.1f} mm, "
-                       f"margin {st.margin_mm:g} mm, diameter <= {100 * st.max_diameter_fraction:.0f} % of the isthmus). ")
+                       f"margin {st.margin_mm:g} mm along the pedicle and {st.body_margin:g} mm in the body, diameter <= {100 * st.max_diameter_fraction:.0f} % of the isthmus). ")
                 msg += (f"The best smaller option that obeys the rules would be {smaller[0]:g} x {smaller[1]:g} mm "
                         "(not in the catalogue)." if smaller else
                         "No smaller screw obeys the rules either; consider another fixation at this level.")
@@ -118,6 +118,8 @@ def plan_screws(ct: Volume, spine, levels: Iterable[str], *, sides=("left", "rig
                 "isthmus_width_mm": _r(res.isthmus_width_mm, 2), "isthmus_width_source": res.width_source,
                 "corridor_width_mm": _r(res.isthmus_width_sdf_mm, 2),
                 "diameter_to_isthmus": _r(opt.diameter_mm / res.isthmus_width_mm, 3) if res.isthmus_width_mm else None,
+                "pedicle_margin_mm": _r(opt.pedicle_margin_mm, 2), "body_margin_mm": _r(opt.body_margin_mm, 2),
+                "body_segment_from_mm": _r(opt.body_start_mm, 1),
                 "breach_mm": _r(saf.breach_mm, 2), "breach_direction": saf.breach_direction,
                 "facet_violation": saf.facet_violation, "entry_zone_mm": st.entry_zone_mm,
                 "skin_entry": None if opt.skin is None else [round(float(x), 2) for x in opt.skin],

@@ -32,14 +32,29 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from spineplan.errors import PlanningError
+from spineplan.plan.rods import TULIP_CENTRE_HEIGHT_MM
 
 
 @dataclass(frozen=True)
 class PlannerSettings:
     # ------------------------------------------------------------------ hard safety rules
-    #: Minimum bone left between the screw surface and the outside of the vertebra along the
-    #: pedicle and body (issue 4 default; about one pedicle cortex thickness).
+    #: Minimum bone left between the screw surface and the outside of the vertebra **along the
+    #: pedicle** (issue 4 default; about one pedicle cortex thickness): from the end of the entry
+    #: zone until the whole screw cross-section is anterior to the posterior wall of the vertebral
+    #: body (the pedicle-body junction; the wall is found per vertebra in the distance field, see
+    #: :func:`spineplan.plan._search.posterior_wall_y`). The spinal canal and the nerve roots lie
+    #: along this segment (medial and caudal pedicle walls), so it keeps the full margin.
     margin_mm: float = 1.0
+    #: Smaller margin required in the vertebral body (anterior to the posterior body wall): the
+    #: screw surface stays at least this far inside the body's cortex (lateral, anterior and
+    #: endplate walls), so the cortex is never breached, while the screw is not held to the
+    #: pedicle's margin along its whole length. Lumbar body cortical shells are ~0.3-0.5 mm thick
+    #: (Silva MJ et al., Calcif Tissue Int 1994;55:229-235; Ritzel H et al., J Bone Miner Res
+    #: 1997;12:89-95: 0.38 +/- 0.06 mm), so 0.5 mm keeps the surface inside the shell's inner
+    #: boundary. It must be > 0; when ``margin_mm`` is smaller, ``margin_mm`` is used in the body too
+    #: (:attr:`body_margin`). The tip clearance from the anterior cortex
+    #: (``anterior_cortex_clearance_mm``) still applies along the axis.
+    body_margin_mm: float = 0.5
     #: Screw diameter <= this fraction of the pedicle isthmus's outer width (Misenhimer et al. 1989).
     max_diameter_fraction: float = 0.8
     #: The tip stays at least this far behind the anterior cortex, measured along the axis
@@ -65,10 +80,12 @@ class PlannerSettings:
     facet_zone_mm: float = 2.5
     #: The screw head (tulip) is modelled for the facet check as a cylinder of this radius
     #: extending ``head_height_mm`` back from the entry along the axis (typical polyaxial
-    #: percutaneous tulips are 10-13 mm wide and sit ~10 mm proud; the shaft-sized core is used
-    #: because the tulip's exact shape varies by implant system).
+    #: percutaneous tulips are 10-13 mm wide and sit ~10-12 mm proud; the shaft-sized core is used
+    #: because the tulip's exact shape varies by implant system). The height is the rods'
+    #: tulip-centre height (:data:`spineplan.plan.rods.TULIP_CENTRE_HEIGHT_MM`), so the planner's
+    #: head and the rods' head are the same point.
     head_radius_mm: float = 3.0
-    head_height_mm: float = 10.0
+    head_height_mm: float = TULIP_CENTRE_HEIGHT_MM
     #: CT cross-check of the mask (a wrong segmentation must not hide a breach): at most
     #: ``max_soft_fraction`` of the screw's surface samples after the entry zone may have a CT
     #: value below ``soft_tissue_hu``. Cerebrospinal fluid is ~0-15 HU and epidural/retroperitoneal
@@ -104,8 +121,9 @@ class PlannerSettings:
     #: bring its head nearer the smooth rod line through the other heads.
     max_purchase_loss_for_alignment: float = 0.10
     #: The rod seats in the screw head this far behind the entry point along the screw axis
-    #: (typical polyaxial tulips; the rod-alignment offsets are measured at this point).
-    rod_seat_mm: float = 10.0
+    #: (typical polyaxial tulips; the rod-alignment offsets are measured at this point). Same
+    #: constant as the rods (:data:`spineplan.plan.rods.TULIP_CENTRE_HEIGHT_MM`).
+    rod_seat_mm: float = TULIP_CENTRE_HEIGHT_MM
     #: ... and only when that gains at least this much alignment (mm).
     min_alignment_gain_mm: float = 1.0
     #: A head farther than this from the smooth rod line is reported as a rod-alignment warning
@@ -130,6 +148,9 @@ class PlannerSettings:
                 raise PlanningError(f"Planner setting {name} must be a number, got {value!r}.")
         if self.margin_mm < 0:
             raise PlanningError(f"Planner setting margin_mm must be >= 0 mm, got {self.margin_mm}.")
+        if self.body_margin_mm <= 0:
+            raise PlanningError(f"Planner setting body_margin_mm must be > 0 mm (the body cortex must never be "
+                                f"breached), got {self.body_margin_mm}.")
         if not 0 < self.max_diameter_fraction <= 1:
             raise PlanningError("Planner setting max_diameter_fraction must be in (0, 1], "
                                 f"got {self.max_diameter_fraction}.")
@@ -139,6 +160,11 @@ class PlannerSettings:
         for name in ("search_step_mm", "search_angle_step_deg", "profile_step_mm"):
             if getattr(self, name) <= 0:
                 raise PlanningError(f"Planner setting {name} must be positive.")
+
+    @property
+    def body_margin(self) -> float:
+        """Margin required in the vertebral body: ``body_margin_mm``, never more than ``margin_mm``."""
+        return min(self.body_margin_mm, self.margin_mm)
 
     def to_dict(self) -> dict:
         return asdict(self)
