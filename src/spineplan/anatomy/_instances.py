@@ -127,8 +127,11 @@ def watershed_instances(hu: np.ndarray, bone: np.ndarray, coords: dict, segs: li
 
 
 #: Bone brighter than this (HU) is travelled at unit cost; darker voxels (partial-volume joint
-#: gaps, marrow) cost up to ``1 + GAP_COST`` per mm, so labels meet in the joints.
-BRIGHT_HU = 450.0
+#: gaps, marrow) cost up to ``1 + GAP_COST`` per mm, so labels meet in the joints. Only dense
+#: cortex (800-1500 HU at 0.5-3 mm voxels) is cheap: at 450 HU the partial-volume facet and
+#: costovertebral gaps at 2.5-3 mm slices were nearly free (reference-label Dice, mean over
+#: the levels: abdomen 0.829 -> 0.854, chest 0.681 -> 0.689 with 850).
+BRIGHT_HU = 850.0
 GAP_COST = 12.0
 
 
