@@ -67,8 +67,12 @@ def evaluate(data: Path, name: str, ct_rel: str, ref_rel: str, conv: str, comple
         cnt = cnt[vals > 0]
         vals = vals[vals > 0]
         ours = level_from_verse(int(vals[np.argmax(cnt)])) if len(vals) else "-"
-        d_best = dice(lab == VERSE_CODES[ours], r) if ours != "-" else 0.0
-        rows.append((lv, ours, d_best))
+        m = lab == VERSE_CODES[ours] if ours != "-" else np.zeros(r.shape, bool)
+        d_best = dice(m, r)
+        # volume ours / reference (> 1: over-segmented) and the share of the reference given
+        # to another vertebra (assignment errors) or left unlabelled (missed bone)
+        extra = (m.sum() / r.sum(), (r & (lab > 0) & ~m).sum() / r.sum(), (r & (lab == 0)).sum() / r.sum())
+        rows.append((lv, ours, d_best, extra))
     return {"name": name, "time_s": dt, "rows": rows, "seg": seg}
 
 
@@ -82,12 +86,13 @@ def main(argv=None) -> int:
         print(f"\n== {res['name']}: {res['time_s']:.1f} s; names {seg.names}; confidence {seg.confidence:.2f} ({seg.method})")
         for w in seg.warnings:
             print(f"   warning: {w}")
-        ok_d = sum(d >= 0.85 for _, _, d in res["rows"])
-        ok_n = sum(a == b for a, b, _ in res["rows"])
-        for lv, ours, d in res["rows"]:
-            print(f"   {lv:>4s}: ours {ours:>4s}  Dice {d:.3f}  {'name ok' if lv == ours else 'NAME DIFFERS'}")
+        ok_d = sum(d >= 0.85 for _, _, d, _ in res["rows"])
+        ok_n = sum(a == b for a, b, _, _ in res["rows"])
+        for lv, ours, d, (vr, oth, miss) in res["rows"]:
+            print(f"   {lv:>4s}: ours {ours:>4s}  Dice {d:.3f}  volume ours/ref {vr:.2f}  ref given to another "
+                  f"vertebra {oth:.2f}, unlabelled {miss:.2f}  {'name ok' if lv == ours else 'NAME DIFFERS'}")
         n = len(res["rows"])
-        print(f"   Dice >= 0.85: {ok_d}/{n}; same name: {ok_n}/{n}; mean Dice {np.mean([d for *_, d in res['rows']]):.3f}")
+        print(f"   Dice >= 0.85: {ok_d}/{n}; same name: {ok_n}/{n}; mean Dice {np.mean([r[2] for r in res['rows']]):.3f}")
     # phantoms with exact truth
     phantom_cases = [
         dict(spacing=1.5, seed=0),
