@@ -72,11 +72,14 @@ NO_ISTHMUS_LEVELS = ("S1",)
 #: the morphometric characteristics of the thoracic and lumbar pedicles", Spine 1987;12:160-166:
 #: mean transverse widths from ~7-8 mm (T11-L1) to ~18 mm (L5), heights ~14-17 mm, transverse
 #: angles from ~-5 deg (T12) to ~30 deg (L5). The ranges below are deliberately wider (dysplastic
-#: and scoliotic pedicles, measurement noise): outside them a result is not a pedicle.
+#: and scoliotic pedicles, measurement noise): outside them a result is not a pedicle. The angle
+#: bounds allow the axis noise of coarse (3 mm) clinical scans, where the real abdomen CT's L5 axes
+#: measure 46-48 deg and its T12 sagittal angle -26 deg: rejecting those dropped pedicles whose
+#: widths were right, and the planner searches the trajectory itself (it only uses the width).
 PEDICLE_WIDTH_RANGE_MM = (3.0, 25.0)
 PEDICLE_HEIGHT_RANGE_MM = (6.0, 25.0)
-PEDICLE_TRANSVERSE_RANGE_DEG = (-15.0, 45.0)
-PEDICLE_SAGITTAL_MAX_DEG = 25.0
+PEDICLE_TRANSVERSE_RANGE_DEG = (-20.0, 55.0)
+PEDICLE_SAGITTAL_MAX_DEG = 30.0
 #: Left/right agreement within one vertebra: side-to-side isthmus width differences are about
 #: 1 mm in normal spines and reach ~2-3 mm on the concave side of scoliotic curves (Liljenqvist
 #: UR et al., Spine 1998;23:1662-1666 / J Bone Joint Surg Am 2002;84:359-368). Engineering
