@@ -105,12 +105,13 @@ def patient_doc(plan, *, picture: bytes | None = None, patient_name: str | None 
                      "The surgeon uses X-ray pictures to guide each screw."))
     if plan.access:
         proc = plan.access[0].procedure
-        doc.add(Para(f"The plan also treats a broken bone: {_and(acc_levels)}. A thin needle goes through the skin "
-                     f"into the bone, and bone cement is put in to make it firm ({proc}). "
-                     "There is more about this below."))
         # Levels chosen by the surgeon although the scan shows no graded collapse: say so, never imply a
         # finding the scan does not show.
         unseen = sorted({a.level for a in plan.access if not (a.extra.get("genant_grade") or 0) >= 1})
+        what = "a bone" if len(unseen) == len(set(acc_levels)) else "a broken bone"
+        doc.add(Para(f"The plan also treats {what}: {_and(acc_levels)}. A thin needle goes through the skin "
+                     f"into the bone, and bone cement is put in to make it firm ({proc}). "
+                     "There is more about this below."))
         if unseen:
             doc.add(Para(f"On this scan, {_and(unseen)} does not look clearly squashed. Your surgeon chose "
                          f"{'it' if len(unseen) == 1 else 'them'} for other reasons, for example a fresh break seen "
