@@ -70,7 +70,7 @@ def summary(plan) -> str:
         lines.append(f"INCISIONS ({len(plan.incisions)}, total {plan.extra.get('incisions_total_mm', 0):.0f} mm):")
         for i in plan.incisions:
             e = i.extra
-            flag = "  FLAGGED" if i.length_mm > 30 else ""
+            flag = "  FLAGGED" if e.get("flag") else ""  # set by plan_incisions with its reason
             lines.append(f"  {i.side:<6} {'/'.join(e.get('levels', [])):<9} {i.length_mm:.0f} mm, "
                          f"{e.get('distance_from_midline_mm', float('nan')):.0f} mm from the midline{flag}")
     if plan.access:
@@ -78,7 +78,7 @@ def summary(plan) -> str:
         lines.append(f"NEEDLE ACCESS ({len(plan.access)}):")
         for a in plan.access:
             e = a.extra
-            cement = e.get("cement_ml_estimate", e.get("cement_ml"))
+            cement = e.get("cement_ml")
             lines.append(f"  {a.level:<6}{a.side:<7}{a.procedure}, {e.get('approach', '')}, {a.gauge} G, "
                          f"grade {e.get('grade', '-')}" + ("" if cement is None else f", cement ~{float(cement):.1f} mL"))
     if plan.extra.get("carm"):
