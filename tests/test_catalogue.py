@@ -40,5 +40,5 @@ def test_from_csv_errors_say_what_is_wrong(tmp_path, text, words):
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(InputError, match="no such file"):
+    with pytest.raises(InputError, match="no such screw catalogue file"):
         ScrewCatalogue.from_csv(tmp_path / "nope.csv")

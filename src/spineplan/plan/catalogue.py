@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from spineplan._files import read_text
 from spineplan.errors import InputError
 from spineplan.typing import TypePath
 
@@ -67,12 +68,8 @@ class ScrewCatalogue:
     def from_csv(cls, path: TypePath, name: str | None = None) -> "ScrewCatalogue":
         """Read an implant system's sizes from a CSV with columns ``diameter_mm,length_mm``."""
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8-sig")
-        except FileNotFoundError:
-            raise InputError(f"Screw catalogue {path}: no such file. Give a CSV with columns diameter_mm,length_mm.") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"Screw catalogue {path}: cannot read it ({exc}).") from None
+        text = read_text(path, InputError, "screw catalogue file", "Give a CSV with columns diameter_mm,length_mm.",
+                         encoding="utf-8-sig")
         reader = csv.DictReader(text.splitlines())
         cols = [c.strip() for c in (reader.fieldnames or [])]
         if "diameter_mm" not in cols or "length_mm" not in cols:

@@ -20,6 +20,7 @@ from typing import Any
 
 from spineplan import DISCLAIMER, __version__
 from spineplan._atomic import write_text
+from spineplan._files import read_text
 from spineplan.errors import PlanFormatError
 from spineplan.levels import LEVELS
 
@@ -372,12 +373,7 @@ class Plan:
     @classmethod
     def load(cls, path) -> "Plan":
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise PlanFormatError(f"{path}: no such plan file. Give the plan.json written by 'spineplan plan'.") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise PlanFormatError(f"{path}: cannot read the plan file ({exc}).") from None
+        text = read_text(path, PlanFormatError, "plan file", "Give the plan.json written by 'spineplan plan'.")
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
