@@ -15,7 +15,7 @@ from _planner import spine_from_truth
 from spineplan.plan.access import MIDLINE_TOLERANCE_MM, fractured_levels, plan_access
 from spineplan.plan.model import Plan
 
-FRACTURE_KW = dict(levels="T11-L2", spacing=1.5, fracture=("T12", 2, "wedge"), fov="spine")
+FRACTURE_KW = dict(levels="T11-L2", spacing=1.5, fracture=("T12", 2, "wedge"), fov="full")
 NARROW_KW = dict(levels="T11-L1", spacing=1.5, pedicle_scale=0.55, fov="spine")
 
 
@@ -94,8 +94,25 @@ def test_skin_point_on_the_skin_and_on_the_path(fracture_case):
         hu_out = ph.ct.sample((skin - 3.0 * d)[None], order=1, fill=-1000.0)[0]
         hu_in = ph.ct.sample((skin + 3.0 * d)[None], order=1, fill=-1000.0)[0]
         assert hu_out < -500.0 < hu_in  # air outside, tissue inside
+        assert a.extra["skin_to_target_mm"] == pytest.approx(np.linalg.norm(tip - skin), abs=0.1)
         # cement: 16.2 % of a body volume of 10-60 mL
         assert 0.162 * 10 <= a.extra["cement_ml_level"] <= 0.162 * 60
+
+
+def test_skin_outside_the_scan_is_said_not_guessed():
+    """A scan cut 6 mm behind the spinous processes shows no skin: the needle's skin point must not
+    be the scan's edge; it is marked as estimated, with a warning, and no skin-to-target distance."""
+    ph = get_phantom(**{**FRACTURE_KW, "fov": "spine"})
+    acc, warns = plan_access(ph.ct, _spine(ph))
+    assert acc
+    outside = {(w.level, w.code) for w in warns if w.code == "skin-outside-scan"}
+    for a in acc:
+        assert (a.level, "skin-outside-scan") in outside
+        assert a.extra["skin_to_target_mm"] is None
+        skin = np.asarray(a.skin, float)
+        # the estimated point is outside the scan (the scan's edge is not the skin)
+        ijk = ph.ct.world_to_index(skin[None])[0]
+        assert np.any(ijk < 0) or np.any(ijk > np.array(ph.ct.shape) - 1)
 
 
 def test_user_levels_and_thin_needle():

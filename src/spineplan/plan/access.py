@@ -238,7 +238,8 @@ def _candidates(ctx, body: _Body, side: str, approach: str, st: PlannerSettings,
         if len(out) >= 1:
             break
         e, d = entry[i], dirs[i]
-        skin, blocked = skin_and_corridor(corridor, e[None], d[None], np.array([r_mm]), st)
+        # a path that leaves the scan before the skin has no skin point (never the scan's edge)
+        skin, blocked = skin_and_corridor(corridor, e[None], d[None], np.array([r_mm]), st, fov_edge_is_skin=False)
         if blocked[0]:
             continue
         p = _Path(side, approach, e, e + t_tip[i] * d, d, float(cost[i]),
@@ -393,7 +394,8 @@ def plan_access(ct, spine, levels=None, *, procedure: str = "kyphoplasty", gauge
         for p in paths:
             sk = skin.exit_point(p.entry, -p.direction)
             skin_pt = sk.point if sk is not None else p.skin
-            if skin_pt is None:
+            skin_seen = skin_pt is not None
+            if not skin_seen:
                 skin_pt = p.entry - 60.0 * p.direction
                 warnings.append(PlanWarning("skin-outside-scan", f"{lv} {p.side}: the needle's skin point lies "
                                             "outside the scan; the skin point shown is 60 mm behind the entry.",
@@ -406,7 +408,7 @@ def plan_access(ct, spine, levels=None, *, procedure: str = "kyphoplasty", gauge
                 "grade": saf.grade, "breach_mm": round(float(saf.breach_mm), 2),
                 "min_margin_mm": round(float(saf.min_margin_mm), 2),
                 "medial_angle_deg": round(med, 1), "cranial_angle_deg": round(cra, 1),
-                "skin_to_target_mm": round(float(np.linalg.norm(p.tip - skin_pt)), 1),
+                "skin_to_target_mm": round(float(np.linalg.norm(p.tip - skin_pt)), 1) if skin_seen else None,
                 "bone_path_mm": round(float(np.linalg.norm(p.tip - p.entry)), 1),
                 "tip_from_midline_mm": round(abs(float(tip_loc[0])), 1),
                 "tip_depth_fraction": round((float(tip_loc[1]) - body.y_anterior) / body.depth, 3),
