@@ -44,23 +44,20 @@ def run(args: argparse.Namespace) -> int:
     print(summary(plan))
     print(f"\nplan: {len(plan.screws)} screws, {len(plan.rods)} rods, {len(plan.incisions)} incisions, "
           f"{len(plan.access)} access paths, {len(plan.warnings)} warnings -> {out / 'plan'}")
-    _truth_check(plan, files)
+    _truth_check(plan, ph)
     print(f"open {out / 'plan' / 'surgeon_report.pdf'} and {out / 'plan' / 'patient_report.pdf'}; "
           f"load {out / 'plan' / 'slicer'} in 3D Slicer")
     print(f"done in {time.perf_counter() - t0:.1f} s. Research software, not a medical device.")
     return 0
 
 
-def _truth_check(plan, files) -> None:
+def _truth_check(plan, ph) -> None:
     """Grade the plan (made on spineplan's own segmentation) against the phantom's true labels."""
     from collections import Counter
 
-    from spineplan.io import read_ct, read_labels
     from spineplan.safety import check_plan
 
-    ct = read_ct(files["ct"])
-    truth = read_labels(files["labels"], ct).volume
-    results = check_plan(plan, ct, truth)
+    results = check_plan(plan, ph.ct, ph.labels)
     grades = Counter(r.grade for r in results)
     wrong = sum(1 for r in results if r.vertebra_found is not None and r.vertebra_found != r.level)
     text = ", ".join(f"{g}: {n}" for g, n in sorted(grades.items(), key=lambda kv: str(kv[0])))
