@@ -108,3 +108,48 @@ def test_per_vertebra_mode_follows_a_moved_vertebra(case):
     assert glob > 2.0  # the global pose cannot fit both
     assert own < 1.0 and res.per_vertebra["L3"].success
     assert res.per_vertebra["L3"].shift_mm > 2.0
+
+
+def test_start_beyond_the_search_range_is_reported_as_failure(case, trials):
+    """Started 70 mm cranial of the shot (beyond the +-20 mm prior the search covers, about two
+    lumbar levels): whatever pose it ends at is wrong, and the result must say so."""
+    carm0 = start_carm(case)
+    true, xr, _res = trials[0]
+    cents = mask_centroids(case["masks"], case["ct"].affine)
+    centre = np.mean([cents[n] for n in ("L1", "L2", "L3", "L4")], axis=0)
+    far = carm0.with_pose(perturb_pose(true.pose, [0.0, 0.0, 0.0, 0.0, -70.0, 0.0], centre))
+    res = register(xr, case["att"], far, spine=case["labels"], seed=5, threads=1)
+    names = res.meta["levels_in_view"]
+    pts = np.array([cents[n] for n in names])
+    assert target_registration_error(res.carm, true, pts).mean() > 5.0  # deliberately wrong
+    assert not res.success, (res.score, res.reason)
+
+
+def test_certificate_rejects_a_pose_off_in_depth(case, trials):
+    """The local optimality check (parabola per pose axis) at the true pose moved 4 mm along the
+    beam: it must find no reason to move in-plane much, point back along the beam, and not
+    certify it; at the registered result it certifies."""
+    from dataclasses import replace
+
+    from spineplan.fluoro import register as reg
+
+    true, xr, res = trials[0]
+    cents = mask_centroids(case["masks"], case["ct"].affine)
+    pts = np.array([cents[n] for n in res.meta["levels_in_view"]])
+    att = reg._crop_to_body(case["att"])
+    img, det = reg.prepare_image(xr)
+    start = true.__class__(det, true.pose)
+    fine = reg._build_levels(xr, att, start, res.centre)[-1]
+    box = reg._box_att(att)
+
+    def cert_at(pose):
+        prob = reg._Problem(replace(fine, sigmas=reg.FINAL_SIGMAS), pose, res.centre, np.ones(6),
+                            mask=reg._valid_mask(box, fine.carm.with_pose(pose)))
+        return reg._certificate(prob, pose, res.polarity, res.polarity * prob.score(np.zeros(6)), res.centre, pts, det)
+
+    off = perturb_pose(true.pose, [0.0, 0.0, 0.0, 0.0, 0.0, 4.0], res.centre)
+    c_off = cert_at(off)
+    assert c_off["step"][5] < -1.5  # back towards the truth along the beam (at most 2h = 3 mm)
+    assert c_off["residual_3d_mm"] > reg.CERT_RESIDUAL_MAX_MM
+    c_res = cert_at(res.carm.pose)
+    assert c_res["peaks"] and c_res["residual_3d_mm"] <= reg.CERT_RESIDUAL_MAX_MM
