@@ -110,6 +110,9 @@ class Option:
     #: distance from the entry (along the axis) at which the body segment starts (inf: no body segment found)
     body_start_mm: float = float("inf")
     pedicle_margin_mm: float | None = None  # surface margin measured along the pedicle segment
+    #: fraction of the CT surface samples after the entry zone below soft_tissue_hu (the CT
+    #: cross-check of the mask, rule "ct-bone")
+    ct_soft_fraction: float | None = None
     body_margin_mm: float | None = None  # surface margin measured in the body segment
 
 
@@ -148,18 +151,77 @@ def make_context(ct: Volume, vertebra, mask: np.ndarray, labels: np.ndarray | No
                  settings: PlannerSettings) -> VertebraContext:
     from spineplan.safety import facet_zone
 
+    raw = np.asarray(mask, bool)
+    mask, cleaning = planning_mask(ct, raw, vertebra.frame, settings)
     box = mask_box(mask, ct, BOX_PAD_MM)
     sl = tuple(slice(a, b) for a, b in box)
-    # Inside distances only: the rules need margins inside bone and the sign outside. Cavities
-    # in the mask are not filled: they count as outside bone (conservative).
+    # Inside distances only: the rules need margins inside bone and the sign outside.
     fld = DistanceField.of_mask(mask, ct, pad_mm=BOX_PAD_MM, box=box, exact_outside=False)
     hu = np.asarray(ct.array[sl], dtype=np.float32)
-    fz = facet_zone(mask, above_mask, ct, vertebra.frame, zone_mm=settings.facet_zone_mm) \
+    fz = facet_zone(raw, above_mask, ct, vertebra.frame, zone_mm=settings.facet_zone_mm) \
         if above_mask is not None else None
-    return VertebraContext(name=vertebra.name, frame=vertebra.frame, mask=mask, field=fld, hu=hu, ct=ct,
-                           labels=labels, label=getattr(vertebra, "label", None), facet=fz,
-                           pedicles=dict(getattr(vertebra, "pedicles", {}) or {}),
-                           endplates=dict(getattr(vertebra, "endplates", {}) or {}))
+    ctx = VertebraContext(name=vertebra.name, frame=vertebra.frame, mask=mask, field=fld, hu=hu, ct=ct,
+                          labels=labels, label=getattr(vertebra, "label", None), facet=fz,
+                          pedicles=dict(getattr(vertebra, "pedicles", {}) or {}),
+                          endplates=dict(getattr(vertebra, "endplates", {}) or {}))
+    ctx.cache["mask-cleaning"] = cleaning
+    return ctx
+
+
+# --------------------------------------------------------------------------- planning mask
+#: Cavities fully enclosed by the vertebra's label (3-D, so the spinal canal, open at both
+#: ends, is never one) lie inside its outer cortex: marrow darker than the label's threshold
+#: (osteoporotic or fatty marrow; automatic labels leave such holes at 2.5-3 mm voxels) or the
+#: basivertebral vein. They are bone for the screw as long as the CT does not show fat, CSF or
+#: air there: a cavity whose mean HU is below ``PlannerSettings.soft_tissue_hu`` stays outside.
+#: Cavities larger than this fraction of the vertebra's volume are not filled (a label that is
+#: only a shell is not trusted to be a whole vertebra).
+MAX_CAVITY_FRACTION = 0.25
+
+
+def planning_mask(ct: Volume, mask: np.ndarray, frame, st: PlannerSettings) -> tuple[np.ndarray, dict]:
+    """The vertebra mask the planner plans in: ``mask`` with enclosed non-soft-tissue cavities
+    filled and reduced to its largest connected part.
+
+    The planner must not trust an automatic label blindly: a label with holes refuses good
+    pedicles, an island of it can hold a screw outside the vertebra. (A label that runs past the
+    endplate into the disc and the next vertebra is NOT corrected here: at 2.5-3 mm slices the
+    CT often shows no endplate cortex to trim at; see the benchmark notes.) Returns the mask and a
+    report (voxels filled, dropped)."""
+    from scipy import ndimage as ndi
+
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return mask, {"filled": 0, "dropped": 0}
+    box = mask_box(mask, ct, 2.0 * float(np.max(ct.spacing)))
+    sl = tuple(slice(a, b) for a, b in box)
+    sub = mask[sl].copy()
+    hu = np.asarray(ct.array[sl], dtype=np.float32)
+    n0 = int(sub.sum())
+    # 1. enclosed cavities that the CT shows to be no fat / fluid / air
+    holes = ndi.binary_fill_holes(sub) & ~sub
+    filled = 0
+    if holes.any():
+        lab, n = ndi.label(holes)
+        size = np.bincount(lab.ravel())
+        mean = np.bincount(lab.ravel(), weights=hu.ravel().astype(np.float64)) / np.maximum(size, 1)
+        keep = (mean >= st.soft_tissue_hu) & (size <= MAX_CAVITY_FRACTION * n0)
+        keep[0] = False
+        add = keep[lab]
+        filled = int(add.sum())
+        sub |= add
+    # 2. the largest connected part (26-connectivity): detached islands are not this vertebra's
+    lab, n = ndi.label(sub, structure=np.ones((3, 3, 3), bool))
+    dropped = 0
+    if n > 1:
+        size = np.bincount(lab.ravel())
+        size[0] = 0
+        big = int(np.argmax(size))
+        dropped = int(sub.sum() - size[big])
+        sub = lab == big
+    out = np.zeros_like(mask)
+    out[sl] = sub
+    return out, {"filled": filled, "dropped": dropped}
 
 
 # --------------------------------------------------------------------------- pedicle / body junction
@@ -587,7 +649,8 @@ def search_pedicle(ctx: VertebraContext, side: str, st: PlannerSettings, sizes: 
         ii = order[c0:c0 + CHUNK]
         e, d = res["entry"][ii], res["dirs"][ii]
         dmm, lmm = res["d"][ii], res["L"][ii]
-        ok = _soft_fraction(hu_field, e, d, dmm, lmm, st) <= st.max_soft_fraction
+        soft = _soft_fraction(hu_field, e, d, dmm, lmm, st)
+        ok = soft <= st.max_soft_fraction
         stage["ct-bone"] += int(ok.sum())
         sap = s * ctx.frame.to_local(e)[:, 0] - border if border is not None else np.full(len(ii), np.nan)
         ok &= ~(sap < -st.sap_lateral_tolerance_mm)
@@ -618,7 +681,7 @@ def search_pedicle(ctx: VertebraContext, side: str, st: PlannerSettings, sizes: 
                          skin=None if np.isnan(skin[j, 0]) else skin[j],
                          skin_offset_mm=None if np.isnan(off[j]) else float(off[j]),
                          entry_sap_mm=None if np.isnan(sap[j]) else float(sap[j]), head=e[j] - st.rod_seat_mm * d[j],
-                         body_start_mm=float(res["body_start"][i]))
+                         body_start_mm=float(res["body_start"][i]), ct_soft_fraction=float(soft[j]))
             opt.pedicle_margin_mm, opt.body_margin_mm = zone_margins(ctx, opt.entry, opt.tip, opt.diameter_mm,
                                                                      opt.body_start_mm, st.entry_zone_mm)
             if (opt.pedicle_margin_mm < st.margin_mm - VERIFY_TOLERANCE_MM

@@ -6,7 +6,10 @@ The search and the rules are described in :mod:`spineplan.plan._search`; every c
 rules for a pedicle the plan gets a ``no-safe-screw`` warning (severity ``danger``) giving the
 rule that failed and the best smaller screw that would obey them (outside the catalogue), or
 none; a breaching screw is never placed. Every placed screw is graded (Gertzbein-Robbins,
-:mod:`spineplan.safety`) against the planning mask.
+:mod:`spineplan.safety`) against the planning mask: the vertebra's label with enclosed marrow
+cavities filled and detached islands dropped (:func:`spineplan.plan._search.planning_mask`; what
+was changed per level is in ``plan.extra["planner"]["planning_mask"]``), cross-checked against
+the CT (rule ``ct-bone``; ``ct_soft_fraction`` per screw).
 
 Research software for planning support, not a certified medical device.
 """
@@ -120,6 +123,7 @@ def plan_screws(ct: Volume, spine, levels: Iterable[str], *, sides=("left", "rig
                 "diameter_to_isthmus": _r(opt.diameter_mm / res.isthmus_width_mm, 3) if res.isthmus_width_mm else None,
                 "pedicle_margin_mm": _r(opt.pedicle_margin_mm, 2), "body_margin_mm": _r(opt.body_margin_mm, 2),
                 "body_segment_from_mm": _r(opt.body_start_mm, 1),
+                "ct_soft_fraction": _r(opt.ct_soft_fraction, 3),
                 "breach_mm": _r(saf.breach_mm, 2), "breach_direction": saf.breach_direction,
                 "facet_violation": saf.facet_violation, "entry_zone_mm": st.entry_zone_mm,
                 "skin_entry": None if opt.skin is None else [round(float(x), 2) for x in opt.skin],
@@ -159,7 +163,8 @@ def plan_screws(ct: Volume, spine, levels: Iterable[str], *, sides=("left", "rig
                           "the rod must be contoured or passed with care.", level=lvs[worst], side=side)
     plan.screws.sort(key=lambda s: (level_index(s.level), s.side))
     plan.extra["planner"] = {"settings": st.to_dict(), "catalogue": cat.name, "entry_zone_rule":
-                             ENTRY_ZONE_RULE.format(zone=st.entry_zone_mm)}
+                             ENTRY_ZONE_RULE.format(zone=st.entry_zone_mm),
+                             "planning_mask": {lv: c.cache.get("mask-cleaning") for lv, c in contexts.items()}}
     return plan
 
 
