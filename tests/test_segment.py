@@ -64,11 +64,12 @@ def test_abdomen_dice(abdomen):
     ct, seg, ref = abdomen
     lab = np.asarray(seg.labels.array)
     d = {n: _dice(lab == VERSE_CODES[n], ref[n]) for n in ABDOMEN_COMPLETE}
-    # today's figures 0.79-0.87 at 3 mm voxels, mean 0.85 (target 0.85); fail on any regression.
-    # L1 holds a bright bone island that was once taken for the T12/L1 disc (L1 Dice 0.63).
-    assert min(d.values()) >= 0.76, d
-    assert d["L1"] >= 0.8, d
-    assert np.mean(list(d.values())) >= 0.82, d
+    # today's figures 0.851-0.875 at 3 mm voxels, mean 0.867 (target 0.85 each); fail on any
+    # regression. L1 holds a bright bone island that was once taken for the T12/L1 disc (L1 Dice
+    # 0.63); L5 was 0.843 before disc tissue was cleared from the labels.
+    assert min(d.values()) >= 0.84, d
+    assert d["L1"] >= 0.86, d
+    assert np.mean(list(d.values())) >= 0.86, d
 
 
 def test_abdomen_geometry_extras(abdomen):
@@ -219,9 +220,12 @@ def test_chest_names_and_dice(chest):
         cnt, vals = cnt[vals > 0], vals[vals > 0]
         assert len(vals) and int(vals[np.argmax(cnt)]) == VERSE_CODES[name], (name, vals, cnt)
     d = {n: _dice(lab == VERSE_CODES[n], ref[n]) for n in CHEST_COMPLETE}
-    # today's figures 0.49-0.83, mean 0.69 (target 0.85; was 0.60 with T1/T2 one level off)
-    assert np.mean(list(d.values())) >= 0.66, d
-    assert min(d.values()) >= 0.45, d
+    # today's figures 0.48-0.83, mean 0.702 (target 0.85; was 0.60 with T1/T2 one level off,
+    # 0.690 before the disc picks moved into the dip of the endplate-disc band). T1-T3 stay low:
+    # their dark body middles are taken for the discs (half a level off).
+    assert np.mean(list(d.values())) >= 0.69, d
+    assert min(d.values()) >= 0.46, d
+    assert min(d[n] for n in ["T9", "T10", "T11", "T12", "L1"]) >= 0.75, d
 
 
 def test_bone_island_is_not_a_thin_disc():
@@ -245,3 +249,17 @@ def test_bone_island_is_not_a_thin_disc():
     assert _discs.disc_score(island, period, ring=island)[118:123].max() > 100.0
     # and the dark discs keep their scores
     assert with_ring[58:63].max() > 50.0
+
+
+def test_disc_pick_moves_into_the_band_dip():
+    """A thin disc at 2-3 mm slices: a bright endplate-disc-endplate band with a shallow dip at
+    the disc; a pick on the band's peak moves into the dip, a pick with no dip nearby stays."""
+    from spineplan.anatomy import _discs
+
+    s = np.arange(0.0, 120.0, 1.0)
+    prof = np.full_like(s, 110.0)  # dark (fatty) marrow
+    for c in (30.0, 55.0, 80.0):  # bands 8 mm wide, endplate peaks 3 mm either side of the disc
+        prof += 140.0 * np.exp(-0.5 * ((s - (c - 3.0)) / 1.2) ** 2) + 140.0 * np.exp(-0.5 * ((s - (c + 3.0)) / 1.2) ** 2)
+    prof[s >= 92] += 3.0 * (s[s >= 92] - 92.0)  # a rising ramp: no dip near the last pick
+    out = _discs.refine_to_dip(prof, np.array([27, 58, 100]))
+    assert list(out) == [30, 55, 100]
