@@ -46,6 +46,24 @@ RIB_POST_MM = (0.0, 50.0)
 RIB_MIN_HU = 350.0
 #: ... or, in dim (osteoporotic) scans, this fraction of the vertebrae's 99th-percentile HU.
 RIB_CORTEX_FRACTION = 0.8
+#: The ilium touches the sacrum along the whole sacro-iliac joint: the auricular surface spans the
+#: lateral masses of S1-S3 (Vleeming A et al., "The sacroiliac joint: an overview of its anatomy,
+#: function and potential clinical implications", J Anat 2012;221:537-567), i.e. several cm
+#: cranio-caudally, while a rib touches its vertebra only at the rib head and tubercle (about
+#: 1-2 cm, both within one level). A contact with a segment that spans at least this much along
+#: the spine (5th-95th percentile) marks the bone as ilium even when its volume is small
+#: (osteoporotic ilium: marrow below the bone threshold, only the thin cortex is bone).
+#: Engineering value: half the S1-S3 span, to allow for scans that cut the joint.
+ILIUM_CONTACT_SPAN_MM = 30.0
+#: A bone piece counts as ilium by its volume alone above this (mL): larger than any rib
+#: within a spine-centred field of view (engineering value, from the phantoms and the abdomen CT).
+ILIUM_MIN_ML = 40.0
+#: A rib runs from its head at the vertebral body out beyond the transverse processes: the piece
+#: touching a vertebra must span at least this much laterally (max - min distance from the
+#: midline). A broken-off bit of a transverse process that an imperfect segmentation left
+#: unlabelled is shorter (engineering value: the rib heads lie ~20-25 mm from the midline, the
+#: phantoms' and real ribs reach beyond 70 mm).
+RIB_MIN_LATERAL_SPAN_MM = 25.0
 #: Smallest volume (mL) of a labelled piece kept as a (partial) vertebra.
 MIN_VERTEBRA_ML = 0.5
 
@@ -141,8 +159,8 @@ def name_segments(segs, inst, bone, coords, curve, grid, box, *, anchor=None, ct
     np.maximum.at(cmaxlat, compf, np.abs(lat))
     cmaxhu = np.full(ncomp + 1, -np.inf)
     np.maximum.at(cmaxhu, compf, hu_box[nz])
-    cmins = np.full(ncomp + 1, np.inf)
-    np.minimum.at(cmins, compf, s)
+    cminlat = np.full(ncomp + 1, np.inf)
+    np.minimum.at(cminlat, compf, np.abs(lat))
     contf = contact[nz]
     nearest_lab = inst[tuple(i[nz] for i in ind)]
     rib_contacts: dict[int, dict[str, int]] = {sg.label: {"left": 0, "right": 0} for sg in segs}
@@ -155,24 +173,54 @@ def name_segments(segs, inst, bone, coords, curve, grid, box, *, anchor=None, ct
     lv, lt, pt = nearest_lab[sel], lat[sel], post[sel]
     ok = ((cmaxlat[c] >= 45.0) & (pt >= RIB_POST_MM[0]) & (pt <= RIB_POST_MM[1])
           & (np.abs(lt) >= 10.0) & (np.abs(lt) <= 65.0) & (cmaxhu[c] >= rib_min_hu))
-    big = cvol[c] > 40.0
-    for lbl in rib_contacts:
-        for side, sgn in (("left", lt > 0), ("right", lt <= 0)):
-            m = ok & (lv == lbl) & sgn
-            rib_contacts[lbl][side] = int(m.sum())
-            ilium_contacts[lbl][side] = int((m & big).sum())
+    # ilium: a big piece, or one whose contact with one of the three most caudal segments runs
+    # along the spine like the sacro-iliac joint (its volume can be small in osteoporotic bone)
+    is_ilium = cvol > ILIUM_MIN_ML
+    is_ilium[0] = False
+    side_of = {"left": lt > 0, "right": lt <= 0}
+    s_c = s[sel]
+    for i in keep[-3:]:
+        for side_sel in side_of.values():
+            m = ok & side_sel & (lv == segs[i].label)
+            for k in np.unique(c[m]):
+                sk = s_c[m & (c == k)]
+                if len(sk) >= 10 and np.subtract(*np.percentile(sk, [95, 5])) >= ILIUM_CONTACT_SPAN_MM:
+                    is_ilium[k] = True
+    # a rib is long: it runs out from the vertebra (not a detached bit of a transverse process)
+    ok &= is_ilium[c] | (cmaxlat[c] - cminlat[c] >= RIB_MIN_LATERAL_SPAN_MM)
+
+    def count_contacts():
+        big = is_ilium[c]
+        for lbl in rib_contacts:
+            for side, sgn in side_of.items():
+                m = ok & (lv == lbl) & sgn
+                rib_contacts[lbl][side] = int(m.sum())
+                ilium_contacts[lbl][side] = int((m & big).sum())
+
+    count_contacts()
     min_contact = max(3, int(round(CONTACT_MIN_MM3 / (vox_ml * 1000.0))))
 
     # ---- sacrum: among the three most caudal segments, the one with the largest contact with
-    # big bones (the ilia) on both sides; everything caudal of it is sacrum too
+    # the ilia on both sides; everything caudal of it is sacrum too. One side must be a proven
+    # ilium (big, or touching along the joint); on the other side, where an imperfect
+    # segmentation may leave only a short stretch of the joint next to the label, any lateral
+    # bone as bright as cortex touching as much will do (that bone is then taken as ilium).
     si_min = max(3, int(round(SI_CONTACT_MIN_MM3 / (vox_ml * 1000.0))))
     sacrum_i = None
     best = 0
     for i in keep[-3:]:
-        il = ilium_contacts[segs[i].label]
-        both = min(il["left"], il["right"])
-        if both >= si_min and both > best and feats[i].get("width_mm", 0) >= SACRUM_MIN_WIDTH_MM:
+        if feats[i].get("width_mm", 0) < SACRUM_MIN_WIDTH_MM:
+            continue
+        il, rc = ilium_contacts[segs[i].label], rib_contacts[segs[i].label]
+        both = max(min(il["left"], rc["right"]), min(rc["left"], il["right"]))
+        if both >= si_min and both > best:
             best, sacrum_i = both, i
+    if sacrum_i is not None:
+        lbl = segs[sacrum_i].label
+        for side, sgn in side_of.items():
+            if ilium_contacts[lbl][side] < si_min:
+                is_ilium[np.unique(c[ok & sgn & (lv == lbl)])] = True
+        count_contacts()
     # ---- rib-bearing vertebrae: contact with a thin lateral bone that is not the ilium
     rib = {}
     for i in keep:
