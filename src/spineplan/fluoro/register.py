@@ -231,12 +231,29 @@ def vertebra_masks(spine, shape=None, *, convention: str = "auto") -> dict[str, 
     return {k: out[k] for k in sort_levels(out)}
 
 
+def _mask_voxels(m: np.ndarray, stride: int = 1) -> np.ndarray:
+    """(N, 3) voxel indices of a boolean mask (every ``stride``-th along each axis, on the full
+    grid's lattice), found in the mask's bounding box: one pass over the full grid instead of
+    ``np.argwhere`` on it (a 512x512x133 CT has 35 M voxels per mask)."""
+    a01 = m.any(axis=2)
+    ii = np.flatnonzero(a01.any(axis=1))
+    jj = np.flatnonzero(a01.any(axis=0))
+    if len(ii) == 0:
+        return np.zeros((0, 3), np.int64)
+    lo = [int(ii[0]), int(jj[0])]
+    hi = [int(ii[-1]) + 1, int(jj[-1]) + 1]
+    if stride > 1:
+        lo = [-(-v // stride) * stride for v in lo]
+    block = m[lo[0]:hi[0]:stride, lo[1]:hi[1]:stride, ::stride]
+    return np.argwhere(block) * stride + np.array([lo[0], lo[1], 0])
+
+
 def mask_centroids(masks: Mapping[str, np.ndarray], affine) -> dict[str, np.ndarray]:
     """LPS centroid of each mask."""
     aff = np.asarray(affine, float)
     out = {}
     for name, m in masks.items():
-        ijk = np.argwhere(m).mean(axis=0)
+        ijk = _mask_voxels(np.asarray(m, bool)).mean(axis=0)
         out[name] = ijk @ aff[:3, :3].T + aff[:3, 3]
     return out
 
@@ -248,7 +265,7 @@ def in_view(carm, masks: Mapping[str, np.ndarray], affine, *, margin_px: float =
     det = carm.detector
     out = []
     for name, m in masks.items():
-        ijk = np.argwhere(m[::stride, ::stride, ::stride]) * stride
+        ijk = _mask_voxels(np.asarray(m, bool), stride)
         if len(ijk) == 0:
             continue
         xyz = ijk @ aff[:3, :3].T + aff[:3, 3]
