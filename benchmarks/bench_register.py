@@ -36,7 +36,7 @@ CTS = {
 SUCCESS_TRE_MM = 2.0  # issue 5 target: mean TRE < 2 mm
 CT_INDEX = {"chest": 0, "abdomen": 1}
 #: Entries of the result's meta printed per trial (the evidence behind the success flag).
-FLAG_EVIDENCE = ("consistency_3d_mm", "stage_seconds", "score_second", "depth_curvature", "depth_peak_mm", "depth_profile")
+FLAG_EVIDENCE = ("consistency_3d_mm", "stage_seconds", "certificate")
 
 
 def load(name: str, data: Path):
@@ -63,7 +63,14 @@ def main(argv=None) -> int:
     ap.add_argument("--first", type=int, default=0, help="index of the first trial (to rerun one trial)")
     ap.add_argument("--jsonl", type=Path, default=None, help="append one JSON line per trial to this file")
     ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--summarise", type=Path, default=None, metavar="JSONL",
+                    help="only print the summary of the trials stored in this file (e.g. several runs' --jsonl)")
     args = ap.parse_args(argv)
+    if args.summarise:
+        rows = [json.loads(line) for line in args.summarise.read_text().splitlines() if line.strip()]
+        for name in dict.fromkeys(r["ct"] for r in rows):
+            summarise(name, [r for r in rows if r["ct"] == name], {})
+        return 0
 
     from _register import body_core_pixels
 
