@@ -165,6 +165,11 @@ def _segment_builtin(ct: Volume, anchor: str | None) -> Segmentation:
 
     # naming (on the working grid)
     nm = naming.name_segments(segs, inst, boneb, coords, curve, grid, box, anchor=anchor, ct=ct, hu_box=hub)
+    # thoracic vertebrae: a second flooding with the ribs as competitors, so rib heads and necks
+    # are cut at the costovertebral / costotransverse joints (reference labels leave ribs out)
+    rib_labels = {sg.label for sg, code in zip(segs, nm.codes) if code in THORACIC_CODES}
+    if rib_labels:
+        inst = _instances.watershed_instances(hub, boneb, coords, segs, sp, rib_labels=rib_labels)
     next(steps, None)
 
     # to VerSe codes on the CT grid
@@ -193,6 +198,10 @@ def _segment_builtin(ct: Volume, anchor: str | None) -> Segmentation:
         "curve": curve,
     }
     return Segmentation(out, nm.names, nm.confidence, nm.method, nm.warnings, extras)
+
+
+#: VerSe codes of T1-T12 (spineplan.levels.VERSE_CODES), the rib-bearing vertebrae.
+THORACIC_CODES = frozenset(range(8, 20))
 
 
 def _longest_run(mask: np.ndarray) -> tuple[int, int]:
