@@ -10,8 +10,10 @@ Method (intensity-based, single view):
    frame: a rotation vector (degrees) and a translation (mm) of the CT, so the depth (along the
    beam) is one parameter, scaled by its own (larger) uncertainty.
 3. **Multi-resolution**: the X-ray is binned to a ~256-pixel detector, then searched at 1/4
-   (CMA-ES, global within +-2 prior ranges, intensity polarity free), 1/2 and full resolution
-   (CMA-ES with shrinking steps). The CT's attenuation is block-averaged to about the detector
+   (in-plane rotation x FFT shift search, then CMA-ES from the best few distinct candidates,
+   global within +-2 prior ranges, intensity polarity free), 1/2 and full resolution (each: a
+   scan of depth along the beam, CMA-ES, a narrower depth scan, CMA-ES with a smaller step),
+   then a coordinate polish of the final score (see 4). The CT's attenuation is block-averaged to about the detector
    pixel size at the isocentre for each level, so each DRR costs little.
 4. **Failure signal**: the registration reports ``success=False`` when (a) the final gradient
    correlation is below :data:`SCORE_MIN` (calibrated on simulated trials, see the constant), or
@@ -77,9 +79,10 @@ RENDER_STEP_FRACTION = 0.8
 MU_AIR = 0.002
 #: Final gradient correlation (scales FINAL_SIGMAS) below which a registration is reported as
 #: failed. Calibrated on simulated trials (benchmarks/bench_register.py, noise + scatter + 80 keV
-#: vs 60 keV): converged trials scored 0.40-0.42 on the 3 mm abdomen CT and 0.60-0.64 on the chest
-#: CT; unrelated images (noise) score ~0. Wrong optima that still score above it (0.33-0.52 seen)
-#: are caught by the consistency check.
+#: vs 60 keV): converged trials scored 0.32-0.40 on the 3 mm abdomen CT at 256 px (0.48 at the
+#: tests' 128 px) and 0.65-0.74 on the chest CT; unrelated images (noise) score ~0, an upside-down
+#: shot 0.18 and a start 70 mm cranial (beyond the search range) ended at 0.27 (tests, 128 px).
+#: Non-converged results are caught by the optimality certificate (CERT_*), not by this threshold.
 SCORE_MIN = 0.3
 #: Local optimality certificate of the result (replaces a second CMA-ES run from a perturbed start,
 #: which at the finest level alone often ended 2-6 mm off in depth even from good results and so
