@@ -224,6 +224,26 @@ def _local_maxima(d: np.ndarray, height: float) -> np.ndarray:
     return np.asarray(out, dtype=int)
 
 
+#: Vertebral bodies narrow from L5 up to T3-T4 and widen by at most ~10 % from there to T1
+#: (Panjabi et al., Spine 1991: T1 ~27 mm, T4 ~25 mm). Along the curve (caudal -> cranial) the
+#: width used for the period is capped at this factor of the narrowest width seen caudally:
+#: at the upper thoracic levels the lateral rays run on into the rib heads and the first ribs
+#: (measured 36-43 mm at T1-T3 on the example chest CT), and the too-long period made the
+#: dark middles of T1-T3 look like discs there.
+WIDTH_CAP_FACTOR = 1.1
+
+
+def capped_width(width: np.ndarray) -> np.ndarray:
+    """``width`` (caudal -> cranial) capped at WIDTH_CAP_FACTOR x its running minimum, counted
+    from the widest point (the lumbosacral junction when it is in the scan) cranially."""
+    w = np.asarray(width, dtype=float).copy()
+    if len(w) == 0:
+        return w
+    i = int(np.argmax(w))
+    w[i:] = np.minimum(w[i:], WIDTH_CAP_FACTOR * np.minimum.accumulate(w[i:]))
+    return w
+
+
 def find_discs(profile: np.ndarray, width: np.ndarray, step: float = STEP_MM,
                ring: np.ndarray | None = None) -> np.ndarray:
     """Indices of disc centres along the curve: the most periodic set of deep dips.
@@ -232,7 +252,7 @@ def find_discs(profile: np.ndarray, width: np.ndarray, step: float = STEP_MM,
     consecutive picks maximises sum(score - DISC_MIN_SCORE) - PERIOD_CHANGE_COST *
     sum(log(gap ratio)^2), with every gap within ``PERIOD_MM``.
     """
-    period = np.clip(width * PERIOD_PER_WIDTH, *PERIOD_MM)
+    period = np.clip(capped_width(width) * PERIOD_PER_WIDTH, *PERIOD_MM)
     d = disc_score(profile, period, step, ring)
     cand = _local_maxima(d, DISC_MIN_SCORE * 0.5)
     n = len(cand)
