@@ -18,7 +18,12 @@ CASES = {
     "2mm-scoliosis30-rotation20": dict(spacing=2.0, seed=3, scoliosis_deg=30.0, rotation_deg=20.0),
     "3mm-lordosis50": dict(spacing=3.0, seed=1, lordosis_deg=50.0),
     "1.5mm-six-lumbar": dict(spacing=1.5, seed=6, lumbar_count=6),
+    # osteoporotic bodies (cancellous HU near soft tissue): was named 0/8 right, Dice ~0
+    "2mm-osteoporosis": dict(spacing=2.0, seed=8, osteoporosis=True),
 }
+#: Lowest Dice per case where it is below the general floor (measured, minus a small margin):
+#: the osteoporotic bodies lose marrow below the bone threshold (min 0.669 today).
+DICE_FLOOR = {"2mm-osteoporosis": 0.65}
 
 
 @pytest.fixture(scope="session", params=list(CASES), ids=list(CASES))
@@ -54,7 +59,7 @@ def test_dice_against_phantom_truth(case):
         a, b = lab == v["label"], ref == v["label"]
         d = 2.0 * (a & b).sum() / (a.sum() + b.sum())
         # measured 0.78-0.95 (S1 and the top vertebra lowest); 3 mm voxels lose thin processes
-        assert d >= 0.75, (name, level, round(float(d), 3))
+        assert d >= DICE_FLOOR.get(name, 0.75), (name, level, round(float(d), 3))
 
 
 def test_transitional_and_coarse_cases_are_flagged(case):
