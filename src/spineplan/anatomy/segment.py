@@ -154,9 +154,14 @@ def _segment_builtin(ct: Volume, anchor: str | None) -> Segmentation:
     bone_thr = _bone.adaptive_bone_threshold(hc, body, curve, profile, discs, grid)
     box = _box_around(curve, grid)
     hub = hu[box]
-    boneb = _bone.filled_bone(hub, sp, bone_thr)
-    nzb = np.nonzero(boneb)
+    # the canal's hole stays open (epidural veins and partial volume can lift its mean above
+    # the marrow level in contrast CTs, and it was filled as bone)
+    canal_idx = np.column_stack([canal[ks], ks])
+    canal_idx = canal_idx[np.all(np.isfinite(canal_idx), axis=1)]
+    canal_work = np.round(canal_idx).astype(int)
     off = np.array([b.start for b in box])
+    boneb = _bone.filled_bone(hub, sp, bone_thr, keep_open=_point_mask(hub.shape, canal_work - off))
+    nzb = np.nonzero(boneb)
     xyz = grid.to_world(np.column_stack(nzb) + off)
     s_, lat, post, idx = curve.frame_coords(xyz)
     coords = {"s": s_, "lat": lat, "post": post}
@@ -179,7 +184,7 @@ def _segment_builtin(ct: Volume, anchor: str | None) -> Segmentation:
             lut[sg.label] = code
     work_lab = np.zeros(grid.shape, np.uint8)
     work_lab[box] = lut[np.clip(inst, 0, 255).astype(np.intp)]
-    labels_full = _to_full_resolution(work_lab, grid, full, box, bone_thr)
+    labels_full = _to_full_resolution(work_lab, grid, full, box, bone_thr, canal_idx)
     _clear_disc_voxels(labels_full, full, grid, curve, curve.s[discs] if len(discs) else np.zeros(0))
     labels_ct = grid.work_axes_to_ct(labels_full)
     out = ct.with_array(np.ascontiguousarray(labels_ct, dtype=np.uint8), modality="SEG",
@@ -236,7 +241,17 @@ def _box_around(curve, grid) -> tuple[slice, slice, slice]:
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))  # type: ignore[return-value]
 
 
-def _to_full_resolution(work_lab: np.ndarray, grid, full: np.ndarray, box, bone_thr: float) -> np.ndarray:
+def _point_mask(shape, idx: np.ndarray) -> np.ndarray:
+    """Boolean mask of ``shape`` with the integer points ``idx`` (M, 3) inside it set."""
+    m = np.zeros(shape, bool)
+    if len(idx):
+        ok = np.all((idx >= 0) & (idx < np.asarray(shape)), axis=1)
+        m[tuple(idx[ok].T)] = True
+    return m
+
+
+def _to_full_resolution(work_lab: np.ndarray, grid, full: np.ndarray, box, bone_thr: float,
+                        canal_idx: np.ndarray | None = None) -> np.ndarray:
     """Upsample labels to the reoriented full-resolution grid and snap them to the bone there."""
     from scipy.ndimage import grey_dilation
 
@@ -260,14 +275,18 @@ def _to_full_resolution(work_lab: np.ndarray, grid, full: np.ndarray, box, bone_
     sub = full[fb]
     up = up[: sub.shape[0], : sub.shape[1], : sub.shape[2]]
     sp_full = grid.spacing / np.array(f)
-    bone = _bone.filled_bone(sub, sp_full, bone_thr)
+    keep_open = None
+    if canal_idx is not None and len(canal_idx):
+        fi = np.round(canal_idx * np.asarray(f) + (np.asarray(f) - 1) / 2.0).astype(int)
+        keep_open = _point_mask(sub.shape, fi - np.array([b.start for b in fb]))
+    bone = _bone.filled_bone(sub, sp_full, bone_thr, keep_open=keep_open)
     # at sub-millimetre voxels the outermost layer between the low threshold and the cortex is
     # partial volume with soft tissue (and the thin discs); keep it only where it is cortex
     from scipy.ndimage import binary_erosion
 
     plane = np.zeros((3, 3, 3), bool)
     plane[:, :, 1] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]
-    bone = binary_erosion(bone, structure=plane) | _bone.filled_bone(sub, sp_full, max(bone_thr, RIM_HU))
+    bone = binary_erosion(bone, structure=plane) | _bone.filled_bone(sub, sp_full, max(bone_thr, RIM_HU), keep_open=keep_open)
     lab = np.where(bone, up, 0).astype(np.uint8)
     # bone voxels left unlabelled next to a label (thin edges lost by block averaging) grow in
     foot = np.ones((3, 3, 1), bool)
