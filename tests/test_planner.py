@@ -249,3 +249,103 @@ def test_s1_is_planned_within_the_sacrum_or_explained():
         assert r.grade == "A" and r.vertebra_found == "S1" and ped >= 0.7 and whole >= 0.5 - MARGIN_SLACK_MM
     explained = {w.extra.get("side") for w in plan.warnings if w.code == "no-safe-screw"}
     assert {s.side for s in plan.screws} | explained == {"left", "right"}
+
+
+# ----------------------------------------------------------------------------- planning mask
+def _box_vertebra(spacing=(1.0, 1.0, 1.0), cavities: bool = True):
+    """A 'vertebra' box 30 (x) x 40 (y) x 20 (z) mm centred on the origin (LPS axes = frame axes),
+    HU 300, with a closed marrow cavity (HU 150), a closed fat cavity (HU -100) and a detached
+    island 6 mm behind it, on a grid of ``spacing``."""
+    from spineplan.anatomy.model import VertebraFrame
+    from spineplan.volume import Volume
+
+    sp = np.asarray(spacing, float)
+    shape = tuple(int(round(60 / s)) for s in sp)
+    aff = np.diag([*sp, 1.0])
+    aff[:3, 3] = -30.0 + 0.5 * sp
+    ct = Volume(np.full(shape, -50, np.int16), aff)
+    c = ct.index_to_world(np.indices(shape).reshape(3, -1).T).reshape(*shape, 3)
+    x, y, z = c[..., 0], c[..., 1], c[..., 2]
+    mask = (np.abs(x) < 15) & (np.abs(y) < 20) & (np.abs(z) < 10)
+    marrow = (np.abs(x + 6) < 3) & (np.abs(y + 6) < 3) & (np.abs(z) < 3)
+    fat = (np.abs(x - 6) < 3) & (np.abs(y + 6) < 3) & (np.abs(z) < 3)
+    island = (np.abs(x) < 2) & (y > 26) & (y < 29) & (np.abs(z) < 2)
+    if not cavities:
+        marrow, fat = np.zeros_like(mask), np.zeros_like(mask)
+    hu = np.where(mask | island, 300, -50)
+    hu[marrow] = 150
+    hu[fat] = -100
+    mask = (mask & ~marrow & ~fat) | island
+    frame = VertebraFrame(np.zeros(3), np.eye(3))
+    return ct.with_array(hu.astype(np.int16)), mask, marrow, fat, island, frame, (x, y, z)
+
+
+def test_planning_mask_fills_marrow_not_fat_and_drops_islands():
+    from spineplan.plan import _search
+
+    ct, mask, marrow, fat, island, frame, _ = _box_vertebra()
+    st = PlannerSettings()
+    old = _search.ENDPLATE_ERODE
+    try:
+        _search.ENDPLATE_ERODE = False
+        out, rep = _search.planning_mask(ct, mask, frame, st)
+    finally:
+        _search.ENDPLATE_ERODE = old
+    assert out[marrow].all() and rep["filled"] == int(marrow.sum())  # closed cavity of bone HU
+    assert not out[fat].any()  # closed cavity of fat stays outside bone
+    assert not out[island].any() and rep["dropped"] == int(island.sum())
+    assert (out & ~marrow).sum() == (mask & ~island).sum()  # nothing else changed
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (1.0, 1.0, 2.5)])
+def test_planning_mask_body_loses_one_slice_at_each_endplate(spacing):
+    """Anterior to (posterior wall - ENDPLATE_ERODE_FROM_WALL_MM) the body's top and bottom
+    voxel layers go; the posterior part keeps its full height."""
+    from spineplan.plan import _search
+
+    ct, mask, marrow, fat, island, frame, (x, y, z) = _box_vertebra(spacing, cavities=False)
+    out, rep = _search.planning_mask(ct, mask, frame, PlannerSettings())
+    dz = spacing[2]
+    wall = 20.0  # the box's posterior face (y = +20 mm): where lines from the origin leave it
+    cut_y = wall - _search.ENDPLATE_ERODE_FROM_WALL_MM
+    top = (z > 10 - dz) & (z < 10)
+    bottom = (z > -10) & (z < -10 + dz)
+    anterior = y < cut_y
+    box = (np.abs(x) < 15) & (np.abs(y) < 20) & (np.abs(z) < 10)
+    assert not out[box & (top | bottom) & anterior].any()
+    assert out[box & (top | bottom) & ~anterior].all()
+    assert out[box & ~(top | bottom)].all()
+    assert out.sum() == box.sum() - rep["endplate_eroded"]  # the island went, nothing else
+    assert rep["endplate_eroded"] == int((box & (top | bottom) & anterior).sum())
+
+
+def test_planning_mask_closes_inner_cracks_of_bone_and_drops_dark_outer_voxels():
+    """A one-voxel crack through the body is closed where the CT is marrow (150 HU) but not where
+    it is muscle (30 HU); an outer layer of partial-volume soft tissue (100 HU) is removed, the
+    bright outer layer (300 HU) stays; the label never grows outwards."""
+    from spineplan.plan import _search
+
+    ct, mask, _, _, _, frame, (x, y, z) = _box_vertebra(cavities=False)
+    box = (np.abs(x) < 15) & (np.abs(y) < 20) & (np.abs(z) < 10)
+    crack_marrow = box & (np.abs(x + 0.5) < 0.5) & (y < 0)  # the plane x = -0.5 mm, anterior half
+    crack_muscle = box & (np.abs(x + 0.5) < 0.5) & (y > 0)  # same plane, posterior half
+    soft_layer = box & (x > 14)  # the box's outermost left layer (one voxel)
+    hu = np.asarray(ct.array).copy()
+    hu[crack_marrow] = 150
+    hu[crack_muscle] = 30
+    hu[soft_layer] = 100
+    ct = ct.with_array(hu)
+    m = box & ~crack_marrow & ~crack_muscle
+    old = _search.ENDPLATE_ERODE
+    try:
+        _search.ENDPLATE_ERODE = False
+        out, rep = _search.planning_mask(ct, m, frame, PlannerSettings())
+    finally:
+        _search.ENDPLATE_ERODE = old
+    inner = (np.abs(x) < 14) & (np.abs(y) < 19) & (np.abs(z) < 9)
+    assert out[crack_marrow & inner].all()  # the crack inside the label is closed
+    assert not out[crack_muscle].any()  # muscle-dark crack stays open
+    assert not out[soft_layer].any()
+    assert not (out & ~box).any()  # never grows outwards
+    assert out[box & (x < -14)].all()  # the bright outer layer on the other side stays
+    assert rep["outer_not_bone"] == int((soft_layer & ~crack_muscle).sum())  # nothing else removed

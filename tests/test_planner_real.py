@@ -50,16 +50,18 @@ def test_abdomen_l1_l5_from_reference_labels(data_file):
     plan = plan_screws(ct, spine, levels)
     res = check_plan(plan, ct, ref.volume)
     _check_safe(plan, res, spine, ct, ref.volume)
-    assert len(plan.screws) >= 8, [w.message for w in plan.warnings if w.code == "no-safe-screw"]
+    assert len(plan.screws) >= 7, [w.message for w in plan.warnings if w.code == "no-safe-screw"]
     # every unplaced pedicle is explained
     placed = {(s.level, s.side) for s in plan.screws}
     explained = {(w.level, w.extra.get("side")) for w in plan.warnings if w.code == "no-safe-screw"}
     assert placed | explained == {(lv, sd) for lv in levels for sd in ("left", "right")}
-    # lumbar sizes on a 3 mm CT: lengths in the surgeons' usual 40-55 mm (the body keeps only the
-    # body margin); diameters a little below the usual 6.0-7.5 mm (the pedicle keeps 1 mm of bone
-    # in a mask with 3 mm voxels)
-    assert np.median([s.diameter_mm for s in plan.screws]) >= 5.5
-    assert np.median([s.length_mm for s in plan.screws]) >= 40.0
+    # lumbar sizes on a 3 mm CT, below the surgeons' usual 6.0-7.5 x 40-55 mm: the pedicle keeps
+    # 1 mm of bone inside a label whose outer voxels must be bone in the CT, and the body keeps a
+    # 3 mm slice off each endplate (the planning mask, spineplan.plan._search.planning_mask)
+    # (safety over size; the trade is reported by benchmarks/bench_planner.py). The floors are the
+    # smallest lumbar screws in common use, 4.5 mm x 35 mm.
+    assert np.median([s.diameter_mm for s in plan.screws]) >= 4.5
+    assert np.median([s.length_mm for s in plan.screws]) >= 35.0
     for s in plan.screws:
         assert s.diameter_mm <= 0.8 * spine[s.level].pedicles[s.side].isthmus_width_mm + 1e-6
 
