@@ -77,7 +77,10 @@ NO_ISTHMUS_LEVELS = ("S1",)
 #: measure 46-48 deg and its T12 sagittal angle -26 deg: rejecting those dropped pedicles whose
 #: widths were right, and the planner searches the trajectory itself (it only uses the width).
 PEDICLE_WIDTH_RANGE_MM = (3.0, 25.0)
-PEDICLE_HEIGHT_RANGE_MM = (6.0, 25.0)
+#: The lower height bound is about half the smallest thoracolumbar mean isthmus height (~14 mm):
+#: a "pedicle" lower than that is a lamina or a process the search latched onto where the label
+#: missed the pedicle (tests/test_measure_ownseg.py erases one).
+PEDICLE_HEIGHT_RANGE_MM = (7.5, 25.0)
 PEDICLE_TRANSVERSE_RANGE_DEG = (-20.0, 55.0)
 PEDICLE_SAGITTAL_MAX_DEG = 30.0
 #: Left/right agreement within one vertebra: side-to-side isthmus width differences are about
@@ -109,6 +112,26 @@ _CORTEX_MM = 1.0
 _PSF_SIGMA_MM = 0.0
 #: Window of the edge-model fit: this far inside and outside the first edge estimate (mm).
 _FIT_IN_MM, _FIT_OUT_MM = 4.0, 5.0
+#: Refine the endplate normals (and so the frame's z axis) from sub-voxel CT edges.
+_CT_ENDPLATES = True
+#: Sections used for the pedicle axis: width below a x isthmus width + b (mm), height below
+#: c x isthmus height + d (engineering values: the pedicle proper before it flares into the body
+#: or the lamina).
+_AXIS_RUN_W = (1.15, 0.3)
+_AXIS_RUN_H = (1.06, 0.3)
+_CT_ENDPLATE_TOL_DEG = 5.0
+#: Fit the pedicle axis through the bone-intensity centroids of its cross-sections (True) or
+#: through the midpoints of their edges (False).
+_CENTROID_AXIS = True
+#: Measure the isthmus by the partial-volume model fit of :func:`_fit_section_pv` (True) or by
+#: the edges of the narrowest section (False); its slab along the axis (half length, mm), its
+#: supersampling step (mm) and the HU above soft tissue from which a voxel outside the label is
+#: another bone and left out.
+_PV_SECTION = True
+_PV_HALF_LEN = 2.0
+_PV_SUBSTEP_MM = 0.4
+_PV_OTHER_BONE_HU = 100.0
+_PV_MARGIN_VOX = 0.5
 #: Use the model-based edge (True) or the plain half-maximum (False).
 _EDGE_MODEL = True
 #: Margin (mm) around the height of the posterior body within which a pedicle is looked for
@@ -468,9 +491,54 @@ def _fit_frame(crop: _Crop, neighbours=None, rounds: int = 3) -> _FrameFit:
     canal = _find_canal(g)
     body = _body_points(g, canal)
     n_sup_l, n_inf_l, sup_l, inf_l = _endplate_normals(body, g.res)
+    n_sup, n_inf = n_sup_l @ axes, n_inf_l @ axes
+    if _CT_ENDPLATES:
+        ct_fit = _ct_endplate_normals(crop, VertebraFrame(origin, axes), g, body)
+        # kept when both agree with the mask's planes within _CT_ENDPLATE_TOL_DEG (a line that
+        # crossed a thin disc into the neighbour, or an endplate cut by the scan, tilts a plane more)
+        if ct_fit is not None and all(np.degrees(np.arccos(np.clip(np.dot(a, b), -1, 1))) < _CT_ENDPLATE_TOL_DEG
+                                      for a, b in zip(ct_fit, (n_sup, n_inf))):
+            n_sup, n_inf = ct_fit
+            z_new = _unit(n_sup + n_inf)
+            if np.degrees(np.arccos(np.clip(np.dot(z_new, axes[2]), -1, 1))) < 10.0:
+                axes = _axes(axes[0], z_new)
+                g = _Grid(crop, origin, axes)
+                canal = _find_canal(g)
+                body = _body_points(g, canal)
+                _, _, sup_l, inf_l = _endplate_normals(body, g.res)
     frame = VertebraFrame(origin, axes)
-    return _FrameFit(frame, g, canal, body, n_sup_l @ axes, n_inf_l @ axes,
-                     frame.to_world(sup_l), frame.to_world(inf_l))
+    return _FrameFit(frame, g, canal, body, n_sup, n_inf, frame.to_world(sup_l), frame.to_world(inf_l))
+
+
+def _ct_endplate_normals(crop: _Crop, frame: VertebraFrame, g: _Grid, body: np.ndarray):
+    """Superior and inferior endplate normals (world) from sub-voxel CT edges: the top and
+    bottom edges of the body along lines parallel to the current z axis through its central
+    columns (the inner 60 % of its width and depth, where the rim's rounding and osteophytes do
+    not reach), each a robust plane fit. The mask's staircase surfaces tilt a plane fit by
+    1-3 deg at 1-3 mm voxels; the edges do not. None when too few lines give both edges."""
+    cx, cy = np.median(body[:, 0]), 0.5 * sum(np.percentile(body[:, 1], [3, 97]))
+    hx = np.percentile(np.abs(body[:, 0] - cx), 95)
+    hy = 0.5 * np.subtract(*np.percentile(body[:, 1], [97, 3]))
+    xs = cx + np.linspace(-0.6, 0.6, 7) * hx
+    ys = cy + np.linspace(-0.6, 0.6, 7) * hy
+    P = []
+    for x in xs:
+        for y in ys:
+            ext = _column_extent(g, x, y)
+            if ext is not None:
+                P.append([x, y, 0.5 * (ext[0] + ext[1])])
+    if len(P) < 12:
+        return None
+    P = np.asarray(P)
+    Pw = frame.to_world(P)
+    sp = float(np.max(crop.ct.spacing))
+    E = _extents(crop, Pw, np.tile(frame.axes[2], (len(P), 1)), 40.0, sp)
+    ok = np.all(np.isfinite(E), axis=1)
+    if ok.sum() < 12:
+        return None
+    top = np.c_[P[ok, :2], P[ok, 2] + E[ok, 1]]
+    bot = np.c_[P[ok, :2], P[ok, 2] + E[ok, 0]]
+    return _fit_plane_z(top) @ frame.axes, _fit_plane_z(bot) @ frame.axes
 
 
 def vertebra_frame(ct: Volume, mask: np.ndarray, *, neighbours=None) -> VertebraFrame:
@@ -775,6 +843,162 @@ def _pedicle_sections(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.nd
     return np.c_[ew2[:, 1] - ew2[:, 0], eh[:, 1] - eh[:, 0], c3]
 
 
+def _robust_line(pts: np.ndarray, tol_mm: float = 0.3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Line (point, unit direction) through ``pts`` by least squares, dropping points farther
+    from it than max(``tol_mm``, 3 x the median distance) and refitting (twice); also the kept mask."""
+    keep = np.ones(len(pts), bool)
+    for _ in range(3):
+        c = pts[keep].mean(axis=0)
+        d = np.linalg.svd(pts[keep] - c)[2][0]
+        r = pts - c
+        dist = np.linalg.norm(r - np.outer(r @ d, d), axis=1)
+        new = dist <= max(tol_mm, 3.0 * float(np.median(dist[keep])))
+        if new.sum() < 4 or np.array_equal(new, keep):
+            break
+        keep = new
+    c = pts[keep].mean(axis=0)
+    d = np.linalg.svd(pts[keep] - c)[2][0]
+    return c, d, keep
+
+
+def _section_centroids(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.ndarray,
+                       half_u, half_w, sp: float) -> np.ndarray:
+    """Bone-intensity centroids (LPS, (n, 3)) of the cross-sections through ``C`` perpendicular
+    to the axis ``a``: the CT above the local soft-tissue level, weighted over a window of
+    +-``half_u`` (transverse) by +-``half_w`` (cranio-caudal) inside the label dilated by
+    ``_MASK_TOLERANCE_VOX``. Blur moves intensity but not its centre of mass, so the centroid of a
+    pedicle section is sub-voxel even where its edges are a voxel apart (NaN rows: no bone)."""
+    u = _unit(np.cross(frame.axes[2], a))
+    w = _unit(np.cross(a, u))
+    st = min(0.5, 0.25 * sp)
+    half_u = np.broadcast_to(np.asarray(half_u, float), (len(C),))
+    half_w = np.broadcast_to(np.asarray(half_w, float), (len(C),))
+    ext = 1.5 * sp + 2.0  # soft tissue is looked for this much beyond the window
+    gu = np.arange(-half_u.max() - ext, half_u.max() + ext + 1e-9, st)
+    gw = np.arange(-half_w.max() - ext, half_w.max() + ext + 1e-9, st)
+    U, W = np.meshgrid(gu, gw, indexing="ij")
+    off = U.ravel()[:, None] * u + W.ravel()[:, None] * w  # (m, 3)
+    pts = C[:, None, :] + off[None, :, :]  # (n, m, 3)
+    v = crop.ct.sample(pts, order=1)
+    inside = crop.mask_at(pts, tolerant=True)
+    out = np.full((len(C), 3), np.nan)
+    for i in range(len(C)):
+        win = (np.abs(U.ravel()) <= half_u[i]) & (np.abs(W.ravel()) <= half_w[i])
+        big = (np.abs(U.ravel()) <= half_u[i] + ext) & (np.abs(W.ravel()) <= half_w[i] + ext)
+        soft = v[i, big & ~inside[i]]
+        if soft.size < 10 or not inside[i].any():
+            continue
+        bg = float(np.median(soft))
+        wt = np.clip(v[i] - bg, 0.0, None) * (inside[i] & win)
+        s = wt.sum()
+        if s > 0:
+            out[i] = C[i] + (wt @ off) / s
+    return out
+
+
+def _fit_section_pv(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.ndarray,
+                    W0: float, H0: float, sp: float):
+    """Width, height and centre of the pedicle at its isthmus from the CT's voxel values.
+
+    Partial-volume model: near the isthmus the pedicle is a straight tube of elliptic
+    cross-section (outer width ``W`` along u, in the transverse plane, height ``H`` along w)
+    with a thin cortical shell (``_CORTEX_MM``) brighter than its marrow. Each voxel's value is
+    the background plus the marrow and shell levels times the fractions of the voxel box they
+    fill (the box is supersampled). The levels are solved by least squares for each shape, the
+    shape (W, H and the centre offsets) by Nelder-Mead. The voxels used lie within
+    ``_PV_HALF_LEN`` of the isthmus along the axis and within 1.5 voxels + 1 mm of the first
+    estimate's outline; voxels outside the label (dilated by one voxel) brighter than soft tissue
+    (another bone) are left out. Unlike edges read on interpolated lines, this uses each voxel
+    once, as the scanner averaged it, so it stays unbiased when the pedicle is only 2-3 voxels
+    wide. Returns (W, H, centre) or None."""
+    from scipy.optimize import minimize
+
+    u = _unit(np.cross(frame.axes[2], a))
+    w = _unit(np.cross(a, u))
+    sp3 = crop.ct.spacing
+    half_len = max(_PV_HALF_LEN, 0.5 * float(sp3.max()))
+    mu, mw = 0.5 * W0 + 1.5 * sp + 1.5, 0.5 * H0 + 1.5 * sp + 1.5  # soft tissue is looked for here
+    fu, fw = 0.5 * W0 + _PV_MARGIN_VOX * sp + 1.5, 0.5 * H0 + _PV_MARGIN_VOX * sp + 1.5  # fitted here
+    # candidate voxels: the box around the section slab
+    corners = np.array([C + su * mu * u + sw * mw * w + st * (half_len + sp) * a
+                        for su in (-1, 1) for sw in (-1, 1) for st in (-1, 1)])
+    ijk = crop.ct.world_to_index(corners)
+    lo = np.maximum(np.floor(ijk.min(axis=0)).astype(int), 0)
+    hi = np.minimum(np.ceil(ijk.max(axis=0)).astype(int) + 1, np.array(crop.mask.shape))
+    if np.any(hi - lo < 1):
+        return None
+    grid = np.stack(np.meshgrid(*[np.arange(l, h) for l, h in zip(lo, hi)], indexing="ij"), -1).reshape(-1, 3)
+    xyz = crop.ct.index_to_world(grid.astype(float))
+    d = xyz - C
+    qt, qu, qw = d @ a, d @ u, d @ w
+    sel = (np.abs(qt) <= half_len) & ((qu / mu) ** 2 + (qw / mw) ** 2 <= 1.0)
+    if sel.sum() < 12:
+        return None
+    g = grid[sel]
+    # the label must claim the section it measures (not bone it left out, e.g. a missed pedicle)
+    core = ((qu[sel] / (0.5 * W0)) ** 2 + (qw[sel] / (0.5 * H0)) ** 2 <= 0.5) & (np.abs(qt[sel]) <= half_len)
+    if core.sum() < 3 or crop.mask[g[core, 0], g[core, 1], g[core, 2]].mean() < 0.5:
+        return None
+    vals = crop.ct.array[g[:, 0], g[:, 1], g[:, 2]].astype(np.float64)
+    inmask = crop.tolerant[g[:, 0], g[:, 1], g[:, 2]]
+    soft = vals[~inmask]
+    if soft.size < 5:
+        return None
+    bg = float(np.median(soft))
+    keep = (inmask | (vals < bg + _PV_OTHER_BONE_HU)) & ((qu[sel] / fu) ** 2 + (qw[sel] / fw) ** 2 <= 1.0)
+    g, vals = g[keep], vals[keep]
+    if len(vals) < 12:
+        return None
+    # supersample every voxel box
+    ns = int(np.clip(np.ceil(float(sp3.max()) / _PV_SUBSTEP_MM), 2, 8))
+    o = (np.arange(ns) + 0.5) / ns - 0.5
+    sub = np.stack(np.meshgrid(o, o, o, indexing="ij"), -1).reshape(-1, 3)  # voxel units
+    pts = crop.ct.index_to_world((g[:, None, :] + sub[None, :, :]).reshape(-1, 3))
+    dd = pts - C
+    pu, pw = (dd @ u).reshape(len(g), -1), (dd @ w).reshape(len(g), -1)
+    ones = np.ones(len(vals))
+
+    def design(p):
+        W, H, cu, cw = p
+        if W <= 2 * _CORTEX_MM or H <= 2 * _CORTEX_MM:
+            return None
+        r_out = ((pu - cu) / (0.5 * W)) ** 2 + ((pw - cw) / (0.5 * H)) ** 2
+        r_in = ((pu - cu) / (0.5 * W - _CORTEX_MM)) ** 2 + ((pw - cw) / (0.5 * H - _CORTEX_MM)) ** 2
+        inside = (r_out <= 1.0).mean(axis=1)
+        marrow = (r_in <= 1.0).mean(axis=1)
+        return np.c_[ones, marrow, inside - marrow]
+
+    def cost(p):
+        X = design(p)
+        if X is None:
+            return np.inf
+        beta, *_ = np.linalg.lstsq(X, vals, rcond=None)
+        if beta[2] < 0 or beta[1] + beta[2] <= 0:  # the shell is not darker than the marrow; bone > soft tissue
+            r = vals - X[:, :2] @ np.linalg.lstsq(X[:, :2], vals, rcond=None)[0]
+        else:
+            r = vals - X @ beta
+        return float(r @ r)
+
+    def fit(x0, step):
+        simplex = x0 + np.vstack([np.zeros(4), np.diag([step, step, 0.66 * step, 0.66 * step])])
+        return minimize(cost, x0, method="Nelder-Mead",
+                        options={"initial_simplex": simplex, "xatol": 0.02, "fatol": 1e-4 * cost(x0), "maxiter": 400})
+
+    res = fit(np.array([W0, H0, 0.0, 0.0]), 0.6 * sp)
+    # voxels the fitted section does not reach but as bright as bone belong to another bone
+    # (a neighbour's articular process, a rib head, this vertebra's own processes): refit without
+    X = design(res.x)
+    if X is not None:
+        other = (X[:, 2] + X[:, 1] <= 0.0) & (vals > bg + _PV_OTHER_BONE_HU)
+        if other.any() and (~other).sum() >= 12:
+            vals, pu, pw, ones = vals[~other], pu[~other], pw[~other], ones[~other]
+            res = fit(res.x, 0.3 * sp)
+    W, H, cu, cw = res.x
+    if not np.isfinite(res.fun) or abs(W - W0) > max(1.5, sp) or abs(H - H0) > max(2.5, 1.5 * sp):
+        return None
+    return float(W), float(H), C + cu * u + cw * w
+
+
 def _smooth(v: np.ndarray) -> np.ndarray:
     """Running median of 3 then running mean of 3 (ends kept)."""
     if len(v) < 5:
@@ -868,6 +1092,11 @@ def _measure_pedicle(ct, crop, fit: _FrameFit, side: str, sp: float, start=None)
         hc = np.median(rows[np.abs(rows[:, 0]) <= 3.0, 2]) if np.any(np.abs(rows[:, 0]) <= 3.0) else np.median(rows[:, 2])
         part = (width < 1.35 * wmin + 0.5) & (_smooth(rows[:, 2]) < 1.25 * hc + 0.5)
         # contiguous run around the minimum = the pedicle proper
+        if len(rows) >= 9:  # the isthmus is not the last section found at either end
+            part[:2] = False
+            part[-2:] = False
+        if not part.any():
+            return None
         k = int(np.argmin(np.where(part, width, np.inf)))
         lo = k
         while lo > 0 and part[lo - 1]:
@@ -880,11 +1109,31 @@ def _measure_pedicle(ct, crop, fit: _FrameFit, side: str, sp: float, start=None)
         best = (rows, width, k, axis)
         if it == _PEDICLE_ROUNDS - 1:
             break
-        run = rows[lo:hi + 1]
+        # the axis: through every section of the pedicle when fitted through the centroids
+        # (a robust fit drops the ones pulled by the body or the lamina), else the run
+        # the axis is fitted through the sections of the pedicle proper: the contiguous run
+        # around the isthmus that is still nearly as narrow and as low as the isthmus (sections
+        # where the body, the lamina or a process joins pull their centres off the axis)
+        hs = _smooth(rows[:, 2])
+        tight = (width < _AXIS_RUN_W[0] * width[k] + _AXIS_RUN_W[1]) & (hs < _AXIS_RUN_H[0] * hs[k] + _AXIS_RUN_H[1])
+        a0 = k
+        while a0 > 0 and tight[a0 - 1]:
+            a0 -= 1
+        a1 = k
+        while a1 < len(rows) - 1 and tight[a1 + 1]:
+            a1 += 1
+        run = rows[a0:a1 + 1] if a1 - a0 + 1 >= max(5, 4.0 * sp) else rows[lo:hi + 1]
         hs = run[:, 2]
-        pts = run[hs < 1.25 * np.median(hs) + 0.5, 3:6]  # sections running into a process are left out
+        run = run[hs < 1.25 * np.median(hs) + 0.5]  # sections running into a process are left out
+        if _CENTROID_AXIS and len(run) >= 4:
+            cen = _section_centroids(crop, frame, centre + run[:, 0:1] * axis, axis,
+                                     0.5 * run[:, 1] + 0.75 * sp + 0.5, 0.5 * run[:, 2] + 0.75 * sp + 0.5, sp)
+            pts = cen[np.all(np.isfinite(cen), axis=1)]
+        else:
+            pts = run[:, 3:6]
         if len(pts) >= 4:
-            d = np.linalg.svd(pts - pts.mean(axis=0))[2][0]
+            _, d, kept = _robust_line(pts)
+            pts = pts[kept]
             if np.dot(d, axis) < 0:
                 d = -d
             if np.degrees(np.arccos(np.clip(np.dot(d, axis), -1, 1))) < 25.0:
@@ -894,9 +1143,14 @@ def _measure_pedicle(ct, crop, fit: _FrameFit, side: str, sp: float, start=None)
             centre = rows[k, 3:6]
     rows, width, k, axis = best
     height = _smooth(rows[:, 2])
+    W, H, centre = float(width[k]), float(height[k]), rows[k, 3:6]
+    if _PV_SECTION:
+        pv = _fit_section_pv(crop, frame, centre, axis, W, H, sp)
+        if pv is not None:
+            W, H, centre = pv
     med, cra = frame.angles_of(axis, side)
-    return Pedicle(side=side, isthmus_center=rows[k, 3:6], axis=axis,
-                   isthmus_width_mm=float(width[k]), isthmus_height_mm=float(height[k]),
+    return Pedicle(side=side, isthmus_center=centre, axis=axis,
+                   isthmus_width_mm=W, isthmus_height_mm=H,
                    transverse_angle_deg=med, sagittal_angle_deg=cra)
 
 
