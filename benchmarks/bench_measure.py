@@ -180,7 +180,8 @@ def pedicle_accuracy(spacings, cases, own=False):
         missing = n = 0
         t0 = time.time()
         for kw in cases:
-            ph = make_phantom(spacing=sp, fov="spine", **kw)
+            # the segmentation needs the whole body in view (fat, muscle, skin) to find the spine
+            ph = make_phantom(spacing=sp, **kw) if own else make_phantom(spacing=sp, fov="spine", **kw)
             spine = build_spine(ph.ct, _own_labels(ph) if own else ph.labels)
             for name, tv in ph.truth["vertebrae"].items():
                 if not tv["complete"] or name == "S1" or tv["fracture"]["grade"]:

@@ -132,6 +132,12 @@ _PV_HALF_LEN = 2.0
 _PV_SUBSTEP_MM = 0.4
 _PV_OTHER_BONE_HU = 100.0
 _PV_MARGIN_VOX = 0.5
+#: From this voxel size (mm) on, the pedicle axis is also fitted by the partial-volume model over
+#: +-_PV_AXIS_HALF_LEN mm of the tube (section centres a voxel apart say little about direction),
+#: and kept when within _PV_AXIS_MAX_DEG of the centroid axis.
+_PV_AXIS_MIN_VOX_MM = 1.5
+_PV_AXIS_HALF_LEN = 5.0
+_PV_AXIS_MAX_DEG = 15.0
 #: Use the model-based edge (True) or the plain half-maximum (False).
 _EDGE_MODEL = True
 #: Margin (mm) around the height of the posterior body within which a pedicle is looked for
@@ -897,7 +903,7 @@ def _section_centroids(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.n
 
 
 def _fit_section_pv(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.ndarray,
-                    W0: float, H0: float, sp: float):
+                    W0: float, H0: float, sp: float, half_len: float | None = None, tilt: bool = False):
     """Width, height and centre of the pedicle at its isthmus from the CT's voxel values.
 
     Partial-volume model: near the isthmus the pedicle is a straight tube of elliptic
@@ -910,13 +916,14 @@ def _fit_section_pv(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.ndar
     estimate's outline; voxels outside the label (dilated by one voxel) brighter than soft tissue
     (another bone) are left out. Unlike edges read on interpolated lines, this uses each voxel
     once, as the scanner averaged it, so it stays unbiased when the pedicle is only 2-3 voxels
-    wide. Returns (W, H, centre) or None."""
+    wide. ``tilt``: the axis direction is fitted too (over a longer slab, ``half_len``): the
+    tube's straightness then carries the direction. Returns (W, H, centre, axis) or None."""
     from scipy.optimize import minimize
 
     u = _unit(np.cross(frame.axes[2], a))
     w = _unit(np.cross(a, u))
     sp3 = crop.ct.spacing
-    half_len = max(_PV_HALF_LEN, 0.5 * float(sp3.max()))
+    half_len = max(_PV_HALF_LEN if half_len is None else half_len, 0.5 * float(sp3.max()))
     mu, mw = 0.5 * W0 + 1.5 * sp + 1.5, 0.5 * H0 + 1.5 * sp + 1.5  # soft tissue is looked for here
     fu, fw = 0.5 * W0 + _PV_MARGIN_VOX * sp + 1.5, 0.5 * H0 + _PV_MARGIN_VOX * sp + 1.5  # fitted here
     # candidate voxels: the box around the section slab
@@ -956,12 +963,24 @@ def _fit_section_pv(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.ndar
     pts = crop.ct.index_to_world((g[:, None, :] + sub[None, :, :]).reshape(-1, 3))
     dd = pts - C
     pu, pw = (dd @ u).reshape(len(g), -1), (dd @ w).reshape(len(g), -1)
+    dd = dd.reshape(len(g), -1, 3)
     ones = np.ones(len(vals))
+    z = frame.axes[2]
+
+    def tilted(tu, tw):
+        a2 = _unit(a + tu * u + tw * w)
+        u2 = _unit(np.cross(z, a2))
+        return a2, u2, np.cross(a2, u2)
 
     def design(p):
-        W, H, cu, cw = p
+        W, H, cu, cw = p[:4]
         if W <= 2 * _CORTEX_MM or H <= 2 * _CORTEX_MM:
             return None
+        if tilt:
+            _, u2, w2 = tilted(p[4], p[5])
+            pu, pw = dd @ u2, dd @ w2
+        else:
+            pu, pw = pu0, pw0
         r_out = ((pu - cu) / (0.5 * W)) ** 2 + ((pw - cw) / (0.5 * H)) ** 2
         r_in = ((pu - cu) / (0.5 * W - _CORTEX_MM)) ** 2 + ((pw - cw) / (0.5 * H - _CORTEX_MM)) ** 2
         inside = (r_out <= 1.0).mean(axis=1)
@@ -979,24 +998,30 @@ def _fit_section_pv(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.ndar
             r = vals - X @ beta
         return float(r @ r)
 
+    pu0, pw0 = pu, pw
+
     def fit(x0, step):
-        simplex = x0 + np.vstack([np.zeros(4), np.diag([step, step, 0.66 * step, 0.66 * step])])
+        steps = [step, step, 0.66 * step, 0.66 * step] + ([0.04, 0.04] if tilt else [])
+        simplex = x0 + np.vstack([np.zeros(len(steps)), np.diag(steps)])
         return minimize(cost, x0, method="Nelder-Mead",
                         options={"initial_simplex": simplex, "xatol": 0.02, "fatol": 1e-4 * cost(x0), "maxiter": 400})
 
-    res = fit(np.array([W0, H0, 0.0, 0.0]), 0.6 * sp)
+    res = fit(np.array([W0, H0, 0.0, 0.0] + ([0.0, 0.0] if tilt else [])), 0.6 * sp)
     # voxels the fitted section does not reach but as bright as bone belong to another bone
     # (a neighbour's articular process, a rib head, this vertebra's own processes): refit without
     X = design(res.x)
     if X is not None:
         other = (X[:, 2] + X[:, 1] <= 0.0) & (vals > bg + _PV_OTHER_BONE_HU)
         if other.any() and (~other).sum() >= 12:
-            vals, pu, pw, ones = vals[~other], pu[~other], pw[~other], ones[~other]
+            vals, pu0, pw0, dd, ones = vals[~other], pu0[~other], pw0[~other], dd[~other], ones[~other]
             res = fit(res.x, 0.3 * sp)
-    W, H, cu, cw = res.x
+    W, H, cu, cw = res.x[:4]
     if not np.isfinite(res.fun) or abs(W - W0) > max(1.5, sp) or abs(H - H0) > max(2.5, 1.5 * sp):
         return None
-    return float(W), float(H), C + cu * u + cw * w
+    axis = tilted(*res.x[4:6])[0] if tilt else a
+    if np.degrees(np.arccos(np.clip(np.dot(axis, a), -1, 1))) > _PV_AXIS_MAX_DEG:
+        return None
+    return float(W), float(H), C + cu * u + cw * w, axis
 
 
 def _smooth(v: np.ndarray) -> np.ndarray:
@@ -1145,9 +1170,13 @@ def _measure_pedicle(ct, crop, fit: _FrameFit, side: str, sp: float, start=None)
     height = _smooth(rows[:, 2])
     W, H, centre = float(width[k]), float(height[k]), rows[k, 3:6]
     if _PV_SECTION:
+        if sp >= _PV_AXIS_MIN_VOX_MM:
+            pv = _fit_section_pv(crop, frame, centre, axis, W, H, sp, half_len=_PV_AXIS_HALF_LEN, tilt=True)
+            if pv is not None:
+                centre, axis = pv[2], pv[3]
         pv = _fit_section_pv(crop, frame, centre, axis, W, H, sp)
         if pv is not None:
-            W, H, centre = pv
+            W, H, centre = pv[:3]
     med, cra = frame.angles_of(axis, side)
     return Pedicle(side=side, isthmus_center=centre, axis=axis,
                    isthmus_width_mm=W, isthmus_height_mm=H,
