@@ -28,8 +28,13 @@ How (sub-voxel where it matters):
    segmentation gave this label cannot seed it); the first axis is the direction whose
    perpendicular mask sections are smallest; then cross-sections perpendicular to the axis are
    measured on the CT (where the label's rim gives no CT edge, the search starts from the rim of
-   the label dilated by one voxel), the axis is re-fitted through their centres, and the isthmus
-   is the narrowest (smoothed) section.
+   the label dilated by one voxel), the axis is re-fitted through the bone-intensity centroids
+   of the sections of the pedicle proper (blur moves intensity, not its centre of mass; robust
+   line fit), and the isthmus is the narrowest (smoothed) section. Its width, height and centre
+   are then fitted to the CT voxels by a partial-volume model (an elliptic tube with a cortical
+   shell, each voxel box supersampled; :func:`_fit_section_pv`); from 1.5 mm voxels on, the same
+   model over +-5 mm of the tube also fits the axis direction. The frame's z axis comes from
+   endplate planes fitted to sub-voxel CT edges.
 4. Checks (:func:`pedicle_implausible`, :func:`pedicles_disagree`): a pedicle outside the published
    ranges, or one of a left/right pair that disagree, is measured again from the mirror image of
    the other side; it is kept only if that confirms it, else left out with a sentence in
