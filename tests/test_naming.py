@@ -21,7 +21,7 @@ phantom = pytest.importorskip("spineplan.phantom")
 
 OSTEO_CASES = {
     "osteoporosis-3mm": dict(osteoporosis=True, seed=2, spacing=3.0),
-    "osteoporosis-2mm-scoliosis": dict(osteoporosis=True, seed=1, spacing=2.0, scoliosis_deg=10.0, rotation_deg=5.0),
+    "osteoporosis-2.5mm-scoliosis": dict(osteoporosis=True, seed=3, spacing=2.5, scoliosis_deg=-12.0, rotation_deg=-6.0),
 }
 
 
