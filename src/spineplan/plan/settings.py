@@ -96,10 +96,13 @@ class PlannerSettings:
     #: Plausible trajectory angles in the vertebra frame: medial (transverse) angle between these
     #: limits and cranial/caudal angle within +/- max_cranial_angle_deg. Pedicle transverse angles
     #: run from ~5 deg (T12) to ~30 deg (L5) and up to ~40 deg at T1; sagittal angles stay within
-    #: ~15 deg of the endplates (Zindrick et al., Spine 1987;12:160-166); a little beyond is allowed.
+    #: ~15 deg of the endplates (Zindrick et al., Spine 1987;12:160-166). The cranial/caudal limit
+    #: is that 15 deg: steeper screws head for an endplate, where an automatic label is least
+    #: sure (measured: the one B screw planned from spineplan's own labels on the chest CT, L1
+    #: right, was 23.5 deg cranial and touched the superior endplate).
     min_medial_angle_deg: float = -5.0
     max_medial_angle_deg: float = 45.0
-    max_cranial_angle_deg: float = 25.0
+    max_cranial_angle_deg: float = 15.0
     # ------------------------------------------------------------------ percutaneous corridor
     #: Skin = body surface in the CT: the outermost point along the trajectory with HU above
     #: this value (fat is about -100 HU, air -1000 HU).
