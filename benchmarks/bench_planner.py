@@ -64,7 +64,8 @@ def summarise(name: str, plan, results, requested: int, widths: dict | None = No
     a = sum(g == "A" for g in grades)
     ab = sum(g in ("A", "B") for g in grades)
     medial = sum(1 for r in results if r.breach_direction == "medial" and r.breach_mm > 0)
-    wrong = sum(1 for r in results if r.vertebra_found not in (None, r.level))
+    # a screw whose axis lies in no labelled vertebra is not in the right vertebra either
+    wrong = sum(1 for r in results if r.kind == "screw" and r.vertebra_found != r.level)
     margins = [r.min_margin_mm for r in results if r.kind == "screw"]
     nss = [w for w in plan.warnings if w.code == "no-safe-screw"]
     rules: dict = {}
@@ -76,8 +77,8 @@ def summarise(name: str, plan, results, requested: int, widths: dict | None = No
     for i, s in enumerate(plan.screws):
         w = (widths or {}).get((s.level, s.side), s.extra.get("isthmus_width_mm"))
         r = by_index.get(i)
-        ref = f"{r.grade} ({r.breach_mm:.1f} mm {r.breach_direction or ''})" if r is not None else "?"
-        print(f"    {s.label:<18} reference grade {ref:<18} margin {r.min_margin_mm if r else float('nan'):4.1f} mm  isthmus "
+        ref = f"{r.grade} ({r.breach_mm:.1f} mm {r.breach_direction or ''}) in {r.vertebra_found}" if r is not None else "?"
+        print(f"    {s.label:<18} reference grade {ref:<26} margin {r.min_margin_mm if r else float('nan'):4.1f} mm  isthmus "
               f"{w if w is None else round(w, 1)} mm  D/isthmus {s.diameter_mm / w if w else float('nan'):.2f}  "
               f"medial {s.medial_angle_deg:5.1f}  cranial {s.cranial_angle_deg:5.1f}  "
               f"head offset {s.extra.get('head_offset_mm')} mm")
