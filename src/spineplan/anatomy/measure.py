@@ -962,9 +962,9 @@ def _fit_section_pv(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.ndar
     if len(vals) < 12:
         return None
     # supersample every voxel box
-    ns = int(np.clip(np.ceil(float(sp3.max()) / _PV_SUBSTEP_MM), 2, 8))
-    o = (np.arange(ns) + 0.5) / ns - 0.5
-    sub = np.stack(np.meshgrid(o, o, o, indexing="ij"), -1).reshape(-1, 3)  # voxel units
+    ns = np.clip(np.ceil(sp3 / _PV_SUBSTEP_MM), 2, 8).astype(int)  # per axis (thick slices)
+    o = [(np.arange(n) + 0.5) / n - 0.5 for n in ns]
+    sub = np.stack(np.meshgrid(*o, indexing="ij"), -1).reshape(-1, 3)  # voxel units
     pts = crop.ct.index_to_world((g[:, None, :] + sub[None, :, :]).reshape(-1, 3))
     dd = pts - C
     pu, pw = (dd @ u).reshape(len(g), -1), (dd @ w).reshape(len(g), -1)
