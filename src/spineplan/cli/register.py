@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 HELP = "register an X-ray (DICOM/PNG/TIFF) to the CT: C-arm pose, similarity score and an honest success flag"
 
@@ -51,6 +52,10 @@ def load_and_register(args):
     return xray, ct, labels, att, result
 
 
+def _mm(x) -> float | None:
+    return None if x is None or not math.isfinite(float(x)) else round(float(x), 3)
+
+
 def result_dict(result, view: str) -> dict:
     from spineplan import DISCLAIMER
     from spineplan.fluoro.geometry import carm_angles_of_direction
@@ -61,7 +66,10 @@ def result_dict(result, view: str) -> dict:
         "format": "spineplan.registration", "version": 1, "frame": "LPS", "units": "mm",
         "view_requested": view, "success": bool(result.success), "reason": result.reason,
         "score_gradient_correlation": round(float(result.score), 4),
-        "consistency_mm": None if result.consistency_mm != result.consistency_mm else round(float(result.consistency_mm), 3),
+        # the optimality check's remaining move: how far the pose would still move towards a better
+        # score on some axis (in the image plane, and mean 3-D over the vertebrae incl. depth)
+        "optimality_residual_mm": _mm(result.consistency_mm),
+        "optimality_residual_3d_mm": _mm(result.meta.get("consistency_3d_mm")),
         "polarity": "bone bright" if result.polarity > 0 else "bone dark",
         "pose_world_to_carm": {"rotation": pose.rotation.round(8).tolist(), "translation": pose.translation.round(5).tolist()},
         "source_lps": pose.source_lps.round(3).tolist(), "beam_direction_lps": pose.beam_direction.round(6).tolist(),
