@@ -280,3 +280,33 @@ def test_period_width_is_capped_above_the_narrowest_level():
     c = _discs.capped_width(w)
     assert np.allclose(c[:220], w[:220])
     assert np.all(c[220:] <= 25.0 * 1.1 + 1e-9) and np.all(c[220:] >= 25.0)
+
+
+CROP_CT = "tptbox_sample_L3/sub-ct_label-22_ct.nii.gz"
+CROP_REF = "tptbox_sample_L3/sub-ct_seg-vert_label-22_msk.nii.gz"
+
+
+def test_tight_crop_l3_dice(data_file):
+    """A tight 1.5 mm crop around one osteoporotic L3 (VerSe reference): the bodies' thin cortex
+    breaks at the bone threshold and the fatty marrow (30-80 HU) is darker than it; without the
+    enclosed-marrow fill the body path ran through the neural arch (Dice 0.21)."""
+    ct = read_nifti(data_file(CROP_CT))
+    ref = np.asarray(read_nifti(data_file(CROP_REF), modality="SEG").array) == VERSE_CODES["L3"]
+    ijk = np.argwhere(ref).mean(axis=0)
+    seg = segment_spine(ct, anchor="L3@{:.0f},{:.0f},{:.0f}".format(*ijk))
+    assert seg.extras["broken_shells"]
+    lab = np.asarray(seg.labels.array)
+    d = _dice(lab == VERSE_CODES["L3"], ref)
+    # today's figure 0.674 (the body alone ~0.8; the inferior articular processes go to L4 and
+    # the superior ones partly to L2); target 0.85
+    assert d >= 0.66, d
+    # the dark (fatty-marrow, < 100 HU) part of the reference is labelled: 0.98 of it is labelled
+    # (0.87 as L3) today; with hollow bodies it was not
+    dark = ref & (np.asarray(ct.array) < 100)
+    assert (lab[dark] > 0).mean() >= 0.95 and (lab[dark] == VERSE_CODES["L3"]).mean() >= 0.85
+
+
+def test_abdomen_and_chest_shells_hold(abdomen, chest):
+    """The enclosed-marrow fallback is for broken cortical shells only: not used on routine CTs."""
+    assert not abdomen[1].extras["broken_shells"]
+    assert not chest[1].extras["broken_shells"]
