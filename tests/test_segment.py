@@ -297,9 +297,10 @@ def test_tight_crop_l3_dice(data_file):
     assert seg.extras["broken_shells"]
     lab = np.asarray(seg.labels.array)
     d = _dice(lab == VERSE_CODES["L3"], ref)
-    # today's figure 0.674 (the body alone ~0.8; the inferior articular processes go to L4 and
-    # the superior ones partly to L2); target 0.85
-    assert d >= 0.66, d
+    # today's figure 0.706 (0.674 before the seeds of a vertebra cut by the scan's end were
+    # placed with a whole span; the body takes disc and soft tissue, the superior articular
+    # processes go partly to L2); target 0.85
+    assert d >= 0.69, d
     # the dark (fatty-marrow, < 100 HU) part of the reference is labelled: 0.98 of it is labelled
     # (0.87 as L3) today; with hollow bodies it was not
     dark = ref & (np.asarray(ct.array) < 100)

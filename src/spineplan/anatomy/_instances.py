@@ -63,6 +63,11 @@ SEED_MARGIN = 0.15
 #: joints: bone beyond this distance of a thoracic vertebra seeds "other bone", so the rib
 #: necks and heads are contested up to their joints with the vertebra.
 RIB_SEED_LAT_MM = 34.0
+#: How far (mm) the inferior articular processes and the spinous process reach below their
+#: vertebra's caudal disc (lumbar facet joints are 15-20 mm high and centred near the disc,
+#: Panjabi et al., Spine 1993; on the L3 crop's VerSe reference the L3 arch ends ~15 mm below
+#: it; 25 mm cost the abdomen's L5 0.005 Dice).
+IAP_DROP_MM = 15.0
 #: Label used for the "other bone" marker.
 OTHER = 255
 
@@ -109,25 +114,38 @@ def watershed_instances(hu: np.ndarray, bone: np.ndarray, coords: dict, segs: li
     s, lat, post = coords["s"], coords["lat"], coords["post"]
     rad = np.hypot(lat, post)
     mk = np.zeros(len(s), np.int32)
+    # a segment cut by the scan's end is shorter than its vertebra: its pedicle and lamina levels
+    # are placed from its one disc with the span of a whole neighbour (else they crowd that disc
+    # and take the articular processes of the vertebra next to it)
+    whole = [sg.s1 - sg.s0 for sg in segs if not (sg.partial_top or sg.partial_bottom)]
+    h_whole = float(np.median(whole)) if whole else 0.0
     for sg in segs:
         h = sg.s1 - sg.s0
+        if (sg.partial_top or sg.partial_bottom) and not (sg.partial_top and sg.partial_bottom):
+            base = sg.s1 - max(h, h_whole) if sg.partial_bottom else sg.s0
+            h_lev = max(h, h_whole)
+        else:
+            base, h_lev = sg.s0, h
         a = sg.s0 + SEED_MARGIN * h if not sg.partial_bottom else -np.inf
         b = sg.s1 - SEED_MARGIN * h if not sg.partial_top else np.inf
         r = BODY_SEED_RADIUS_MM
         if sg.partial_bottom:
             # the caudal end of the curve: usually the sacrum, which continues below the curve
             below = (s < sg.s1 - SEED_MARGIN * h) & (np.abs(lat) < SACRUM_SEED_HALF_WIDTH_MM) & (post < 40.0)
+            # ... but not the inferior articular processes and the laminae of the vertebra above,
+            # which hang behind the canal down to ~IAP_DROP_MM below its caudal disc
+            below &= (post < PEDICLE_POST_MM[1]) | (s < sg.s1 - IAP_DROP_MM)
             mk[below] = sg.label
         sel = (s > a) & (s < b) & (rad < r)
         # the neural arch at the level of the pedicles (cranial half of the body) belongs to
         # this vertebra too: pedicles and the midline of the laminae
-        pa = sg.s0 + PEDICLE_LEVEL[0] * h if not sg.partial_bottom else -np.inf
-        pb = sg.s0 + PEDICLE_LEVEL[1] * h if not sg.partial_top else np.inf
+        pa = base + PEDICLE_LEVEL[0] * h_lev if not sg.partial_bottom else -np.inf
+        pb = base + PEDICLE_LEVEL[1] * h_lev if not sg.partial_top else np.inf
         lev = (s > pa) & (s < pb)
         ped = lev & (np.abs(lat) > PEDICLE_LAT_MM[0]) & (np.abs(lat) < PEDICLE_LAT_MM[1]) & \
             (post > PEDICLE_POST_MM[0]) & (post < PEDICLE_POST_MM[1])
-        la = sg.s0 + LAMINA_LEVEL[0] * h if not sg.partial_bottom else -np.inf
-        lb = sg.s0 + LAMINA_LEVEL[1] * h if not sg.partial_top else np.inf
+        la = base + LAMINA_LEVEL[0] * h_lev if not sg.partial_bottom else -np.inf
+        lb = base + LAMINA_LEVEL[1] * h_lev if not sg.partial_top else np.inf
         lam = (s > la) & (s < lb) & (np.abs(lat) < LAMINA_HALF_WIDTH_MM) & (post > LAMINA_POST_MM[0]) & (post < LAMINA_POST_MM[1])
         mk[sel | ped | lam] = sg.label
     other = (np.abs(lat) > OTHER_LATERAL_MM) | (post < -OTHER_ANTERIOR_MM) | (post > OTHER_POSTERIOR_MM)
