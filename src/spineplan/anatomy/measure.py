@@ -925,6 +925,8 @@ def _fit_section_pv(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.ndar
     tube's straightness then carries the direction. Returns (W, H, centre, axis) or None."""
     from scipy.optimize import minimize
 
+    from spineplan.anatomy._pv import fractions as pv_fractions
+
     u = _unit(np.cross(frame.axes[2], a))
     w = _unit(np.cross(a, u))
     sp3 = crop.ct.spacing
@@ -966,9 +968,7 @@ def _fit_section_pv(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.ndar
     o = [(np.arange(n) + 0.5) / n - 0.5 for n in ns]
     sub = np.stack(np.meshgrid(*o, indexing="ij"), -1).reshape(-1, 3)  # voxel units
     pts = crop.ct.index_to_world((g[:, None, :] + sub[None, :, :]).reshape(-1, 3))
-    dd = pts - C
-    pu, pw = (dd @ u).reshape(len(g), -1), (dd @ w).reshape(len(g), -1)
-    dd = dd.reshape(len(g), -1, 3)
+    dd = np.ascontiguousarray((pts - C).reshape(len(g), -1, 3))
     ones = np.ones(len(vals))
     z = frame.axes[2]
 
@@ -981,15 +981,9 @@ def _fit_section_pv(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.ndar
         W, H, cu, cw = p[:4]
         if W <= 2 * _CORTEX_MM or H <= 2 * _CORTEX_MM:
             return None
-        if tilt:
-            _, u2, w2 = tilted(p[4], p[5])
-            pu, pw = dd @ u2, dd @ w2
-        else:
-            pu, pw = pu0, pw0
-        r_out = ((pu - cu) / (0.5 * W)) ** 2 + ((pw - cw) / (0.5 * H)) ** 2
-        r_in = ((pu - cu) / (0.5 * W - _CORTEX_MM)) ** 2 + ((pw - cw) / (0.5 * H - _CORTEX_MM)) ** 2
-        inside = (r_out <= 1.0).mean(axis=1)
-        marrow = (r_in <= 1.0).mean(axis=1)
+        u2, w2 = tilted(p[4], p[5])[1:] if tilt else (u, w)
+        inside, marrow = pv_fractions(dd, u2, w2, float(cu), float(cw), 0.5 * W, 0.5 * H,
+                                      0.5 * W - _CORTEX_MM, 0.5 * H - _CORTEX_MM)
         return np.c_[ones, marrow, inside - marrow]
 
     def cost(p):
@@ -1002,8 +996,6 @@ def _fit_section_pv(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.ndar
         else:
             r = vals - X @ beta
         return float(r @ r)
-
-    pu0, pw0 = pu, pw
 
     def fit(x0, step):
         steps = [step, step, 0.66 * step, 0.66 * step] + ([0.04, 0.04] if tilt else [])
@@ -1018,7 +1010,7 @@ def _fit_section_pv(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.ndar
     if X is not None:
         other = (X[:, 2] + X[:, 1] <= 0.0) & (vals > bg + _PV_OTHER_BONE_HU)
         if other.any() and (~other).sum() >= 12:
-            vals, pu0, pw0, dd, ones = vals[~other], pu0[~other], pw0[~other], dd[~other], ones[~other]
+            vals, dd, ones = vals[~other], np.ascontiguousarray(dd[~other]), ones[~other]
             res = fit(res.x, 0.3 * sp)
     W, H, cu, cw = res.x[:4]
     if not np.isfinite(res.fun) or abs(W - W0) > max(1.5, sp) or abs(H - H0) > max(2.5, 1.5 * sp):

@@ -4,6 +4,8 @@ and its ``spine.json`` file (format ``spineplan.spine``, version 1)."""
 from __future__ import annotations
 
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable
 
 import numpy as np
@@ -29,6 +31,9 @@ _MIN_VOXELS = 20
 #: 1987;12:160-166); the tolerance is above that.
 NEIGHBOUR_WIDTH_TOL_MM = 5.0
 NEIGHBOUR_WIDTH_TOL_FRAC = 0.5
+#: Threads measuring vertebrae at once (the machine's cores, at most 4: each holds a mask of the
+#: CT's size; ``SPINEPLAN_THREADS`` overrides).
+MEASURE_THREADS = int(os.environ.get("SPINEPLAN_THREADS", 0)) or min(4, os.cpu_count() or 1)
 
 
 def build_spine(ct: Volume, labels: Volume, *, names_confidence: float = 1.0, method: str = "labels",
@@ -64,14 +69,20 @@ def build_spine(ct: Volume, labels: Volume, *, names_confidence: float = 1.0, me
             continue
         cents[name] = ct.index_to_world(idx.mean(axis=0) + [s.start for s in sl])
     names = [n for n, _, _ in present if n in cents]
-    verts = []
-    for name, code, sl in progress([p for p in present if p[0] in cents], desc="measuring vertebrae"):
+    def measure(item):
+        name, code, sl = item
         i = names.index(name)
         nb = [cents[names[j]] for j in (i - 1, i + 1) if 0 <= j < len(names) and names[j] != "S1"]
         # the mask view of this level only (full grid, bounded by its box)
         mask = np.zeros(ct.shape, bool)
         mask[sl] = lab[sl] == code
-        verts.append(measure_vertebra(ct, mask, name, code, neighbours=nb, bbox=sl))
+        return measure_vertebra(ct, mask, name, code, neighbours=nb, bbox=sl)
+
+    todo = [p for p in present if p[0] in cents]
+    # vertebrae are measured independently: on MEASURE_THREADS threads (numpy and the numba
+    # kernels release the GIL for much of the work); the order of the results is kept
+    with ThreadPoolExecutor(max_workers=max(1, min(MEASURE_THREADS, len(todo)))) as pool:
+        verts = list(progress(pool.map(measure, todo), desc="measuring vertebrae", total=len(todo)))
     _check_pedicles_against_neighbours(verts)
     spine = Spine(vertebrae=verts, labels=labels, naming_confidence=float(names_confidence),
                   naming_method=method, warnings=list(warnings))
