@@ -180,7 +180,7 @@ HOLE_MIN_HU = 50.0
 
 
 def filled_bone(hu: np.ndarray, spacing, threshold: float = BONE_HU, keep_open=None,
-                enclosed: bool = False, exclude=None) -> np.ndarray:
+                enclosed: bool = False, exclude=None, plate_gap: bool = False) -> np.ndarray:
     """Bone above ``threshold`` with marrow holes filled per axial slice.
 
     Holes are filled when they are smaller than ``MAX_HOLE_MM2`` and not dark (mean HU above
@@ -203,7 +203,7 @@ def filled_bone(hu: np.ndarray, spacing, threshold: float = BONE_HU, keep_open=N
     keep[0] = False
     out = b | keep[lab]
     if enclosed:
-        add = enclosed_marrow(hu, spacing, out, threshold, keep_open)
+        add = enclosed_marrow(hu, spacing, out, threshold, keep_open, plate_gap=plate_gap)
         out |= add if exclude is None else add & ~exclude
         # dark pockets (fat, veins) now enclosed by marrow and bone are filled too, not the canal
         holes = ndi.binary_fill_holes(out, structure=_PLANE) & ~out
@@ -237,6 +237,13 @@ MARROW_MIN_HU = 40.0
 #: of MARROW_CLOSE_MM (radius) bridges them: streaks of noise or basivertebral veins in the body.
 MARROW_GAP_HU = -30.0
 MARROW_CLOSE_MM = 3.0
+#: Marrow lies between endplates at least this far apart (mm): vertebral bodies are >= 15 mm
+#: high from C3 down (cervical 14-16, thoracic 17-23, lumbar 25-30 mm; Panjabi et al., Spine
+#: 1991/1992), discs with their endplates' concavity 4-14 mm (Pooni et al., Spine 1986).
+MIN_PLATE_GAP_MM = 15.0
+#: Radius (mm) of the in-plane opening that keeps plates (endplates are 30-50 mm wide) and drops
+#: trabecular spots.
+PLATE_OPEN_MM = 4.0
 #: A bone voxel stops the rays only if its smoothed HU is above this fraction of the threshold
 #: (an isolated noise speckle in muscle is smoothed to well below it).
 SPECKLE_FRACTION = 0.6
@@ -250,53 +257,89 @@ CANAL_RADIUS_MM = 8.0
 MARROW_SMOOTH_MM = 2.0
 
 
-def _ray_hit(bone: np.ndarray, axis: int, sign: int, reach: int, edge: bool = False) -> np.ndarray:
-    """True where a bone voxel lies within ``reach`` voxels along ``axis`` in direction ``sign``
-    (``edge``: the array's end counts as bone, i.e. the scan cut through it)."""
-    if edge:
-        pad = [(0, 0)] * 3
-        pad[axis] = (0, 1) if sign > 0 else (1, 0)
-        hit = _ray_hit(np.pad(bone, pad, constant_values=True), axis, sign, reach)
-        sl = [slice(None)] * 3
-        sl[axis] = slice(0, -1) if sign > 0 else slice(1, None)
-        return hit[tuple(sl)]
+def _ray_dist(bone: np.ndarray, axis: int, sign: int, far: int) -> np.ndarray:
+    """Voxels from each voxel to the next bone voxel strictly beyond it along ``axis`` in
+    direction ``sign`` (``far`` where there is none)."""
     n = bone.shape[axis]
     shape = [1, 1, 1]
     shape[axis] = n
     idx = np.arange(n).reshape(shape)
+    cap = [bone.shape[a] if a != axis else 1 for a in range(3)]
     if sign > 0:
-        nxt = np.where(bone, idx, n + reach + 1)
+        nxt = np.where(bone, idx, n + far)
         nxt = np.flip(np.minimum.accumulate(np.flip(nxt, axis), axis=axis), axis)
-        # the next bone strictly beyond the voxel
-        nxt = np.concatenate([np.take(nxt, np.arange(1, n), axis=axis),
-                              np.full([bone.shape[a] if a != axis else 1 for a in range(3)], n + reach + 1)], axis=axis)
-        return (nxt - idx) <= reach
-    prv = np.where(bone, idx, -reach - 2)
+        nxt = np.concatenate([np.take(nxt, np.arange(1, n), axis=axis), np.full(cap, n + far)], axis=axis)
+        return np.minimum(nxt - idx, far)
+    prv = np.where(bone, idx, -far - 1)
     prv = np.maximum.accumulate(prv, axis=axis)
-    prv = np.concatenate([np.full([bone.shape[a] if a != axis else 1 for a in range(3)], -reach - 2),
-                          np.take(prv, np.arange(0, n - 1), axis=axis)], axis=axis)
-    return (idx - prv) <= reach
+    prv = np.concatenate([np.full(cap, -far - 1), np.take(prv, np.arange(0, n - 1), axis=axis)], axis=axis)
+    return np.minimum(idx - prv, far)
 
 
-def enclosed_marrow(hu: np.ndarray, spacing, bone: np.ndarray, threshold: float, keep_open=None) -> np.ndarray:
+def _ray_hit(bone: np.ndarray, axis: int, sign: int, reach: int, edge: bool = False) -> np.ndarray:
+    """True where a bone voxel lies within ``reach`` voxels along ``axis`` in direction ``sign``
+    (``edge``: the array's end counts as bone, i.e. the scan cut through it)."""
+    hit = _ray_dist(bone, axis, sign, reach + 1) <= reach
+    if edge:
+        n = bone.shape[axis]
+        shape = [1, 1, 1]
+        shape[axis] = n
+        idx = np.arange(n).reshape(shape)
+        hit |= ((n - 1 - idx) < reach) if sign > 0 else (idx < reach)
+    return hit
+
+
+def enclosed_marrow(hu: np.ndarray, spacing, bone: np.ndarray, threshold: float, keep_open=None,
+                    plate_gap: bool = False) -> np.ndarray:
     """Marrow-dense voxels (smoothed HU between ``HOLE_MIN_HU`` and ``threshold``) that meet bone
     along all four in-plane rays within ``RAY_*_MM``: a body whose cortex is broken at this
     threshold (thin posterior wall, noise) and whose fatty marrow is darker than the threshold."""
     from scipy import ndimage as ndi
 
-    hs = ndi.gaussian_filter(hu.astype(np.float32), sigma=(MARROW_SMOOTH_MM / spacing[0], MARROW_SMOOTH_MM / spacing[1], 0))
+    hs, target = _ray_target(hu, spacing, bone, threshold)
     enc = (hs > MARROW_GAP_HU) & ~bone
-    # rays stop at bone that is bright in the smoothed HU too (noise speckles in soft tissue do
-    # not stop them), grown by one voxel in-plane: a one-voxel break in a thin cortex does not
-    # let them through
-    target = ndi.binary_dilation((bone & (hs > SPECKLE_FRACTION * threshold)) | (hs > RAY_STOP_HU), structure=_PLANE)
     for axis, sign, mm in ((0, 1, RAY_LAT_MM), (0, -1, RAY_LAT_MM), (1, 1, RAY_POST_MM),
                            (2, 1, RAY_Z_MM), (2, -1, RAY_Z_MM)):
         if not enc.any():
             return enc
         # along z the scan's first / last slice counts as bone (a body cut by the scan's edge)
         enc &= _ray_hit(target, axis, sign, int(round(mm / spacing[axis])), edge=axis == 2)
-    cand = enc & (hs > MARROW_MIN_HU)
+    if plate_gap:
+        enc &= ~between_close_plates(target, spacing)
+    return _open_canal(enc & (hs > MARROW_MIN_HU), bone, spacing, keep_open, enc)
+
+
+def _ray_target(hu, spacing, bone, threshold):
+    """Smoothed HU and the bone that stops the enclosure rays."""
+    from scipy import ndimage as ndi
+
+    hs = ndi.gaussian_filter(hu.astype(np.float32), sigma=(MARROW_SMOOTH_MM / spacing[0], MARROW_SMOOTH_MM / spacing[1], 0))
+    # rays stop at bone that is bright in the smoothed HU too (noise speckles in soft tissue do
+    # not stop them), grown by one voxel in-plane: a one-voxel break in a thin cortex does not
+    # let them through
+    target = ndi.binary_dilation((bone & (hs > SPECKLE_FRACTION * threshold)) | (hs > RAY_STOP_HU), structure=_PLANE)
+    return hs, target
+
+
+def between_close_plates(target: np.ndarray, spacing) -> np.ndarray:
+    """Voxels between two bone plates (wide in-plane) less than ``MIN_PLATE_GAP_MM`` apart along z:
+    a disc, and its nucleus in the endplates' concavity, not marrow."""
+    from scipy import ndimage as ndi
+
+    # plates: bone wide in-plane; trabecular spots inside a body do not count
+    r = [max(1, int(round(PLATE_OPEN_MM / s))) for s in spacing[:2]]
+    yy, xx = np.ogrid[-r[0] : r[0] + 1, -r[1] : r[1] + 1]
+    foot = (((yy * spacing[0]) ** 2 + (xx * spacing[1]) ** 2) <= PLATE_OPEN_MM**2 + 1e-6)[:, :, None]
+    plates = ndi.binary_opening(target, structure=foot)
+    far = int(round(RAY_Z_MM / spacing[2]))
+    gap = _ray_dist(plates, 2, 1, far) + _ray_dist(plates, 2, -1, far)
+    return gap * spacing[2] < MIN_PLATE_GAP_MM
+
+
+def _open_canal(cand, bone, spacing, keep_open, enc):
+    """Marrow candidates closed over dark streaks (within ``enc``), the canal kept open."""
+    from scipy import ndimage as ndi
+
     if not cand.any():
         return cand
     # darker streaks inside the marrow (noise, vessels) closed over, not into the canal

@@ -176,7 +176,7 @@ def _segment_builtin(ct: Volume, anchor: str | None) -> Segmentation:
     # threshold would otherwise chain into the vertebrae
     # (enclosed disc tissue is no marrow: the discs' slabs are left out of that fill)
     boneb = _bone.filled_bone(_bone.denoised(hub), sp, bone_thr, keep_open=_point_mask(hub.shape, canal_work - off),
-                              enclosed=broken_shells,
+                              enclosed=broken_shells, plate_gap=True,
                               exclude=_disc_slabs(curve, discs, grid, box) if broken_shells else None)
     nzb = np.nonzero(boneb)
     xyz = grid.to_world(np.column_stack(nzb) + off)
