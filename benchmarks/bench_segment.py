@@ -110,7 +110,8 @@ def main(argv=None) -> int:
     for case in CASES:
         res = evaluate(data, *case)
         seg = res["seg"]
-        print(f"\n== {res['name']}: {res['time_s']:.1f} s; names {seg.names}; confidence {seg.confidence:.2f} ({seg.method})")
+        print(f"\n== {res['name']}: {res['time_s']:.1f} s; names {seg.names}; confidence {seg.confidence:.2f} ({seg.method})"
+              f"; broken cortical shells (enclosed-marrow fill): {seg.extras.get('broken_shells')}")
         for w in seg.warnings:
             print(f"   warning: {w}")
         ok_d = sum(d >= 0.85 for _, _, d, _ in res["rows"])
