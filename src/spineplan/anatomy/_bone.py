@@ -180,18 +180,21 @@ HOLE_MIN_HU = 50.0
 
 
 def filled_bone(hu: np.ndarray, spacing, threshold: float = BONE_HU, keep_open=None,
-                enclosed: bool = False, exclude=None, plate_gap: bool = False) -> np.ndarray:
+                enclosed: bool = False, plate_gap: bool = False) -> np.ndarray:
     """Bone above ``threshold`` with marrow holes filled per axial slice.
 
     Holes are filled when they are smaller than ``MAX_HOLE_MM2`` and not dark (mean HU above
     ``HOLE_MIN_HU``: the canal stays open). Holes that touch ``keep_open`` stay open too.
+    ``enclosed`` (bodies whose cortical shell is broken at this threshold) adds the marrow found
+    by :func:`enclosed_marrow` (``plate_gap``: not between bone plates closer than a body's
+    height) and the pockets it then encloses.
     """
     from scipy import ndimage as ndi
 
     b = hu > threshold
     max_px = MAX_HOLE_MM2 / float(spacing[0] * spacing[1])
     holes = ndi.binary_fill_holes(b, structure=_PLANE) & ~b
-    if not holes.any():
+    if not holes.any() and not enclosed:
         return b
     lab, n = ndi.label(holes, structure=_PLANE)
     sizes = np.bincount(lab.ravel())
@@ -203,8 +206,7 @@ def filled_bone(hu: np.ndarray, spacing, threshold: float = BONE_HU, keep_open=N
     keep[0] = False
     out = b | keep[lab]
     if enclosed:
-        add = enclosed_marrow(hu, spacing, out, threshold, keep_open, plate_gap=plate_gap)
-        out |= add if exclude is None else add & ~exclude
+        out |= enclosed_marrow(hu, spacing, out, threshold, keep_open, plate_gap=plate_gap)
         # dark pockets (fat, veins) now enclosed by marrow and bone are filled too, not the canal
         holes = ndi.binary_fill_holes(out, structure=_PLANE) & ~out
         if holes.any():
@@ -291,9 +293,12 @@ def _ray_hit(bone: np.ndarray, axis: int, sign: int, reach: int, edge: bool = Fa
 
 def enclosed_marrow(hu: np.ndarray, spacing, bone: np.ndarray, threshold: float, keep_open=None,
                     plate_gap: bool = False) -> np.ndarray:
-    """Marrow-dense voxels (smoothed HU between ``HOLE_MIN_HU`` and ``threshold``) that meet bone
-    along all four in-plane rays within ``RAY_*_MM``: a body whose cortex is broken at this
-    threshold (thin posterior wall, noise) and whose fatty marrow is darker than the threshold."""
+    """Marrow-dense voxels (smoothed HU above ``MARROW_MIN_HU``, or above fat where a closing
+    joins them to such marrow) that meet bone to the left and right, behind, above and below
+    within ``RAY_*_MM``: a body whose cortex is broken at this threshold (thin posterior wall,
+    noise) and whose fatty marrow is darker than the threshold. The canal around ``keep_open``
+    stays out; ``plate_gap`` leaves out voxels between bone plates closer than
+    ``MIN_PLATE_GAP_MM`` (discs)."""
     from scipy import ndimage as ndi
 
     hs, target = _ray_target(hu, spacing, bone, threshold)

@@ -174,10 +174,9 @@ def _segment_builtin(ct: Volume, anchor: str | None) -> Segmentation:
     off = np.array([b.start for b in box])
     # a noisy CT (thin slices, low dose) is thresholded smoothed: noise speckles above the bone
     # threshold would otherwise chain into the vertebrae
-    # (enclosed disc tissue is no marrow: the discs' slabs are left out of that fill)
+    # (disc tissue between close bone plates is no marrow: left out of that fill)
     boneb = _bone.filled_bone(_bone.denoised(hub), sp, bone_thr, keep_open=_point_mask(hub.shape, canal_work - off),
-                              enclosed=broken_shells, plate_gap=True,
-                              exclude=_disc_slabs(curve, discs, grid, box) if broken_shells else None)
+                              enclosed=broken_shells, plate_gap=True)
     nzb = np.nonzero(boneb)
     xyz = grid.to_world(np.column_stack(nzb) + off)
     s_, lat, post, idx = curve.frame_coords(xyz)
@@ -256,35 +255,6 @@ def _box_around(curve, grid) -> tuple[slice, slice, slice]:
     lo = np.maximum(lo.astype(int), 0)
     hi = np.minimum(hi.astype(int), grid.shape)
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))  # type: ignore[return-value]
-
-
-#: Half-thickness (mm) of the slab around a detected disc centre kept out of the enclosed-marrow
-#: fill: lumbar discs are 8-14 mm high (Pooni et al., Spine 1986), detected centres lie within
-#: ~2 mm of the reference cut. Radius (mm) from the curve over which the slab reaches (a lumbar
-#: endplate is 40-50 mm wide; Zhou et al., Eur Spine J 2000).
-DISC_SLAB_HALF_MM = 3.0
-DISC_SLAB_RADIUS_MM = 30.0
-
-
-def _disc_slabs(curve, discs, grid, box) -> np.ndarray:
-    """Mask (on the box) of the slabs |axial offset| < DISC_SLAB_HALF_MM around each disc centre."""
-    shape = tuple(b.stop - b.start for b in box)
-    out = np.zeros(shape, bool)
-    off = np.array([b.start for b in box])
-    sp = grid.spacing
-    for d in np.asarray(discs, int):
-        c, t = curve.points[d], curve.tangent[d]
-        reach = DISC_SLAB_HALF_MM + DISC_SLAB_RADIUS_MM * float(np.hypot(t[0], t[1]))
-        kc = grid.to_index(c)[2] - off[2]
-        k0, k1 = max(0, int(np.floor(kc - reach / sp[2]))), min(shape[2], int(np.ceil(kc + reach / sp[2])) + 1)
-        if k1 <= k0:
-            continue
-        idx = np.stack(np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), np.arange(k0, k1), indexing="ij"), -1)
-        xyz = grid.to_world(idx + off) - c
-        ax = xyz @ t
-        rad = np.linalg.norm(xyz - ax[..., None] * t, axis=-1)
-        out[:, :, k0:k1] |= (np.abs(ax) < DISC_SLAB_HALF_MM) & (rad < DISC_SLAB_RADIUS_MM)
-    return out
 
 
 def _point_mask(shape, idx: np.ndarray) -> np.ndarray:
