@@ -1021,6 +1021,17 @@ def _fit_section_pv(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.ndar
     return float(W), float(H), C + cu * u + cw * w, axis
 
 
+def _run_around(flags: np.ndarray, k: int) -> tuple[int, int]:
+    """First and last index of the run of True in ``flags`` that contains index ``k``."""
+    lo = k
+    while lo > 0 and flags[lo - 1]:
+        lo -= 1
+    hi = k
+    while hi < len(flags) - 1 and flags[hi + 1]:
+        hi += 1
+    return lo, hi
+
+
 def _smooth(v: np.ndarray) -> np.ndarray:
     """Running median of 3 then running mean of 3 (ends kept)."""
     if len(v) < 5:
@@ -1120,30 +1131,18 @@ def _measure_pedicle(ct, crop, fit: _FrameFit, side: str, sp: float, start=None)
         if not part.any():
             return None
         k = int(np.argmin(np.where(part, width, np.inf)))
-        lo = k
-        while lo > 0 and part[lo - 1]:
-            lo -= 1
-        hi = k
-        while hi < len(rows) - 1 and part[hi + 1]:
-            hi += 1
+        lo, hi = _run_around(part, k)
         if best is not None and abs(width[k] - best[1][best[2]]) > 0.2 * best[1][best[2]]:
             break  # the re-fitted axis left the pedicle: keep the previous round
         best = (rows, width, k, axis)
         if it == _PEDICLE_ROUNDS - 1:
             break
-        # the axis: through every section of the pedicle when fitted through the centroids
-        # (a robust fit drops the ones pulled by the body or the lamina), else the run
         # the axis is fitted through the sections of the pedicle proper: the contiguous run
         # around the isthmus that is still nearly as narrow and as low as the isthmus (sections
         # where the body, the lamina or a process joins pull their centres off the axis)
         hs = _smooth(rows[:, 2])
         tight = (width < _AXIS_RUN_W[0] * width[k] + _AXIS_RUN_W[1]) & (hs < _AXIS_RUN_H[0] * hs[k] + _AXIS_RUN_H[1])
-        a0 = k
-        while a0 > 0 and tight[a0 - 1]:
-            a0 -= 1
-        a1 = k
-        while a1 < len(rows) - 1 and tight[a1 + 1]:
-            a1 += 1
+        a0, a1 = _run_around(tight, k)
         run = rows[a0:a1 + 1] if a1 - a0 + 1 >= max(5, 4.0 * sp) else rows[lo:hi + 1]
         hs = run[:, 2]
         run = run[hs < 1.25 * np.median(hs) + 0.5]  # sections running into a process are left out
