@@ -82,6 +82,10 @@ def test_fracture_grades_on_the_synthetic_vertebra_heights():
     dict(levels="L1-L3", fracture=("L2", 1, "biconcave"), seed=4),
     dict(levels="T12-L2", fracture=("L1", 3, "crush"), seed=5, lordosis_deg=50.0),
     dict(levels="L2-L4", fracture=("L3", 2, "wedge"), seed=6, scoliosis_deg=12.0, rotation_deg=8.0, osteoporosis=True),
+    # fractures at the end of the scan: one neighbour only (T12 graded against L1 alone, which is
+    # naturally taller; L3 against L2 alone)
+    dict(levels="T12-L2", fracture=("T12", 2, "wedge"), seed=3),
+    dict(levels="L1-L3", fracture=("L3", 3, "crush"), seed=7),
 ])
 def test_phantom_fractures_graded_and_no_false_fracture(kw):
     """Measured heights of phantom vertebrae give each fracture's Genant grade and type, and

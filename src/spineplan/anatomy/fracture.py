@@ -9,7 +9,8 @@ crush (the whole body, including the posterior height, reduced).
 Height loss % = 100 * (1 - min(anterior, middle) / reference), where the reference is the
 body's own posterior height, or the height expected from its neighbours (the posterior heights
 of the nearest complete levels above and below, interpolated linearly by level) when the own
-posterior height is clearly shorter than that (``NEIGHBOUR_REFERENCE_MIN_LOSS_PCT``). The
+posterior height is clearly shorter than that (``NEIGHBOUR_REFERENCE_MIN_LOSS_PCT``, more with
+a neighbour on one side only: ``SINGLE_NEIGHBOUR_EXTRA_PCT``). The
 neighbour reference is what reveals a crush fracture, whose own posterior height is reduced
 too. The reference used is reported.
 """
@@ -31,6 +32,12 @@ CRUSH_POSTERIOR_LOSS_PCT = 20.0
 #: the height measurement error (about 5 % at 3 mm voxels, benchmarks/bench_measure.py);
 #: otherwise a neighbour measured a little too tall would fake a fracture.
 NEIGHBOUR_REFERENCE_MIN_LOSS_PCT = 10.0
+#: With a neighbour on one side only (a level at the end of the scan or next to an ungradable one),
+#: no interpolation between levels is possible, and adjacent levels differ in posterior body
+#: height by up to ~10-15 % at the thoracolumbar junction (T10-T12 ~22-25 mm, L1-L4 ~27-28 mm;
+#: Panjabi 1991, 1992): the posterior shortfall must exceed the threshold above by this much more (%)
+#: before that neighbour becomes the reference (a T12 measured against L1 alone looked crushed).
+SINGLE_NEIGHBOUR_EXTRA_PCT = 10.0
 #: Levels not graded: C1/C2 have no comparable body, S1 is the sacrum.
 UNGRADED_LEVELS = ("C1", "C2", "S1")
 #: Neighbours farther than this many levels away are not used for the expected height.
@@ -83,7 +90,8 @@ def grade_vertebra(v: Vertebra, expected: float | None, neighbours: list[str]) -
     """Genant grade, type and height loss of one vertebra given the neighbours' expected height."""
     ha, hm, hp = (float(v.measurements[k]) for k in _HEIGHTS)
     post_loss = 100.0 * (1.0 - hp / expected) if expected else 0.0
-    if expected is not None and post_loss >= NEIGHBOUR_REFERENCE_MIN_LOSS_PCT:
+    switch = NEIGHBOUR_REFERENCE_MIN_LOSS_PCT + (SINGLE_NEIGHBOUR_EXTRA_PCT if len(neighbours) == 1 else 0.0)
+    if expected is not None and post_loss >= switch:
         ref, used = expected, f"neighbours ({', '.join(neighbours)})"
     else:
         ref, used = hp, "own posterior height"
