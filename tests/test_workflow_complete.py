@@ -68,6 +68,20 @@ def test_access_none_plans_no_needles(tmp_path, case):
     assert not (tmp_path / "p" / "surgeon_report.pdf").exists()
 
 
+def test_auto_access_leaves_a_distant_fracture_to_the_surgeon(tmp_path, case):
+    """Instrumenting L3 alone: the T12 fracture is three levels away, so 'auto' plans no needle there
+    but warns about it (augmenting a level far from the construct is a decision of its own)."""
+    _, _, out, _ = case
+    phantom = out.parent / "phantom"
+    code = main(["plan", str(phantom / "ct.nii.gz"), "--labels", str(phantom / "labels.nii.gz"), "--levels", "L3",
+                 "--sides", "left", "--no-reports", "-o", str(tmp_path / "p"), "--no-progress"])
+    plan = json.loads((tmp_path / "p" / "plan.json").read_text())
+    assert code == 0 and plan["access"] == []
+    warned = [w for w in plan["warnings"] if w["code"] == "fracture-not-planned"]
+    assert [w["level"] for w in warned] == ["T12"]
+    assert "--access T12" in warned[0]["message"] and "Genant grade 2" in warned[0]["message"]
+
+
 def test_check_regrades_the_written_plan_against_its_labels(case):
     """``spineplan check`` on the plan folder finds labels.nii.gz beside plan.json and agrees: all A."""
     _, _, out, _ = case

@@ -37,6 +37,11 @@ AUTOMATIC_LABELS_WARNING = (
 
 #: Levels planned by the demo when none are given.
 DEMO_LEVELS = ("L1", "L2", "L3", "L4", "L5")
+#: ``access_levels="auto"`` plans augmentation for the Genant-graded levels among the instrumented
+#: levels and this many levels beyond each end (a fracture at the end of a construct is augmented
+#: with it). A grade found further away is reported, not planned: augmenting a level is a decision
+#: of its own (pain, acuity on MRI/STIR), and an automatic grade can come from a segmentation error.
+AUTO_ACCESS_REACH = 1
 
 
 def _check_out_dir(out: Path) -> None:
@@ -107,6 +112,34 @@ def write_carm_csv(rows: list[dict], path: TypePath) -> None:
     write_text(path, buf.getvalue())
 
 
+def _auto_access_levels(spine, level_list, plan) -> list[str]:
+    """The Genant-graded levels within :data:`AUTO_ACCESS_REACH` of the instrumented ``level_list``;
+    a warning on ``plan`` for each graded level further away."""
+    from spineplan.levels import level_index
+    from spineplan.plan.access import fractured_levels
+
+    # positions along this spine's own levels (T12 is next to L1 unless the scan shows a T13)
+    order = sorted(set(spine.names) | set(level_list), key=level_index)
+    pos = [order.index(lv) for lv in level_list]
+    lo, hi = min(pos) - AUTO_ACCESS_REACH, max(pos) + AUTO_ACCESS_REACH
+    chosen = []
+    for lv in fractured_levels(spine):
+        if lo <= order.index(lv) <= hi:
+            chosen.append(lv)
+            continue
+        f = spine[lv].fracture or {}
+        loss = f.get("height_loss_pct")
+        what = f"Genant grade {f.get('grade')} {f.get('type') or ''}".rstrip()
+        plan.warn("fracture-not-planned",
+                  f"{lv}: the scan shows a {what} compression"
+                  + (f" ({loss:.0f} % height loss)" if isinstance(loss, (int, float)) else "")
+                  + f", away from the instrumented levels ({level_list[0]}-{level_list[-1]}); no augmentation "
+                  f"was planned there. Confirm it on the images (an automatic grade can come from a segmentation "
+                  f"error; MRI/STIR shows whether it is acute) and plan it with --access {lv} if indicated.",
+                  level=lv, severity="warning")
+    return chosen
+
+
 def run_plan(ct_path: TypePath, out_dir: TypePath, *, labels: TypePath | None = None, levels=None,
              sides=("left", "right"), catalogue=None, settings=None, progress: bool = True,
              access_levels="auto", procedure: str = "kyphoplasty", gauge: int = 11,
@@ -120,7 +153,8 @@ def run_plan(ct_path: TypePath, out_dir: TypePath, *, labels: TypePath | None = 
     :class:`~spineplan.plan.model.Plan` (as written to ``plan.json``).
 
     ``access_levels``: vertebral augmentation (``procedure`` "kyphoplasty" or "vertebroplasty",
-    needle ``gauge`` 11 or 13) for ``"auto"`` = every level with a Genant grade >= 1, a level spec
+    needle ``gauge`` 11 or 13) for ``"auto"`` = the levels with a Genant grade >= 1 among ``levels`` and
+    :data:`AUTO_ACCESS_REACH` level beyond each end (other graded levels are reported), a level spec
     such as ``"T12"`` / a list, or ``None`` for no access planning. ``reports``: write the surgeon's
     and the patient's reports (HTML + PDF); ``patient_name`` appears in them only when given.
     """
@@ -188,8 +222,10 @@ def run_plan(ct_path: TypePath, out_dir: TypePath, *, labels: TypePath | None = 
 
         if access_levels is None:
             return
-        chosen = None if access_levels == "auto" else (
-            level_range(access_levels) if isinstance(access_levels, str) else list(access_levels))
+        if access_levels == "auto":
+            chosen = _auto_access_levels(state["spine"], level_list, state["plan"])
+        else:
+            chosen = level_range(access_levels) if isinstance(access_levels, str) else list(access_levels)
         acc, warns = plan_access(state["ct"], state["spine"], chosen, procedure=procedure, gauge=gauge,
                                  settings=settings, skin=state["skin"])
         state["plan"].access.extend(acc)

@@ -26,8 +26,9 @@ def configure(parser) -> None:
     parser.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder (created; an earlier "
                         "plan there is replaced only when the new one is complete)")
     parser.add_argument("--access", default="auto", metavar="auto|none|LEVELS",
-                        help="vertebroplasty/kyphoplasty needle access: 'auto' (default) for every level with a "
-                             "Genant compression fracture, 'none', or levels such as T12 or T12,L1")
+                        help="vertebroplasty/kyphoplasty needle access: 'auto' (default) for the levels with a "
+                             "Genant compression fracture among --levels and one level beyond each end (fractures "
+                             "further away are reported, not planned), 'none', or levels such as T12 or T12,L1")
     parser.add_argument("--procedure", choices=("kyphoplasty", "vertebroplasty"), default="kyphoplasty",
                         help="augmentation procedure for the access levels (default: kyphoplasty)")
     parser.add_argument("--gauge", type=int, choices=(11, 13), default=11, help="access needle gauge (default 11)")
