@@ -101,3 +101,17 @@ def test_phantom_fractures_graded_and_no_false_fracture(kw):
         if t["grade"]:
             assert v.fracture["type"] == t["type"], (v.name, v.fracture, t)
             assert v.fracture["height_loss_pct"] == pytest.approx(t["height_loss_pct"], abs=5.0)
+
+
+def test_grade_marked_uncertain_when_voxels_are_coarse():
+    """At 3 mm voxels one voxel is more than 10 % of a lumbar body's height (~25-28 mm): the grade
+    says so; at 1 mm it does not. The voxel extent along the body's axis is reported in mm."""
+    from _phantoms import get_phantom
+    from spineplan.anatomy.spine import build_spine
+
+    for spacing, uncertain in ((3.0, True), (1.0, False)):
+        ph = get_phantom(levels="L1-L3", fracture=("L2", 2, "wedge"), seed=4, spacing=spacing, fov="spine")
+        fr = build_spine(ph.ct, ph.labels)["L2"].fracture
+        # the body axis is within ~20 deg of the slice axis: between 1 and 1.3 voxels
+        assert spacing * 0.99 <= fr["voxel_along_axis_mm"] <= spacing * 1.3, fr
+        assert fr["grade"] >= 1 and fr["uncertain"] is uncertain, fr

@@ -89,7 +89,7 @@ def render_anatomy(ct: Volume, spine: Spine, path: TypePath, *, dpi: int = 110):
             txt = v.name
             box = colours.get(v.label, (0, 0, 0))[:3]
             if fr.get("grade"):
-                txt += f"  Genant {fr['grade']} {fr.get('type', '')}"
+                txt += f"  Genant {fr['grade']} {fr.get('type', '')}" + (" (uncertain)" if fr.get("uncertain") else "")
                 box = (0.85, 0.05, 0.05)  # fractures stand out in red
             if not v.complete:
                 txt += " (partial)"

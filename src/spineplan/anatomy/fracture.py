@@ -38,6 +38,10 @@ NEIGHBOUR_REFERENCE_MIN_LOSS_PCT = 10.0
 #: Panjabi 1991, 1992): the posterior shortfall must exceed the threshold above by this much more (%)
 #: before that neighbour becomes the reference (a T12 measured against L1 alone looked crushed).
 SINGLE_NEIGHBOUR_EXTRA_PCT = 10.0
+#: A grade is marked uncertain when one voxel along the body's axis is more than this much (%) of the
+#: reference height: each height is read between two endplates placed to a fraction of a voxel,
+#: and at 10 % a one-voxel error is two to three times the width of the grade-1 band (20-25 %).
+UNCERTAIN_VOXEL_PCT = 10.0
 #: Levels not graded: C1/C2 have no comparable body, S1 is the sacrum.
 UNGRADED_LEVELS = ("C1", "C2", "S1")
 #: Neighbours farther than this many levels away are not used for the expected height.
@@ -131,8 +135,27 @@ def grade_fractures(spine: Spine) -> None:
             v.fracture = {"grade": None, "type": "not graded", "reason": why}
             continue
         expected, names = _neighbour_expected(spine, v)
-        v.fracture = grade_vertebra(v, expected, names)
-        if v.fracture["grade"]:
-            g = v.fracture
+        v.fracture = g = grade_vertebra(v, expected, names)
+        vox = _voxel_along(spine, v)
+        if vox is not None:
+            g["voxel_along_axis_mm"] = round(vox, 2)
+            g["voxel_pct_of_height"] = round(100.0 * vox / g["reference_height_mm"], 1)
+            g["uncertain"] = bool(g["voxel_pct_of_height"] > UNCERTAIN_VOXEL_PCT)
+        if g["grade"]:
+            note = (f"; uncertain: one voxel along the body ({vox:.1f} mm) is {g['voxel_pct_of_height']:.0f} % of its "
+                    "height, so the grade may be off by one. Confirm on the images." if g.get("uncertain") else ".")
             v.warnings.append(f"{v.name}: Genant grade {g['grade']} {g['type']} deformity "
-                              f"({g['height_loss_pct']:.0f} % height loss vs. {g['reference']}).")
+                              f"({g['height_loss_pct']:.0f} % height loss vs. {g['reference']}){note}")
+
+
+def _voxel_along(spine: Spine, v: Vertebra) -> float | None:
+    """Extent (mm) of one voxel of the spine's label grid along the vertebra's superior axis."""
+    import numpy as np
+
+    lab = getattr(spine, "labels", None)
+    if lab is None or getattr(v, "frame", None) is None:
+        return None
+    cols = np.asarray(lab.affine, float)[:3, :3]
+    spacing = np.linalg.norm(cols, axis=0)
+    z = np.asarray(v.frame.axes, float)[2]
+    return float(np.sum(np.abs(z @ (cols / spacing)) * spacing))

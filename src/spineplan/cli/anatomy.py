@@ -55,7 +55,8 @@ def run(args) -> int:
         if "cancellous_hu" in m:
             bits.append(f"{m['cancellous_hu']:.0f} HU")
         if fr.get("grade"):
-            bits.append(f"Genant {fr['grade']} {fr['type']} ({fr['height_loss_pct']:.0f} %)")
+            bits.append(f"Genant {fr['grade']} {fr['type']} ({fr['height_loss_pct']:.0f} %"
+                        + (", uncertain at this voxel size)" if fr.get("uncertain") else ")"))
         print("  ".join(bits))
     for w in spine.warnings:
         print(f"warning: {w}")

@@ -105,7 +105,8 @@ def _summary_rows(plan, ct, spine) -> list[list[str]]:
         rows.append(["Vertebrae in the scan", ", ".join(spine.names) + (
             f" (naming: {spine.naming_method}, confidence {spine.naming_confidence:.2f})" if spine.naming_method else "")])
         fr = [f"{v.name} grade {v.fracture['grade']} {v.fracture.get('type', '')} "
-              f"({_f(v.fracture.get('height_loss_pct'), 0)} % height loss)"
+              f"({_f(v.fracture.get('height_loss_pct'), 0)} % height loss"
+              + ("; uncertain at this voxel size)" if v.fracture.get("uncertain") else ")")
               for v in spine.vertebrae if (v.fracture or {}).get("grade")]
         rows.append(["Compression fractures (Genant)", "; ".join(fr) if fr else "none graded >= 1"])
     if ct is not None:
