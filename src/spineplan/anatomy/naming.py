@@ -335,5 +335,6 @@ def name_segments(segs, inst, bone, coords, curve, grid, box, *, anchor=None, ct
                 codes[i] = VERSE_CODES["S1"]
     cut = [nm for nm, p in partial.items() if p]
     if cut:
-        warnings.append(f"Cut by the edge of the scan (partial, not measured): {', '.join(cut)}.")
+        warnings.append(f"Cut by the edge of the scan (partial: body sizes, heights and fracture grade not "
+                        f"measured; pedicles measured where they are in the scan): {', '.join(cut)}.")
     return Naming(out_names, codes, float(conf), method, warnings, partial, rib_bearing, sacrum_i is not None)
