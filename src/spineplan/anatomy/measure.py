@@ -624,27 +624,6 @@ def _line_kernel(spacing: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.nda
     return x, k / _STEP_MM, np.cumsum(k)
 
 
-def _edge_residuals_numpy(ss, vv, es, x, pdf, cdf) -> np.ndarray:
-    """:func:`spineplan.anatomy._edge_kernel.edge_residuals` in numpy (when numba is missing)."""
-    F = np.interp(es[:, None] - ss[None, :], x, cdf, left=0.0, right=1.0)  # 1 inside, 0 outside
-    K = np.interp(ss[None, :] - (es[:, None] - 0.5 * _CORTEX_MM), x, pdf, left=0.0, right=0.0)
-    # normal equations of the columns (1, F, K), for every trial edge at once
-    n = float(len(ss))
-    sF, sK = F.sum(1), K.sum(1)
-    sFF, sKK, sFK = (F * F).sum(1), (K * K).sum(1), (F * K).sum(1)
-    G = np.empty((len(es), 3, 3))
-    G[:, 0, 0], G[:, 0, 1], G[:, 0, 2] = n, sF, sK
-    G[:, 1, 0], G[:, 1, 1], G[:, 1, 2] = sF, sFF, sFK
-    G[:, 2, 0], G[:, 2, 1], G[:, 2, 2] = sK, sFK, sKK
-    G += 1e-6 * np.eye(3)
-    r = np.stack([np.full(len(es), vv.sum()), F @ vv, K @ vv], axis=1)
-    beta = np.linalg.solve(G, r[..., None])[..., 0]
-    # residual sum of squares = |v|^2 - 2 b.r + b.G.b
-    res = float(vv @ vv) - 2 * np.sum(beta * r, axis=1) + np.einsum("ek,ekl,el->e", beta, G, beta)
-    res[(beta[:, 1] <= 0) | (beta[:, 2] < 0)] = np.inf  # bone must be brighter, cortex not negative
-    return res
-
-
 def _model_edge(s: np.ndarray, v: np.ndarray, e0: float, kern, thr: float, sp: float) -> float | None:
     """Edge position by fitting the blurred model of a bone surface to a profile.
 
@@ -665,13 +644,22 @@ def _model_edge(s: np.ndarray, v: np.ndarray, e0: float, kern, thr: float, sp: f
         return None
     ss, vv = s[sel], v[sel]
     es = e0 + np.arange(-2.0, 2.0001, 0.05)
-    from spineplan.anatomy._edge_kernel import edge_residuals
-
-    if edge_residuals is not None:
-        res = edge_residuals(np.ascontiguousarray(ss, dtype=np.float64), np.ascontiguousarray(vv, dtype=np.float64),
-                             es, float(x[0]), float(x[1] - x[0]), pdf, cdf, 0.5 * _CORTEX_MM, 1e-6)
-    else:
-        res = _edge_residuals_numpy(ss, vv, es, x, pdf, cdf)
+    F = np.interp(es[:, None] - ss[None, :], x, cdf, left=0.0, right=1.0)  # 1 inside, 0 outside
+    K = np.interp(ss[None, :] - (es[:, None] - 0.5 * _CORTEX_MM), x, pdf, left=0.0, right=0.0)
+    # normal equations of the columns (1, F, K), for every trial edge at once
+    n = float(len(ss))
+    sF, sK = F.sum(1), K.sum(1)
+    sFF, sKK, sFK = (F * F).sum(1), (K * K).sum(1), (F * K).sum(1)
+    G = np.empty((len(es), 3, 3))
+    G[:, 0, 0], G[:, 0, 1], G[:, 0, 2] = n, sF, sK
+    G[:, 1, 0], G[:, 1, 1], G[:, 1, 2] = sF, sFF, sFK
+    G[:, 2, 0], G[:, 2, 1], G[:, 2, 2] = sK, sFK, sKK
+    G += 1e-6 * np.eye(3)
+    r = np.stack([np.full(len(es), vv.sum()), F @ vv, K @ vv], axis=1)
+    beta = np.linalg.solve(G, r[..., None])[..., 0]
+    # residual sum of squares = |v|^2 - 2 b.r + b.G.b
+    res = float(vv @ vv) - 2 * np.sum(beta * r, axis=1) + np.einsum("ek,ekl,el->e", beta, G, beta)
+    res[(beta[:, 1] <= 0) | (beta[:, 2] < 0)] = np.inf  # bone must be brighter, cortex not negative
     i = int(np.argmin(res))
     if not np.isfinite(res[i]) or i == 0 or i == len(es) - 1:
         return None
