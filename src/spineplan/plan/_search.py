@@ -154,8 +154,7 @@ def make_context(ct: Volume, vertebra, mask: np.ndarray, labels: np.ndarray | No
     from spineplan.safety import facet_zone
 
     raw = np.asarray(mask, bool)
-    others = None if labels is None else (np.asarray(labels) != 0) & ~raw
-    mask, cleaning = planning_mask(ct, raw, vertebra.frame, settings, others)
+    mask, cleaning = planning_mask(ct, raw, vertebra.frame, settings, labels)
     box = mask_box(mask, ct, BOX_PAD_MM)
     sl = tuple(slice(a, b) for a, b in box)
     # Inside distances only: the rules need margins inside bone and the sign outside.
@@ -215,20 +214,15 @@ ENDPLATE_ERODE_FROM_WALL_MM = 8.0
 OUTER_LAYER_MIN_HU: float | None = 140.0
 
 
-def _wall_from_mask(ct: Volume, sl, sub: np.ndarray, frame) -> float | None:
-    """Frame y of the body's posterior wall from the mask itself (nearest voxel): where lines from
-    the body centroid along +y, at :data:`WALL_OFFSETS_MM`, first leave the mask (median; None
-    when fewer than half of them start in the mask and leave it)."""
-    ys = np.arange(0.0, WALL_SEARCH_MM, 0.5)
-    inv = np.linalg.inv(ct.affine)
+def _wall_y(frame, inside_at, step_mm: float) -> float | None:
+    """Frame y of the body's posterior wall: where lines from the body centroid along +y, at
+    :data:`WALL_OFFSETS_MM`, first leave the bone (``inside_at``: world points -> bool); the median,
+    or None when fewer than half of the lines start in bone and leave it."""
+    ys = np.arange(0.0, WALL_SEARCH_MM, step_mm)
     walls, lines = [], [(dx, dz) for dx in WALL_OFFSETS_MM for dz in WALL_OFFSETS_MM]
-    off = np.array([s_.start for s_ in sl])
     for dx, dz in lines:
         loc = np.stack([np.full_like(ys, dx), ys, np.full_like(ys, dz)], axis=1)
-        idx = np.rint(frame.to_world(loc) @ inv[:3, :3].T + inv[:3, 3]).astype(int) - off
-        ok = np.all((idx >= 0) & (idx < np.array(sub.shape)), axis=1)
-        inside = np.zeros(len(ys), bool)
-        inside[ok] = sub[idx[ok, 0], idx[ok, 1], idx[ok, 2]]
+        inside = inside_at(frame.to_world(loc))
         if not inside[0]:
             continue
         out = np.flatnonzero(~inside)
@@ -237,11 +231,26 @@ def _wall_from_mask(ct: Volume, sl, sub: np.ndarray, frame) -> float | None:
     return float(np.median(walls)) if 2 * len(walls) >= len(lines) else None
 
 
+def _wall_from_mask(ct: Volume, sl, sub: np.ndarray, frame) -> float | None:
+    """:func:`_wall_y` in the box ``sl`` of the mask ``sub`` (nearest voxel)."""
+    inv = np.linalg.inv(ct.affine)
+    off = np.array([s_.start for s_ in sl])
+
+    def inside_at(pts):
+        idx = np.rint(pts @ inv[:3, :3].T + inv[:3, 3]).astype(int) - off
+        ok = np.all((idx >= 0) & (idx < np.array(sub.shape)), axis=1)
+        inside = np.zeros(len(pts), bool)
+        inside[ok] = sub[idx[ok, 0], idx[ok, 1], idx[ok, 2]]
+        return inside
+
+    return _wall_y(frame, inside_at, 0.5)
+
+
 def planning_mask(ct: Volume, mask: np.ndarray, frame, st: PlannerSettings,
-                  others: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+                  labels: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """The vertebra mask the planner plans in: ``mask`` with enclosed non-soft-tissue cavities
-    filled and one-voxel cracks closed where the CT shows bone (never into ``others``, the other
-    vertebrae's labels), its outer voxel layer kept only where the CT shows bone, the body's
+    filled and one-voxel cracks closed where the CT shows bone (never into another vertebra's
+    label in ``labels``, the label map of the CT), its outer voxel layer kept only where the CT shows bone, the body's
     endplate slices removed, and reduced to its largest connected part.
 
     The planner must not trust an automatic label blindly: a partial-volume voxel of muscle or
@@ -267,8 +276,8 @@ def planning_mask(ct: Volume, mask: np.ndarray, frame, st: PlannerSettings,
         cl = ndi.binary_closing(np.pad(sub, 1), structure=np.ones((3, 3, 3), bool))[1:-1, 1:-1, 1:-1]
         # only cracks inside the closed label: nothing is added on its outer surface
         add = cl & ~sub & ndi.binary_erosion(cl) & (hu >= CLOSE_MIN_HU)
-        if others is not None:
-            add &= ~np.asarray(others[sl], bool)
+        if labels is not None:  # never into another vertebra's label
+            add &= ~((np.asarray(labels[sl]) != 0) & ~sub)
         closed = int(add.sum())
         sub |= add
     holes = ndi.binary_fill_holes(sub) & ~sub
@@ -330,18 +339,7 @@ def posterior_wall_y(ctx: VertebraContext) -> float | None:
     key = "posterior-wall"
     if key in ctx.cache:
         return ctx.cache[key]
-    ys = np.arange(0.0, WALL_SEARCH_MM, 0.25)
-    walls = []
-    lines = [(dx, dz) for dx in WALL_OFFSETS_MM for dz in WALL_OFFSETS_MM]
-    for dx, dz in lines:
-        loc = np.stack([np.full_like(ys, dx), ys, np.full_like(ys, dz)], axis=1)
-        f = ctx.field.sample(ctx.frame.to_world(loc))
-        if f[0] >= 0:
-            continue
-        out = np.flatnonzero(f >= 0)
-        if len(out):
-            walls.append(float(ys[out[0]]))
-    y = float(np.median(walls)) if 2 * len(walls) >= len(lines) else None
+    y = _wall_y(ctx.frame, lambda pts: ctx.field.sample(pts) < 0, 0.25)
     ctx.cache[key] = y
     return y
 
