@@ -38,10 +38,15 @@ def _dice(a, b) -> float:
     return float(2.0 * (a & b).sum() / (a.sum() + b.sum()))
 
 
+def _segmented(data_file, ct_path, ref_path):
+    """(CT, spineplan's segmentation of it, reference masks by level name)."""
+    ct = read_nifti(data_file(ct_path))
+    return ct, segment_spine(ct), _ts_masks(data_file(ref_path))
+
+
 @pytest.fixture(scope="session")
 def abdomen(data_file):
-    ct = read_nifti(data_file(ABDOMEN_CT))
-    return ct, segment_spine(ct), _ts_masks(data_file(ABDOMEN_REF))
+    return _segmented(data_file, ABDOMEN_CT, ABDOMEN_REF)
 
 
 def test_abdomen_names_match_reference(abdomen):
@@ -209,8 +214,7 @@ CHEST_COMPLETE = [f"T{i}" for i in range(1, 13)] + ["L1"]
 
 @pytest.fixture(scope="session")
 def chest(data_file):
-    ct = read_nifti(data_file(CHEST_CT))
-    return ct, segment_spine(ct), _ts_masks(data_file(CHEST_REF))
+    return _segmented(data_file, CHEST_CT, CHEST_REF)
 
 
 def test_chest_names_and_dice(chest):

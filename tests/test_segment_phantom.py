@@ -38,24 +38,23 @@ def _majority(lab: np.ndarray, mask: np.ndarray) -> int:
     return int(vals[np.argmax(cnt)]) if len(vals) else 0
 
 
-def test_every_complete_level_named_right(case):
+def _complete_levels(case):
+    """(name, own labels, true labels, [(level, truth entry)] of the levels wholly in the scan)."""
     name, ph, seg = case
-    lab = np.asarray(seg.labels.array)
-    ref = np.asarray(ph.labels.array)
-    for level, v in ph.truth["vertebrae"].items():
-        if not v.get("complete", True):
-            continue
+    levels = [(lv, v) for lv, v in ph.truth["vertebrae"].items() if v.get("complete", True)]
+    return name, np.asarray(seg.labels.array), np.asarray(ph.labels.array), levels
+
+
+def test_every_complete_level_named_right(case):
+    name, lab, ref, levels = _complete_levels(case)
+    for level, v in levels:
         got = _majority(lab, ref == v["label"])
         assert got == v["label"], f"{name}: {level} labelled {level_from_verse(got) if got else 'nothing'}"
 
 
 def test_dice_against_phantom_truth(case):
-    name, ph, seg = case
-    lab = np.asarray(seg.labels.array)
-    ref = np.asarray(ph.labels.array)
-    for level, v in ph.truth["vertebrae"].items():
-        if not v.get("complete", True):
-            continue
+    name, lab, ref, levels = _complete_levels(case)
+    for level, v in levels:
         a, b = lab == v["label"], ref == v["label"]
         d = 2.0 * (a & b).sum() / (a.sum() + b.sum())
         # measured 0.78-0.95 (S1 and the top vertebra lowest); 3 mm voxels lose thin processes
