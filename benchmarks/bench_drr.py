@@ -30,15 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _best(fn, repeats):
-    wall, cpu, out = 1e9, 1e9, None
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        out = fn()
-        wall = min(wall, time.perf_counter() - t0)
-        cpu = min(cpu, time.process_time() - c0)
-    return out, wall, cpu
+from _timing import best_of
 
 
 def _to_identity_lps(ct):
@@ -96,9 +88,9 @@ def main(argv=None) -> int:
     carm = CArm(det, views["AP"])
     render(att, carm)  # warm-up
     render(att, carm, mode="exact")
-    fast, w_fast, c_fast = _best(lambda: render(att, carm), args.repeats)
-    exact, w_exact, c_exact = _best(lambda: render(att, carm, mode="exact"), max(3, args.repeats // 3))
-    _, w_lin, c_lin = _best(lambda: render(att, carm, sampling="linear"), max(3, args.repeats // 3))
+    fast, w_fast, c_fast = best_of(lambda: render(att, carm), args.repeats)
+    exact, w_exact, c_exact = best_of(lambda: render(att, carm, mode="exact"), max(3, args.repeats // 3))
+    _, w_lin, c_lin = best_of(lambda: render(att, carm, sampling="linear"), max(3, args.repeats // 3))
     print(f"\n{args.size}x{args.size} AP DRR, best of N (wall s / CPU s over all threads):")
     print(f"  fast (nearest, step {0.5 * att.spacing.min():.3f} mm): {w_fast:.4f} / {c_fast:.4f}"
           f"   -> {'UNDER' if w_fast < 0.1 else 'OVER'} the 0.1 s target (wall)")

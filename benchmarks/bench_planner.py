@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _timing import best_of
+
 os.environ.setdefault("SPINEPLAN_PROGRESS", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -109,16 +111,6 @@ def _dist(x, nd: int = 1) -> str:
     return f"median {np.median(x):.{nd}f} [{np.min(x):.{nd}f}-{np.max(x):.{nd}f}]"
 
 
-def timed(fn, repeat: int):
-    best_wall, best_cpu, out = np.inf, np.inf, None
-    for _ in range(repeat):
-        t0, c0 = time.perf_counter(), time.process_time()
-        out = fn()
-        best_wall = min(best_wall, time.perf_counter() - t0)
-        best_cpu = min(best_cpu, time.process_time() - c0)
-    return out, best_wall, best_cpu
-
-
 def phantoms(quick: bool, repeat: int):
     from _planner import spine_from_truth
     from spineplan.levels import level_range
@@ -134,7 +126,7 @@ def phantoms(quick: bool, repeat: int):
         ph = make_phantom(fov="spine", **kw)
         spine = spine_from_truth(ph)
         levels = [lv for lv in level_range(kw["levels"]) if lv in spine and lv not in ("T11",)]
-        plan, wall, cpu = timed(lambda: plan_screws(ph.ct, spine, levels), repeat if name.startswith("default") else 1)
+        plan, wall, cpu = best_of(lambda: plan_screws(ph.ct, spine, levels), repeat if name.startswith("default") else 1)
         res = check_plan(plan, ph.ct, ph.labels)
         widths = {(lv, sd): ph.truth["vertebrae"][lv]["pedicles"][sd]["isthmus_width_mm"]
                   for lv in levels for sd in ("left", "right") if ph.truth["vertebrae"][lv].get("pedicles")}
@@ -189,7 +181,7 @@ def real(data: Path, quick: bool, repeat: int, own_segmentation: bool = True, ch
         spine = build_spine(ct, ref.volume)
         t_anat = time.perf_counter() - t0
         lv = [x for x in levels if x in spine]
-        plan, wall, cpu = timed(lambda: plan_screws(ct, spine, lv), repeat)
+        plan, wall, cpu = best_of(lambda: plan_screws(ct, spine, lv), repeat)
         res = check_plan(plan, ct, ref.volume)
         summ = summarise(f"{name}, planned from the reference labels", plan, res, 2 * len(lv),
                          clear=tip_clearances(plan, ct, ref.volume))
@@ -208,7 +200,7 @@ def real(data: Path, quick: bool, repeat: int, own_segmentation: bool = True, ch
             add = ndi.binary_dilation(lab == code, structure=np.ones((3, 3, 3), bool)) & (grown == 0)
             grown[add] = code
         spine3 = build_spine(ct, ref.volume.with_array(grown))
-        plan3, wall3, _ = timed(lambda: plan_screws(ct, spine3, lv), 1)
+        plan3, wall3, _ = best_of(lambda: plan_screws(ct, spine3, lv), 1)
         res3 = check_plan(plan3, ct, ref.volume)
         summ3 = summarise(f"{name}, planned from the reference labels grown by one voxel", plan3, res3, 2 * len(lv),
                           clear=tip_clearances(plan3, ct, ref.volume))
@@ -230,7 +222,7 @@ def real(data: Path, quick: bool, repeat: int, own_segmentation: bool = True, ch
         missing = [x for x in levels if x not in lv2]
         if missing:
             print(f"    own segmentation: no {', '.join(missing)} (not requested from it)")
-        plan2, wall2, cpu2 = timed(lambda: plan_screws(ct, own, lv2), 1)
+        plan2, wall2, cpu2 = best_of(lambda: plan_screws(ct, own, lv2), 1)
         res2 = check_plan(plan2, ct, ref.volume)
         summ2 = summarise(f"{name}, planned from spineplan's own segmentation", plan2, res2, 2 * len(lv2),
                           clear=tip_clearances(plan2, ct, ref.volume))
