@@ -164,6 +164,9 @@ def run_plan(ct_path: TypePath, out_dir: TypePath, *, labels: TypePath | None = 
     if levels is None or (not isinstance(levels, str) and len(levels) == 0):
         raise PlanningError("No levels given: say which levels to instrument, e.g. --levels L3-L5.")
     level_list = level_range(levels) if isinstance(levels, str) else level_range(",".join(levels))
+    # a bad access level spec fails now, before the CT is read and segmented
+    access_list = None if access_levels in (None, "auto") else (
+        level_range(access_levels) if isinstance(access_levels, str) else level_range(",".join(access_levels)))
     sides = tuple(sides)
     out = Path(out_dir)
     _check_out_dir(out)
@@ -225,7 +228,7 @@ def run_plan(ct_path: TypePath, out_dir: TypePath, *, labels: TypePath | None = 
         if access_levels == "auto":
             chosen = _auto_access_levels(state["spine"], level_list, state["plan"])
         else:
-            chosen = level_range(access_levels) if isinstance(access_levels, str) else list(access_levels)
+            chosen = access_list
         acc, warns = plan_access(state["ct"], state["spine"], chosen, procedure=procedure, gauge=gauge,
                                  settings=settings, skin=state["skin"])
         state["plan"].access.extend(acc)
