@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from spineplan._progress import progress_steps, silenced
 from spineplan.errors import InputError
 from spineplan.typing import TypePath
 
@@ -280,16 +281,8 @@ def run_plan(ct_path: TypePath, out_dir: TypePath, *, labels: TypePath | None = 
     if reports:
         steps.append(("reports", write_reports_step))
     try:
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(steps, desc="spineplan plan", unit="step", leave=False, dynamic_ncols=True,
-                       disable=os.environ.get("SPINEPLAN_PROGRESS", "1") == "0")
-            for name, fn in bar:
-                bar.set_postfix_str(name)
-                fn()
-        else:
-            for _, fn in steps:
+        with silenced(not progress):
+            for name, fn in progress_steps(steps, "spineplan plan"):
                 fn()
         _replace_dir(tmp, out)
     except BaseException:
