@@ -56,3 +56,16 @@ def phantom_files(out_dir, levels="L2-L5", spacing=1.5):
 
     ph = make_phantom(levels=levels, spacing=spacing)
     return write_phantom(ph, out_dir)
+
+
+def run_cli(args: list[str]) -> tuple[int, str]:
+    """Run ``spineplan ARGS`` in this process; its exit code and what it printed."""
+    import contextlib
+    import io
+
+    from spineplan.cli import main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main([str(a) for a in args])
+    return code, buf.getvalue()

@@ -8,24 +8,19 @@ import json
 import numpy as np
 import pytest
 
-from _plan_outputs import phantom_files
+from _plan_outputs import phantom_files, run_cli
 from spineplan.cli import main
 from spineplan.plan.model import Plan
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    import contextlib
-    import io
-
     base = tmp_path_factory.mktemp("cli")
     files = phantom_files(base / "phantom", levels="L2-L5", spacing=1.5)
     out = base / "plan"
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        code = main(["plan", str(files["ct"]), "--labels", str(files["labels"]), "--levels", "L3-L4",
-                     "-o", str(out), "--no-progress"])
-    return code, buf.getvalue(), out, files
+    code, text = run_cli(["plan", files["ct"], "--labels", files["labels"], "--levels", "L3-L4", "-o", out,
+                          "--no-progress"])
+    return code, text, out, files
 
 
 def test_exit_code_and_summary(run):

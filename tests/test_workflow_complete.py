@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import numpy as np
 import pytest
 
+from _plan_outputs import run_cli
 from spineplan.cli import main
 
 
@@ -20,11 +19,9 @@ def case(tmp_path_factory):
     ph = make_phantom(levels="T12-L3", spacing=1.5, fracture=("T12", 2, "wedge"), seed=3)
     files = write_phantom(ph, base / "phantom")
     out = base / "plan"
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        code = main(["plan", str(files["ct"]), "--labels", str(files["labels"]), "--levels", "L1-L2",
-                     "-o", str(out), "--no-progress"])
-    return code, buf.getvalue(), out, ph
+    code, text = run_cli(["plan", files["ct"], "--labels", files["labels"], "--levels", "L1-L2", "-o", out,
+                          "--no-progress"])
+    return code, text, out, ph
 
 
 def test_fractured_level_gets_graded_needle_access_automatically(case):
@@ -89,11 +86,9 @@ def test_check_regrades_the_written_plan_against_its_labels(case):
     assert (out / "labels.nii.gz").is_file()
     spine = json.loads((out / "spine.json").read_text())
     assert spine["format"] == "spineplan.spine"
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        code = main(["check", str(out / "plan.json"), "--ct", str(phantom / "ct.nii.gz")])
-    assert code == 0, buf.getvalue()
-    assert buf.getvalue().count(" A ") + buf.getvalue().count(" A\n") >= 1
+    code, text = run_cli(["check", out / "plan.json", "--ct", phantom / "ct.nii.gz"])
+    assert code == 0, text
+    assert text.count(" A ") + text.count(" A\n") >= 1
 
 
 def test_plan_says_which_labels_it_was_graded_against(case):
