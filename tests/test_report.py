@@ -180,3 +180,36 @@ def test_patient_text_does_not_invent_a_fracture(reports):
         a.extra["genant_grade"] = 0
     text = " ".join(b.text for b in patient_doc(chosen).blocks if isinstance(b, Para))
     assert f"{chosen.access[0].level} does not look clearly squashed" in text and "Ask your surgeon why" in text
+
+
+def test_reports_say_what_was_not_planned_and_which_rods_exist(reports):
+    """A partial plan (the planner refused some pedicles) is never presented as complete: the
+    patient reads how many screws could not be planned and where, and that the one rod is on
+    one side; the surgeon's summary lists the refused pedicles."""
+    import copy
+
+    from spineplan.plan.model import PlanWarning
+    from spineplan.report._html import Para, Table
+    from spineplan.report.patient import patient_doc
+    from spineplan.report.surgeon import surgeon_doc
+
+    _, spine, plan, _, _ = reports
+    assert {r.side for r in plan.rods} == {"left", "right"}
+    text = " ".join(b.text for b in patient_doc(plan).blocks if isinstance(b, Para))
+    assert "rods join the screws on each side" in text and "safe path" not in text
+    part = copy.deepcopy(plan)
+    gone = [s for s in part.screws if s.side == "right"]
+    part.screws = [s for s in part.screws if s.side == "left"]
+    part.rods = [r for r in part.rods if r.side == "left"]
+    part.warnings += [PlanWarning("no-safe-screw", f"No safe screw for {s.level} right: test", level=s.level,
+                                  severity="danger", extra={"side": "right"}) for s in gone]
+    text = " ".join(b.text for b in patient_doc(part).blocks if isinstance(b, Para))
+    words = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
+    assert f"could not find a safe path for {words[len(gone)]} of the screws" in text
+    assert "not complete" in text and "on the left side of your spine" in text
+    assert "on each side" not in text
+    rows = [r for b in surgeon_doc(part, None, spine).blocks if isinstance(b, Table) for r in b.rows]
+    refused = [r for r in rows if r[0] == "Pedicles NOT planned"]
+    assert refused and refused[0][1].startswith(f"{len(gone)} of {len(plan.screws)} requested")
+    for s in gone:
+        assert f"{s.level} right" in refused[0][1]

@@ -82,6 +82,23 @@ def _cm(mm: float) -> str:
     return f"{cm:.0f}" if cm >= 10 else f"{cm:.1f}".replace(".0", "")
 
 
+def _rods_sentence(plan) -> str:
+    """What joins the screws, in plain words, as the plan has it (rods per side)."""
+    sides = sorted({r.side for r in plan.rods})
+    if not sides:
+        return "No rod joins them in this plan." if len(plan.screws) > 1 else ""
+    if len(sides) == 2:
+        what = "Thin metal rods join the screws on each side."
+    else:
+        what = f"A thin metal rod joins the screws on the {sides[0]} side of your spine."
+    return what + " They hold the bones still so that they can heal and grow together."
+
+
+def _screws_not_planned(plan) -> list[str]:
+    """The level of every screw that was asked for but could not be planned safely."""
+    return [w.level for w in plan.warnings if w.code == "no-safe-screw" and w.level]
+
+
 def patient_doc(plan, *, picture: bytes | None = None, patient_name: str | None = None) -> Doc:
     """The patient's report as a document (see :mod:`spineplan.report._html`)."""
     from spineplan.levels import region, sort_levels
@@ -98,11 +115,18 @@ def patient_doc(plan, *, picture: bytes | None = None, patient_name: str | None 
                  "L bones are in your lower back. T bones are in your upper and middle back."))
     if plan.screws:
         n_s = len(plan.screws)
-        doc.add(Para(f"The plan is to put {_n(n_s)} small screws into {_n(len(screw_levels))} bones of your back: "
-                     f"{_and(screw_levels)}. Thin metal rods join the screws on each side. "
-                     "They hold the bones still so that they can heal and grow together."))
+        doc.add(Para(f"The plan is to put {_n(n_s)} small screw{'s' if n_s > 1 else ''} into "
+                     f"{_n(len(screw_levels))} bone{'s' if len(screw_levels) > 1 else ''} of your back: "
+                     f"{_and(screw_levels)}. {_rods_sentence(plan)}"))
         doc.add(Para("This is done through small cuts in the skin, not one long cut. "
                      "The surgeon uses X-ray pictures to guide each screw."))
+    missing = _screws_not_planned(plan)
+    if missing:
+        k = len(missing)
+        doc.add(Para(f"The computer could not find a safe path for {_n(k)} of the screws that were asked for "
+                     f"(in {_and(sort_levels(set(missing)))}), so this plan is not complete. Your surgeon will "
+                     "decide what to do there: for example a smaller screw, another kind of fixation, or "
+                     "leaving it out. Ask your surgeon about it."))
     if plan.access:
         proc = plan.access[0].procedure
         # Levels chosen by the surgeon although the scan shows no graded collapse: say so, never imply a

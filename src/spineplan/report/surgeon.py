@@ -81,6 +81,10 @@ def _warning_items(plan) -> list[tuple[str, str]]:
     return items
 
 
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def _summary_rows(plan, ct, spine) -> list[list[str]]:
     from spineplan.levels import sort_levels
 
@@ -88,7 +92,13 @@ def _summary_rows(plan, ct, spine) -> list[list[str]]:
     rows = []
     if plan.screws:
         rows.append(["Procedure", f"Percutaneous pedicle screw fixation {_levels_text(screw_levels)}: "
-                                  f"{len(plan.screws)} screws, {len(plan.rods)} rods"])
+                                  f"{_count(len(plan.screws), 'screw')}, {_count(len(plan.rods), 'rod')}"])
+    refused = [w for w in plan.warnings if w.code == "no-safe-screw"]
+    if refused:
+        asked = len(plan.screws) + len(refused)
+        which = ", ".join(f"{w.level} {w.extra.get('side', '')}".strip() for w in refused)
+        rows.append(["Pedicles NOT planned", f"{len(refused)} of {asked} requested ({which}): no screw obeys the "
+                                             "safety rules there; reasons under Warnings"])
     acc_levels = sort_levels({a.level for a in plan.access})
     for lv in acc_levels:
         aa = [a for a in plan.access if a.level == lv]
@@ -222,7 +232,7 @@ def surgeon_doc(plan, ct, spine, *, pictures: dict | None = None, screw_pngs: li
     parts = []
     if plan.screws:
         parts.append(f"percutaneous screws {_levels_text(sort_levels({s.level for s in plan.screws}))} "
-                     f"({len(plan.screws)} screws, {len(plan.rods)} rods)")
+                     f"({_count(len(plan.screws), 'screw')}, {_count(len(plan.rods), 'rod')})")
     for proc in ("kyphoplasty", "vertebroplasty"):
         lv = sort_levels({a.level for a in plan.access if a.procedure == proc})
         if lv:
