@@ -36,6 +36,13 @@ AUTOMATIC_LABELS_WARNING = (
     "and facets: review labels.nii.gz and every level name on the CT (e.g. in 3D Slicer), or re-plan with "
     "--labels from a reviewed segmentation, before relying on any grade.")
 
+#: Level names below this confidence (spineplan.anatomy.naming: 0.5 when the sacrum count and the
+#: last rib disagree or no rib is found where T12 should be, 0.15 when neither anchor is in the
+#: scan) get a danger warning in the plan: a wrong level is a wrong-site operation.
+NAMING_CONFIDENCE_MIN = 0.6
+_ANCHOR_ADVICE = ("Count the levels on the CT (or a whole-spine image) and re-run with --anchor NAME@z=MM (the "
+                  "LPS z of one vertebra you have identified; the others follow), or give reviewed --labels.")
+
 #: Levels planned by the demo when none are given.
 DEMO_LEVELS = ("L1", "L2", "L3", "L4", "L5")
 #: ``access_levels="auto"`` plans augmentation for the Genant-graded levels among the instrumented
@@ -144,7 +151,7 @@ def _auto_access_levels(spine, level_list, plan) -> list[str]:
 def run_plan(ct_path: TypePath, out_dir: TypePath, *, labels: TypePath | None = None, levels=None,
              sides=("left", "right"), catalogue=None, settings=None, progress: bool = True,
              access_levels="auto", procedure: str = "kyphoplasty", gauge: int = 11,
-             reports: bool = True, patient_name: str | None = None):
+             reports: bool = True, patient_name: str | None = None, anchor: str | None = None):
     """Plan ``levels`` on the CT at ``ct_path`` and write every output into ``out_dir``.
 
     ``labels``: a vertebra label map (VerSe / TotalSegmentator) to use instead of spineplan's
@@ -158,6 +165,10 @@ def run_plan(ct_path: TypePath, out_dir: TypePath, *, labels: TypePath | None = 
     :data:`AUTO_ACCESS_REACH` level beyond each end (other graded levels are reported), a level spec
     such as ``"T12"`` / a list, or ``None`` for no access planning. ``reports``: write the surgeon's
     and the patient's reports (HTML + PDF); ``patient_name`` appears in them only when given.
+    ``anchor``: fix one level's name for the built-in segmentation, e.g. ``"L3@z=-210.5"`` (the
+    others follow; see :func:`spineplan.anatomy.segment.segment_spine`). Names with a confidence
+    below :data:`NAMING_CONFIDENCE_MIN` get a danger warning in the plan (wrong-level risk), and a
+    request for levels that are not in the scan says that the names were guessed.
     """
     from spineplan.errors import PlanningError
     from spineplan.levels import level_range
@@ -168,6 +179,9 @@ def run_plan(ct_path: TypePath, out_dir: TypePath, *, labels: TypePath | None = 
     # a bad access level spec fails now, before the CT is read and segmented
     access_list = None if access_levels in (None, "auto") else (
         level_range(access_levels) if isinstance(access_levels, str) else level_range(",".join(access_levels)))
+    if anchor is not None and labels is not None:
+        raise InputError("--anchor names the vertebrae of spineplan's own segmentation; with --labels the names "
+                         "come from the label map. Drop one of the two options.")
     sides = tuple(sides)
     out = Path(out_dir)
     _check_out_dir(out)
@@ -184,7 +198,7 @@ def run_plan(ct_path: TypePath, out_dir: TypePath, *, labels: TypePath | None = 
     def anatomy():
         from spineplan.anatomy.pipeline import analyse
 
-        state["spine"] = analyse(state["ct"], state["labels"])
+        state["spine"] = analyse(state["ct"], state["labels"], anchor=anchor)
 
     def screws():
         from spineplan.plan.catalogue import ScrewCatalogue
@@ -194,17 +208,27 @@ def run_plan(ct_path: TypePath, out_dir: TypePath, *, labels: TypePath | None = 
         cat = catalogue
         if cat is not None and not isinstance(cat, ScrewCatalogue):
             cat = ScrewCatalogue.from_csv(cat)
-        plan = plan_screws(state["ct"], state["spine"], level_list, sides=sides, settings=settings, catalogue=cat)
+        spine = state["spine"]
+        guessed = spine.naming_confidence < NAMING_CONFIDENCE_MIN
+        if guessed and not any(lv in spine for lv in level_list):
+            raise PlanningError(
+                f"None of the requested levels ({', '.join(level_list)}) is among the vertebrae found, but their "
+                f"names are uncertain ({spine.naming_method}, confidence {spine.naming_confidence:.2f}; found "
+                f"{', '.join(spine.names)}). {_ANCHOR_ADVICE}")
+        plan = plan_screws(state["ct"], spine, level_list, sides=sides, settings=settings, catalogue=cat)
         plan.ct = CTRef.of(ct_path, state["ct"])
         plan.extra.setdefault("levels_requested", level_list)
         plan.extra.setdefault("sides", list(sides))
-        spine = state["spine"]
         plan.extra["labels_source"] = (f"given: {Path(labels).name}" if labels is not None
                                        else "spineplan built-in segmentation (automatic)")
         plan.extra["naming"] = {"method": spine.naming_method, "confidence": round(spine.naming_confidence, 2),
                                 "levels": spine.names}
         if labels is None:
             plan.warn("labels-automatic", AUTOMATIC_LABELS_WARNING, severity="danger")
+        if guessed:
+            plan.warn("names-uncertain", f"The level names are uncertain ({spine.naming_method}, confidence "
+                      f"{spine.naming_confidence:.2f}): the screws may be planned at the WRONG LEVEL. "
+                      + _ANCHOR_ADVICE, severity="danger")
         for w in spine.warnings:
             plan.warn("anatomy", w, severity="warning")
         state["plan"] = plan

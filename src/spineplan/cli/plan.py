@@ -16,6 +16,9 @@ def configure(parser) -> None:
     parser.add_argument("ct", help="CT: a DICOM series folder or a .nii.gz/.nii/.nrrd/.mha file")
     parser.add_argument("--labels", metavar="FILE", help="vertebra label map (VerSe or TotalSegmentator) to use "
                         "instead of spineplan's own segmentation")
+    parser.add_argument("--anchor", metavar="LEVEL@z=MM",
+                        help="fix one level's name for spineplan's own segmentation, e.g. L3@z=-210 (LPS z in mm; "
+                             "the other names follow); for scans that show neither the sacrum nor the last rib")
     parser.add_argument("--levels", required=True, metavar="SPEC",
                         help="levels to instrument, e.g. L3-L5 or L4,L5 (required: spineplan does not guess)")
     parser.add_argument("--sides", choices=("both", "left", "right"), default="both",
@@ -106,7 +109,8 @@ def run(args) -> int:
     plan = run_plan(args.ct, args.out, labels=args.labels, levels=args.levels, sides=sides,
                     catalogue=args.catalogue, settings=settings, progress=not args.no_progress,
                     access_levels=None if args.access == "none" else args.access, procedure=args.procedure,
-                    gauge=args.gauge, reports=not args.no_reports, patient_name=args.patient_name)
+                    gauge=args.gauge, reports=not args.no_reports, patient_name=args.patient_name,
+                    anchor=args.anchor)
     print(summary(plan))
     outputs = "plan.json, screws.csv, carm.csv, slicer/, screws/" + ("" if args.no_reports else
                                                                       ", surgeon and patient reports (HTML, PDF)")
