@@ -19,9 +19,12 @@ Method (per vertebra, then per side):
    mask's cranial and caudal boundaries, so a screw that keeps its margin never crosses an endplate.
 4. Each axis gets its largest admissible diameter (<= 80 % of the isthmus width) and longest
    catalogue length, and its purchase (mean positive HU over the screw's volume x volume).
-5. The best candidates by purchase are checked for the remaining rules in order: entry lateral
-   to the superior articular process, no facet-joint violation of the level above, a bone-free
-   percutaneous corridor from the entry back to the skin, skin entry near enough to the midline;
+5. The best candidates (purchase, discounted for a medial angle away from the level's anatomical
+   mean, ``off_prior_penalty_per_deg``) are checked for the remaining rules in order: entry lateral
+   to the superior articular process, no facet-joint violation of the level above (zone at least
+   one voxel wide, :func:`facet_zone_mm`), a bone-free percutaneous corridor from the entry back
+   to the skin (the screw's outline may graze its own vertebra's posterior elements within
+   ``dock_zone_mm`` of the entry, where the surgeon docks), skin entry near enough to the midline;
    then graded with the independent surface-sampling grader of :mod:`spineplan.safety` (grade A,
    no facet violation) and their surface margins re-checked per segment (pedicle, body).
 """
@@ -149,6 +152,14 @@ class VertebraContext:
     hu_affine: np.ndarray | None = None
 
 
+def facet_zone_mm(ct: Volume, st: PlannerSettings) -> float:
+    """Width of the facet-joint zone the planner avoids: ``facet_zone_mm``, but at least one voxel
+    (the largest spacing): the zone is built from voxel centres, and two vertebrae's voxels that
+    touch across the joint are one voxel apart, so a narrower zone holds no voxel of this
+    vertebra at all on a coarse CT (3 mm voxels: the zone was the level above's bone only)."""
+    return max(st.facet_zone_mm, float(np.max(ct.spacing)) + 1e-3)
+
+
 def make_context(ct: Volume, vertebra, mask: np.ndarray, labels: np.ndarray | None, above_mask: np.ndarray | None,
                  settings: PlannerSettings) -> VertebraContext:
     from spineplan.safety import facet_zone
@@ -162,7 +173,7 @@ def make_context(ct: Volume, vertebra, mask: np.ndarray, labels: np.ndarray | No
     hu_affine = ct.affine.copy()
     hu_affine[:3, 3] = ct.index_to_world([b[0] for b in box])
     fld = DistanceField.of_mask(mask, ct, pad_mm=BOX_PAD_MM, box=box, exact_outside=False)
-    fz = facet_zone(raw, above_mask, ct, vertebra.frame, zone_mm=settings.facet_zone_mm) \
+    fz = facet_zone(raw, above_mask, ct, vertebra.frame, zone_mm=facet_zone_mm(ct, settings)) \
         if above_mask is not None else None
     ctx = VertebraContext(name=vertebra.name, frame=vertebra.frame, mask=mask, field=fld, hu=hu, ct=ct,
                           labels=labels, label=getattr(vertebra, "label", None), facet=fz,
@@ -199,6 +210,18 @@ CLOSE_MIN_HU: float | None = 70.0
 #: its full height (its margin is margin_mm).
 ENDPLATE_ERODE = True
 ENDPLATE_ERODE_FROM_WALL_MM = 8.0
+
+
+#: Pedicle cores: an automatic label often holds the pedicle's cortical ring but not its
+#: cancellous core (darker marrow), a hole that is open along the pedicle's axis, so no 3-D
+#: cavity. In the grid planes nearest the vertebra's coronal plane (across the pedicles) holes of
+#: the label up to this area (mm^2, a 10 mm disc) are filled where the CT is at least
+#: CLOSE_MIN_HU and no other vertebra's label lies. The core is smaller than the pedicle's
+#: cross-section (lumbar isthmus ~8-16 mm wide and ~14-16 mm high, Zindrick et al., Spine
+#: 1987;12:160-166). The spinal canal is never such a hole (in a coronal plane it is open
+#: cranially and caudally beyond one vertebra's label), and its CSF (0-15 HU) and fat are below
+#: CLOSE_MIN_HU anyway.
+PEDICLE_CORE_MAX_MM2: float | None = 80.0
 
 
 #: The label's outer voxel layer (voxels with a 6-neighbour outside it) is kept only where the
@@ -246,6 +269,31 @@ def _wall_from_mask(ct: Volume, sl, sub: np.ndarray, frame) -> float | None:
     return _wall_y(frame, inside_at, 0.5)
 
 
+def _coronal_axis(ct: Volume, frame) -> int:
+    """The grid axis nearest the vertebra's antero-posterior axis (its planes are the coronal
+    planes across the pedicles)."""
+    return int(np.argmax(np.abs((ct.affine[:3, :3] / ct.spacing).T @ np.asarray(frame.axes, float)[1])))
+
+
+def _plane_holes(mask: np.ndarray, ax: int, spacing: np.ndarray, max_mm2: float) -> np.ndarray:
+    """Holes of ``mask`` in the planes normal to grid axis ``ax`` (4-connected, 2-D), each at
+    most ``max_mm2`` in area."""
+    from scipy import ndimage as ndi
+
+    plane = np.zeros((3, 3, 3), bool)
+    cut = [slice(None)] * 3
+    cut[ax] = 1
+    plane[tuple(cut)] = ndi.generate_binary_structure(2, 1)
+    holes = ndi.binary_fill_holes(mask, structure=plane) & ~mask
+    if not holes.any():
+        return holes
+    lab, n = ndi.label(holes, structure=plane)
+    area = np.bincount(lab.ravel()) * float(np.prod(spacing) / spacing[ax])
+    keep = area <= max_mm2
+    keep[0] = False
+    return keep[lab]
+
+
 def planning_mask(ct: Volume, mask: np.ndarray, frame, st: PlannerSettings,
                   labels: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """The vertebra mask the planner plans in: ``mask`` with enclosed non-soft-tissue cavities
@@ -291,6 +339,16 @@ def planning_mask(ct: Volume, mask: np.ndarray, frame, st: PlannerSettings,
         add = keep[lab]
         filled = int(add.sum())
         sub |= add
+    # 1b. pedicle cores: small holes of the planes across the pedicles (PEDICLE_CORE_MAX_MM2)
+    cores = 0
+    if PEDICLE_CORE_MAX_MM2:
+        add = _plane_holes(sub, _coronal_axis(ct, frame), np.asarray(ct.spacing, float), PEDICLE_CORE_MAX_MM2)
+        if CLOSE_MIN_HU is not None:
+            add &= hu >= CLOSE_MIN_HU
+        if labels is not None:
+            add &= np.asarray(labels[sl]) == 0
+        cores = int(add.sum())
+        sub |= add
     # 2. the label's outer voxel layer must be bone in the CT (OUTER_LAYER_MIN_HU)
     shell_cut = 0
     if OUTER_LAYER_MIN_HU is not None:
@@ -327,7 +385,7 @@ def planning_mask(ct: Volume, mask: np.ndarray, frame, st: PlannerSettings,
         sub = lab == big
     out = np.zeros_like(mask)
     out[sl] = sub
-    return out, {"closed": closed, "filled": filled, "outer_not_bone": shell_cut, "endplate_eroded": eroded, "dropped": dropped}
+    return out, {"closed": closed, "filled": filled, "pedicle_cores": cores, "outer_not_bone": shell_cut, "endplate_eroded": eroded, "dropped": dropped}
 
 
 # --------------------------------------------------------------------------- pedicle / body junction
@@ -381,6 +439,13 @@ def zone_margins(ctx: VertebraContext, entry, tip, diameter_mm: float, start_bod
 # --------------------------------------------------------------------------- seeds
 def _side_sign(side: str) -> float:
     return 1.0 if side == "left" else -1.0
+
+
+def _medial_angles(frame, dirs: np.ndarray, side: str) -> np.ndarray:
+    """Medial angles (deg) of many directions (N, 3), as ``VertebraFrame.angles_of``."""
+    d = np.asarray(dirs, float) @ np.asarray(frame.axes, float).T
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    return np.degrees(np.arctan2(-_side_sign(side) * d[:, 0], np.hypot(d[:, 1], d[:, 2])))
 
 
 def _local_direction(medial_deg, cranial_deg, side: str) -> np.ndarray:
@@ -445,7 +510,12 @@ def candidate_axes(ctx: VertebraContext, side: str, centre: np.ndarray, medial0:
     ast = st.search_angle_step_deg if astep is None else astep
     angs = np.arange(-cn, cn + 1e-9, ast)
     med, cra = np.meshgrid(medial0 + angs, cranial0 + angs, indexing="ij")
-    keep = ((med >= st.min_medial_angle_deg) & (med <= st.max_medial_angle_deg)
+    lo = st.min_medial_angle_deg
+    if region(ctx.name) in ("lumbar", "sacral"):
+        lo = max(lo, st.min_medial_angle_lumbar_deg)
+        if ctx.name in LEVEL_MEDIAL_DEG:
+            lo = max(lo, LEVEL_MEDIAL_DEG[ctx.name] - st.lumbar_medial_band_deg)
+    keep = ((med >= lo) & (med <= st.max_medial_angle_deg)
             & (np.abs(cra) <= st.max_cranial_angle_deg)).ravel()
     if not keep.any():
         return np.zeros((0, 3)), np.zeros((0, 3))
@@ -635,7 +705,8 @@ class Corridor:
 
 
 def skin_and_corridor(cor: Corridor, entries: np.ndarray, dirs: np.ndarray, radii: np.ndarray,
-                      st: PlannerSettings, *, fov_edge_is_skin: bool = True, edge: bool = False):
+                      st: PlannerSettings, *, fov_edge_is_skin: bool = True, edge: bool = False,
+                      own: BoxMask | None = None):
     """Skin points (N, 3) and whether each back-extension from the entry to the skin meets bone (N,).
 
     The skin is the last tissue sample before 3 mm of air. A trajectory that leaves the scan
@@ -646,6 +717,13 @@ def skin_and_corridor(cor: Corridor, entries: np.ndarray, dirs: np.ndarray, radi
     a trajectory that never finds air within ``max_skin_depth_mm`` has a NaN skin point. With
     ``edge``, also returns the last point checked (N, 3): the skin, or the last tissue sample
     inside the field of view.
+
+    ``own``: the vertebra's own bone and label (:func:`own_bone`). Within
+    ``PlannerSettings.dock_zone_mm`` behind the entry, the screw's outline (not its axis) may
+    graze it: the entry lies in the notch between the transverse process and the superior
+    articular process, where the surgeon docks the needle (Weinstein et al. 1988). The axis itself
+    meeting it means the screw would have to pass through more of this vertebra's bone before
+    its entry (the entry is not on the outer surface): blocked.
     """
     start = max(st.corridor_start_mm, cor.spacing + 1.0)
     ts = np.arange(start, st.max_skin_depth_mm, 1.0)
@@ -663,12 +741,33 @@ def skin_and_corridor(cor: Corridor, entries: np.ndarray, dirs: np.ndarray, radi
         skin[~(has & inside[np.arange(len(k)), k])] = np.nan
     before = np.arange(len(ts))[None, :] < k[:, None]
     blocked = np.zeros(len(entries), bool)
-    for off in _ring_offsets(dirs, radii):
-        hit = _lookup(cor.obstacle, cor.inv, line + off[:, None, :], False)
+    dock = ts < st.dock_zone_mm
+    for j, off in enumerate(_ring_offsets(dirs, radii)):
+        pts = line + off[:, None, :]
+        hit = _lookup(cor.obstacle, cor.inv, pts, False)
+        if own is not None and j > 0:
+            hit &= ~(own.contains(pts) & dock[None, :])
         blocked |= np.any(hit & before, axis=1)
     if edge:
         return skin, blocked, last
     return skin, blocked
+
+
+def own_bone(ctx: VertebraContext) -> BoxMask | None:
+    """The vertebra's own label (the raw label, dilated by one voxel to take in the partial
+    volume of its cortex) in its box, for the docking-zone exemption of :func:`skin_and_corridor`."""
+    if ctx.label is None or ctx.labels is None:
+        return None
+    key = "own-bone"
+    if key not in ctx.cache:
+        from scipy import ndimage as ndi
+
+        (i0, i1), (j0, j1), (k0, k1) = box = mask_box(ctx.labels == ctx.label, ctx.ct, BOX_PAD_MM + 20.0)
+        sub = ndi.binary_dilation(ctx.labels[i0:i1, j0:j1, k0:k1] == ctx.label, structure=np.ones((3, 3, 3), bool))
+        aff = ctx.ct.affine.copy()
+        aff[:3, 3] = ctx.ct.index_to_world([b[0] for b in box])
+        ctx.cache[key] = BoxMask(sub, aff)
+    return ctx.cache[key]
 
 
 def _soft_fraction(hu_field: DistanceField, entries, dirs, diam, lengths, st: PlannerSettings) -> np.ndarray:
@@ -733,7 +832,11 @@ def search_pedicle(ctx: VertebraContext, side: str, st: PlannerSettings, sizes: 
         res = evaluate(ctx, side, pts, dirs, st, sizes, width)
     counts = dict(res["counts"])
     cor = corridor or Corridor.of(ctx.ct, ctx.labels, st)
-    order = np.argsort(-res["purchase"], kind="stable")
+    # best first: purchase, discounted for a medial angle away from the level's anatomical mean
+    med_c = _medial_angles(ctx.frame, res["dirs"], side)
+    score = res["purchase"] * np.clip(1.0 - st.off_prior_penalty_per_deg * np.abs(med_c - prior[0]), 0.0, None)
+    res["score"] = score
+    order = np.argsort(-score, kind="stable")
     border = sap_border(ctx, side, centre)
     s = _side_sign(side)
     keep = st.keep_candidates if max_options is None else max_options
@@ -757,7 +860,7 @@ def search_pedicle(ctx: VertebraContext, side: str, st: PlannerSettings, sizes: 
         last = np.zeros((len(ii), 3))
         if ok.any():
             sk, blocked, last[ok] = skin_and_corridor(cor, e[ok], d[ok], 0.5 * dmm[ok], st,
-                                                      fov_edge_is_skin=False, edge=True)
+                                                      fov_edge_is_skin=False, edge=True, own=own_bone(ctx))
             skin[ok] = sk
             ok[ok] = ~blocked
         stage["corridor-bone"] += int(ok.sum())

@@ -101,8 +101,31 @@ class PlannerSettings:
     #: sure (measured: the one B screw planned from spineplan's own labels on the chest CT, L1
     #: right, was 23.5 deg cranial and touched the superior endplate).
     min_medial_angle_deg: float = -5.0
+    #: In the lumbar spine and S1 the pedicles converge: Zindrick et al. 1987 measured mean
+    #: transverse angles of ~11 deg at L1 rising to ~30 deg at L5 (and S1 ~25 deg), none pointing
+    #: laterally. A lumbar or sacral screw aimed less medially than this is not anatomical (it
+    #: runs along the lateral pedicle wall into the lateral body cortex, and its head sits
+    #: far lateral of the rod line). 5 deg is about half the smallest lumbar mean (L1).
+    min_medial_angle_lumbar_deg: float = 5.0
+    #: ... and, per lumbar level, no less than this far below the level's mean transverse angle
+    #: (:data:`spineplan.plan._search.LEVEL_MEDIAL_DEG`, Zindrick et al. 1987: L4 ~18, L5 ~30
+    #: deg). A screw far less convergent than the pedicle enters medially, over the facet joint of
+    #: the level above, instead of at the transverse process (measured before these limits: the
+    #: abdomen CT's reference-label plan had lumbar screws at -1.9 to -4.6 deg, and an L4 screw
+    #: planned from spineplan's own labels at 5 deg crossed the L3 inferior articular process of
+    #: the reference labels). 10 deg is an engineering allowance for individual anatomy and the
+    #: frame's error, not a published figure.
+    lumbar_medial_band_deg: float = 10.0
     max_medial_angle_deg: float = 45.0
     max_cranial_angle_deg: float = 15.0
+    #: Preference for the anatomical trajectory: candidates are ranked by purchase discounted by
+    #: this fraction per degree between their medial angle and the level's mean pedicle
+    #: transverse angle (Zindrick et al. 1987; :data:`spineplan.plan._search.LEVEL_MEDIAL_DEG`).
+    #: A screw along the pedicle's own axis converges like the pedicle and enters at the
+    #: transverse process, away from the facet joint; 2 % per degree makes a 10 deg deviation
+    #: cost as much as a fifth of the purchase (engineering choice; the safety rules are hard
+    #: limits regardless).
+    off_prior_penalty_per_deg: float = 0.02
     # ------------------------------------------------------------------ percutaneous corridor
     #: Skin = body surface in the CT: the outermost point along the trajectory with HU above
     #: this value (fat is about -100 HU, air -1000 HU).
@@ -113,6 +136,13 @@ class PlannerSettings:
     corridor_bone_hu: float = 300.0
     #: The corridor bone check starts this far behind the entry (partial volume of the entry cortex).
     corridor_start_mm: float = 3.0
+    #: Docking zone: within this distance behind the entry, the outline of the screw (head and
+    #: driver; not its axis) may graze the vertebra's own posterior elements. The entry sits in the
+    #: notch between the transverse process and the lateral border of the superior articular
+    #: process (Weinstein et al. 1988), where the percutaneous needle docks and the tulip seats
+    #: against bone (Foley et al. 2001); the tulip stands ~10-15 mm proud of the entry (see
+    #: ``head_height_mm``). Beyond it, any bone counts.
+    dock_zone_mm: float = 15.0
     #: Skin entry at most this far from the midline (the vertebra's mid-sagittal plane). Foley et
     #: al. 2001 place paramedian incisions ~4-5 cm from the midline in typical patients; the
     #: default allows deep soft tissue. Configure per patient and implant system.
