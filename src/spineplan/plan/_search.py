@@ -54,6 +54,7 @@ LEVEL_MEDIAL_DEG = {"T12": 7.0, "L1": 11.0, "L2": 12.0, "L3": 14.0, "L4": 18.0, 
 #: Coarse recentring pass: through-point grid half-width and step (mm), cone half-angle and step (deg).
 RECENTRE_HALFWIDTH_MM, RECENTRE_STEP_MM = 7.5, 1.5
 RECENTRE_CONE_DEG, RECENTRE_ASTEP_DEG = 20.0, 4.0
+RECENTRE_MASK_SEED = False
 #: The surface-sampling verification may find a margin this much below the inscribed-ball
 #: estimate (sampling and interpolation differences) before a candidate is rejected.
 VERIFY_TOLERANCE_MM = 0.25
@@ -237,20 +238,22 @@ PEDICLE_CORE_MAX_MM2: float | None = 80.0
 OUTER_LAYER_MIN_HU: float | None = 140.0
 
 
-def _wall_y(frame, inside_at, step_mm: float) -> float | None:
+def _wall_y(frame, inside_at, step_mm: float, start_mm: float = 0.0) -> float | None:
     """Frame y of the body's posterior wall: where lines from the body centroid along +y, at
     :data:`WALL_OFFSETS_MM`, first leave the bone (``inside_at``: world points -> bool); the median,
-    or None when fewer than half of the lines start in bone and leave it."""
-    ys = np.arange(0.0, WALL_SEARCH_MM, step_mm)
+    or None when fewer than half of the lines start in bone and leave it. With ``start_mm`` < 0 a
+    line may start that far anterior of the centroid, from its first point in bone."""
+    ys = np.arange(start_mm, WALL_SEARCH_MM, step_mm)
     walls, lines = [], [(dx, dz) for dx in WALL_OFFSETS_MM for dz in WALL_OFFSETS_MM]
     for dx, dz in lines:
         loc = np.stack([np.full_like(ys, dx), ys, np.full_like(ys, dz)], axis=1)
         inside = inside_at(frame.to_world(loc))
-        if not inside[0]:
+        first = int(np.argmax(inside)) if start_mm < 0 else 0
+        if not inside[first] or (start_mm < 0 and ys[first] > 0):
             continue
-        out = np.flatnonzero(~inside)
+        out = np.flatnonzero(~inside[first:])
         if len(out):
-            walls.append(float(ys[out[0]]))
+            walls.append(float(ys[first + out[0]]))
     return float(np.median(walls)) if 2 * len(walls) >= len(lines) else None
 
 
@@ -455,9 +458,29 @@ def _local_direction(medial_deg, cranial_deg, side: str) -> np.ndarray:
     return np.stack([-s * np.sin(a) * np.cos(b), -np.cos(a) * np.cos(b), np.sin(b)], axis=-1)
 
 
+#: Mask seed when the Spine has no pedicle measurement: the pedicle is this vertebra's bone on
+#: one side in the slab from PEDICLE_SLAB_MM[0] to PEDICLE_SLAB_MM[1] behind the posterior wall of
+#: the body (frame y), within PEDICLE_SLAB_HALF_HEIGHT_MM of the body's centroid height and more
+#: than PEDICLE_MIN_LATERAL_MM from the midline; its centre is the median of those voxels. The
+#: pedicle joins the body's posterior wall and is ~10-20 mm long to the transverse process
+#: (thoracic and lumbar chord lengths, Zindrick et al. 1987), so the slab just behind the wall
+#: holds the pedicle and not the lamina, transverse process or spinous process. Half a lumbar
+#: body's height (~25-30 mm) bounds the height; the canal's half-width (>= 7 mm) the lateral limit.
+PEDICLE_SLAB_MM = (1.0, 8.0)
+PEDICLE_SLAB_HALF_HEIGHT_MM = 12.0
+PEDICLE_MIN_LATERAL_MM = 5.0
+#: For that seed, the wall's search lines may start up to this far anterior of the centroid.
+WALL_FALLBACK_START_MM = 15.0
+#: A measured pedicle whose isthmus centre lies more than this (frame x, mm) from the mask seed's
+#: is not used (measured on spineplan's own chest labels: a T11 "pedicle" 26 mm from the midline
+#: at 30 deg, on the rib's neck; the mask seed was 1 mm from the reference labels' pedicle). Half
+#: a thoracic or lumbar isthmus width is ~3-8 mm (Zindrick et al. 1987).
+SEED_LATERAL_DISAGREE_MM = 6.0
+
+
 def _fallback_seed(ctx: VertebraContext, side: str) -> tuple[np.ndarray, float] | None:
-    """Isthmus centre (LPS) and lateral half-width estimate from coronal slabs of the mask:
-    the pedicle is the slab of least bone on this side between the body and the posterior arch."""
+    """Isthmus centre (LPS) and lateral extent (mm) from the mask: see :data:`PEDICLE_SLAB_MM`;
+    without a posterior wall, the slab of least bone on this side between the body and the arch."""
     (i0, i1), (j0, j1), (k0, k1) = mask_box(ctx.mask, ctx.ct, 0.0)
     idx = np.argwhere(ctx.mask[i0:i1, j0:j1, k0:k1]) + [i0, j0, k0]
     if len(idx) < 50:
@@ -465,6 +488,16 @@ def _fallback_seed(ctx: VertebraContext, side: str) -> tuple[np.ndarray, float] 
     loc = ctx.frame.to_local(ctx.ct.index_to_world(idx))
     s = _side_sign(side)
     lat = s * loc[:, 0]
+    wall = posterior_wall_y(ctx)
+    if wall is None:  # the centroid of a coarse automatic label may lie off the body's bone
+        wall = _wall_y(ctx.frame, lambda pts: ctx.field.sample(pts) < 0, 0.5, start_mm=-WALL_FALLBACK_START_MM)
+    if wall is not None:
+        sel = ((loc[:, 1] >= wall + PEDICLE_SLAB_MM[0]) & (loc[:, 1] <= wall + PEDICLE_SLAB_MM[1])
+               & (np.abs(loc[:, 2]) < PEDICLE_SLAB_HALF_HEIGHT_MM) & (lat > PEDICLE_MIN_LATERAL_MM))
+        if sel.sum() >= 10:
+            c_local = np.median(loc[sel], axis=0)
+            c_local[1] = wall + 0.5 * (PEDICLE_SLAB_MM[0] + PEDICLE_SLAB_MM[1])
+            return ctx.frame.to_world(c_local), float(np.ptp(loc[sel, 0]))
     sel = (lat > 3.0) & (np.abs(loc[:, 2]) < 15.0)
     loc = loc[sel]
     if len(loc) < 30:
@@ -487,14 +520,16 @@ def pedicle_seed(ctx: VertebraContext, side: str) -> tuple[np.ndarray, float, fl
     """(isthmus centre LPS, medial angle deg, cranial angle deg, source) for the search."""
     reg = region(ctx.name)
     ped = ctx.pedicles.get(side)
+    fb = _fallback_seed(ctx, side)
     if ped is not None:
         c = np.asarray(ped.isthmus_center, float)
-        if ctx.field.sample(c[None])[0] < 0:
+        lat = lambda p_: float(ctx.frame.to_local(np.asarray(p_, float)[None])[0, 0])  # noqa: E731
+        far = fb is not None and abs(lat(c) - lat(fb[0])) > SEED_LATERAL_DISAGREE_MM
+        if ctx.field.sample(c[None])[0] < 0 and not far:
             med = float(ped.transverse_angle_deg)
             if not np.isfinite(med):
                 med = LEVEL_MEDIAL_DEG.get(ctx.name, DEFAULT_MEDIAL_DEG[reg])
             return c, float(np.clip(med, -5.0, 35.0)), 0.0, "spine"
-    fb = _fallback_seed(ctx, side)
     med = LEVEL_MEDIAL_DEG.get(ctx.name, DEFAULT_MEDIAL_DEG[reg])
     if fb is None:
         return None, med, 0.0, "none"
@@ -811,7 +846,8 @@ def search_pedicle(ctx: VertebraContext, side: str, st: PlannerSettings, sizes: 
     seed_med, seed_cra = med0, cra0
     key = ("recentre", side)
     if key not in ctx.cache:
-        ctx.cache[key] = recentre(ctx, side, centre, med0, cra0, st)
+        ctx.cache[key] = recentre(ctx, side, centre, med0, cra0, st) if (src != "mask" or RECENTRE_MASK_SEED) \
+            else (centre, med0, cra0)
     centre, med0, cra0 = ctx.cache[key]
     pts, dirs = candidate_axes(ctx, side, centre, med0, cra0, st)
     cones = [(med0, cra0)]
