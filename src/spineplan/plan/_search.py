@@ -181,6 +181,7 @@ def make_context(ct: Volume, vertebra, mask: np.ndarray, labels: np.ndarray | No
                           pedicles=dict(getattr(vertebra, "pedicles", {}) or {}),
                           endplates=dict(getattr(vertebra, "endplates", {}) or {}))
     ctx.cache["mask-cleaning"] = cleaning
+    ctx.cache["box"] = box
     ctx.hu_affine = hu_affine
     return ctx
 
@@ -270,6 +271,15 @@ def _wall_from_mask(ct: Volume, sl, sub: np.ndarray, frame) -> float | None:
         return inside
 
     return _wall_y(frame, inside_at, 0.5)
+
+
+def _local_y(ct: Volume, sl, shape, frame) -> np.ndarray:
+    """Frame y (mm) of every voxel of the box ``sl`` of the CT grid (y is affine in the indices)."""
+    origin = ct.index_to_world([s_.start for s_ in sl])
+    m = np.asarray(frame.axes, float)[1] @ ct.affine[:3, :3]
+    y0 = float(np.asarray(frame.axes, float)[1] @ (origin - np.asarray(frame.origin, float)))
+    return (y0 + m[0] * np.arange(shape[0])[:, None, None] + m[1] * np.arange(shape[1])[None, :, None]
+            + m[2] * np.arange(shape[2])[None, None, :])
 
 
 def _coronal_axis(ct: Volume, frame) -> int:
@@ -365,8 +375,7 @@ def planning_mask(ct: Volume, mask: np.ndarray, frame, st: PlannerSettings,
         ax = int(np.argmax(np.abs(np.asarray(frame.axes, float)[2] @ axes)))
         wall = _wall_from_mask(ct, sl, sub, frame)
         if wall is not None:
-            idx = np.indices(sub.shape).reshape(3, -1).T + [s_.start for s_ in sl]
-            body = (frame.to_local(ct.index_to_world(idx))[:, 1] < wall - ENDPLATE_ERODE_FROM_WALL_MM).reshape(sub.shape)
+            body = _local_y(ct, sl, sub.shape, frame) < wall - ENDPLATE_ERODE_FROM_WALL_MM
             up = np.zeros_like(sub)
             dn = np.zeros_like(sub)
             lo = [slice(None)] * 3
@@ -478,14 +487,21 @@ WALL_FALLBACK_START_MM = 15.0
 SEED_LATERAL_DISAGREE_MM = 6.0
 
 
+def _mask_local(ctx: VertebraContext) -> np.ndarray:
+    """Frame coordinates (N, 3) of the planning mask's voxels (cached)."""
+    if "mask-local" not in ctx.cache:
+        b = ctx.cache.get("box") or mask_box(ctx.mask, ctx.ct, 0.0)
+        idx = np.argwhere(ctx.mask[b[0][0]:b[0][1], b[1][0]:b[1][1], b[2][0]:b[2][1]]) + [b[0][0], b[1][0], b[2][0]]
+        ctx.cache["mask-local"] = ctx.frame.to_local(ctx.ct.index_to_world(idx)) if len(idx) else np.zeros((0, 3))
+    return ctx.cache["mask-local"]
+
+
 def _fallback_seed(ctx: VertebraContext, side: str) -> tuple[np.ndarray, float] | None:
     """Isthmus centre (LPS) and lateral extent (mm) from the mask: see :data:`PEDICLE_SLAB_MM`;
     without a posterior wall, the slab of least bone on this side between the body and the arch."""
-    (i0, i1), (j0, j1), (k0, k1) = mask_box(ctx.mask, ctx.ct, 0.0)
-    idx = np.argwhere(ctx.mask[i0:i1, j0:j1, k0:k1]) + [i0, j0, k0]
-    if len(idx) < 50:
+    loc = _mask_local(ctx)
+    if len(loc) < 50:
         return None
-    loc = ctx.frame.to_local(ctx.ct.index_to_world(idx))
     s = _side_sign(side)
     lat = s * loc[:, 0]
     wall = posterior_wall_y(ctx)
@@ -675,9 +691,7 @@ def sap_border(ctx: VertebraContext, side: str, centre: np.ndarray) -> float | N
     to the isthmus centre by half the isthmus height + 2 mm, or 8 mm when unmeasured) and behind
     the isthmus centre, on this side. The transverse process lies at the pedicle's height, so it
     is excluded; the median keeps the estimate on the SAP's body (its lateral half starts here)."""
-    (i0, i1), (j0, j1), (k0, k1) = mask_box(ctx.mask, ctx.ct, 0.0)
-    idx = np.argwhere(ctx.mask[i0:i1, j0:j1, k0:k1]) + [i0, j0, k0]
-    loc = ctx.frame.to_local(ctx.ct.index_to_world(idx))
+    loc = _mask_local(ctx)
     c = ctx.frame.to_local(centre)
     ped = ctx.pedicles.get(side)
     h = float(ped.isthmus_height_mm) if ped is not None and np.isfinite(ped.isthmus_height_mm) else 12.0
@@ -700,18 +714,6 @@ def _ring_offsets(dirs: np.ndarray, radius: np.ndarray, n: int = 4) -> list[np.n
                                  for a in np.linspace(0, 2 * np.pi, n, endpoint=False)]
 
 
-def _lookup(arr: np.ndarray, inv: np.ndarray, pts: np.ndarray, fill: bool) -> np.ndarray:
-    """Nearest-voxel values of a bool array at LPS points (..., 3); ``fill`` off the grid."""
-    from spineplan.geometry import affine_apply
-
-    shp = pts.shape[:-1]
-    idx = np.rint(affine_apply(inv, pts.reshape(-1, 3))).astype(np.int64)
-    ok = np.all((idx >= 0) & (idx < np.array(arr.shape)), axis=1)
-    out = np.full(len(idx), fill, bool)
-    out[ok] = arr[idx[ok, 0], idx[ok, 1], idx[ok, 2]]
-    return out.reshape(shp)
-
-
 def _in_grid(shape, inv: np.ndarray, pts: np.ndarray) -> np.ndarray:
     """Whether LPS points (..., 3) fall on a grid of ``shape`` (nearest voxel)."""
     from spineplan.geometry import affine_apply
@@ -722,21 +724,50 @@ def _in_grid(shape, inv: np.ndarray, pts: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Corridor:
-    """Whole-CT masks for the percutaneous corridor: ``obstacle`` (bone by HU or any vertebra
-    label) and ``air`` (outside the body); built once per plan."""
+    """The CT and labels the percutaneous corridor is checked in, looked up per point (nearest
+    voxel): an obstacle is bone by HU (> ``corridor_bone_hu``) or any vertebra label, air is
+    HU < ``skin_hu`` (outside the body). Nothing is computed over the whole volume."""
 
-    obstacle: np.ndarray
-    air: np.ndarray
+    hu: np.ndarray
+    labels: np.ndarray | None
     inv: np.ndarray
     spacing: float
+    bone_hu: float
+    air_hu: float
 
     @classmethod
     def of(cls, ct: Volume, labels: np.ndarray | None, st: PlannerSettings) -> "Corridor":
-        a = np.asarray(ct.array)
-        obstacle = a > st.corridor_bone_hu
-        if labels is not None:
-            obstacle |= labels != 0
-        return cls(obstacle, a < st.skin_hu, np.linalg.inv(ct.affine), float(np.max(ct.spacing)))
+        return cls(np.asarray(ct.array), None if labels is None else np.asarray(labels), np.linalg.inv(ct.affine),
+                   float(np.max(ct.spacing)), st.corridor_bone_hu, st.skin_hu)
+
+    def _values(self, arr: np.ndarray, pts: np.ndarray):
+        from spineplan.geometry import affine_apply
+
+        idx = np.rint(affine_apply(self.inv, pts.reshape(-1, 3))).astype(np.int64)
+        ok = np.all((idx >= 0) & (idx < np.array(arr.shape)), axis=1)
+        return arr[idx[ok, 0], idx[ok, 1], idx[ok, 2]], ok
+
+    def obstacle_at(self, pts: np.ndarray) -> np.ndarray:
+        """Whether each point (..., 3) is bone or labelled vertebra (False off the grid)."""
+        out = np.zeros(pts.shape[:-1], bool).reshape(-1)
+        v, ok = self._values(self.hu, pts)
+        hit = v > self.bone_hu
+        if self.labels is not None:
+            lab, _ = self._values(self.labels, pts)
+            hit |= lab != 0
+        out[ok] = hit
+        return out.reshape(pts.shape[:-1])
+
+    def air_at(self, pts: np.ndarray) -> np.ndarray:
+        """Whether each point (..., 3) is air (True off the grid)."""
+        out = np.ones(pts.shape[:-1], bool).reshape(-1)
+        v, ok = self._values(self.hu, pts)
+        out[ok] = v < self.air_hu
+        return out.reshape(pts.shape[:-1])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.hu.shape
 
 
 def skin_and_corridor(cor: Corridor, entries: np.ndarray, dirs: np.ndarray, radii: np.ndarray,
@@ -762,30 +793,116 @@ def skin_and_corridor(cor: Corridor, entries: np.ndarray, dirs: np.ndarray, radi
     """
     start = max(st.corridor_start_mm, cor.spacing + 1.0)
     ts = np.arange(start, st.max_skin_depth_mm, 1.0)
-    line = entries[:, None, :] - ts[None, :, None] * dirs[:, None, :]  # (N, T, 3)
-    air = _lookup(cor.air, cor.inv, line, True)
-    inside = _in_grid(cor.air.shape, cor.inv, line)  # in the field of view
-    run = air[:, :-2] & air[:, 1:-1] & air[:, 2:]  # 3 mm of air (off the scan counts as air)
-    has = run.any(axis=1)
-    k = np.where(has, np.argmax(run, axis=1), len(ts) - 1)
-    last = line[np.arange(len(k)), np.maximum(k - 1, 0)]
+    entries = np.asarray(entries, np.float64).reshape(-1, 3)
+    dirs = np.asarray(dirs, np.float64).reshape(-1, 3)
+    offs = np.ascontiguousarray(np.stack(_ring_offsets(dirs, radii), axis=1))  # (N, 5, 3): axis + ring
+    walk = _corridor_walk_nb if _corridor_walk_nb is not None and CORRIDOR_COMPILED else _corridor_walk_np
+    k, has, blocked = walk(cor, entries, dirs, offs, ts, st.dock_zone_mm, own)
+    n = len(entries)
+    last = entries - ts[np.maximum(k - 1, 0)][:, None] * dirs
     skin = last.copy()
     if fov_edge_is_skin:
         skin[~has] = np.nan
     else:  # real air only: the first air run must start inside the field of view
-        skin[~(has & inside[np.arange(len(k)), k])] = np.nan
+        at_k = entries - ts[k][:, None] * dirs
+        skin[~(has & _in_grid(cor.shape, cor.inv, at_k))] = np.nan
+    if edge:
+        return skin, blocked, last
+    return skin, blocked[:n]
+
+
+#: The corridor walk runs compiled (numba) when available; the numpy version is the reference.
+CORRIDOR_COMPILED = True
+
+
+def _corridor_walk_np(cor: Corridor, entries, dirs, offs, ts, dock_mm: float, own: BoxMask | None):
+    """Per trajectory: index of the first 3-sample air run behind the entry (the skin; the last
+    index when none), whether one was found, and whether any obstacle sample (axis or outline;
+    the outline may graze ``own`` within ``dock_mm``) lies before it. Numpy reference of
+    :func:`_corridor_walk_nb`."""
+    line = entries[:, None, :] - ts[None, :, None] * dirs[:, None, :]  # (N, T, 3)
+    air = cor.air_at(line)
+    run = air[:, :-2] & air[:, 1:-1] & air[:, 2:]  # 3 mm of air (off the scan counts as air)
+    has = run.any(axis=1)
+    k = np.where(has, np.argmax(run, axis=1), len(ts) - 1)
     before = np.arange(len(ts))[None, :] < k[:, None]
     blocked = np.zeros(len(entries), bool)
-    dock = ts < st.dock_zone_mm
-    for j, off in enumerate(_ring_offsets(dirs, radii)):
-        pts = line + off[:, None, :]
-        hit = _lookup(cor.obstacle, cor.inv, pts, False)
+    dock = ts < dock_mm
+    for j in range(offs.shape[1]):
+        pts = line + offs[:, j][:, None, :]
+        hit = cor.obstacle_at(pts)
         if own is not None and j > 0:
             hit &= ~(own.contains(pts) & dock[None, :])
         blocked |= np.any(hit & before, axis=1)
-    if edge:
-        return skin, blocked, last
-    return skin, blocked
+    return k, has, blocked
+
+
+def _corridor_walk_nb(cor: Corridor, entries, dirs, offs, ts, dock_mm: float, own: BoxMask | None):
+    """Compiled :func:`_corridor_walk_np`: each trajectory is walked only up to its skin."""
+    labels = cor.labels if cor.labels is not None else np.zeros((1, 1, 1), np.uint8)
+    if own is not None:
+        own_arr, own_inv = np.ascontiguousarray(own.array), np.linalg.inv(own.affine)
+    else:
+        own_arr, own_inv = np.zeros((1, 1, 1), bool), np.eye(4)
+    return _walk_kernel(cor.hu, labels, cor.labels is not None, own_arr, own is not None, cor.inv, own_inv,
+                        entries, dirs, offs, np.asarray(ts, np.float64), float(cor.bone_hu), float(cor.air_hu),
+                        float(dock_mm))
+
+
+try:  # numba is a core dependency; without it the numpy walk is used
+    from numba import njit as _njit
+except ImportError:  # pragma: no cover
+    _njit = None
+    _corridor_walk_nb = None  # noqa: F811
+
+if _njit is not None:
+
+    @_njit(cache=True)
+    def _nearest(inv, x, y, z, shape):  # pragma: no cover - compiled
+        i = int(np.floor(inv[0, 0] * x + inv[0, 1] * y + inv[0, 2] * z + inv[0, 3] + 0.5))
+        j = int(np.floor(inv[1, 0] * x + inv[1, 1] * y + inv[1, 2] * z + inv[1, 3] + 0.5))
+        k = int(np.floor(inv[2, 0] * x + inv[2, 1] * y + inv[2, 2] * z + inv[2, 3] + 0.5))
+        ok = 0 <= i < shape[0] and 0 <= j < shape[1] and 0 <= k < shape[2]
+        return i, j, k, ok
+
+    @_njit(cache=True)
+    def _walk_kernel(hu, labels, has_labels, own, has_own, inv, own_inv, entries, dirs, offs, ts, bone_hu, air_hu,
+                     dock_mm):  # pragma: no cover - compiled
+        n, nt, nj = entries.shape[0], ts.shape[0], offs.shape[1]
+        kk = np.full(n, nt - 1, np.int64)
+        has = np.zeros(n, np.bool_)
+        blocked = np.zeros(n, np.bool_)
+        for a in range(n):
+            run = 0
+            first_obs = nt + 10
+            for q in range(nt):
+                t = ts[q]
+                x = entries[a, 0] - t * dirs[a, 0]
+                y = entries[a, 1] - t * dirs[a, 1]
+                z = entries[a, 2] - t * dirs[a, 2]
+                i, j, k, ok = _nearest(inv, x, y, z, hu.shape)
+                air = (not ok) or hu[i, j, k] < air_hu
+                run = run + 1 if air else 0
+                if first_obs > nt:
+                    for jj in range(nj):
+                        px, py, pz = x + offs[a, jj, 0], y + offs[a, jj, 1], z + offs[a, jj, 2]
+                        i, j, k, ok = _nearest(inv, px, py, pz, hu.shape)
+                        if not ok:
+                            continue
+                        hit = hu[i, j, k] > bone_hu or (has_labels and labels[i, j, k] != 0)
+                        if hit and jj > 0 and has_own and t < dock_mm:
+                            oi, oj, ok_, inb = _nearest(own_inv, px, py, pz, own.shape)
+                            if inb and own[oi, oj, ok_]:
+                                hit = False
+                        if hit:
+                            first_obs = q
+                            break
+                if run == 3:
+                    kk[a] = q - 2
+                    has[a] = True
+                    break
+            blocked[a] = first_obs < kk[a]
+        return kk, has, blocked
 
 
 def own_bone(ctx: VertebraContext) -> BoxMask | None:
@@ -797,7 +914,7 @@ def own_bone(ctx: VertebraContext) -> BoxMask | None:
     if key not in ctx.cache:
         from scipy import ndimage as ndi
 
-        (i0, i1), (j0, j1), (k0, k1) = box = mask_box(ctx.labels == ctx.label, ctx.ct, BOX_PAD_MM + 20.0)
+        (i0, i1), (j0, j1), (k0, k1) = box = ctx.cache["box"]
         sub = ndi.binary_dilation(ctx.labels[i0:i1, j0:j1, k0:k1] == ctx.label, structure=np.ones((3, 3, 3), bool))
         aff = ctx.ct.affine.copy()
         aff[:3, 3] = ctx.ct.index_to_world([b[0] for b in box])
@@ -831,7 +948,8 @@ def _facet_hits(fz: BoxMask, entries, dirs, diam, lengths, st: PlannerSettings) 
     return out
 
 
-#: Candidates checked per vectorised batch of the later rules.
+#: Candidates checked per vectorised batch of the later rules: the first batch, doubling up to CHUNK.
+FIRST_CHUNK = 64
 CHUNK = 512
 
 
@@ -879,8 +997,11 @@ def search_pedicle(ctx: VertebraContext, side: str, st: PlannerSettings, sizes: 
     options: list[Option] = []
     stage = {r: 0 for r in RULES[4:]}
     hu_field = DistanceField(ctx.hu, ctx.hu_affine, 1000.0)
-    for c0 in range(0, len(order), CHUNK):
-        ii = order[c0:c0 + CHUNK]
+    bounds = [0]
+    while bounds[-1] < len(order):  # batches grow: the best candidates usually pass
+        bounds.append(min(len(order), bounds[-1] + min(CHUNK, FIRST_CHUNK * 2 ** (len(bounds) - 1))))
+    for c0, c1 in zip(bounds[:-1], bounds[1:]):
+        ii = order[c0:c1]
         e, d = res["entry"][ii], res["dirs"][ii]
         dmm, lmm = res["d"][ii], res["L"][ii]
         soft = _soft_fraction(hu_field, e, d, dmm, lmm, st)
