@@ -142,6 +142,15 @@ RING_FRACTION = 0.25
 #: disc band is at most ~150 HU above its bodies, a dense bone island (> 600 HU; Greenspan
 #: 1995) much more; at the scan's ends the ring may leave the bone, so dimmer bands are kept.
 RING_CHECK_HU = 100.0
+#: Where the vertebral period is below FLANK_MAX_PERIOD_MM (mid and upper thoracic spine: thin
+#: 4-6 mm discs whose endplate peaks lie within ~3-5 mm of the disc centre, well inside the
+#: quarter-period window; Pooni et al., Spine 1986), a dip whose window maximum sits at the
+#: window's edge and is topped by more than FLANK_HU further out lies on the flank of a bright
+#: endplate band: it is the fatty middle of a body (the example chest CT's T2, whose dark middle
+#: was taken for the T2/T3 disc, 9 mm off), not a disc. Lumbar discs are left alone: a bright
+#: bone island within a period of a disc (the abdomen CT's L1) would otherwise hide it.
+FLANK_MAX_PERIOD_MM = 30.0
+FLANK_HU = 20.0
 #: Baseline window (mm): about one vertebral period.
 BASELINE_MM = 40.0
 
@@ -179,7 +188,15 @@ def disc_score(profile: np.ndarray, period: np.ndarray, step: float = STEP_MM,
         sel = np.round(np.clip(period, *PERIOD_MM) * 0.25) == w_mm
         w = max(2, int(round(w_mm / step)))
         lt, rt = _side_max(p, w)
-        thick[sel] = (np.minimum(lt, rt) - p)[sel]
+        tk = np.minimum(lt, rt) - p
+        if 4.0 * w_mm < FLANK_MAX_PERIOD_MM:
+            # a side whose maximum is the window's edge, with a brighter band further out, is the
+            # flank of an endplate band, not an endplate: the dip is a body's (fatty) middle
+            l2, r2 = _side_max(p, 2 * w)
+            pad = np.concatenate([np.full(w, p[0]), p, np.full(w, p[-1])])
+            flank = ((l2 > lt + FLANK_HU) & (pad[: len(p)] >= lt)) | ((r2 > rt + FLANK_HU) & (pad[2 * w :] >= rt))
+            tk = np.where(flank, 0.0, tk)
+        thick[sel] = tk[sel]
         wn = max(2, int(round(0.8 * w_mm / step)))
         ln, rn = _side_max(p, wn)
         th = np.minimum(ln, rn) - base
@@ -188,7 +205,7 @@ def disc_score(profile: np.ndarray, period: np.ndarray, step: float = STEP_MM,
             pk = maximum_filter1d(th, size=2 * wn + 1)  # the band's peak excess
             th = np.where((pk > RING_CHECK_HU) & (np.minimum(lq, rq) - qbase < RING_FRACTION * pk), 0.0, th)
         thin[sel] = th[sel]
-        nt = maximum_filter1d(np.clip(np.minimum(lt, rt) - p, 0, None), size=2 * w + 3)
+        nt = maximum_filter1d(np.clip(tk, 0, None), size=2 * w + 3)
         near[sel] = nt[sel]
     # a bright endplate next to a resolved (dark) disc is not a thin disc itself
     thin = np.where(near > 0.6 * thin, 0.0, thin)

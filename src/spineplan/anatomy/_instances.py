@@ -63,11 +63,29 @@ SEED_MARGIN = 0.15
 #: joints: bone beyond this distance of a thoracic vertebra seeds "other bone", so the rib
 #: necks and heads are contested up to their joints with the vertebra.
 RIB_SEED_LAT_MM = 34.0
+#: Rib heads and necks: behind the body centre, lateral of the body's posterior corners and the
+#: pedicle roots and in front of the transverse processes (mm; on the reference labels of the
+#: example chest CT, T3-T10, bone at 5-18 mm behind the body centre and > 16 mm from the midline
+#: is mostly rib, which the reference leaves out of the vertebra).
+RIB_HEAD_LAT_MM = 17.0
+RIB_HEAD_POST_MM = (5.0, 17.0)
+#: ... and at least this far (mm) beyond the half body width measured along the curve.
+RIB_HEAD_MARGIN_MM = 1.0
 #: How far (mm) the inferior articular processes and the spinous process reach below their
 #: vertebra's caudal disc (lumbar facet joints are 15-20 mm high and centred near the disc,
 #: Panjabi et al., Spine 1993; on the L3 crop's VerSe reference the L3 arch ends ~15 mm below
 #: it; 25 mm cost the abdomen's L5 0.005 Dice).
 IAP_DROP_MM = 15.0
+#: Thoracic laminae and spinous processes slope caudally: on the TotalSegmentator reference
+#: labels of the example chest CT (T1-T12), the boundary between a vertebra's midline posterior
+#: bone and the next one's lies at its caudal disc up to ~25 mm behind the body centre and
+#: ~0.8 mm lower per mm further back (-8 to -12 mm at 30-40 mm, -15 to -25 mm at 40-55 mm;
+#: the spinous processes of T5-T8 reach the level of the body below; Panjabi et al., Spine
+#: 1991). The midline seed of a thoracic vertebra follows that slope between these distances
+#: (mm behind the body centre) and levels (fractions of its span above the sloped boundary).
+SPINOUS_POST_MM = (25.0, 60.0)
+SPINOUS_SLOPE = 0.8
+SPINOUS_LEVEL = (0.3, 0.7)
 #: Label used for the "other bone" marker.
 OTHER = 255
 
@@ -102,12 +120,14 @@ def segments_from_discs(curve: Curve, discs: np.ndarray) -> list[Segment]:
 
 
 def watershed_instances(hu: np.ndarray, bone: np.ndarray, coords: dict, segs: list[Segment],
-                        spacing, rib_labels=()) -> np.ndarray:
+                        spacing, rib_labels=(), rib_head_labels=(), sloped_labels=()) -> np.ndarray:
     """Instance labels (0, 1..n for ``segs``, ``OTHER``) on the box ``hu``/``bone`` arrays.
 
     ``coords`` holds per-voxel (s, lat, post) arrays for the bone voxels (flat, matching
     ``np.nonzero(bone)``). Segments whose label is in ``rib_labels`` (thoracic, once named) get
-    "other bone" markers on their ribs from ``RIB_SEED_LAT_MM`` outwards.
+    "other bone" markers on their ribs from ``RIB_SEED_LAT_MM`` outwards, those in
+    ``rib_head_labels`` also on their rib heads (``RIB_HEAD_*``); those in ``sloped_labels`` get
+    midline seeds that follow the caudal slope of their spinous processes (``SPINOUS_*``).
     """
     markers = np.zeros(hu.shape, np.int32)
     nz = np.nonzero(bone)
@@ -147,11 +167,25 @@ def watershed_instances(hu: np.ndarray, bone: np.ndarray, coords: dict, segs: li
         la = base + LAMINA_LEVEL[0] * h_lev if not sg.partial_bottom else -np.inf
         lb = base + LAMINA_LEVEL[1] * h_lev if not sg.partial_top else np.inf
         lam = (s > la) & (s < lb) & (np.abs(lat) < LAMINA_HALF_WIDTH_MM) & (post > LAMINA_POST_MM[0]) & (post < LAMINA_POST_MM[1])
+        if sg.label in sloped_labels:
+            # thoracic: the laminae and the spinous process slope caudally behind the canal
+            drop = SPINOUS_SLOPE * np.clip(post - SPINOUS_POST_MM[0], 0.0, None)
+            lo_ = base + SPINOUS_LEVEL[0] * h_lev - drop if not sg.partial_bottom else -np.inf
+            hi_ = base + SPINOUS_LEVEL[1] * h_lev - drop if not sg.partial_top else np.inf
+            lam = (s > lo_) & (s < hi_) & (np.abs(lat) < LAMINA_HALF_WIDTH_MM) & \
+                (post > SPINOUS_POST_MM[0]) & (post < SPINOUS_POST_MM[1])
         mk[sel | ped | lam] = sg.label
     other = (np.abs(lat) > OTHER_LATERAL_MM) | (post < -OTHER_ANTERIOR_MM) | (post > OTHER_POSTERIOR_MM)
     for sg in segs:
         if sg.label in rib_labels:
-            other |= (s > sg.s0) & (s < sg.s1) & (np.abs(lat) > RIB_SEED_LAT_MM)
+            lev = (s > sg.s0) & (s < sg.s1)
+            other |= lev & (np.abs(lat) > RIB_SEED_LAT_MM)
+        if sg.label in rib_head_labels:
+            # the rib heads beside the back of the body, in front of the transverse processes
+            lat_min = RIB_HEAD_LAT_MM
+            if "half_width" in coords:  # wider lower thoracic bodies: the heads lie further out
+                lat_min = np.maximum(RIB_HEAD_LAT_MM, coords["half_width"] + RIB_HEAD_MARGIN_MM)
+            other |= lev & (np.abs(lat) > lat_min) & (post > RIB_HEAD_POST_MM[0]) & (post < RIB_HEAD_POST_MM[1])
     mk[other] = OTHER
     markers[nz] = mk
     return geodesic_labels(hu, bone, markers, spacing)

@@ -1,0 +1,53 @@
+"""Disc detection along the spine's curve (spineplan.anatomy._discs) on synthetic core-HU profiles
+with known disc positions: thin thoracic discs next to the dark, fatty middle of a body."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from spineplan.anatomy import _discs
+
+
+def _thoracic_profile(dark_hu: float) -> tuple[np.ndarray, list[float]]:
+    """Core HU every 1 mm over five thoracic vertebrae (period 23 mm): marrow at 150 HU, each thin
+    disc a bright endplate-disc-endplate band (peaks 3 mm either side of the disc, +150 HU, the
+    disc itself +60 HU) and each body's middle a 6 mm fatty patch at ``dark_hu``."""
+    s = np.arange(0.0, 140.0, 1.0)
+    prof = np.full_like(s, 150.0)
+    discs = [24.0, 47.0, 70.0, 93.0, 116.0]
+    for c in discs:
+        prof += 150.0 * np.exp(-0.5 * ((s - c + 3.0) / 1.2) ** 2) + 150.0 * np.exp(-0.5 * ((s - c - 3.0) / 1.2) ** 2)
+        prof += 60.0 * np.exp(-0.5 * ((s - c) / 1.0) ** 2)
+    for c in discs[:-1]:
+        mid = c + 11.5
+        prof[np.abs(s - mid) <= 3.0] = dark_hu
+    return prof, discs
+
+
+def test_fatty_body_middle_is_not_a_thin_disc():
+    prof, discs = _thoracic_profile(dark_hu=90.0)
+    period = np.full(len(prof), 23.0)
+    score = _discs.disc_score(prof, period)
+    # the dark middles (60 HU below the marrow, 15-20 mm from the bright bands' peaks) were scored
+    # as resolved discs by their depth below the window's maximum (the bands' flanks)
+    for c in discs[:-1]:
+        mid = int(c + 11.5)
+        assert score[mid - 2 : mid + 3].max() < _discs.DISC_MIN_SCORE, (mid, score[mid - 2 : mid + 3])
+    width = np.full(len(prof), 23.0 / _discs.PERIOD_PER_WIDTH)
+    found = _discs.find_discs(prof, width)
+    assert len(found) == len(discs), found
+    assert np.all(np.abs(np.sort(found) - np.array(discs)) <= 2.0), found
+
+
+def test_lumbar_dip_next_to_bone_island_is_kept():
+    """The flank rule is for thin (thoracic) discs only: a resolved lumbar disc (period 40 mm)
+    with a bright bone island 10-20 mm above it keeps its score."""
+    s = np.arange(0.0, 200.0, 1.0)
+    prof = np.full_like(s, 150.0)
+    for c in (40.0, 80.0, 120.0, 160.0):
+        prof[np.abs(s - c) <= 4] = 85.0  # 9 mm discs
+        prof[np.abs(np.abs(s - c) - 5.5) <= 1.0] = 260.0  # endplates
+    prof[(s >= 126) & (s <= 135)] = 400.0  # bone island 6-15 mm above the disc at 120
+    period = np.full(len(prof), 40.0)
+    score = _discs.disc_score(prof, period)
+    assert score[118:123].max() > 60.0, score[118:123]
