@@ -1,0 +1,183 @@
+"""Planner rules added for planning from automatic labels: the docking zone of the percutaneous
+corridor, the compiled corridor walk against its numpy reference, pedicle cores in the planning
+mask, the facet zone on coarse voxels, the mask seed when a pedicle is not measured, and the
+lumbar convergence limits. Synthetic volumes and phantoms with known geometry; no mocks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from _phantoms import get_phantom
+from _planner import spine_from_truth
+from spineplan.geometry import BoxMask
+from spineplan.plan import _search
+from spineplan.plan.screws import plan_screws
+from spineplan.plan.settings import PlannerSettings
+from spineplan.safety import check_plan
+from spineplan.volume import Volume
+
+
+def _grid(shape=(80, 80, 40), spacing=1.0, fill=40):
+    aff = np.diag([spacing, spacing, spacing, 1.0])
+    return Volume(np.full(shape, fill, np.int16), aff)
+
+
+# ----------------------------------------------------------------------------- corridor
+def _corridor_scene():
+    """Soft tissue (40 HU) in a 80 x 80 x 40 mm block with air beyond y = 70 mm; the trajectory
+    runs from the entry (40, 20, 20) straight back along +y. A bone plate (500 HU, label 0) lies
+    across the axis at y = 50; the vertebra's own label (code 20, 300 HU) is a bar 3 mm off the
+    axis (x = 43) from y = 24 to y = 30, i.e. 4-10 mm behind the entry."""
+    ct = _grid()
+    hu = np.asarray(ct.array).copy()
+    hu[:, 70:, :] = -1000
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[43, 24:31, 18:23] = 20
+    hu[labels == 20] = 300
+    return ct, hu, labels
+
+
+def test_outline_may_graze_own_posterior_elements_within_the_docking_zone_only():
+    ct, hu, labels = _corridor_scene()
+    ct = ct.with_array(hu)
+    st = PlannerSettings()
+    cor = _search.Corridor.of(ct, labels, st)
+    own = BoxMask(labels == 20, ct.affine)
+    e, d, r = np.array([[40.0, 20.0, 20.0]]), np.array([[0.0, -1.0, 0.0]]), np.array([3.0])
+    # the outline (radius 3 mm) touches the own bar; the docking zone (15 mm) exempts it
+    skin, blocked = _search.skin_and_corridor(cor, e, d, r, st, own=own)
+    assert not blocked[0]
+    assert skin[0, 1] == pytest.approx(69.0, abs=1.0)  # last tissue sample before the air at y = 70
+    # without the exemption, or with a docking zone shorter than the bar's distance, it blocks
+    assert _search.skin_and_corridor(cor, e, d, r, st)[1][0]
+    assert _search.skin_and_corridor(cor, e, d, r, PlannerSettings(dock_zone_mm=3.5), own=own)[1][0]
+    # the axis itself meeting the own bar blocks (the entry is not on the outer surface)
+    assert _search.skin_and_corridor(cor, np.array([[43.0, 20.0, 20.0]]), d, np.array([1.0]), st, own=own)[1][0]
+    # bone across the axis 30 mm back (no label) blocks
+    hu2 = hu.copy()
+    hu2[:, 50, :] = 500
+    cor2 = _search.Corridor.of(ct.with_array(hu2), labels, st)
+    assert _search.skin_and_corridor(cor2, e, d, r, st, own=own)[1][0]
+
+
+def test_compiled_corridor_walk_agrees_with_numpy():
+    rng = np.random.default_rng(3)
+    ct, hu, labels = _corridor_scene()
+    hu = hu.copy()
+    hu[rng.random(hu.shape) < 0.01] = 600  # scattered bone specks
+    hu[:, :, :3] = -1000
+    ct = ct.with_array(hu)
+    st = PlannerSettings()
+    cor = _search.Corridor.of(ct, labels, st)
+    own = BoxMask(labels == 20, ct.affine)
+    n = 300
+    e = np.column_stack([rng.uniform(20, 60, n), rng.uniform(10, 40, n), rng.uniform(8, 32, n)])
+    d = rng.normal(size=(n, 3))
+    d[:, 1] = -np.abs(d[:, 1]) - 0.5
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    r = rng.uniform(1.5, 3.5, n)
+    offs = np.ascontiguousarray(np.stack(_search._ring_offsets(d, r), axis=1))
+    ts = np.arange(4.0, st.max_skin_depth_mm, 1.0)
+    a = _search._corridor_walk_np(cor, e, d, offs, ts, st.dock_zone_mm, own)
+    b = _search._corridor_walk_nb(cor, e, d, offs, ts, st.dock_zone_mm, own)
+    assert 0 < a[2].sum() < n and 0 < a[1].sum()  # both outcomes occur
+    for x, y in zip(a, b):
+        assert np.array_equal(x, y)
+
+
+# ----------------------------------------------------------------------------- planning mask
+def test_pedicle_core_hole_is_filled_with_marrow_but_not_fluid_or_a_large_hole():
+    """A 'pedicle' along y (the frame's antero-posterior axis): a cortical tube 10 x 10 mm whose
+    4 x 4 mm core the label leaves out (open at both ends, so no 3-D cavity). The core is filled
+    when it is marrow (120 HU), not when it is fluid (10 HU), and not when the tube is 16 x 16
+    mm with a 12 x 12 mm core (144 mm^2 > the 80 mm^2 limit)."""
+    from spineplan.anatomy.model import VertebraFrame
+
+    frame = VertebraFrame(np.array([20.0, 20.0, 20.0]), np.eye(3))
+    for half, core_half, core_hu, filled in ((5, 2, 120, True), (5, 2, 10, False), (8, 6, 120, False)):
+        ct = _grid((40, 40, 40), fill=-50)
+        hu = np.asarray(ct.array).copy()
+        tube = np.zeros(hu.shape, bool)
+        tube[20 - half:20 + half, 5:35, 20 - half:20 + half] = True
+        core = np.zeros(hu.shape, bool)
+        core[20 - core_half:20 + core_half, 5:35, 20 - core_half:20 + core_half] = True
+        hu[tube] = 400
+        hu[core] = core_hu
+        old = (_search.ENDPLATE_ERODE, _search.OUTER_LAYER_MIN_HU)
+        try:
+            _search.ENDPLATE_ERODE, _search.OUTER_LAYER_MIN_HU = False, None
+            out, rep = _search.planning_mask(ct.with_array(hu), tube & ~core, frame, PlannerSettings())
+        finally:
+            _search.ENDPLATE_ERODE, _search.OUTER_LAYER_MIN_HU = old
+        assert out[core].all() if filled else not out[core].any(), (half, core_hu)
+        assert rep["pedicle_cores"] == (int(core.sum()) if filled else 0)
+        assert out[tube & ~core].all()  # the label itself is kept
+
+
+def test_facet_zone_is_at_least_one_voxel():
+    st = PlannerSettings()
+    assert _search.facet_zone_mm(_grid(spacing=1.0), st) == st.facet_zone_mm
+    coarse = Volume(np.zeros((4, 4, 4), np.int16), np.diag([3.0, 3.0, 3.0, 1.0]))
+    assert _search.facet_zone_mm(coarse, st) >= 3.0
+    # with that width, the zone between two vertebrae touching across a plane on 3 mm voxels
+    # holds this vertebra's voxels next to the plane (with 2.5 mm it held none of them)
+    from spineplan.anatomy.model import VertebraFrame
+    from spineplan.safety import facet_zone
+
+    shape = (12, 12, 12)
+    this = np.zeros(shape, bool)
+    this[2:10, 2:10, 2:6] = True
+    above = np.zeros(shape, bool)
+    above[2:10, 2:10, 6:10] = True
+    vol = Volume(np.zeros(shape, np.int16), np.diag([3.0, 3.0, 3.0, 1.0]))
+    frame = VertebraFrame(np.array([16.5, 16.5, 16.5]), np.eye(3))
+    for zone, expect in ((2.5, False), (_search.facet_zone_mm(vol, st), True)):
+        fz = facet_zone(this, above, vol, frame, zone_mm=zone)
+        own_layer = vol.index_to_world(np.argwhere(this & np.roll(above, -1, axis=2)))
+        assert fz.contains(own_layer).any() == expect, zone
+
+
+# ----------------------------------------------------------------------------- seeds and angles
+@pytest.fixture(scope="module")
+def lumbar_phantom():
+    return get_phantom(fov="spine", levels="L2-L5", seed=0)
+
+
+def test_mask_seed_finds_the_pedicle_without_a_measurement(lumbar_phantom):
+    """With the pedicle measurements removed, the seed from the mask lies within 3 mm (frame x)
+    and 5 mm (3-D) of the phantom's true isthmus centre, and the plan is still grade A."""
+    ph = lumbar_phantom
+    spine = spine_from_truth(ph)
+    st = PlannerSettings()
+    labels = np.asarray(ph.labels.array)
+    for lv in ("L3", "L4"):
+        v = spine[lv]
+        ctx = _search.make_context(ph.ct, v, spine.mask(lv), labels, None, st)
+        for side in ("left", "right"):
+            true_c = np.asarray(ph.truth["vertebrae"][lv]["pedicles"][side]["isthmus_center"])
+            c, _ = _search._fallback_seed(ctx, side)
+            lc, lt = v.frame.to_local(np.array([c, true_c]))
+            assert abs(lc[0] - lt[0]) < 3.0 and np.linalg.norm(c - true_c) < 5.0, (lv, side, lc, lt)
+    for v in spine.vertebrae:
+        v.pedicles.clear()
+    plan = plan_screws(ph.ct, spine, ["L3", "L4"])
+    res = check_plan(plan, ph.ct, ph.labels)
+    assert len(plan.screws) >= 3, [w.message for w in plan.warnings]
+    assert all(r.grade == "A" and r.vertebra_found == r.level for r in res)
+
+
+def test_lumbar_screws_converge_within_the_anatomical_band(lumbar_phantom):
+    """Every lumbar screw's medial angle is >= max(min_medial_angle_lumbar_deg, level mean -
+    lumbar_medial_band_deg); a lateral-pointing lumbar screw is never planned."""
+    ph = lumbar_phantom
+    st = PlannerSettings()
+    plan = plan_screws(ph.ct, spine_from_truth(ph), ["L3", "L4", "L5"], settings=st)
+    assert plan.screws
+    for s in plan.screws:
+        lo = max(st.min_medial_angle_lumbar_deg, _search.LEVEL_MEDIAL_DEG[s.level] - st.lumbar_medial_band_deg)
+        assert s.medial_angle_deg >= lo - 0.5, (s.label, s.medial_angle_deg, lo)
+    # a stricter band is obeyed too (the limit is a hard rule, not a preference)
+    st2 = PlannerSettings(lumbar_medial_band_deg=2.0)
+    for s in plan_screws(ph.ct, spine_from_truth(ph), ["L4"], settings=st2).screws:
+        assert s.medial_angle_deg >= _search.LEVEL_MEDIAL_DEG["L4"] - 2.0 - 0.5
