@@ -307,7 +307,10 @@ def test_tight_crop_l3_dice(data_file):
     # placed with a whole span, 0.706 before disc tissue between close plates was kept out of the
     # marrow fill; the body still takes the nucleus in its endplates' concavity, the inferior
     # articular processes go partly to L4); target 0.85
-    assert d >= 0.71, d
+    # 0.748 since the canal is tracked on a more smoothed copy of this noisy CT, outliers
+    # dropped (the raw track lay up to 14 mm behind the canal, in the laminae, and the canal was
+    # filled as marrow: 0.725)
+    assert d >= 0.735, d
     # the dark (fatty-marrow, < 100 HU) part of the reference is labelled: 0.98 of it is labelled
     # (0.87 as L3) today; with hollow bodies it was not
     dark = ref & (np.asarray(ct.array) < 100)

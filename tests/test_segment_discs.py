@@ -51,3 +51,20 @@ def test_lumbar_dip_next_to_bone_island_is_kept():
     period = np.full(len(prof), 40.0)
     score = _discs.disc_score(prof, period)
     assert score[118:123].max() > 60.0, score[118:123]
+
+
+def test_canal_track_outliers_dropped_and_gaps_filled():
+    """A canal track (1.5 mm voxels and slices) running straight at x = 40, y = 60 with three
+    dark-speckle detections 15-20 mm off and two missed slices: the outliers go, the gaps are
+    interpolated, the slices outside the tracked range stay unknown."""
+    from spineplan.anatomy import _canal
+
+    n = 60
+    track = np.column_stack([np.full(n, 40.0), np.linspace(58.0, 62.0, n)])
+    truth = track.copy()
+    track[[10, 25, 40]] += [[12.0, 0.0], [0.0, 10.0], [-8.0, 9.0]]  # 13-18 mm jumps
+    track[[30, 31]] = np.nan
+    track[:5] = np.nan
+    out = _canal.clean_track(track, np.array([1.5, 1.5, 1.5]), (5, n))
+    assert np.all(np.isnan(out[:5]))
+    assert np.max(np.abs(out[5:] - truth[5:])) * 1.5 < 0.5, np.abs(out[5:] - truth[5:]).max()

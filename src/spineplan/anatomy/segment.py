@@ -145,6 +145,10 @@ def _segment_builtin(ct: Volume, anchor: str | None) -> Segmentation:
             f"(canal seen in {100 * frac:.0f}% of the slices). The CT does not seem to show a spine; "
             "give a label map with --labels if it does."
         )
+    if _bone.noise_hu(hu) > _bone.NOISE_MAX_HU:
+        # a noisy CT: dark speckles make the raw track jump; outliers dropped, gaps interpolated
+        # (L3 crop Dice 0.737 -> 0.748; on routine CTs it changed a six-lumbar phantom's naming)
+        canal = _canal.clean_track(canal, sp, (k0, k1))
     ks = np.arange(k0, k1)
     body_pts = grid.to_world(np.column_stack([sm[ks], ks]))
     canal_pts = grid.to_world(np.column_stack([canal[ks], ks]))
