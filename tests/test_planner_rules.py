@@ -181,3 +181,31 @@ def test_lumbar_screws_converge_within_the_anatomical_band(lumbar_phantom):
     st2 = PlannerSettings(lumbar_medial_band_deg=2.0)
     for s in plan_screws(ph.ct, spine_from_truth(ph), ["L4"], settings=st2).screws:
         assert s.medial_angle_deg >= _search.LEVEL_MEDIAL_DEG["L4"] - 2.0 - 0.5
+
+
+def test_label_grown_by_one_voxel_is_peeled_and_screws_stay_in_the_true_bone():
+    """The phantom's labels grown by one voxel all round (a simulated over-segmentation): the
+    planning mask removes that layer (its outer layer is mostly soft tissue), and every screw is
+    grade A against the TRUE labels. (The phantom has little partial volume, so its grown voxels
+    would also fail the outer-layer HU test; the effect on a real CT, whose grown voxels next to
+    the cortex are bright, is measured by benchmarks/bench_planner.py.)"""
+    from types import SimpleNamespace
+
+    from scipy import ndimage as ndi
+
+    ph = get_phantom(fov="spine", levels="L2-L5", spacing=1.5, seed=1)
+    lab = np.asarray(ph.labels.array)
+    grown = lab.copy()
+    for code in np.unique(lab[lab > 0]):
+        add = ndi.binary_dilation(lab == code, structure=np.ones((3, 3, 3), bool)) & (grown == 0)
+        grown[add] = code
+    spine = spine_from_truth(SimpleNamespace(truth=ph.truth, labels=ph.labels.with_array(grown)))
+    plan = plan_screws(ph.ct, spine, ["L3", "L4"])
+    rep = plan.extra["planner"]["planning_mask"]
+    assert all(rep[lv]["peeled"] > 0 for lv in ("L3", "L4")), rep
+    res = check_plan(plan, ph.ct, ph.labels)
+    assert len(plan.screws) >= 3, [w.message for w in plan.warnings]
+    assert all(r.grade == "A" for r in res), [(r.level, r.side, r.breach_mm) for r in res]
+    # the true labels themselves are not peeled
+    plan0 = plan_screws(ph.ct, spine_from_truth(ph), ["L3"])
+    assert plan0.extra["planner"]["planning_mask"]["L3"]["peeled"] == 0
