@@ -169,14 +169,16 @@ def test_mask_seed_finds_the_pedicle_without_a_measurement(lumbar_phantom):
 
 def test_lumbar_screws_converge_within_the_anatomical_band(lumbar_phantom):
     """Every lumbar screw's medial angle is >= max(min_medial_angle_lumbar_deg, level mean -
-    lumbar_medial_band_deg); a lateral-pointing lumbar screw is never planned."""
+    lumbar_medial_band_deg) and <= level mean + max_medial_above_mean_deg; a lateral-pointing
+    lumbar screw is never planned."""
     ph = lumbar_phantom
     st = PlannerSettings()
     plan = plan_screws(ph.ct, spine_from_truth(ph), ["L3", "L4", "L5"], settings=st)
     assert plan.screws
     for s in plan.screws:
         lo = max(st.min_medial_angle_lumbar_deg, _search.LEVEL_MEDIAL_DEG[s.level] - st.lumbar_medial_band_deg)
-        assert s.medial_angle_deg >= lo - 0.5, (s.label, s.medial_angle_deg, lo)
+        hi = min(st.max_medial_angle_deg, _search.LEVEL_MEDIAL_DEG[s.level] + st.max_medial_above_mean_deg)
+        assert lo - 0.5 <= s.medial_angle_deg <= hi + 0.5, (s.label, s.medial_angle_deg, lo, hi)
     # a stricter band is obeyed too (the limit is a hard rule, not a preference)
     st2 = PlannerSettings(lumbar_medial_band_deg=2.0)
     for s in plan_screws(ph.ct, spine_from_truth(ph), ["L4"], settings=st2).screws:

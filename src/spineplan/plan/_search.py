@@ -586,7 +586,9 @@ def candidate_axes(ctx: VertebraContext, side: str, centre: np.ndarray, medial0:
         lo = max(lo, st.min_medial_angle_lumbar_deg)
         if ctx.name in LEVEL_MEDIAL_DEG:
             lo = max(lo, LEVEL_MEDIAL_DEG[ctx.name] - st.lumbar_medial_band_deg)
-    keep = ((med >= lo) & (med <= st.max_medial_angle_deg)
+    hi = min(st.max_medial_angle_deg, LEVEL_MEDIAL_DEG.get(ctx.name, DEFAULT_MEDIAL_DEG[region(ctx.name)])
+             + st.max_medial_above_mean_deg)
+    keep = ((med >= lo) & (med <= hi)
             & (np.abs(cra) <= st.max_cranial_angle_deg)).ravel()
     if not keep.any():
         return np.zeros((0, 3)), np.zeros((0, 3))

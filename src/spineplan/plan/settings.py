@@ -116,6 +116,15 @@ class PlannerSettings:
     #: the reference labels). 10 deg is an engineering allowance for individual anatomy and the
     #: frame's error, not a published figure.
     lumbar_medial_band_deg: float = 10.0
+    #: At every level the medial angle stays at most this far above the level's mean pedicle
+    #: transverse angle (:data:`spineplan.plan._search.LEVEL_MEDIAL_DEG`, else the region's
+    #: default; Zindrick et al. 1987), and never above ``max_medial_angle_deg``. A screw much more
+    #: convergent than its pedicle enters far lateral (through the rib neck or the transverse
+    #: process) and crosses the pedicle's wall (measured: a T12 screw at 25 deg, mean ~7 deg,
+    #: planned from spineplan's own chest labels breached the reference label by 0.8-1.1 mm).
+    #: 15 deg is an engineering allowance, not a published figure; at L5 (mean ~30 deg) the
+    #: 45 deg maximum applies.
+    max_medial_above_mean_deg: float = 15.0
     max_medial_angle_deg: float = 45.0
     max_cranial_angle_deg: float = 15.0
     #: Preference for the anatomical trajectory: candidates are ranked by purchase discounted by
