@@ -226,12 +226,13 @@ def test_chest_names_and_dice(chest):
         cnt, vals = cnt[vals > 0], vals[vals > 0]
         assert len(vals) and int(vals[np.argmax(cnt)]) == VERSE_CODES[name], (name, vals, cnt)
     d = {n: _dice(lab == VERSE_CODES[n], ref[n]) for n in CHEST_COMPLETE}
-    # today's figures 0.737-0.835, mean 0.789 (target 0.85; was 0.60 with T1/T2 one level off,
+    # today's figures 0.738-0.840, mean 0.793 (target 0.85; was 0.60 with T1/T2 one level off,
     # 0.690 before the disc picks moved into the dip of the endplate-disc band, 0.715 before
     # the period at T1-T3 came from a capped body width: T1 0.49 -> 0.70; 0.739 before the
     # sloped spinous-process seeds of T1-T10, the rib-head markers of T1-T11 and the flank rule
-    # that stopped T2's dark body middle being taken for the T2/T3 disc: T2 0.575 -> 0.776)
-    assert np.mean(list(d.values())) >= 0.78, d
+    # that stopped T2's dark body middle being taken for the T2/T3 disc: T2 0.575 -> 0.776;
+    # 0.790 before the contrast-filled aorta in front of T6-T8 was marked as other bone)
+    assert np.mean(list(d.values())) >= 0.785, d
     assert min(d.values()) >= 0.72, d
     assert d["T1"] >= 0.73 and min(d["T2"], d["T3"]) >= 0.76, d
     assert min(d[n] for n in ["T9", "T10", "T11", "T12", "L1"]) >= 0.79, d

@@ -68,3 +68,23 @@ def test_canal_track_outliers_dropped_and_gaps_filled():
     out = _canal.clean_track(track, np.array([1.5, 1.5, 1.5]), (5, n))
     assert np.all(np.isnan(out[:5]))
     assert np.max(np.abs(out[5:] - truth[5:])) * 1.5 < 0.5, np.abs(out[5:] - truth[5:]).max()
+
+
+def test_enclosed_pockets_join_their_vertebra():
+    """A pocket enclosed by one label in 3-D joins it; a pocket open on one side (the canal, a
+    foramen) stays unlabelled; another label's voxels are never relabelled."""
+    from spineplan.anatomy.segment import fill_enclosed_holes
+
+    lab = np.zeros((30, 30, 30), np.uint8)
+    lab[5:15, 5:15, 5:15] = 20  # a body ...
+    lab[8:12, 8:12, 8:12] = 0  # ... with a closed 4x4x4 pocket (64 voxels)
+    lab[18:28, 5:15, 5:15] = 21
+    lab[21:25, 8:12, 8:15] = 0  # a pocket open towards +z
+    lab[20:26, 9:11, 15:17] = 0
+    lab[10:12, 20:25, 20:25] = 22
+    before = lab.copy()
+    fill_enclosed_holes(lab)
+    assert np.all(lab[8:12, 8:12, 8:12] == 20)
+    assert np.all(lab[21:25, 8:12, 8:15] == 0)
+    changed = lab != before
+    assert changed.sum() == 64 and np.all(before[changed] == 0)

@@ -23,6 +23,12 @@ OTHER_LATERAL_MM = 58.0
 #: ... or more than this anterior of the body curve (mm): a body's front is 12-22 mm anterior
 #: of its centre, the aorta and sternum lie beyond.
 OTHER_ANTERIOR_MM = 28.0
+#: ... or in front of the body by more than ANTERIOR_MARGIN_MM (mm), the body's anterior cortex
+#: lying DEPTH_PER_WIDTH x its half width in front of the curve (vertebral body depth / width
+#: 0.75-0.9 from T1 to L5; Panjabi et al., Spine 1991, 1992): a 28 mm limit left the
+#: contrast-filled aorta touching the mid-thoracic bodies of the example chest CT to them.
+DEPTH_PER_WIDTH = 0.85
+ANTERIOR_MARGIN_MM = 6.0
 #: ... or more than this posterior of it (mm): spinous-process tips lie 60-90 mm behind the
 #: body centre (thoracic processes slope caudally, lumbar ones are longer).
 OTHER_POSTERIOR_MM = 105.0
@@ -176,6 +182,10 @@ def watershed_instances(hu: np.ndarray, bone: np.ndarray, coords: dict, segs: li
                 (post > SPINOUS_POST_MM[0]) & (post < SPINOUS_POST_MM[1])
         mk[sel | ped | lam] = sg.label
     other = (np.abs(lat) > OTHER_LATERAL_MM) | (post < -OTHER_ANTERIOR_MM) | (post > OTHER_POSTERIOR_MM)
+    if "half_width" in coords:
+        # in front of the body's anterior cortex, scaled by its width (the contrast-filled aorta
+        # lies against the front of the smaller thoracic bodies)
+        other |= post < -(DEPTH_PER_WIDTH * coords["half_width"] + ANTERIOR_MARGIN_MM)
     for sg in segs:
         if sg.label in rib_labels:
             lev = (s > sg.s0) & (s < sg.s1)

@@ -211,6 +211,7 @@ def _segment_builtin(ct: Volume, anchor: str | None) -> Segmentation:
     work_lab = np.zeros(grid.shape, np.uint8)
     work_lab[box] = lut[np.clip(inst, 0, 255).astype(np.intp)]
     labels_full = _to_full_resolution(work_lab, grid, full, box, bone_thr, canal_idx)
+    fill_enclosed_holes(labels_full)
     labels_ct = grid.work_axes_to_ct(labels_full)
     out = ct.with_array(np.ascontiguousarray(labels_ct, dtype=np.uint8), modality="SEG",
                         meta={"source": ct.meta.get("source", ""), "convention": "verse"})
@@ -331,6 +332,23 @@ def _to_full_resolution(work_lab: np.ndarray, grid, full: np.ndarray, box, bone_
     out[fb[0].start : fb[0].start + lab.shape[0], fb[1].start : fb[1].start + lab.shape[1],
         fb[2].start : fb[2].start + lab.shape[2]] = lab
     return out
+
+
+def fill_enclosed_holes(lab: np.ndarray) -> None:
+    """Unlabelled pockets enclosed in 3-D by one vertebra's label (dark marrow, basivertebral
+    veins) join that vertebra, in place. A pocket open to the canal or to soft tissue in any
+    direction stays open."""
+    from scipy.ndimage import binary_fill_holes, find_objects
+
+    for code, sl in enumerate(find_objects(lab), start=1):
+        if sl is None:
+            continue
+        sl = tuple(slice(max(0, a.start - 1), a.stop + 1) for a in sl)
+        sub = lab[sl]
+        m = sub == code
+        holes = binary_fill_holes(m) & (sub == 0)
+        if holes.any():
+            sub[holes] = code
 
 
 #: At full resolution, a bone voxel on the outer layer of the low-threshold mask is kept only if
