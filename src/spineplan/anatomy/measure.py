@@ -684,6 +684,8 @@ def _model_edge(s: np.ndarray, v: np.ndarray, e0: float, kern, thr: float, sp: f
     (least squares); e minimises the residual. Unlike a half-maximum, this is not biased
     outwards when the cortex is thinner than the voxels.
     """
+    from spineplan.anatomy._pv import edge_residuals
+
     x, pdf, cdf = kern
     lo, hi = e0 - _FIT_IN_MM, e0 + _FIT_OUT_MM
     # stop before the next bone (e.g. the neighbour's endplate across a thin disc)
@@ -695,22 +697,10 @@ def _model_edge(s: np.ndarray, v: np.ndarray, e0: float, kern, thr: float, sp: f
         return None
     ss, vv = s[sel], v[sel]
     es = e0 + np.arange(-2.0, 2.0001, 0.05)
-    F = np.interp(es[:, None] - ss[None, :], x, cdf, left=0.0, right=1.0)  # 1 inside, 0 outside
-    K = np.interp(ss[None, :] - (es[:, None] - 0.5 * _CORTEX_MM), x, pdf, left=0.0, right=0.0)
-    # normal equations of the columns (1, F, K), for every trial edge at once
-    n = float(len(ss))
-    sF, sK = F.sum(1), K.sum(1)
-    sFF, sKK, sFK = (F * F).sum(1), (K * K).sum(1), (F * K).sum(1)
-    G = np.empty((len(es), 3, 3))
-    G[:, 0, 0], G[:, 0, 1], G[:, 0, 2] = n, sF, sK
-    G[:, 1, 0], G[:, 1, 1], G[:, 1, 2] = sF, sFF, sFK
-    G[:, 2, 0], G[:, 2, 1], G[:, 2, 2] = sK, sFK, sKK
-    G += 1e-6 * np.eye(3)
-    r = np.stack([np.full(len(es), vv.sum()), F @ vv, K @ vv], axis=1)
-    beta = np.linalg.solve(G, r[..., None])[..., 0]
-    # residual sum of squares = |v|^2 - 2 b.r + b.G.b
-    res = float(vv @ vv) - 2 * np.sum(beta * r, axis=1) + np.einsum("ek,ekl,el->e", beta, G, beta)
-    res[(beta[:, 1] <= 0) | (beta[:, 2] < 0)] = np.inf  # bone must be brighter, cortex not negative
+    # residual of the model for every trial edge (compiled: one pass per trial, no matrices)
+    res = edge_residuals(np.ascontiguousarray(ss, dtype=np.float64), np.ascontiguousarray(vv, dtype=np.float64),
+                         es, float(x[0]), float(x[1] - x[0]) if len(x) > 1 else _STEP_MM,
+                         pdf, cdf, 0.5 * _CORTEX_MM)
     i = int(np.argmin(res))
     if not np.isfinite(res[i]):
         return None
@@ -1000,6 +990,7 @@ def _fit_section_pv(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.ndar
     from scipy.optimize import minimize
 
     from spineplan.anatomy._pv import fractions as pv_fractions
+    from spineplan.anatomy._pv import normal_equations as pv_normal
 
     u = _unit(np.cross(frame.axes[2], a))
     w = _unit(np.cross(a, u))
@@ -1045,6 +1036,7 @@ def _fit_section_pv(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.ndar
     dd = np.ascontiguousarray((pts - C).reshape(len(g), -1, 3))
     ramp = float(np.mean(sp3 / ns))  # sub-sample spacing: the width of each sub-sample's edge ramp
     ones = np.ones(len(vals))
+    vv2 = [float(vals @ vals)]
     z = frame.axes[2]
 
     def cross(p, q):
@@ -1066,18 +1058,23 @@ def _fit_section_pv(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.ndar
                                       0.5 * W - _CORTEX_MM, 0.5 * H - _CORTEX_MM, ramp)
         return np.c_[ones, marrow, inside - marrow]
 
+    ridge = 1e-9 * np.eye(3)
+
     def rss(p):
-        X = design(p)
-        if X is None:
+        W, H, cu, cw = p[:4]
+        if W <= 2 * _CORTEX_MM or H <= 2 * _CORTEX_MM:
             return np.inf
-        # least squares by the normal equations (3 unknowns; a tiny ridge keeps them solvable)
-        G = X.T @ X + 1e-9 * np.eye(3)
-        beta = np.linalg.solve(G, X.T @ vals)
+        u2, w2 = tilted(p[4], p[5])[1:] if tilt else (u, w)
+        # least squares by the normal equations (3 unknowns; a tiny ridge keeps them solvable);
+        # residual sum of squares = |v|^2 - 2 b.r + b.G.b
+        G, r = pv_normal(dd, u2, w2, float(cu), float(cw), 0.5 * W, 0.5 * H,
+                         0.5 * W - _CORTEX_MM, 0.5 * H - _CORTEX_MM, ramp, vals)
+        G = G + ridge
+        beta = np.linalg.solve(G, r)
         if beta[2] < 0 or beta[1] + beta[2] <= 0:  # the shell is not darker than the marrow; bone > soft tissue
-            X = X[:, :2]
-            beta = np.linalg.solve(X.T @ X + 1e-9 * np.eye(2), X.T @ vals)
-        r = vals - X @ beta
-        return float(r @ r)
+            G, r = G[:2, :2], r[:2]
+            beta = np.linalg.solve(G, r)
+        return max(float(vv2[0] - 2.0 * beta @ r + beta @ G @ beta), 0.0)
 
     # the residuals are counted in units of the start's residual variance; with the direction
     # free they are balanced against a Gaussian prior on the tilt from the start axis: a weakly
@@ -1134,6 +1131,7 @@ def _fit_section_pv(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.ndar
         other = (X[:, 2] + X[:, 1] <= 0.0) & (vals > bg + _PV_OTHER_BONE_HU)
         if other.any() and (~other).sum() >= 12:
             vals, dd, ones = vals[~other], np.ascontiguousarray(dd[~other]), ones[~other]
+            vv2[0] = float(vals @ vals)
             s2[0] = max(rss(x) / len(vals), 1.0)
             x, fun = soft_fit(x, 0.3 * sp, several=False)  # from the (continuous) blend of the first fits
     if not np.isfinite(fun):
