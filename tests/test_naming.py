@@ -76,3 +76,28 @@ def test_crop_anchor_names_the_vertebra_it_points_at(crop_ct):
     near = lab[i - 2:i + 3, j - 2:j + 3, k - 2:k + 3]
     vals, cnt = np.unique(near[near > 0], return_counts=True)
     assert len(vals) and level_from_verse(int(vals[np.argmax(cnt)])) == "L3", (vals, cnt)
+
+
+def test_crop_warning_gives_an_anchor_example_from_this_scan(crop_ct):
+    """The no-anchor warning's example names a vertebra of this scan at its body centre's z (was a
+    fixed z = -210.5 mm outside this crop); written with the reference's name of the vertebra
+    there, the example anchor names that vertebra correctly."""
+    import re
+
+    ct, ref = crop_ct
+    seg = segment_spine(ct)
+    m = [re.search(r"--anchor ([CTLS]\d+)@z=(-?\d+\.\d)", w) for w in seg.warnings]
+    m = [x for x in m if x]
+    assert m, seg.warnings
+    z = float(m[0].group(2))
+    zs = ct.index_to_world(np.argwhere(ref > 0))[:, 2]
+    assert zs.min() <= z <= zs.max()
+    # the reference vertebra whose centroid is nearest that z
+    cents = {int(v): ct.index_to_world(np.argwhere(ref == v).mean(axis=0))[2] for v in np.unique(ref) if v > 0}
+    code = min(cents, key=lambda v: abs(cents[v] - z))
+    assert abs(cents[code] - z) < 10.0, (cents, z)
+    seg2 = segment_spine(ct, anchor=f"{level_from_verse(code)}@z={z:.1f}")
+    lab = np.asarray(seg2.labels.array)
+    vals, cnt = np.unique(lab[ref == code], return_counts=True)
+    cnt, vals = cnt[vals > 0], vals[vals > 0]
+    assert int(vals[np.argmax(cnt)]) == code

@@ -126,6 +126,19 @@ def _names_from(index: int, name: str, n: int, lumbar_count: int = 5) -> list[st
     return out
 
 
+def _anchor_example(segs, order, names, curve) -> str:
+    """', e.g. --anchor L4@z=-95.3 (...)' for the middle vertebra of this scan (its guessed name at
+    the z of its body's centre on the curve), or '' when there is none."""
+    if not order:
+        return ""
+    k = len(order) // 2
+    sg = segs[order[k]]
+    j = int(np.argmin(np.abs(curve.s - 0.5 * (sg.s0 + sg.s1))))
+    z = float(curve.points[j, 2])
+    return (f", e.g. --anchor {names[k]}@z={z:.1f} if the vertebra whose body centre is at z = {z:.1f} mm "
+            f"(LPS, now guessed {names[k]}) is in fact {names[k]}; write its true name instead if it is not")
+
+
 def name_segments(segs, inst, bone, coords, curve, grid, box, *, anchor=None, ct=None, hu_box=None) -> Naming:
     """Name the instance segments (cranial first) and drop empty ones."""
     from scipy import ndimage as ndi
@@ -293,8 +306,10 @@ def name_segments(segs, inst, bone, coords, curve, grid, box, *, anchor=None, ct
         warnings.append("The sacrum is not in the scan: names count from the last rib-bearing vertebra (T12). Confirm there are 12 rib pairs (11 or 13 shift every name).")
     else:
         method = "no anchor (guess)"
-        warnings.append("Neither the sacrum nor a rib-bearing vertebra is in the scan: the names are a guess (lumbar assumed, ending at L5 or below). Confirm one level and give it with --anchor, e.g. --anchor L3@z=-210.5.")
-        auto_names = _names_from(n - 1, "L5", n) if n <= 5 else _names_from(n - 1, "L5", n)
+        auto_names = _names_from(n - 1, "L5", n)
+        warnings.append("Neither the sacrum nor a rib-bearing vertebra is in the scan: the names are a guess (lumbar "
+                        "assumed, ending at L5 or below). Confirm one level and give it with --anchor"
+                        + _anchor_example(segs, order, auto_names, curve) + ".")
     names = auto_names
 
     if anchor:
