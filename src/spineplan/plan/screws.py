@@ -11,6 +11,13 @@ cavities filled and detached islands dropped (:func:`spineplan.plan._search.plan
 was changed per level is in ``plan.extra["planner"]["planning_mask"]``), cross-checked against
 the CT (rule ``ct-bone``; ``ct_soft_fraction`` per screw).
 
+Planning from an automatic label map (the product's real use: only a CT is given) adds what the
+label cannot be trusted for: a label whose outer layer is mostly soft tissue is peeled by a voxel,
+pedicle cores missing from the label are filled where the CT shows marrow, a pedicle the Spine
+could not measure (or measured implausibly far out) is seeded from the mask, the facet-joint zone
+is at least one voxel wide, and trajectories stay in an anatomical band of medial angles around
+the level's mean (:mod:`spineplan.plan._search`, :class:`~spineplan.plan.settings.PlannerSettings`).
+
 Research software for planning support, not a certified medical device.
 """
 
