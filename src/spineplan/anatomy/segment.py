@@ -179,8 +179,18 @@ def _segment_builtin(ct: Volume, anchor: str | None) -> Segmentation:
     # a noisy CT (thin slices, low dose) is thresholded smoothed: noise speckles above the bone
     # threshold would otherwise chain into the vertebrae
     # (disc tissue between close bone plates is no marrow: left out of that fill)
-    boneb = _bone.filled_bone(_bone.denoised(hub), sp, bone_thr, keep_open=_point_mask(hub.shape, canal_work - off),
+    hub_d = _bone.denoised(hub)
+    boneb = _bone.filled_bone(hub_d, sp, bone_thr, keep_open=_point_mask(hub.shape, canal_work - off),
                               enclosed=broken_shells, plate_gap=True)
+    if hub_d is not hub:
+        # the smoothing spreads the cortex outwards by about a voxel: on the mask's outer layer
+        # (in-plane) only voxels that are cortex-bright in the unsmoothed CT stay (as at
+        # sub-millimetre voxels, RIM_HU): L3 crop Dice 0.751 -> 0.77
+        # (holes inside stay as they are: the layer around them is marrow, however dark)
+        from scipy.ndimage import binary_erosion, binary_fill_holes
+
+        solid = binary_fill_holes(boneb, structure=_bone._PLANE)
+        boneb &= binary_erosion(solid, structure=_bone._PLANE) | (hub > RIM_HU)
     nzb = np.nonzero(boneb)
     xyz = grid.to_world(np.column_stack(nzb) + off)
     s_, lat, post, idx = curve.frame_coords(xyz)
