@@ -116,26 +116,29 @@ def test_pedicle_core_hole_is_filled_with_marrow_but_not_fluid_or_a_large_hole()
 
 
 def test_facet_zone_is_at_least_one_voxel():
-    st = PlannerSettings()
-    assert _search.facet_zone_mm(_grid(spacing=1.0), st) == st.facet_zone_mm
-    coarse = Volume(np.zeros((4, 4, 4), np.int16), np.diag([3.0, 3.0, 3.0, 1.0]))
-    assert _search.facet_zone_mm(coarse, st) >= 3.0
-    # with that width, the zone between two vertebrae touching across a plane on 3 mm voxels
-    # holds this vertebra's voxels next to the plane (with 2.5 mm it held none of them)
+    """The facet zone (planner and ``spineplan check`` alike) between two vertebrae touching
+    across a plane on 3 mm voxels holds this vertebra's voxels next to the plane, although the
+    default 2.5 mm is less than one voxel; on 1 mm voxels 2.5 mm stays 2.5 mm (the zone does not
+    reach this vertebra's third voxel layer from the joint)."""
     from spineplan.anatomy.model import VertebraFrame
     from spineplan.safety import facet_zone
 
+    st = PlannerSettings()
     shape = (12, 12, 12)
     this = np.zeros(shape, bool)
     this[2:10, 2:10, 2:6] = True
     above = np.zeros(shape, bool)
     above[2:10, 2:10, 6:10] = True
-    vol = Volume(np.zeros(shape, np.int16), np.diag([3.0, 3.0, 3.0, 1.0]))
-    frame = VertebraFrame(np.array([16.5, 16.5, 16.5]), np.eye(3))
-    for zone, expect in ((2.5, False), (_search.facet_zone_mm(vol, st), True)):
-        fz = facet_zone(this, above, vol, frame, zone_mm=zone)
+    for sp in (3.0, 1.0):
+        vol = Volume(np.zeros(shape, np.int16), np.diag([sp, sp, sp, 1.0]))
+        frame = VertebraFrame(np.full(3, 5.5 * sp), np.eye(3))
+        fz = facet_zone(this, above, vol, frame, zone_mm=st.facet_zone_mm)
         own_layer = vol.index_to_world(np.argwhere(this & np.roll(above, -1, axis=2)))
-        assert fz.contains(own_layer).any() == expect, zone
+        assert fz.contains(own_layer).any(), sp
+        if sp == 1.0:
+            third = np.argwhere(this)
+            third = vol.index_to_world(third[third[:, 2] == 3])  # 3 mm from the plane of the joint
+            assert not fz.contains(third).any()
 
 
 # ----------------------------------------------------------------------------- seeds and angles

@@ -22,7 +22,7 @@ Method (per vertebra, then per side):
 5. The best candidates (purchase, discounted for a medial angle away from the level's anatomical
    mean, ``off_prior_penalty_per_deg``) are checked for the remaining rules in order: entry lateral
    to the superior articular process, no facet-joint violation of the level above (zone at least
-   one voxel wide, :func:`facet_zone_mm`), a bone-free percutaneous corridor from the entry back
+   one voxel wide, :func:`spineplan.safety.facet_zone`), a bone-free percutaneous corridor from the entry back
    to the skin (the screw's outline may graze its own vertebra's posterior elements within
    ``dock_zone_mm`` of the entry, where the surgeon docks), skin entry near enough to the midline;
    then graded with the independent surface-sampling grader of :mod:`spineplan.safety` (grade A,
@@ -153,14 +153,6 @@ class VertebraContext:
     hu_affine: np.ndarray | None = None
 
 
-def facet_zone_mm(ct: Volume, st: PlannerSettings) -> float:
-    """Width of the facet-joint zone the planner avoids: ``facet_zone_mm``, but at least one voxel
-    (the largest spacing): the zone is built from voxel centres, and two vertebrae's voxels that
-    touch across the joint are one voxel apart, so a narrower zone holds no voxel of this
-    vertebra at all on a coarse CT (3 mm voxels: the zone was the level above's bone only)."""
-    return max(st.facet_zone_mm, float(np.max(ct.spacing)) + 1e-3)
-
-
 def make_context(ct: Volume, vertebra, mask: np.ndarray, labels: np.ndarray | None, above_mask: np.ndarray | None,
                  settings: PlannerSettings) -> VertebraContext:
     from spineplan.safety import facet_zone
@@ -174,7 +166,7 @@ def make_context(ct: Volume, vertebra, mask: np.ndarray, labels: np.ndarray | No
     hu_affine = ct.affine.copy()
     hu_affine[:3, 3] = ct.index_to_world([b[0] for b in box])
     fld = DistanceField.of_mask(mask, ct, pad_mm=BOX_PAD_MM, box=box, exact_outside=False)
-    fz = facet_zone(raw, above_mask, ct, vertebra.frame, zone_mm=facet_zone_mm(ct, settings)) \
+    fz = facet_zone(raw, above_mask, ct, vertebra.frame, zone_mm=settings.facet_zone_mm) \
         if above_mask is not None else None
     ctx = VertebraContext(name=vertebra.name, frame=vertebra.frame, mask=mask, field=fld, hu=hu, ct=ct,
                           labels=labels, label=getattr(vertebra, "label", None), facet=fz,
