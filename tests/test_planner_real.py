@@ -46,6 +46,13 @@ def _check_safe(plan, results, spine, ct, ref):
         assert abs(np.linalg.norm(np.subtract(s.tip, s.entry)) - s.length_mm) <= 0.5
 
 
+def _assert_every_pedicle_explained(plan, levels):
+    """Every requested pedicle has a screw or a no-safe-screw warning (with its reason)."""
+    placed = {(s.level, s.side) for s in plan.screws}
+    explained = {(w.level, w.extra.get("side")) for w in plan.warnings if w.code == "no-safe-screw"}
+    assert placed | explained == {(lv, sd) for lv in levels for sd in ("left", "right")}
+
+
 def test_abdomen_l1_l5_from_reference_labels(data_file):
     ct = read_ct(data_file("totalseg_example_abdomen/example_ct.nii.gz"))
     ref = read_labels(data_file("totalseg_example_abdomen/spine_report_totalseg.nii.gz"), ct)
@@ -55,10 +62,7 @@ def test_abdomen_l1_l5_from_reference_labels(data_file):
     res = check_plan(plan, ct, ref.volume)
     _check_safe(plan, res, spine, ct, ref.volume)
     assert len(plan.screws) >= 7, [w.message for w in plan.warnings if w.code == "no-safe-screw"]
-    # every unplaced pedicle is explained
-    placed = {(s.level, s.side) for s in plan.screws}
-    explained = {(w.level, w.extra.get("side")) for w in plan.warnings if w.code == "no-safe-screw"}
-    assert placed | explained == {(lv, sd) for lv in levels for sd in ("left", "right")}
+    _assert_every_pedicle_explained(plan, levels)
     # lumbar sizes on a 3 mm CT, below the surgeons' usual 6.0-7.5 x 40-55 mm: the pedicle keeps
     # 1 mm of bone inside a label whose outer voxels must be bone in the CT, and the body keeps a
     # 3 mm slice off each endplate (the planning mask, spineplan.plan._search.planning_mask)
@@ -85,9 +89,7 @@ def test_chest_lower_thoracic_from_reference_labels(data_file):
     # pedicle is explained
     assert {(s.level, s.side) for s in plan.screws} >= {("T11", "left"), ("T11", "right")}, \
         [w.message for w in plan.warnings]
-    placed = {(s.level, s.side) for s in plan.screws}
-    explained = {(w.level, w.extra.get("side")) for w in plan.warnings if w.code == "no-safe-screw"}
-    assert placed | explained == {(lv, sd) for lv in levels for sd in ("left", "right")}
+    _assert_every_pedicle_explained(plan, levels)
     for s in plan.screws:
         assert 4.0 <= s.diameter_mm <= 6.5
 
@@ -109,9 +111,7 @@ def test_abdomen_from_own_segmentation_graded_against_reference_labels(data_file
     res = check_plan(plan, ct, ref.volume)
     _check_safe(plan, res, own, ct, ref.volume)
     assert len(plan.screws) >= 3, [w.message for w in plan.warnings if w.code == "no-safe-screw"]
-    placed = {(s.level, s.side) for s in plan.screws}
-    explained = {(w.level, w.extra.get("side")) for w in plan.warnings if w.code == "no-safe-screw"}
-    assert placed | explained == {(lv, sd) for lv in levels for sd in ("left", "right")}
+    _assert_every_pedicle_explained(plan, levels)
     for s in plan.screws:
         assert s.medial_angle_deg >= 5.0 - 0.5, (s.label, s.medial_angle_deg)
         assert 4.0 <= s.diameter_mm <= 7.5 and 25.0 <= s.length_mm <= 60.0
