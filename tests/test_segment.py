@@ -74,9 +74,11 @@ def test_abdomen_dice(abdomen):
     # on any regression. L1 holds a bright bone island that was once taken for the T12/L1 disc
     # (L1 Dice 0.63). L5 keeps part of the L5/S1 disc (0.851 with disc voxels cleared, which was
     # withdrawn: it tilted the measured endplates of a fractured phantom).
-    assert min(d.values()) >= 0.84, d
+    # 0.850-0.895 today, mean 0.877 over L1-L5, since the outer layer's partial-volume voxels
+    # (less than half bone) are trimmed
+    assert min(d.values()) >= 0.845, d
     assert d["L1"] >= 0.86, d
-    assert np.mean(list(d.values())) >= 0.86, d
+    assert np.mean(list(d.values())) >= 0.87, d
 
 
 def test_abdomen_geometry_extras(abdomen):
@@ -226,7 +228,7 @@ def test_chest_names_and_dice(chest):
         cnt, vals = cnt[vals > 0], vals[vals > 0]
         assert len(vals) and int(vals[np.argmax(cnt)]) == VERSE_CODES[name], (name, vals, cnt)
     d = {n: _dice(lab == VERSE_CODES[n], ref[n]) for n in CHEST_COMPLETE}
-    # today's figures 0.738-0.840, mean 0.793 (target 0.85; was 0.60 with T1/T2 one level off,
+    # today's figures 0.737-0.844, mean 0.796 (target 0.85; was 0.60 with T1/T2 one level off,
     # 0.690 before the disc picks moved into the dip of the endplate-disc band, 0.715 before
     # the period at T1-T3 came from a capped body width: T1 0.49 -> 0.70; 0.739 before the
     # sloped spinous-process seeds of T1-T10, the rib-head markers of T1-T11 and the flank rule

@@ -88,3 +88,26 @@ def test_enclosed_pockets_join_their_vertebra():
     assert np.all(lab[21:25, 8:12, 8:15] == 0)
     changed = lab != before
     assert changed.sum() == 64 and np.all(before[changed] == 0)
+
+
+def test_partial_volume_layer_trimmed_on_the_outside_only():
+    """A labelled bone block (400 HU) whose outer voxel layer is 150 HU on one face (less than
+    half bone between 40 HU soft tissue and the bone) and 300 HU on the opposite face (mostly
+    bone): the first goes, the second stays; the 60 HU marrow around a 20 HU pocket inside the
+    block (unlabelled) is not trimmed."""
+    from spineplan.anatomy.segment import trim_partial_volume
+
+    hu = np.full((24, 24, 24), 40.0, np.float32)
+    lab = np.zeros(hu.shape, np.uint8)
+    lab[4:20, 4:20, 4:20] = 20
+    hu[4:20, 4:20, 4:20] = 400.0
+    hu[19, 5:19, 5:19] = 150.0  # +x face layer
+    hu[4, 5:19, 5:19] = 300.0  # -x face layer
+    hu[9:15, 9:15, 9:15] = 60.0  # fatty marrow ...
+    hu[11:13, 11:13, 11:13] = 20.0
+    lab[11:13, 11:13, 11:13] = 0  # ... around an unlabelled pocket
+    trim_partial_volume(lab, hu)
+    assert np.all(lab[19, 6:18, 6:18] == 0)
+    assert np.all(lab[4, 6:18, 6:18] == 20)
+    assert np.all(lab[9:15, 9:15, 9:15][hu[9:15, 9:15, 9:15] == 60.0] == 20)
+    assert np.all(lab[5:19, 5:19, 5:19][hu[5:19, 5:19, 5:19] == 400.0] == 20)

@@ -180,9 +180,10 @@ def _segment_builtin(ct: Volume, anchor: str | None) -> Segmentation:
     # threshold would otherwise chain into the vertebrae
     # (disc tissue between close bone plates is no marrow: left out of that fill)
     hub_d = _bone.denoised(hub)
+    noisy = hub_d is not hub
     boneb = _bone.filled_bone(hub_d, sp, bone_thr, keep_open=_point_mask(hub.shape, canal_work - off),
                               enclosed=broken_shells, plate_gap=True)
-    if hub_d is not hub:
+    if noisy:
         # the smoothing spreads the cortex outwards by about a voxel: on the mask's outer layer
         # (in-plane) only voxels that are cortex-bright in the unsmoothed CT stay (as at
         # sub-millimetre voxels, RIM_HU): L3 crop Dice 0.751 -> 0.77
@@ -222,6 +223,10 @@ def _segment_builtin(ct: Volume, anchor: str | None) -> Segmentation:
     work_lab[box] = lut[np.clip(inst, 0, 255).astype(np.intp)]
     labels_full = _to_full_resolution(work_lab, grid, full, box, bone_thr, canal_idx)
     fill_enclosed_holes(labels_full)
+    if not noisy:
+        # (on a noisy CT one voxel's HU says little about its bone fraction: the rim rule above
+        # trims it; with this rule too, the L3 crop's fatty pedicle marrow was cut open)
+        trim_partial_volume(labels_full, full)
     labels_ct = grid.work_axes_to_ct(labels_full)
     out = ct.with_array(np.ascontiguousarray(labels_ct, dtype=np.uint8), modality="SEG",
                         meta={"source": ct.meta.get("source", ""), "convention": "verse"})
@@ -342,6 +347,40 @@ def _to_full_resolution(work_lab: np.ndarray, grid, full: np.ndarray, box, bone_
     out[fb[0].start : fb[0].start + lab.shape[0], fb[1].start : fb[1].start + lab.shape[1],
         fb[2].start : fb[2].start + lab.shape[2]] = lab
     return out
+
+
+#: Soft tissue around the vertebrae (HU; muscle 40-60, fat below 0) and the share of the way from
+#: it to the bone's local mean HU that a voxel on the labels' outer layer must reach to stay: a
+#: boundary voxel holds bone and soft tissue in proportion to its HU, and one less than half bone
+#: is outside the bone's surface. On the reference labels: abdomen 3 mm 0.867 -> 0.875 mean
+#: Dice (L5 0.842 -> 0.850), chest 0.793 -> 0.796; phantoms (exact truth) +0.02 mean Dice.
+PV_SOFT_HU = 40.0
+PV_FRACTION = 0.5
+
+
+def trim_partial_volume(lab: np.ndarray, hu: np.ndarray) -> None:
+    """Unlabel, in place, voxels of the labels' outer surface layer whose HU is less
+    than halfway (``PV_FRACTION``) from ``PV_SOFT_HU`` to the mean HU of the labelled voxels in
+    their 3x3x3 neighbourhood. The scan's own edges do not count as a surface."""
+    from scipy.ndimage import binary_erosion, binary_fill_holes, uniform_filter
+
+    from spineplan.anatomy import _bone
+
+    nz = np.nonzero(lab.any(axis=(1, 2)))[0], np.nonzero(lab.any(axis=(0, 2)))[0], np.nonzero(lab.any(axis=(0, 1)))[0]
+    if any(len(a) == 0 for a in nz):
+        return
+    box = tuple(slice(max(0, int(a[0]) - 1), int(a[-1]) + 2) for a in nz)
+    sub = lab[box]
+    m = sub > 0
+    h = np.asarray(hu[box], dtype=np.float32)
+    # the outside surface only: the rim of a pocket inside (dark fatty marrow, the canal where the
+    # arch is closed) is not trimmed, which would hollow osteoporotic bodies
+    solid = binary_fill_holes(m, structure=_bone._PLANE)
+    outer = m & ~binary_erosion(solid, border_value=1)
+    w = uniform_filter(m.astype(np.float32), 3, mode="nearest")
+    local = uniform_filter(np.where(m, h, 0.0).astype(np.float32), 3, mode="nearest") / np.maximum(w, 1e-3)
+    drop = outer & (h < PV_SOFT_HU + PV_FRACTION * (local - PV_SOFT_HU))
+    sub[drop] = 0
 
 
 def fill_enclosed_holes(lab: np.ndarray) -> None:
