@@ -163,7 +163,7 @@ _PV_AXIS_START_DEG = 5.0
 #: several starts (see _fit_section_pv.soft_fit).
 _PV_SOFTMIN = 1.0
 #: Unit of the tilt parameters of the direction fit (rad): Nelder-Mead's absolute tolerance
-#: (0.05) is then 0.15 deg of direction, not 3 deg.
+#: (0.02) is then 0.06 deg of direction, not 1 deg.
 _TILT_UNIT = 0.05
 #: Use the model-based edge (True) or the plain half-maximum (False).
 _EDGE_MODEL = True
@@ -1093,7 +1093,7 @@ def _fit_section_pv(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.ndar
         steps = [step, step, 0.66 * step, 0.66 * step] + ([0.04 / _TILT_UNIT] * 2 if tilt else [])
         simplex = x0 + np.vstack([np.zeros(len(steps)), np.diag(steps)])
         return minimize(cost, x0, method="Nelder-Mead",
-                        options={"initial_simplex": simplex, "xatol": 0.05, "fatol": 1e-4 * cost(x0), "maxiter": 400})
+                        options={"initial_simplex": simplex, "xatol": 0.02, "fatol": 1e-4 * cost(x0), "maxiter": 400})
 
     def soft_fit(x0, step, several=True):
         """Nelder-Mead from ``x0`` or, for the direction fit (``several``), from a few starts
