@@ -770,12 +770,6 @@ def _extents(crop: _Crop, P, D, max_mm: float, sp: float, tolerant: bool = False
     return out
 
 
-def _extent(ct, crop, p, d, max_mm, sp):
-    """(negative, positive) half-maximum edge distances along +-d from p, or None."""
-    e = _extents(crop, p, d, max_mm, sp)[0]
-    return None if np.isnan(e[0]) else (float(e[0]), float(e[1]))
-
-
 def _edge_inward_from_hole(ct: Volume, crop: _Crop, p0, d, max_mm: float, sp: float) -> float | None:
     """Distance from ``p0`` (inside the canal) along ``d`` to the half-maximum edge of the bone wall."""
     s = np.arange(0.0, max_mm, _STEP_MM)
