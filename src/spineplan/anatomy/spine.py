@@ -91,7 +91,7 @@ def build_spine(ct: Volume, labels: Volume, *, names_confidence: float = 1.0, me
                                   desc="measuring vertebrae", total=len(todo)))
     _check_pedicles_against_neighbours(verts)
     spine = Spine(vertebrae=verts, labels=labels, naming_confidence=float(names_confidence),
-                  naming_method=method, warnings=list(warnings))
+                  naming_method=method, warnings=list(warnings) + frames_out_of_line(verts))
     grade_fractures(spine)
     return spine
 
@@ -125,6 +125,38 @@ def _measure_in_processes(ct: Volume, lab: np.ndarray, todo, workers: int):
             return list(progress(pool.map(_measure_shared, todo), desc="measuring vertebrae", total=len(todo)))
     finally:
         _SHARED.clear()
+
+
+#: Adjacent vertebrae whose cranio-caudal (z) axes differ by more than this (deg) are reported:
+#: the frame (endplate planes) of one of them is probably wrong. Normal sagittal segmental
+#: angles are far smaller: recumbent lumbar lordosis T12-S1 36.8 +- 13.2 deg, of which L4-S1
+#: 29.8 +- 8.0 deg (Yukawa et al., Asian Spine J 2019;13:663-671, 627 asymptomatic adults), i.e.
+#: ~15 deg per lower lumbar segment and ~2 deg per segment above; thoracic kyphosis ~20-50 deg
+#: over 12 segments (White & Panjabi). The limits add a wide allowance for deformity and for the
+#: axes' own error (engineering values, not published cut-offs).
+SEGMENT_ANGLE_MAX_DEG = 20.0
+#: ... for the lower lumbar segments (the lower vertebra of the pair L5, L6 or S1).
+SEGMENT_ANGLE_MAX_LOW_LUMBAR_DEG = 35.0
+
+
+def frames_out_of_line(verts) -> list[str]:
+    """Warnings for adjacent complete vertebrae (``verts`` in cranio-caudal order, adjacent
+    levels only; a vertebra cut by the scan has its own warning) whose z axes differ by more than :data:`SEGMENT_ANGLE_MAX_DEG` (lower lumbar:
+    :data:`SEGMENT_ANGLE_MAX_LOW_LUMBAR_DEG`). A frame that is off moves everything measured in
+    it: the C-arm's true AP/lateral and owl's-eye angles, body heights, the fracture grade."""
+    out = []
+    for a, b in zip(verts[:-1], verts[1:]):
+        if level_index(b.name) - level_index(a.name) != 1 or not (a.complete and b.complete):
+            continue
+        za, zb = np.asarray(a.frame.axes, float)[2], np.asarray(b.frame.axes, float)[2]
+        ang = float(np.degrees(np.arccos(np.clip(abs(za @ zb) / np.linalg.norm(za) / np.linalg.norm(zb), -1, 1))))
+        lim = SEGMENT_ANGLE_MAX_LOW_LUMBAR_DEG if b.name in ("L5", "L6", "S1") else SEGMENT_ANGLE_MAX_DEG
+        if ang > lim:
+            out.append(f"{a.name} and {b.name}: their cranio-caudal axes differ by {ang:.0f} deg (more than {lim:.0f} "
+                       "deg between adjacent vertebrae is rare without a fracture or a deformity): the frame of one "
+                       "of them (its endplates) is probably wrong, and with it its C-arm angles, body heights and "
+                       f"fracture grade. Check {a.name} and {b.name} on the images.")
+    return out
 
 
 def _check_pedicles_against_neighbours(verts) -> None:

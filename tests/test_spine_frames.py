@@ -1,0 +1,52 @@
+"""Adjacent vertebra frames out of line: a wrong endplate frame moves the C-arm angles, heights
+and fracture grade measured in it, so build_spine reports a pair whose axes differ more than
+normal spines allow, and stays quiet on strongly curved but correct spines."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+from _phantoms import get_phantom
+from spineplan.anatomy.model import VertebraFrame
+from spineplan.anatomy.spine import SEGMENT_ANGLE_MAX_DEG, build_spine, frames_out_of_line
+
+
+def _angle(a, b) -> float:
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return float(np.degrees(np.arccos(np.clip(abs(a @ b) / np.linalg.norm(a) / np.linalg.norm(b), -1, 1))))
+
+
+@pytest.fixture(scope="module", params=[dict(lordosis_deg=60.0, seed=7), dict(scoliosis_deg=25.0, rotation_deg=15.0,
+                                                                                seed=2)])
+def curved(request):
+    ph = get_phantom(fov="spine", levels="T12-L5", spacing=1.5, **request.param)
+    return ph, build_spine(ph.ct, ph.labels)
+
+
+def test_curved_spines_are_not_flagged(curved):
+    ph, spine = curved
+    truth = ph.truth["vertebrae"]
+    names = [v.name for v in spine.vertebrae if v.name in truth]
+    true_seg = [_angle(truth[a]["axes"]["z"], truth[b]["axes"]["z"]) for a, b in zip(names[:-1], names[1:])]
+    assert max(true_seg) > 5.0  # the phantom really is curved (segmental angles of several degrees)
+    assert not [w for w in spine.warnings if "cranio-caudal axes differ" in w]
+    for v in spine.vertebrae:  # and its measured frames follow the truth
+        assert _angle(v.frame.axes[2], truth[v.name]["axes"]["z"]) < 5.0, v.name
+
+
+def test_a_tilted_frame_is_reported_with_both_levels(curved):
+    _, spine = curved
+    verts = copy.deepcopy(spine.vertebrae)
+    i = 2
+    f = verts[i].frame
+    t = np.radians(SEGMENT_ANGLE_MAX_DEG + 20.0)  # tilted about its own x axis (true segmental angles here 2-15 deg)
+    rot = np.array([[1, 0, 0], [0, np.cos(t), -np.sin(t)], [0, np.sin(t), np.cos(t)]])
+    verts[i].frame = VertebraFrame(f.origin, rot @ f.axes)
+    out = frames_out_of_line(verts)
+    assert len(out) == 2  # with the level above and the level below
+    assert verts[i - 1].name in out[0] and verts[i].name in out[0] and verts[i + 1].name in out[1]
+    verts[i].complete = False  # a vertebra cut by the scan has its own warning
+    assert frames_out_of_line(verts) == []
