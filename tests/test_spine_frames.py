@@ -50,3 +50,27 @@ def test_a_tilted_frame_is_reported_with_both_levels(curved):
     assert verts[i - 1].name in out[0] and verts[i].name in out[0] and verts[i + 1].name in out[1]
     verts[i].complete = False  # a vertebra cut by the scan has its own warning
     assert frames_out_of_line(verts) == []
+
+
+def test_carm_table_marks_the_suspect_levels(curved):
+    """The C-arm angles of a level whose frame is out of line are marked in the table the
+    radiographer reads (and in plan.json's rows), not only in the warnings."""
+    from spineplan.fluoro.views import SUSPECT_NOTE, angles_table_text, carm_angles
+    from spineplan.report.surgeon import _carm_table
+
+    _, spine = curved
+    rows = carm_angles(spine)
+    assert not any(r["frame_suspect"] for r in rows)
+    assert SUSPECT_NOTE not in angles_table_text(rows)
+    tilted = copy.deepcopy(spine)
+    v = tilted.vertebrae[2]
+    t = np.radians(SEGMENT_ANGLE_MAX_DEG + 20.0)
+    rot = np.array([[1, 0, 0], [0, np.cos(t), -np.sin(t)], [0, np.sin(t), np.cos(t)]])
+    v.frame = VertebraFrame(v.frame.origin, rot @ v.frame.axes)
+    rows = carm_angles(tilted)
+    marked = {r["level"] for r in rows if r["frame_suspect"]}
+    assert marked == {tilted.vertebrae[i].name for i in (1, 2, 3)}
+    text = angles_table_text(rows)
+    assert SUSPECT_NOTE in text and f"{v.name}*" in text
+    table = _carm_table(rows)
+    assert f"{v.name}*" in [r[0] for r in table.rows] and SUSPECT_NOTE in table.caption

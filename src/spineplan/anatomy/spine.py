@@ -139,11 +139,11 @@ SEGMENT_ANGLE_MAX_DEG = 20.0
 SEGMENT_ANGLE_MAX_LOW_LUMBAR_DEG = 35.0
 
 
-def frames_out_of_line(verts) -> list[str]:
-    """Warnings for adjacent complete vertebrae (``verts`` in cranio-caudal order, adjacent
-    levels only; a vertebra cut by the scan has its own warning) whose z axes differ by more than :data:`SEGMENT_ANGLE_MAX_DEG` (lower lumbar:
-    :data:`SEGMENT_ANGLE_MAX_LOW_LUMBAR_DEG`). A frame that is off moves everything measured in
-    it: the C-arm's true AP/lateral and owl's-eye angles, body heights, the fracture grade."""
+def frame_pairs_out_of_line(verts) -> list[tuple[str, str, float, float]]:
+    """Adjacent complete vertebrae (``verts`` in cranio-caudal order, adjacent levels only; a
+    vertebra cut by the scan has its own warning) whose z axes differ by more than
+    :data:`SEGMENT_ANGLE_MAX_DEG` (lower lumbar: :data:`SEGMENT_ANGLE_MAX_LOW_LUMBAR_DEG`):
+    ``(upper name, lower name, angle deg, limit deg)``."""
     out = []
     for a, b in zip(verts[:-1], verts[1:]):
         if level_index(b.name) - level_index(a.name) != 1 or not (a.complete and b.complete):
@@ -152,11 +152,23 @@ def frames_out_of_line(verts) -> list[str]:
         ang = float(np.degrees(np.arccos(np.clip(abs(za @ zb) / np.linalg.norm(za) / np.linalg.norm(zb), -1, 1))))
         lim = SEGMENT_ANGLE_MAX_LOW_LUMBAR_DEG if b.name in ("L5", "L6", "S1") else SEGMENT_ANGLE_MAX_DEG
         if ang > lim:
-            out.append(f"{a.name} and {b.name}: their cranio-caudal axes differ by {ang:.0f} deg (more than {lim:.0f} "
-                       "deg between adjacent vertebrae is rare without a fracture or a deformity): the frame of one "
-                       "of them (its endplates) is probably wrong, and with it its C-arm angles, body heights and "
-                       f"fracture grade. Check {a.name} and {b.name} on the images.")
+            out.append((a.name, b.name, ang, lim))
     return out
+
+
+def frames_suspect(spine) -> set[str]:
+    """Names of the vertebrae in a pair of :func:`frame_pairs_out_of_line`."""
+    return {n for a, b, _, _ in frame_pairs_out_of_line(spine.vertebrae) for n in (a, b)}
+
+
+def frames_out_of_line(verts) -> list[str]:
+    """The warnings for :func:`frame_pairs_out_of_line`. A frame that is off moves everything
+    measured in it: the C-arm's true AP/lateral and owl's-eye angles, body heights, the fracture
+    grade."""
+    return [f"{a} and {b}: their cranio-caudal axes differ by {ang:.0f} deg (more than {lim:.0f} deg between "
+            "adjacent vertebrae is rare without a fracture or a deformity): the frame of one of them (its "
+            "endplates) is probably wrong, and with it its C-arm angles, body heights and fracture grade. "
+            f"Check {a} and {b} on the images." for a, b, ang, lim in frame_pairs_out_of_line(verts)]
 
 
 def _check_pedicles_against_neighbours(verts) -> None:

@@ -289,13 +289,18 @@ def carm_angles(spine, plan=None, levels=None) -> list[dict[str, Any]]:
     owl's-eye views (``None`` where the pedicle/screw is missing).
 
     Each entry: ``{"level", "true_ap": {...}, "true_lateral": {...}, "owl_left": {...} | None,
-    "owl_right": {...} | None}`` with the ``info`` dicts of :func:`named_view`."""
+    "owl_right": {...} | None, "frame_suspect": bool}`` with the ``info`` dicts of :func:`named_view`;
+    ``frame_suspect``: the level's frame is out of line with a neighbour's
+    (:func:`spineplan.anatomy.spine.frames_suspect`), so its angles may be wrong."""
+    from spineplan.anatomy.spine import frames_suspect
+
     names = list(levels) if levels is not None else list(spine.names)
+    suspect = frames_suspect(spine)
     out = []
     for name in names:
         if name not in spine:
             raise PlanningError(f"{name} is not among the vertebrae found ({', '.join(spine.names)}).")
-        row: dict[str, Any] = {"level": name}
+        row: dict[str, Any] = {"level": name, "frame_suspect": name in suspect}
         for key, view in (("true_ap", f"{name}-AP"), ("true_lateral", f"{name}-LAT")):
             row[key] = named_view(view, spine=spine, plan=plan)[1]
         for side in ("left", "right"):
@@ -305,6 +310,11 @@ def carm_angles(spine, plan=None, levels=None) -> list[dict[str, Any]]:
                 row[f"owl_{side}"] = None
         out.append(row)
     return out
+
+
+#: Footnote of the C-arm tables for levels marked ``frame_suspect``.
+SUSPECT_NOTE = ("* this level's axis is out of line with its neighbour's (see the warnings): its angles may be "
+                "wrong; confirm the true AP on the first shot.")
 
 
 def angles_table_text(rows: list[dict[str, Any]]) -> str:
@@ -318,7 +328,9 @@ def angles_table_text(rows: list[dict[str, Any]]) -> str:
     lines = [head]
     for r in rows:
         cells = " ".join(cell(r[k]) for k in ("true_ap", "true_lateral", "owl_left", "owl_right"))
-        lines.append(f"{r['level']:<6} {cells}")
+        lines.append(f"{r['level'] + ('*' if r.get('frame_suspect') else ''):<6} {cells}")
+    if any(r.get("frame_suspect") for r in rows):
+        lines.append(SUSPECT_NOTE)
     lines.append("orb = orbital (cranio-caudal tilt; + detector towards the head); "
                  "ang = angular (lateral rotation; + detector towards the patient's left). Patient prone.")
     return "\n".join(lines)

@@ -219,10 +219,15 @@ def _carm_table(rows) -> Table:
     def cell(d):
         return "-" if not d else f"{d['orbital_deg']:+.0f} / {d['angular_deg']:+.0f}"
 
-    out = [[r["level"], cell(r.get("true_ap")), cell(r.get("true_lateral")), cell(r.get("owl_left")),
-            cell(r.get("owl_right"))] for r in rows]
-    return Table(["Level", "True AP", "True lateral", "Owl's eye left", "Owl's eye right"], out,
-                 caption="C-arm angles per level: orbital / angular (deg), patient prone")
+    from spineplan.fluoro.views import SUSPECT_NOTE
+
+    out = [[r["level"] + ("*" if r.get("frame_suspect") else ""), cell(r.get("true_ap")), cell(r.get("true_lateral")),
+            cell(r.get("owl_left")), cell(r.get("owl_right"))] for r in rows]
+    caption = "C-arm angles per level: orbital / angular (deg), patient prone"
+    if any(r.get("frame_suspect") for r in rows):
+        caption += ". " + SUSPECT_NOTE
+    return Table(["Level", "True AP", "True lateral", "Owl's eye left", "Owl's eye right"], out, caption=caption,
+                 row_styles=["danger" if r.get("frame_suspect") else None for r in rows])
 
 
 def surgeon_doc(plan, ct, spine, *, pictures: dict | None = None, screw_pngs: list[tuple[str, bytes]] | None = None) -> Doc:
