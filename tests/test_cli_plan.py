@@ -97,3 +97,5 @@ def test_carm_plan(run):
         assert len(csv_ap) == 1
         assert float(csv_ap[0]["orbital_deg"]) == pytest.approx(r["true_ap"]["orbital_deg"], abs=0.01)
         assert float(csv_ap[0]["angular_deg"]) == pytest.approx(r["true_ap"]["angular_deg"], abs=0.01)
+        # the phantom's frames follow its smooth curve: no level is marked as out of line
+        assert r["frame_suspect"] is False and csv_ap[0]["frame_suspect"] == "no"

@@ -26,6 +26,17 @@ def curved(request):
     return ph, build_spine(ph.ct, ph.labels)
 
 
+def _tilted(spine, i: int = 2):
+    """A copy of ``spine`` with vertebra ``i``'s frame tilted about its own x axis by 20 deg more
+    than the limit (the true segmental angles of these phantoms are 2-15 deg)."""
+    tilted = copy.deepcopy(spine)
+    v = tilted.vertebrae[i]
+    t = np.radians(SEGMENT_ANGLE_MAX_DEG + 20.0)
+    rot = np.array([[1, 0, 0], [0, np.cos(t), -np.sin(t)], [0, np.sin(t), np.cos(t)]])
+    v.frame = VertebraFrame(v.frame.origin, rot @ v.frame.axes)
+    return tilted, v
+
+
 def test_curved_spines_are_not_flagged(curved):
     ph, spine = curved
     truth = ph.truth["vertebrae"]
@@ -39,12 +50,8 @@ def test_curved_spines_are_not_flagged(curved):
 
 def test_a_tilted_frame_is_reported_with_both_levels(curved):
     _, spine = curved
-    verts = copy.deepcopy(spine.vertebrae)
     i = 2
-    f = verts[i].frame
-    t = np.radians(SEGMENT_ANGLE_MAX_DEG + 20.0)  # tilted about its own x axis (true segmental angles here 2-15 deg)
-    rot = np.array([[1, 0, 0], [0, np.cos(t), -np.sin(t)], [0, np.sin(t), np.cos(t)]])
-    verts[i].frame = VertebraFrame(f.origin, rot @ f.axes)
+    verts = _tilted(spine, i)[0].vertebrae
     out = frames_out_of_line(verts)
     assert len(out) == 2  # with the level above and the level below
     assert verts[i - 1].name in out[0] and verts[i].name in out[0] and verts[i + 1].name in out[1]
@@ -62,11 +69,7 @@ def test_carm_table_marks_the_suspect_levels(curved):
     rows = carm_angles(spine)
     assert not any(r["frame_suspect"] for r in rows)
     assert SUSPECT_NOTE not in angles_table_text(rows)
-    tilted = copy.deepcopy(spine)
-    v = tilted.vertebrae[2]
-    t = np.radians(SEGMENT_ANGLE_MAX_DEG + 20.0)
-    rot = np.array([[1, 0, 0], [0, np.cos(t), -np.sin(t)], [0, np.sin(t), np.cos(t)]])
-    v.frame = VertebraFrame(v.frame.origin, rot @ v.frame.axes)
+    tilted, v = _tilted(spine)
     rows = carm_angles(tilted)
     marked = {r["level"] for r in rows if r["frame_suspect"]}
     assert marked == {tilted.vertebrae[i].name for i in (1, 2, 3)}
@@ -74,3 +77,19 @@ def test_carm_table_marks_the_suspect_levels(curved):
     assert SUSPECT_NOTE in text and f"{v.name}*" in text
     table = _carm_table(rows)
     assert f"{v.name}*" in [r[0] for r in table.rows] and SUSPECT_NOTE in table.caption
+
+
+def test_carm_csv_carries_the_mark(curved, tmp_path):
+    from spineplan.fluoro.views import carm_angles
+    from spineplan.workflow import write_carm_csv
+
+    _, spine = curved
+    tilted, v = _tilted(spine)
+    write_carm_csv(carm_angles(tilted), tmp_path / "carm.csv")
+    import csv
+
+    lines = (tmp_path / "carm.csv").read_text().splitlines()
+    rows = list(csv.DictReader([ln for ln in lines if not ln.startswith("#")]))
+    marked = {r["level"] for r in rows if r["frame_suspect"] == "yes"}
+    assert marked == {tilted.vertebrae[i].name for i in (1, 2, 3)}
+    assert {r["frame_suspect"] for r in rows} == {"yes", "no"}

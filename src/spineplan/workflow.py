@@ -89,13 +89,15 @@ def carm_plan(spine, plan, levels=None) -> list[dict]:
 
 #: Columns of ``carm.csv``: one row per level and view.
 CARM_COLUMNS = ("level", "view", "orbital_deg", "angular_deg", "isocentre_x", "isocentre_y", "isocentre_z",
-                "beam_x", "beam_y", "beam_z", "patient", "description")
+                "beam_x", "beam_y", "beam_z", "patient", "description", "frame_suspect")
 CARM_VIEWS = ("true_ap", "true_lateral", "owl_left", "owl_right")
 
 
 def write_carm_csv(rows: list[dict], path: TypePath) -> None:
     """``carm.csv``: per level, the radiographer's angles of each view (orbital = cranio-caudal
-    tilt, angular = lateral rotation; see :mod:`spineplan.fluoro.views`), isocentre and beam in LPS."""
+    tilt, angular = lateral rotation; see :mod:`spineplan.fluoro.views`), isocentre and beam in LPS;
+    ``frame_suspect`` "yes" where the level's frame is out of line with a neighbour's (its angles
+    may be wrong; :func:`spineplan.anatomy.spine.frames_suspect`)."""
     import csv
     import io
 
@@ -116,7 +118,8 @@ def write_carm_csv(rows: list[dict], path: TypePath) -> None:
             w.writerow({"level": r["level"], "view": view, "orbital_deg": v.get("orbital_deg"),
                         "angular_deg": v.get("angular_deg"), "isocentre_x": iso[0], "isocentre_y": iso[1],
                         "isocentre_z": iso[2], "beam_x": beam[0], "beam_y": beam[1], "beam_z": beam[2],
-                        "patient": v.get("patient", ""), "description": v.get("description", "")})
+                        "patient": v.get("patient", ""), "description": v.get("description", ""),
+                        "frame_suspect": "yes" if r.get("frame_suspect") else "no"})
     write_text(path, buf.getvalue())
 
 
