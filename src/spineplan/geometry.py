@@ -197,8 +197,7 @@ class DistanceField:
             box = mask_box(mask, grid, pad_mm)
         (i0, i1), (j0, j1), (k0, k1) = box
         sub = mask[i0:i1, j0:j1, k0:k1]
-        aff = grid.affine.copy()
-        aff[:3, 3] = grid.index_to_world([i0, j0, k0])
+        aff = grid.box_affine([i0, j0, k0])
         if not sub.any():
             return cls(np.full(sub.shape, pad_mm, np.float32), aff, float(pad_mm))
         half = 0.5 * float(np.min(sp))

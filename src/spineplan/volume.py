@@ -87,6 +87,12 @@ class Volume:
         """Voxel indices (..., 3) to LPS mm (..., 3)."""
         return _apply(self.affine, ijk)
 
+    def box_affine(self, start) -> np.ndarray:
+        """Index -> LPS affine of a sub-box of this grid whose first voxel is ``start`` (i, j, k)."""
+        aff = self.affine.copy()
+        aff[:3, 3] = self.index_to_world(np.asarray(start, float))
+        return aff
+
     def world_to_index(self, xyz) -> np.ndarray:
         """LPS mm (..., 3) to continuous voxel indices (..., 3)."""
         return _apply(np.linalg.inv(self.affine), xyz)

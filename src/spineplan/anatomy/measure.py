@@ -256,9 +256,7 @@ def _make_crop(ct: Volume, mask: np.ndarray, bbox=None, margin_mm: float = 20.0,
         m = np.asarray(mask[sl]).astype(bool)
     if not m.any():
         raise InputError("The vertebra mask is empty: the label has no voxels on the CT grid.")
-    aff = ct.affine.copy()
-    aff[:3, 3] = ct.index_to_world(np.array(lo, float))
-    sub = Volume(arr, aff, modality="CT")
+    sub = Volume(arr, ct.box_affine(lo), modality="CT")
     # out-of-field padding next to the vertebra also means the scan cuts it
     if not touches:
         from scipy.ndimage import binary_dilation

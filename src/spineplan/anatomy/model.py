@@ -55,12 +55,17 @@ class VertebraFrame:
         midline than the entry (converging screws). Cranial angle: from the endplate plane,
         positive when the tip is superior to the entry.
         """
-        d = self.direction_to_local(direction)
-        d = d / np.linalg.norm(d)
-        toward_mid = -d[0] if side == "left" else d[0]
-        medial = np.degrees(np.arctan2(toward_mid, np.hypot(d[1], d[2])))
-        cranial = np.degrees(np.arcsin(np.clip(d[2], -1, 1)))
-        return float(medial), float(cranial)
+        medial, cranial = self.angles_of_many(np.asarray(direction, float)[None], side)
+        return float(medial[0]), float(cranial[0])
+
+    def angles_of_many(self, directions, side: str) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`angles_of` for many directions (N, 3): arrays of medial and cranial angles (deg)."""
+        d = self.direction_to_local(directions)
+        d = d / np.linalg.norm(d, axis=-1, keepdims=True)
+        toward_mid = -d[..., 0] if side == "left" else d[..., 0]
+        medial = np.degrees(np.arctan2(toward_mid, np.hypot(d[..., 1], d[..., 2])))
+        cranial = np.degrees(np.arcsin(np.clip(d[..., 2], -1, 1)))
+        return medial, cranial
 
 
 @dataclass

@@ -54,7 +54,6 @@ LEVEL_MEDIAL_DEG = {"T12": 7.0, "L1": 11.0, "L2": 12.0, "L3": 14.0, "L4": 18.0, 
 #: Coarse recentring pass: through-point grid half-width and step (mm), cone half-angle and step (deg).
 RECENTRE_HALFWIDTH_MM, RECENTRE_STEP_MM = 7.5, 1.5
 RECENTRE_CONE_DEG, RECENTRE_ASTEP_DEG = 20.0, 4.0
-RECENTRE_MASK_SEED = False
 #: The surface-sampling verification may find a margin this much below the inscribed-ball
 #: estimate (sampling and interpolation differences) before a candidate is rejected.
 VERIFY_TOLERANCE_MM = 0.25
@@ -149,8 +148,12 @@ class VertebraContext:
     pedicles: dict[str, Any]
     endplates: dict
     cache: dict = field(default_factory=dict)
-    #: index -> LPS of ``hu`` (the field may be on a finer grid)
-    hu_affine: np.ndarray | None = None
+
+    @property
+    def hu_affine(self) -> np.ndarray:
+        """Index -> LPS of ``hu`` (the planning mask's box, ``cache["box"]``; the distance field may
+        be on a finer grid)."""
+        return self.ct.box_affine([b[0] for b in self.cache["box"]])
 
 
 def make_context(ct: Volume, vertebra, mask: np.ndarray, labels: np.ndarray | None, above_mask: np.ndarray | None,
@@ -163,8 +166,6 @@ def make_context(ct: Volume, vertebra, mask: np.ndarray, labels: np.ndarray | No
     sl = tuple(slice(a, b) for a, b in box)
     # Inside distances only: the rules need margins inside bone and the sign outside.
     hu = np.asarray(ct.array[sl], dtype=np.float32)
-    hu_affine = ct.affine.copy()
-    hu_affine[:3, 3] = ct.index_to_world([b[0] for b in box])
     fld = DistanceField.of_mask(mask, ct, pad_mm=BOX_PAD_MM, box=box, exact_outside=False)
     fz = facet_zone(raw, above_mask, ct, vertebra.frame, zone_mm=settings.facet_zone_mm) \
         if above_mask is not None else None
@@ -174,7 +175,6 @@ def make_context(ct: Volume, vertebra, mask: np.ndarray, labels: np.ndarray | No
                           endplates=dict(getattr(vertebra, "endplates", {}) or {}))
     ctx.cache["mask-cleaning"] = cleaning
     ctx.cache["box"] = box
-    ctx.hu_affine = hu_affine
     return ctx
 
 
@@ -463,13 +463,6 @@ def zone_margins(ctx: VertebraContext, entry, tip, diameter_mm: float, start_bod
 # --------------------------------------------------------------------------- seeds
 def _side_sign(side: str) -> float:
     return 1.0 if side == "left" else -1.0
-
-
-def _medial_angles(frame, dirs: np.ndarray, side: str) -> np.ndarray:
-    """Medial angles (deg) of many directions (N, 3), as ``VertebraFrame.angles_of``."""
-    d = np.asarray(dirs, float) @ np.asarray(frame.axes, float).T
-    d /= np.linalg.norm(d, axis=1, keepdims=True)
-    return np.degrees(np.arctan2(-_side_sign(side) * d[:, 0], np.hypot(d[:, 1], d[:, 2])))
 
 
 def _local_direction(medial_deg, cranial_deg, side: str) -> np.ndarray:
@@ -928,11 +921,9 @@ def own_bone(ctx: VertebraContext) -> BoxMask | None:
     if key not in ctx.cache:
         from scipy import ndimage as ndi
 
-        (i0, i1), (j0, j1), (k0, k1) = box = ctx.cache["box"]
+        (i0, i1), (j0, j1), (k0, k1) = ctx.cache["box"]
         sub = ndi.binary_dilation(ctx.labels[i0:i1, j0:j1, k0:k1] == ctx.label, structure=np.ones((3, 3, 3), bool))
-        aff = ctx.ct.affine.copy()
-        aff[:3, 3] = ctx.ct.index_to_world([b[0] for b in box])
-        ctx.cache[key] = BoxMask(sub, aff)
+        ctx.cache[key] = BoxMask(sub, ctx.hu_affine)
     return ctx.cache[key]
 
 
@@ -978,8 +969,9 @@ def search_pedicle(ctx: VertebraContext, side: str, st: PlannerSettings, sizes: 
     seed_med, seed_cra = med0, cra0
     key = ("recentre", side)
     if key not in ctx.cache:
-        ctx.cache[key] = recentre(ctx, side, centre, med0, cra0, st) if (src != "mask" or RECENTRE_MASK_SEED) \
-            else (centre, med0, cra0)
+        # a seed from the mask is not recentred onto the widest corridor (on spineplan's own chest
+        # labels that corridor was a rib neck: two grade-B screws)
+        ctx.cache[key] = recentre(ctx, side, centre, med0, cra0, st) if src != "mask" else (centre, med0, cra0)
     centre, med0, cra0 = ctx.cache[key]
     pts, dirs = candidate_axes(ctx, side, centre, med0, cra0, st)
     cones = [(med0, cra0)]
@@ -1001,7 +993,7 @@ def search_pedicle(ctx: VertebraContext, side: str, st: PlannerSettings, sizes: 
     counts = dict(res["counts"])
     cor = corridor or Corridor.of(ctx.ct, ctx.labels, st)
     # best first: purchase, discounted for a medial angle away from the level's anatomical mean
-    med_c = _medial_angles(ctx.frame, res["dirs"], side)
+    med_c = ctx.frame.angles_of_many(res["dirs"], side)[0]
     score = res["purchase"] * np.clip(1.0 - st.off_prior_penalty_per_deg * np.abs(med_c - prior[0]), 0.0, None)
     res["score"] = score
     order = np.argsort(-score, kind="stable")

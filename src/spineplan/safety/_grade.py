@@ -138,8 +138,7 @@ def facet_zone(mask: np.ndarray, above_mask: np.ndarray | None, grid: Volume, fr
     if above_mask is None or not np.any(above_mask):
         return None
     box = mask_box(mask, grid, pad_mm)
-    aff = grid.affine.copy()
-    aff[:3, 3] = grid.index_to_world([b[0] for b in box])
+    aff = grid.box_affine([b[0] for b in box])
     shape = tuple(b - a for a, b in box)
     zone = np.zeros(shape, bool)
     # local y of every box voxel, by broadcasting (y is affine in the indices)
