@@ -87,11 +87,14 @@ def sort_levels(levels) -> list[str]:
     return sorted(levels, key=level_index)
 
 
-def level_range(spec: str) -> list[str]:
-    """Parse ``"L3-L5"``, ``"L4"`` or ``"T12,L1,L2"`` into level names, cranial to caudal.
+def level_range(spec) -> list[str]:
+    """Parse ``"L3-L5"``, ``"L4"`` or ``"T12,L1,L2"`` (or a list of such specs, e.g.
+    ``["L4", "L5"]``) into level names, cranial to caudal.
 
     Transitional levels are included only if named explicitly.
     """
+    if not isinstance(spec, str):
+        spec = ",".join(str(s) for s in spec)
     out: list[str] = []
     for part in str(spec).replace(" ", "").split(","):
         if not part:

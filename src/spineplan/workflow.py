@@ -178,10 +178,9 @@ def run_plan(ct_path: TypePath, out_dir: TypePath, *, labels: TypePath | None = 
 
     if levels is None or (not isinstance(levels, str) and len(levels) == 0):
         raise PlanningError("No levels given: say which levels to instrument, e.g. --levels L3-L5.")
-    level_list = level_range(levels) if isinstance(levels, str) else level_range(",".join(levels))
+    level_list = level_range(levels)
     # a bad access level spec fails now, before the CT is read and segmented
-    access_list = None if access_levels in (None, "auto") else (
-        level_range(access_levels) if isinstance(access_levels, str) else level_range(",".join(access_levels)))
+    access_list = None if access_levels in (None, "auto") else level_range(access_levels)
     if anchor is not None and labels is not None:
         raise InputError("--anchor names the vertebrae of spineplan's own segmentation; with --labels the names "
                          "come from the label map. Drop one of the two options.")
