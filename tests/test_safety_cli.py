@@ -52,3 +52,36 @@ def test_check_command_missing_plan_is_a_clear_error(tmp_path, capsys):
     code = main(["check", str(tmp_path / "nope.json"), "--ct", str(tmp_path / "ct.nii.gz")])
     assert code == 2
     assert "no such plan file" in capsys.readouterr().err
+
+
+def test_check_measures_only_the_plans_levels_and_grades_as_with_the_whole_spine(tmp_path, capsys):
+    """Without --quick the command measures the plan's levels and the ones above (their frames
+    name the breach direction and place the facet zone), not every vertebra; the grades, breach
+    distances and directions equal those against the fully measured spine."""
+    from spineplan.anatomy.spine import build_spine
+    from spineplan.safety import check_plan
+
+    ph = get_phantom(fov="spine", levels="L2-L5", seed=0)
+    ct_p, lab_p = tmp_path / "ct.nii.gz", tmp_path / "labels.nii.gz"
+    write_volume(ph.ct, ct_p)
+    write_volume(ph.labels, lab_p)
+    plan = plan_screws(ph.ct, spine_from_truth(ph), ["L4"])
+    frame = spine_from_truth(ph)["L4"].frame
+    s = plan.screw("L4", "left")
+    shift = -4.0 * frame.axes[0]  # toward the midline
+    plan.screws[plan.screws.index(s)] = Screw(level="L4", side="left", entry=list(np.add(s.entry, shift)),
+                                              tip=list(np.add(s.tip, shift)), diameter_mm=s.diameter_mm,
+                                              length_mm=s.length_mm)
+    path = plan.save(tmp_path / "edited.json")
+    part = build_spine(ph.ct, ph.labels, levels=["L2", "L3", "L4"])
+    assert sorted(v.name for v in part.vertebrae) == ["L2", "L3", "L4"]
+    full = check_plan(plan, ph.ct, build_spine(ph.ct, ph.labels))
+    code = main(["check", str(path), "--ct", str(ct_p), "--labels", str(lab_p), "--json", str(tmp_path / "c.json")])
+    capsys.readouterr()
+    got = json.loads((tmp_path / "c.json").read_text())["results"]
+    assert code in (1, 3)
+    for r, g in zip(full, got):
+        assert g["grade"] == r.grade and g["breach_direction"] == r.breach_direction
+        # the JSON rounds to 0.01 mm
+        assert abs(g["breach_mm"] - r.breach_mm) <= 0.006 or (r.breach_mm != r.breach_mm and g["breach_mm"] is None)
+    assert any(g["breach_direction"] == "medial" for g in got)

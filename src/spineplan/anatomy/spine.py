@@ -39,8 +39,12 @@ _MEASURE_PROCESSES = os.environ.get("SPINEPLAN_MEASURE_PROCESSES", "1") != "0"
 
 
 def build_spine(ct: Volume, labels: Volume, *, names_confidence: float = 1.0, method: str = "labels",
-                warnings: Iterable[str] = ()) -> Spine:
-    """Measure every vertebra of a VerSe-coded label map on the CT grid and grade fractures."""
+                warnings: Iterable[str] = (), levels: Iterable[str] | None = None) -> Spine:
+    """Measure every vertebra of a VerSe-coded label map on the CT grid and grade fractures.
+
+    ``levels``: measure only these names (the others present still give the measured ones the
+    direction of their neighbours), e.g. the levels a plan needs; fractures are then graded
+    among the measured levels only."""
     from scipy.ndimage import find_objects
 
     if not ct.same_grid(labels):
@@ -71,9 +75,10 @@ def build_spine(ct: Volume, labels: Volume, *, names_confidence: float = 1.0, me
             continue
         cents[name] = ct.index_to_world(idx.mean(axis=0) + [s.start for s in sl])
     names = [n for n, _, _ in present if n in cents]
+    wanted = None if levels is None else set(levels)
     todo = []
     for name, code, sl in present:
-        if name not in cents:
+        if name not in cents or (wanted is not None and name not in wanted):
             continue
         i = names.index(name)
         nb = [cents[names[j]] for j in (i - 1, i + 1) if 0 <= j < len(names) and names[j] != "S1"]

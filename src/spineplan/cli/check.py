@@ -90,7 +90,13 @@ def run(args) -> int:
     if not args.quick:
         from spineplan.anatomy.spine import build_spine
 
-        anat = build_spine(ct, labels)
+        from spineplan.levels import LEVELS, level_index
+
+        # only the plan's levels and the two above each (the level above, past a transitional
+        # T13/L6) are measured: their frames name breach directions and place the facet zone
+        need = {lv for obj in [*plan.screws, *plan.access] for lv in
+                LEVELS[max(0, level_index(obj.level) - 2): level_index(obj.level) + 1]}
+        anat = build_spine(ct, labels, levels=need)
     zone = ENTRY_ZONE_MM if args.entry_zone is None else float(args.entry_zone)
     results = check_plan(plan, ct, anat, entry_zone_mm=zone)
     print(f"Plan {Path(args.plan).name}: {len(plan.screws)} screws, {len(plan.access)} needles, graded against "
