@@ -362,7 +362,10 @@ def _build_anatomy(names, lumbar_count, lordosis_deg, scoliosis_deg, rotation_de
         if i > 0:
             A.add_iap(models[names[i - 1]], models[n], dims[names[i - 1]].facet)
 
-    rib_levels = [n for n in names if n.startswith("T")] if ribs else []
+    if isinstance(ribs, (list, tuple)):  # an explicit rib-bearing pattern (transitional anatomy)
+        rib_levels = [n for n in names if n in set(ribs)]
+    else:
+        rib_levels = [n for n in names if n.startswith("T")] if ribs else []
     ilium, crest = A.build_ilium(models["S1"]) if "S1" in names else ([], {})
     tips = np.array(sorted((v.spinous_tip for v in models.values()), key=lambda p: p[2]))
     return _Anatomy(
@@ -555,7 +558,10 @@ def make_phantom(*, levels="T11-S1", spacing=1.0, lordosis_deg=40.0, scoliosis_d
         noise_hu: standard deviation of the Gaussian image noise.
         seed: the random seed; it jitters dimensions by up to ``jitter`` (fraction) and draws noise.
         lumbar_count: 5, or 6 for a transitional L6 (VerSe code 25).
-        ribs: draw the floating ribs on the thoracic levels (T11, T12 by default).
+        ribs: draw the floating ribs on the thoracic levels (T11, T12 by default); or a list of
+            the rib-bearing levels, for transitional anatomy: ``["T11"]`` (11 rib pairs: T12
+            without ribs), ``["T11", "T12", "L1"]`` (13 rib pairs: a lumbar rib on L1). The
+            labels keep the true names (VerSe codes), whatever the ribs.
         jitter: largest relative change of each level's dimensions drawn from ``seed`` (0 = table values).
         fov: "full" (bones, posterior skin and some anterior soft tissue; the default) or "spine"
             (a tight box around the drawn bones: small and fast, for tests).
@@ -581,7 +587,7 @@ def make_phantom(*, levels="T11-S1", spacing=1.0, lordosis_deg=40.0, scoliosis_d
                   fracture=(list(frac[0]) if len(frac) == 1 else [list(f) for f in frac]) if frac else None,
                   fractures=[list(f) for f in frac], osteoporosis=bool(osteoporosis),
                   pedicle_scale=float(pedicle_scale), fat_mm=float(fat_mm), noise_hu=float(noise_hu), seed=int(seed),
-                  lumbar_count=int(lumbar_count), ribs=bool(ribs), jitter=float(jitter), fov=fov,
+                  lumbar_count=int(lumbar_count), ribs=[str(r).upper() for r in ribs] if isinstance(ribs, (list, tuple)) else bool(ribs), jitter=float(jitter), fov=fov,
                   blur_mm=float(blur_mm), crop_top_mm=float(crop_top_mm), crop_bottom_mm=float(crop_bottom_mm))
     rng_dims, rng_noise = (np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(2))
 
