@@ -48,10 +48,13 @@ class Phantom:
 
 # ----------------------------------------------------------------------------- parameters
 def _parse_levels(levels, lumbar_count: int) -> list[str]:
-    if lumbar_count not in (5, 6):
-        raise InputError(f"lumbar_count={lumbar_count} is not supported; use 5 (normal) or 6 (an L6).")
+    if lumbar_count not in (4, 5, 6):
+        raise InputError(f"lumbar_count={lumbar_count} is not supported; use 5 (normal), 6 (an L6) or 4 (a "
+                         "sacralised L5).")
     names = LV.level_range(levels) if isinstance(levels, str) else [str(x).upper() for x in levels]
     lumbar = [f"L{i}" for i in range(1, lumbar_count + 1)]
+    if lumbar_count == 4:  # sacralised L5: L4 sits on the sacrum
+        names = [n for n in names if n != "L5"]
     if lumbar_count == 6 and "L5" in names and "S1" in names and "L6" not in names:
         names.insert(names.index("S1"), "L6")
     chain = ["T10", "T11", "T12", *lumbar, "S1"]
@@ -557,7 +560,8 @@ def make_phantom(*, levels="T11-S1", spacing=1.0, lordosis_deg=40.0, scoliosis_d
         fat_mm: subcutaneous fat thickness over the posterior midline.
         noise_hu: standard deviation of the Gaussian image noise.
         seed: the random seed; it jitters dimensions by up to ``jitter`` (fraction) and draws noise.
-        lumbar_count: 5, or 6 for a transitional L6 (VerSe code 25).
+        lumbar_count: 5, or 6 for a transitional L6 (VerSe code 25), or 4 for a sacralised L5
+            (four mobile lumbar vertebrae, L4 on the sacrum; ``levels`` may still say "-S1").
         ribs: draw the floating ribs on the thoracic levels (T11, T12 by default); or a list of
             the rib-bearing levels, for transitional anatomy: ``["T11"]`` (11 rib pairs: T12
             without ribs), ``["T11", "T12", "L1"]`` (13 rib pairs: a lumbar rib on L1). The
