@@ -216,6 +216,26 @@ def test_screws_csv(case, tmp_path):
     assert 40 < float(r["mean_hu"]) <= 400
 
 
+def test_screws_csv_states_the_diameter_against_the_isthmus(tmp_path):
+    """The surgeon reads each screw's size against its pedicle: the isthmus width the planner
+    used and the diameter as a percentage of it (the 80 % rule)."""
+    plan = Plan()
+    plan.screws.append(screw_with_head([22.0, 35.0, 0.0], [-0.25, -1.0, -0.05], level="L4", side="left"))
+    plan.screws.append(screw_with_head([-22.0, 35.0, 0.0], [0.25, -1.0, -0.05], level="L4", side="right"))
+    plan.screws[0].extra["isthmus_width_mm"] = 8.6
+    rows = list(csv.DictReader(write_screws_csv_lines(plan, tmp_path)))
+    d = float(rows[0]["diameter_mm"])
+    assert float(rows[0]["isthmus_width_mm"]) == pytest.approx(8.6)
+    assert float(rows[0]["diameter_pct_of_isthmus"]) == pytest.approx(100 * d / 8.6, abs=0.5)
+    # no width known (no plan extra, no spine): empty, not a made-up number
+    assert rows[1]["isthmus_width_mm"] == "" and rows[1]["diameter_pct_of_isthmus"] == ""
+
+
+def write_screws_csv_lines(plan, tmp_path):
+    write_screws_csv(plan, tmp_path / "screws.csv")
+    return [ln for ln in (tmp_path / "screws.csv").read_text().splitlines() if not ln.startswith("#")]
+
+
 def test_mean_hu_is_the_volume_average():
     # a CT whose HU equals the distance along x: the mean over a screw along x is its mid-point x
     shape = (80, 40, 40)

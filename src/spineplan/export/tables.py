@@ -15,7 +15,8 @@ from spineplan.typing import TypePath
 COLUMNS = ("level", "side", "size", "diameter_mm", "length_mm",
            "entry_x", "entry_y", "entry_z", "tip_x", "tip_y", "tip_z",
            "medial_angle_deg", "cranial_angle_deg", "min_margin_mm", "grade", "mean_hu",
-           "skin_entry_x", "skin_entry_y", "skin_entry_z", "skin_depth_mm")
+           "skin_entry_x", "skin_entry_y", "skin_entry_z", "skin_depth_mm",
+           "isthmus_width_mm", "diameter_pct_of_isthmus")
 
 
 def screw_mean_hu(ct, screw: Screw, *, step_mm: float = 0.5) -> float:
@@ -45,6 +46,15 @@ def _angles(screw: Screw, spine):
     return screw.medial_angle_deg, screw.cranial_angle_deg
 
 
+def _isthmus(screw: Screw, spine):
+    """The pedicle isthmus width the screw was sized against (the plan's, else the spine's)."""
+    w = screw.extra.get("isthmus_width_mm")
+    if w is None and spine is not None and screw.level in spine:
+        p = spine[screw.level].pedicles.get(screw.side)
+        w = None if p is None else p.isthmus_width_mm
+    return None if w is None or not np.isfinite(w) or w <= 0 else float(w)
+
+
 def _f(x, nd=2):
     return "" if x is None else f"{float(x):.{nd}f}"
 
@@ -59,6 +69,7 @@ def screws_table(plan: Plan, *, ct=None, spine=None) -> list[dict]:
         if hu is None and ct is not None:
             hu = screw_mean_hu(ct, s)
         skin = s.extra.get("skin_entry") or [None, None, None]
+        width = _isthmus(s, spine)
         rows.append({"level": s.level, "side": s.side, "size": f"{s.diameter_mm:g}x{s.length_mm:g}",
                      "diameter_mm": f"{s.diameter_mm:g}", "length_mm": f"{s.length_mm:g}",
                      **{f"entry_{c}": _f(v) for c, v in zip("xyz", s.entry)},
@@ -66,7 +77,9 @@ def screws_table(plan: Plan, *, ct=None, spine=None) -> list[dict]:
                      "medial_angle_deg": _f(med, 1), "cranial_angle_deg": _f(cra, 1),
                      "min_margin_mm": _f(s.min_margin_mm), "grade": s.grade or "",
                      "mean_hu": _f(hu, 0), **{f"skin_entry_{c}": _f(v) for c, v in zip("xyz", skin)},
-                     "skin_depth_mm": _f(s.extra.get("skin_depth_mm"), 1)})
+                     "skin_depth_mm": _f(s.extra.get("skin_depth_mm"), 1),
+                     "isthmus_width_mm": _f(width, 1),
+                     "diameter_pct_of_isthmus": "" if width is None else f"{100 * s.diameter_mm / width:.0f}"})
     return rows
 
 
