@@ -365,3 +365,42 @@ def test_marrow_fill_leaves_discs_out():
     assert with_test[:, :, mid_body][core].mean() > 0.95
     assert with_test[:, :, mid_disc][core].mean() < 0.05
     assert without[:, :, mid_disc][core].mean() > 0.95
+
+
+SLAB_DICOM = "totalseg_example_dicom_T11T12/dicom"
+SLAB_REF = "totalseg_example_dicom_T11T12/example_seg_dicom.nii.gz"
+
+
+def test_thin_slab_holds_two_vertebrae(data_file):
+    """The 38 mm, 2 mm-slice DICOM slab (reference: T11 and T12, both cut): two vertebrae, split
+    at the real T11/T12 disc. The T12 inferior endplate band 25 mm below it was taken for a
+    merged thin disc and split T12 in two (3 labels, discs at z -797 and -772)."""
+    from spineplan.io import read_ct, read_labels
+
+    ct = read_ct(data_file(SLAB_DICOM))
+    # the reference is on the same voxels in another axis order: read onto the CT's grid (VerSe codes)
+    ref = np.asarray(read_labels(data_file(SLAB_REF), ct=ct).volume.array)
+    seg = segment_spine(ct)
+    lab = np.asarray(seg.labels.array)
+    assert len(seg.names) == 2, seg.names
+    own = []
+    for code in (VERSE_CODES["T12"], VERSE_CODES["T11"]):
+        vals, cnt = np.unique(lab[ref == code], return_counts=True)
+        vals, cnt = vals[vals > 0], cnt[vals > 0]
+        own.append(int(vals[np.argmax(cnt)]))
+    assert own[0] != own[1], own
+    # the reference's T11/T12 disc: midway between the top slice of its T12 body and the bottom
+    # slice of its T11 body above it (slices where a body holds at least half of its largest
+    # number of voxels within 12 mm of our body curve)
+    curve = seg.extras["curve"]
+    full_slices = {}
+    for name in ("T12", "T11"):
+        xyz = ct.index_to_world(np.argwhere(ref == VERSE_CODES[name]))
+        _, lat, post, _ = curve.frame_coords(xyz)
+        zs, n = np.unique(np.round(xyz[np.hypot(lat, post) < 12.0, 2], 1), return_counts=True)
+        full_slices[name] = zs[n >= 0.5 * n.max()]
+    t12_top = full_slices["T12"].max()
+    t11_bottom = full_slices["T11"][full_slices["T11"] > t12_top].min()
+    ref_disc = 0.5 * (t12_top + t11_bottom)  # -772.5 mm
+    discs = seg.extras["disc_centres_lps"]
+    assert len(discs) == 1 and abs(discs[0][2] - ref_disc) <= 4.0, (discs, ref_disc)

@@ -111,3 +111,32 @@ def test_partial_volume_layer_trimmed_on_the_outside_only():
     assert np.all(lab[4, 6:18, 6:18] == 20)
     assert np.all(lab[9:15, 9:15, 9:15][hu[9:15, 9:15, 9:15] == 60.0] == 20)
     assert np.all(lab[5:19, 5:19, 5:19][hu[5:19, 5:19, 5:19] == 400.0] == 20)
+
+
+def _band_profile() -> tuple[np.ndarray, float]:
+    """Core HU every 1 mm through one lumbar-sized vertebra pair: marrow at 140 HU, one resolved
+    disc (a 70 HU dip, 8 mm) at 60 mm and, 25 mm below it, a bright sclerotic endplate band
+    (+60 HU over 5 mm) inside the lower body."""
+    s = np.arange(0.0, 90.0, 1.0)
+    prof = np.full_like(s, 140.0)
+    prof[np.abs(s - 60.0) <= 4.0] = 70.0
+    band = 35.0
+    prof[np.abs(s - band) <= 2.0] = 200.0
+    return prof, band
+
+
+def test_bright_band_is_a_disc_only_at_coarse_slices():
+    """A bright band is a thin disc merged with its endplates only when the slices are coarse
+    (2.5 mm); at 2 mm slices a disc would show as a dip, so the band is bone and scores nothing,
+    while the resolved dip keeps its score at both spacings."""
+    prof, band = _band_profile()
+    period = np.full(len(prof), 40.0)
+    b = int(band)
+    coarse = _discs.disc_score(prof, period, slice_mm=2.5)
+    fine = _discs.disc_score(prof, period, slice_mm=2.0)
+    assert coarse[b - 2 : b + 3].max() > _discs.DISC_MIN_SCORE  # the thin-disc reading exists
+    assert fine[b - 2 : b + 3].max() < 1e-9
+    assert fine[57:64].max() > 60.0 and coarse[57:64].max() > 60.0
+    width = np.full(len(prof), 40.0 / _discs.PERIOD_PER_WIDTH)
+    found = _discs.find_discs(prof, width, slice_mm=2.0)
+    assert len(found) == 1 and abs(int(found[0]) - 60) <= 2, found

@@ -151,6 +151,13 @@ RING_CHECK_HU = 100.0
 #: bone island within a period of a disc (the abdomen CT's L1) would otherwise hide it.
 FLANK_MAX_PERIOD_MM = 30.0
 FLANK_HU = 20.0
+#: A disc merges with its endplates into one bright band only when the slices are coarse against
+#: its height: the thinnest discs (upper and mid thoracic, 4-6 mm; Pooni et al., Spine 1986)
+#: still have a slice centred inside them, mostly disc, at a spacing up to half that height.
+#: At or below this slice spacing (mm) every disc is a resolved dark dip and a bright band is
+#: bone: an endplate, or a sclerotic band next to one (the 2 mm T11/T12 DICOM slab's T12
+#: inferior endplate band was taken for a disc, splitting T12 in two).
+MERGED_BAND_MIN_SLICE_MM = 2.0
 #: Baseline window (mm): about one vertebral period.
 BASELINE_MM = 40.0
 
@@ -163,7 +170,7 @@ def _side_max(p: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def disc_score(profile: np.ndarray, period: np.ndarray, step: float = STEP_MM,
-               ring: np.ndarray | None = None) -> np.ndarray:
+               ring: np.ndarray | None = None, slice_mm: float | None = None) -> np.ndarray:
     """How strongly each point looks like a disc (HU >= 0), given the expected local period.
 
     Thick (resolved) discs: depth of the core below the brighter endplates found on *both*
@@ -172,7 +179,9 @@ def disc_score(profile: np.ndarray, period: np.ndarray, step: float = STEP_MM,
     bands next to a resolved disc are its endplates and are ignored. The middle of a body, dark
     or not (osteoporosis, basivertebral veins), has its endplates ~0.35-0.4 periods away.
     With ``ring`` (the profile on a ring around the core, :data:`RING_MM`), a thin disc must be
-    bright there too (an endplate spans the body; a bone island does not).
+    bright there too (an endplate spans the body; a bone island does not). With ``slice_mm``
+    (the CT's slice spacing) at or below :data:`MERGED_BAND_MIN_SLICE_MM`, discs are resolved
+    and only the thick score counts.
     """
     from scipy.ndimage import gaussian_filter1d, maximum_filter1d, median_filter
 
@@ -209,6 +218,8 @@ def disc_score(profile: np.ndarray, period: np.ndarray, step: float = STEP_MM,
         near[sel] = nt[sel]
     # a bright endplate next to a resolved (dark) disc is not a thin disc itself
     thin = np.where(near > 0.6 * thin, 0.0, thin)
+    if slice_mm is not None and slice_mm <= MERGED_BAND_MIN_SLICE_MM:
+        thin[:] = 0.0
     return np.clip(np.maximum(thick, thin), 0.0, None)
 
 
@@ -262,7 +273,7 @@ def capped_width(width: np.ndarray) -> np.ndarray:
 
 
 def find_discs(profile: np.ndarray, width: np.ndarray, step: float = STEP_MM,
-               ring: np.ndarray | None = None) -> np.ndarray:
+               ring: np.ndarray | None = None, slice_mm: float | None = None) -> np.ndarray:
     """Indices of disc centres along the curve: the most periodic set of deep dips.
 
     Candidates are the local maxima of :func:`disc_score`; dynamic programming over pairs of
@@ -270,7 +281,7 @@ def find_discs(profile: np.ndarray, width: np.ndarray, step: float = STEP_MM,
     sum(log(gap ratio)^2), with every gap within ``PERIOD_MM``.
     """
     period = np.clip(capped_width(width) * PERIOD_PER_WIDTH, *PERIOD_MM)
-    d = disc_score(profile, period, step, ring)
+    d = disc_score(profile, period, step, ring, slice_mm)
     cand = _local_maxima(d, DISC_MIN_SCORE * 0.5)
     n = len(cand)
     if n == 0:

@@ -161,7 +161,7 @@ def _segment_builtin(ct: Volume, anchor: str | None) -> Segmentation:
     profile = _discs.core_profile(sample, curve)
     width = _discs.body_width(sample, curve)
     ring = _discs.core_profile(sample, curve, _discs.RING_MM[1], _discs.RING_MM[0])
-    discs = _discs.find_discs(profile, width, ring=ring)
+    discs = _discs.find_discs(profile, width, ring=ring, slice_mm=float(sp[2]))
     next(steps, None)
 
     segs = _instances.segments_from_discs(curve, discs)
