@@ -213,3 +213,26 @@ def test_reports_say_what_was_not_planned_and_which_rods_exist(reports):
     assert refused and refused[0][1].startswith(f"{len(gone)} of {len(plan.screws)} requested")
     for s in gone:
         assert f"{s.level} right" in refused[0][1]
+
+
+def test_patient_reads_when_the_level_names_are_uncertain(reports):
+    """A plan whose names are a flagged guess (workflow's names-uncertain warning) never reads to
+    the patient as if the levels were sure; a cross-checked plan carries no such paragraph."""
+    import copy
+
+    from spineplan.plan.model import PlanWarning
+    from spineplan.report._html import Para
+    from spineplan.report.patient import patient_doc
+
+    _, _, plan, _, _ = reports
+    sure = " ".join(b.text for b in patient_doc(plan).blocks if isinstance(b, Para))
+    assert "not sure which bone is which" not in sure
+    unsure = copy.deepcopy(plan)
+    unsure.warnings.append(PlanWarning("names-uncertain", "The level names are uncertain (test)", severity="danger"))
+    blocks = [b.text for b in patient_doc(unsure).blocks if isinstance(b, Para)]
+    text = " ".join(blocks)
+    assert "not sure which bone is which" in text and "off by one bone" in text
+    # said right after what will be done, before risks and recovery
+    i = next(k for k, t in enumerate(blocks) if "not sure which bone" in t)
+    j = next(k for k, t in enumerate(blocks) if "small screw" in t)
+    assert i == j + 2  # after the screws and the small-cuts paragraphs

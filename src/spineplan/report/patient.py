@@ -120,6 +120,10 @@ def patient_doc(plan, *, picture: bytes | None = None, patient_name: str | None 
                      f"{_and(screw_levels)}. {_rods_sentence(plan)}"))
         doc.add(Para("This is done through small cuts in the skin, not one long cut. "
                      "The surgeon uses X-ray pictures to guide each screw."))
+    if any(w.code == "names-uncertain" for w in plan.warnings):
+        doc.add(Para("Important: the computer was not sure which bone is which on this scan. The names above "
+                     "may be off by one bone. Your surgeon will count the bones on your scans and on X-rays "
+                     "before and during the operation. Ask your surgeon how they check the right level."))
     missing = _screws_not_planned(plan)
     if missing:
         k = len(missing)
