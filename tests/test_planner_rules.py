@@ -1,7 +1,8 @@
 """Planner rules added for planning from automatic labels: the docking zone of the percutaneous
 corridor, the compiled corridor walk against its numpy reference, pedicle cores in the planning
 mask, the facet zone on coarse voxels, the mask seed when a pedicle is not measured, and the
-lumbar convergence limits. Synthetic volumes and phantoms with known geometry; no mocks."""
+lumbar convergence limits, the entry at the pedicle's height, and the (optional) partial-volume
+planning field. Synthetic volumes and phantoms with known geometry; no mocks."""
 
 from __future__ import annotations
 
@@ -214,3 +215,62 @@ def test_label_grown_by_one_voxel_is_peeled_and_screws_stay_in_the_true_bone():
     # the true labels themselves are not peeled
     plan0 = plan_screws(ph.ct, spine_from_truth(ph), ["L3"])
     assert plan0.extra["planner"]["planning_mask"]["L3"]["peeled"] == 0
+
+
+def test_entry_lies_at_the_pedicle_height(lumbar_phantom):
+    """Every option's entry lies within half the isthmus height of the search centre (frame z);
+    with a pedicle measured 3 mm high the rule keeps only entries within 1.5 mm, while the 14 mm
+    phantom pedicle allowed entries farther off (so the rule is what binds)."""
+    from dataclasses import replace as dc_replace
+
+    ph = lumbar_phantom
+    st = PlannerSettings()
+    sizes = [(6.0, 45.0), (5.0, 40.0)]
+    spine = spine_from_truth(ph)
+    v = spine["L4"]
+    labels = np.asarray(ph.labels.array)
+    spread = {}
+    for h in (14.0, 3.0):
+        v.pedicles["left"] = dc_replace(v.pedicles["left"], isthmus_height_mm=h)
+        ctx = _search.make_context(ph.ct, v, spine.mask("L4"), labels, None, st)
+        res = _search.search_pedicle(ctx, "left", st, sizes, max_options=200)
+        centre_z = v.frame.to_local(np.asarray(ctx.cache[("recentre", "left")][0])[None])[0, 2]
+        dz = np.array([abs(v.frame.to_local(o.entry[None])[0, 2] - centre_z) for o in res.options])
+        assert len(dz) == 0 or dz.max() <= 0.5 * h + 1e-6, (h, dz.max())
+        spread[h] = dz
+    # the tight height binds: the 14 mm pedicle had options entering farther than 1.5 mm off
+    assert len(spread[14.0]) and (spread[14.0] > 1.5).any() and len(spread[3.0])
+
+
+def test_partial_volume_field_moves_each_rim_face_by_its_soft_fraction():
+    """planning_field with the sub-voxel shell on (3 mm voxels, 1 mm fine grid): a slab label 5
+    voxels thick in x. Rim voxels of 240 HU keep their whole voxel (surface on the voxel face, 1.5
+    mm beyond the rim centre); rim voxels of 40 + 100/3 HU (one third bone with PV_BONE_HU 140)
+    lose two thirds of their 3 mm: surface 0.5 mm inside the rim centre. Read along x, where the
+    field's zero crossing is found by linear interpolation."""
+    from spineplan.anatomy.model import VertebraFrame
+
+    frame = VertebraFrame(np.array([30.0, 30.0, 30.0]), np.eye(3))
+    old = (_search.SUBVOXEL_SHELL, _search.PV_BONE_HU, _search.PV_SOFT_HU, _search.PV_FINE_MM)
+    try:
+        _search.SUBVOXEL_SHELL, _search.PV_BONE_HU, _search.PV_SOFT_HU, _search.PV_FINE_MM = True, 140.0, 40.0, 1.0
+        for rim_hu, expect_from_centre in ((240, 1.5), (40 + 100.0 / 3.0, -0.5)):
+            ct = _grid((20, 20, 20), spacing=3.0, fill=40)
+            hu = np.asarray(ct.array, np.float32).copy()
+            lab = np.zeros(hu.shape, bool)
+            lab[8:13, 3:17, 3:17] = True
+            hu[lab] = 300
+            hu[12, 3:17, 3:17] = rim_hu  # the +x rim layer (x index 12, centre at 36 mm)
+            ct = ct.with_array(hu.astype(np.float32))
+            box = ((4, 17), (0, 20), (0, 20))
+            sl = tuple(slice(a, b) for a, b in box)
+            shell = {}
+            mask, _ = _search.planning_mask(ct, lab, frame, PlannerSettings(), shell=shell)
+            fld = _search.planning_field(ct, mask, shell.get("cut"), box, hu[sl])
+            xs = np.arange(30.0, 42.0, 0.05)
+            v = fld.sample(np.stack([xs, np.full_like(xs, 30.0), np.full_like(xs, 30.0)], axis=1))
+            k = int(np.argmax(v > 0))
+            x0 = xs[k - 1] + (xs[k] - xs[k - 1]) * (-v[k - 1]) / (v[k] - v[k - 1])
+            assert x0 - 36.0 == pytest.approx(expect_from_centre, abs=0.1), (rim_hu, x0)
+    finally:
+        _search.SUBVOXEL_SHELL, _search.PV_BONE_HU, _search.PV_SOFT_HU, _search.PV_FINE_MM = old

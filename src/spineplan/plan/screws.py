@@ -124,7 +124,7 @@ def plan_screws(ct: Volume, spine, levels: Iterable[str], *, sides=("left", "rig
             med, cra = ctx.frame.angles_of(opt.direction, side)
             saf = opt.safety
             extra = {
-                "purchase": _r(opt.purchase, 1), "mean_hu": _r(opt.mean_hu, 1),
+                "purchase": _r(opt.purchase, 1), "ranked_purchase": _r(_rank(opt), 1), "mean_hu": _r(opt.mean_hu, 1),
                 "isthmus_width_mm": _r(res.isthmus_width_mm, 2), "isthmus_width_source": res.width_source,
                 "corridor_width_mm": _r(res.isthmus_width_sdf_mm, 2),
                 "diameter_to_isthmus": _r(opt.diameter_mm / res.isthmus_width_mm, 3) if res.isthmus_width_mm else None,
@@ -140,7 +140,7 @@ def plan_screws(ct: Volume, spine, levels: Iterable[str], *, sides=("left", "rig
                 "grading": "planning mask",
             }
             if choice[j] != 0:
-                loss = 100.0 * (1 - opt.purchase / max(best.purchase, 1e-9))
+                loss = 100.0 * (1 - _rank(opt) / max(_rank(best), 1e-9))
                 extra["alignment_trade"] = {"purchase_lost_pct": _r(loss, 1),
                                             "offset_before_mm": _r(report["offset_before"][j], 2),
                                             "offset_after_mm": _r(report["offset_after"][j], 2),
@@ -156,7 +156,8 @@ def plan_screws(ct: Volume, spine, levels: Iterable[str], *, sides=("left", "rig
         if report and report["changed"]:
             traded = [f"{lvs[int(j)]} {v:.1f} %" for j, v in report["loss_pct"].items()]
             plan.warn("rod-alignment-trade",
-                      f"{side.capitalize()} rod: gave up purchase ({', '.join(traded)}) to line up the screw heads: "
+                      f"{side.capitalize()} rod: gave up ranked purchase (purchase discounted for off-anatomical angles; "
+                      f"{', '.join(traded)}) to line up the screw heads: "
                       f"summed head offset from a smooth rod line {report['total_before']:.1f} -> "
                       f"{report['total_after']:.1f} mm (gain {report['total_before'] - report['total_after']:.1f} mm).",
                       severity="info", side=side,
@@ -223,9 +224,17 @@ def _rod_residuals(heads: np.ndarray) -> np.ndarray:
     return np.linalg.norm(heads - A @ coef, axis=1)
 
 
+def _rank(opt) -> float:
+    """An option's ranking value: its purchase discounted for angles away from the anatomical ones
+    (``Option.score``; the raw purchase when not set)."""
+    return opt.purchase if getattr(opt, "score", None) is None else opt.score
+
+
 def _align(opts: list[list], st: PlannerSettings):
-    """Choose one option per level (index into each list, 0 = best purchase) trading at most
-    ``max_purchase_loss_for_alignment`` of a screw's purchase for a smaller summed head offset."""
+    """Choose one option per level (index into each list, 0 = best ranked) trading at most
+    ``max_purchase_loss_for_alignment`` of a screw's ranked purchase (:func:`_rank`: purchase
+    discounted for off-anatomical angles, the value the options are ordered by) for a smaller
+    summed head offset."""
     n = len(opts)
     choice = [0] * n
     if n == 0:
@@ -233,7 +242,7 @@ def _align(opts: list[list], st: PlannerSettings):
     heads = lambda ch: np.array([opts[i][ch[i]].head for i in range(n)])  # noqa: E731
     before = _rod_residuals(heads(choice))
     if n >= 3:
-        allowed = [[k for k, o in enumerate(ol) if o.purchase >= (1 - st.max_purchase_loss_for_alignment) * ol[0].purchase]
+        allowed = [[k for k, o in enumerate(ol) if _rank(o) >= (1 - st.max_purchase_loss_for_alignment) * _rank(ol[0])]
                    for ol in opts]
         cur = before.sum()
         for _ in range(4):
@@ -253,7 +262,7 @@ def _align(opts: list[list], st: PlannerSettings):
         if before.sum() - cur < st.min_alignment_gain_mm:
             choice = [0] * n
     after = _rod_residuals(heads(choice))
-    loss = {i: 100.0 * (1 - opts[i][choice[i]].purchase / max(opts[i][0].purchase, 1e-9)) for i in range(n) if choice[i]}
+    loss = {i: 100.0 * (1 - _rank(opts[i][choice[i]]) / max(_rank(opts[i][0]), 1e-9)) for i in range(n) if choice[i]}
     return choice, {"offset_before": before, "offset_after": after, "total_before": float(before.sum()),
                     "total_after": float(after.sum()), "changed": any(choice),
                     "loss_pct": {str(i): round(v, 2) for i, v in loss.items()}}
