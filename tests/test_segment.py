@@ -404,3 +404,49 @@ def test_thin_slab_holds_two_vertebrae(data_file):
     ref_disc = 0.5 * (t12_top + t11_bottom)  # -772.5 mm
     discs = seg.extras["disc_centres_lps"]
     assert len(discs) == 1 and abs(discs[0][2] - ref_disc) <= 4.0, (discs, ref_disc)
+
+
+def test_slice_pockets_filled_but_not_the_canal():
+    """A thoracic label (T8) on 0.7 x 0.7 x 2.5 mm voxels, a ring around a 15 mm canal with a
+    body in front holding a 6 x 8 mm dark pocket that opens downwards (not enclosed in 3-D); a
+    cervical label (C5) with a 5 mm transverse foramen; a 12 x 12 mm pocket in a second body
+    with no canal point in it. The marrow pocket joins T8; the canal (a track point in it),
+    the foramen and the canal-sized pocket stay open."""
+    from spineplan.anatomy.segment import fill_enclosed_holes, fill_slice_pockets
+
+    sp = np.array([0.7, 0.7, 2.5])
+    n = 120
+    x, y = np.meshgrid((np.arange(n) - 60) * sp[0], (np.arange(n) - 60) * sp[1], indexing="ij")
+    lab = np.zeros((n, n, 8), np.uint8)
+    ring = (np.hypot(x, y - 12.0) < 12.0) & (np.hypot(x, y - 12.0) >= 7.5)  # canal centred 12 mm behind
+    body = np.hypot(x / 16.0, (y + 12.0) / 12.0) < 1.0
+    pocket = (np.abs(x) < 3.0) & (np.abs(y + 12.0) < 4.0)
+    t8 = VERSE_CODES["T8"]
+    lab[ring | body, 1:7] = t8
+    lab[pocket, 2:7] = 0  # open at the bottom (slice 1 is solid, slice 0 is empty) -> no 3-D hole
+    lab[pocket, 1] = 0
+    canal = np.zeros(lab.shape, bool)
+    canal[60, 60 + int(round(12.0 / sp[1])), 1:7] = True
+    # a cervical label with a transverse foramen, and a second thoracic body with a big pocket
+    c5 = VERSE_CODES["C5"]
+    cx = np.hypot(x - 25.0, y + 25.0)
+    lab[(cx < 6.0) & (cx >= 2.5), 3] = c5
+    big = (np.abs(x + 25.0) < 6.0) & (np.abs(y + 30.0) < 6.0)
+    lab[(np.abs(x + 25.0) < 9.0) & (np.abs(y + 30.0) < 9.0) & ~big, 3] = VERSE_CODES["T9"]
+    before = lab.copy()
+    fill_enclosed_holes(lab)
+    assert (lab[pocket, 2:7] == 0).all()  # the 3-D fill does not reach it
+    fill_slice_pockets(lab, canal, sp)
+    assert (lab[pocket, 2:7] == t8).all()
+    inner = np.hypot(x, y - 12.0) < 7.0
+    assert (lab[inner, 1:7] == 0).all()  # the canal
+    assert (lab[cx < 2.0, 3] == 0).all()  # the transverse foramen
+    assert (lab[big, 3] == 0).all()  # 144 mm^2 >= POCKET_MAX_AREA_MM2
+    changed = lab != before
+    assert set(np.unique(lab[changed]).tolist()) <= {t8}
+    # the same pocket with a canal-track point in it stays open (a narrow canal, a track through it)
+    lab2 = before.copy()
+    canal2 = np.zeros(lab.shape, bool)
+    canal2[60, 60 - int(round(12.0 / sp[1])), 2:7] = True
+    fill_slice_pockets(lab2, canal2, sp)
+    assert (lab2[pocket, 2:7] == 0).all()

@@ -223,6 +223,9 @@ def _segment_builtin(ct: Volume, anchor: str | None) -> Segmentation:
     work_lab[box] = lut[np.clip(inst, 0, 255).astype(np.intp)]
     labels_full = _to_full_resolution(work_lab, grid, full, box, bone_thr, canal_idx)
     fill_enclosed_holes(labels_full)
+    # ... and dark pockets enclosed in one axial slice (open to the canal in another)
+    fill_slice_pockets(labels_full, _canal_points_full(labels_full.shape, grid, canal_idx),
+                       grid.spacing / np.asarray(grid.factors))
     if not noisy:
         # (on a noisy CT one voxel's HU says little about its bone fraction: the rim rule above
         # trims it; with this rule too, the L3 crop's fatty pedicle marrow was cut open)
@@ -381,6 +384,54 @@ def trim_partial_volume(lab: np.ndarray, hu: np.ndarray) -> None:
     local = uniform_filter(np.where(m, h, 0.0).astype(np.float32), 3, mode="nearest") / np.maximum(w, 1e-3)
     drop = outer & (h < PV_SOFT_HU + PV_FRACTION * (local - PV_SOFT_HU))
     sub[drop] = 0
+
+
+#: A pocket enclosed in an axial slice by one vertebra's label is dark marrow or a basivertebral
+#: vein opening towards the canal in another slice (so not enclosed in 3-D), unless it is the
+#: canal itself or, in C1-C7, a transverse foramen (the only other bony rings in an axial slice).
+#: The canal is kept open where the canal track passes, and any pocket at least half the smallest
+#: canal cross-section (mid-thoracic canal ~15 x 15 mm, ~175 mm^2; Panjabi et al., Spine 1991)
+#: is left open too, in case the track missed a slice. Reference-label Dice: abdomen L2/L3/L4
+#: +0.002/+0.003/+0.004, chest T3/T4/T7/T9 +0.003/+0.004/+0.002/+0.002, no level lower.
+POCKET_MAX_AREA_MM2 = 80.0
+#: VerSe codes of C1-C7 (their transverse foramina stay open).
+CERVICAL_CODES = frozenset(range(1, 8))
+
+
+def _canal_points_full(shape, grid, canal_idx) -> np.ndarray:
+    """The canal track (working-grid indices) as a mask on the reoriented full-resolution grid."""
+    f = np.asarray(grid.factors)
+    m = np.zeros(shape, bool)
+    if canal_idx is not None and len(canal_idx):
+        fi = np.round(canal_idx * f + (f - 1) / 2.0).astype(int)
+        ok = np.all((fi >= 0) & (fi < np.asarray(shape)), axis=1)
+        m[tuple(fi[ok].T)] = True
+    return m
+
+
+def fill_slice_pockets(lab: np.ndarray, canal: np.ndarray, spacing) -> None:
+    """Unlabelled pockets enclosed by one vertebra's label within an axial slice (axis 2) join
+    that vertebra, in place: not the ones holding a ``canal`` point, not those of
+    ``POCKET_MAX_AREA_MM2`` or more, not in cervical labels (``CERVICAL_CODES``)."""
+    from scipy.ndimage import binary_fill_holes, find_objects
+    from scipy.ndimage import label as cc_label
+
+    from spineplan.anatomy import _bone
+
+    max_vox = POCKET_MAX_AREA_MM2 / float(spacing[0] * spacing[1])
+    for code, sl in enumerate(find_objects(lab), start=1):
+        if sl is None or code in CERVICAL_CODES:
+            continue
+        sl = tuple(slice(max(0, a.start - 1), a.stop + 1) for a in sl)
+        sub = lab[sl]
+        holes = binary_fill_holes(sub == code, structure=_bone._PLANE) & (sub == 0)
+        if not holes.any():
+            continue
+        cc, n = cc_label(holes, structure=_bone._PLANE)
+        fill = np.bincount(cc.ravel(), minlength=n + 1) < max_vox
+        fill[0] = False
+        fill[np.unique(cc[canal[sl]])] = False
+        sub[fill[cc]] = code
 
 
 def fill_enclosed_holes(lab: np.ndarray) -> None:
