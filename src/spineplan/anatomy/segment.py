@@ -230,6 +230,10 @@ def _segment_builtin(ct: Volume, anchor: str | None) -> Segmentation:
         # (on a noisy CT one voxel's HU says little about its bone fraction: the rim rule above
         # trims it; with this rule too, the L3 crop's fatty pedicle marrow was cut open)
         trim_partial_volume(labels_full, full)
+    if sp[2] > _discs.MERGED_BAND_MIN_SLICE_MM:
+        # two vertebral bodies never touch: where their labels do, along z, a thin disc in
+        # partial volume lies in between (at finer slices discs are resolved and dark)
+        open_disc_contacts(labels_full, full, _body_column_test(grid, curve, width))
     labels_ct = grid.work_axes_to_ct(labels_full)
     out = ct.with_array(np.ascontiguousarray(labels_ct, dtype=np.uint8), modality="SEG",
                         meta={"source": ct.meta.get("source", ""), "convention": "verse"})
@@ -432,6 +436,59 @@ def fill_slice_pockets(lab: np.ndarray, canal: np.ndarray, spacing) -> None:
         fill[0] = False
         fill[np.unique(cc[canal[sl]])] = False
         sub[fill[cc]] = code
+
+
+def _body_column_test(grid, curve, width):
+    """A function telling, for voxel indices of the reoriented full-resolution grid, which lie in
+    the column of the vertebral bodies: within the body's half width of the curve left and right,
+    and in front of its posterior wall (``_instances.DEPTH_PER_WIDTH`` x the half width behind the
+    curve)."""
+    from spineplan.anatomy import _discs, _instances
+
+    f = np.asarray(grid.factors, dtype=float)
+    half = 0.5 * _discs.capped_width(width)
+
+    def inside(idx: np.ndarray) -> np.ndarray:
+        _, lat, post, ci = curve.frame_coords(grid.to_world((idx - (f - 1) / 2.0) / f))
+        hw = half[ci]
+        return (np.abs(lat) < hw) & (post < _instances.DEPTH_PER_WIDTH * hw)
+
+    return inside
+
+
+def open_disc_contacts(lab: np.ndarray, hu: np.ndarray, in_body=None) -> None:
+    """Unlabel, in place, the disc layer where two vertebrae's labels touch along z (axis 2) in
+    the body column: of each touching pair, the darker voxel, if it is also no brighter than its
+    other neighbour along z (a dip: disc between two endplates). ``in_body(idx)`` (M, 3) -> bool
+    limits this to the body column (None: everywhere).
+
+    A disc always separates two vertebral bodies, but at 2-3 mm slices a thin disc in partial
+    volume with both endplates is as bright as marrow and the labels meet across it. Reference-
+    label Dice: chest (2.5 mm slices) mean 0.797 -> 0.804 (T9-L1 +0.01 to +0.017; T4 -0.006,
+    whose disc picks lie a slice off the reference's), abdomen (3 mm) within +-0.004. Used at
+    slices coarser than ``_discs.MERGED_BAND_MIN_SLICE_MM`` only.
+    """
+    n = lab.shape[2]
+    if n < 2:
+        return
+    la, lb = lab[:, :, :-1], lab[:, :, 1:]
+    touch = (la > 0) & (lb > 0) & (la != lb)
+    if not touch.any():
+        return
+    ha = np.asarray(hu[:, :, :-1], dtype=np.float32)
+    hb = np.asarray(hu[:, :, 1:], dtype=np.float32)
+    drop = np.zeros(lab.shape, bool)
+    drop[:, :, :-1] |= touch & (ha <= hb)
+    drop[:, :, 1:] |= touch & (hb < ha)
+    idx = np.argwhere(drop)
+    i, j, k = idx.T
+    h0 = np.asarray(hu[i, j, k], dtype=np.float32)
+    ok = (h0 <= np.asarray(hu[i, j, np.maximum(k - 1, 0)], dtype=np.float32)) & \
+        (h0 <= np.asarray(hu[i, j, np.minimum(k + 1, n - 1)], dtype=np.float32))
+    idx = idx[ok]
+    if in_body is not None and len(idx):
+        idx = idx[in_body(idx)]
+    lab[tuple(idx.T)] = 0
 
 
 def fill_enclosed_holes(lab: np.ndarray) -> None:
