@@ -274,3 +274,66 @@ def test_partial_volume_field_moves_each_rim_face_by_its_soft_fraction():
             assert x0 - 36.0 == pytest.approx(expect_from_centre, abs=0.1), (rim_hu, x0)
     finally:
         _search.SUBVOXEL_SHELL, _search.PV_BONE_HU, _search.PV_SOFT_HU, _search.PV_FINE_MM = old
+
+
+def test_rim_threshold_follows_a_dark_vertebra_and_stays_140_hu_in_a_bright_one():
+    """A 7-voxel cube label on 3 mm voxels, rim 200 HU except its +x face at 110 HU: with a dark
+    interior (120 HU, half-bone point 80 HU) that face is kept, with a bright interior (300 HU) it
+    is dropped (the fixed 140 HU); a 70 HU voxel of the face is dropped in both. (The face is 22 %
+    of the rim, so the over-segmentation peel, which keeps the fixed 140 HU, does not act.)"""
+    from spineplan.anatomy.model import VertebraFrame
+
+    frame = VertebraFrame(np.array([30.0, 30.0, 30.0]), np.eye(3))
+    lab = np.zeros((20, 20, 20), bool)
+    lab[7:14, 7:14, 7:14] = True
+    inner = np.zeros_like(lab)
+    inner[8:13, 8:13, 8:13] = True
+    face = lab & ~inner
+    face[:13] = False  # the +x face (x index 13)
+    old = _search.ENDPLATE_ERODE
+    try:
+        _search.ENDPLATE_ERODE = False
+        for inner_hu, kept in ((120, True), (300, False)):
+            hu = np.full(lab.shape, 40.0, np.float32)
+            hu[lab] = 200
+            hu[inner] = inner_hu
+            hu[face] = 110
+            hu[13, 10, 10] = 70
+            ct = _grid((20, 20, 20), spacing=3.0).with_array(hu)
+            out, rep = _search.planning_mask(ct, lab, frame, PlannerSettings())
+            assert rep["peeled"] == 0
+            keep = face & (hu == 110)
+            assert (out[keep].all() if kept else not out[keep].any()), inner_hu
+            assert not out[13, 10, 10] and out[inner].all()
+            assert rep["outer_not_bone"] == (1 if kept else int(face.sum()))
+    finally:
+        _search.ENDPLATE_ERODE = old
+
+
+def test_label_voxels_the_planning_mask_dropped_as_soft_are_no_corridor_obstacle():
+    """The vertebra's own label voxels that the planning mask left out and the CT shows below
+    OUTER_LAYER_MIN_HU are taken out of the corridor's obstacles; its kept bone, its dropped but
+    bright voxels and another vertebra's label stay obstacles."""
+    ct = _grid((40, 40, 40), spacing=1.0, fill=40)
+    hu = np.asarray(ct.array, np.float32).copy()
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[10:20, 10:21, 10:20] = 20  # own label, one slab (y = 20) beyond the planning mask
+    mask = np.zeros(hu.shape, bool)
+    mask[10:20, 10:20, 10:20] = True
+    hu[mask] = 300
+    hu[10:20, 20, 10:20] = 30  # the dropped slab: soft tissue ...
+    hu[15, 20, 15] = 200  # ... but one voxel of it is bright
+    labels[30, 30, 30] = 21  # another vertebra, dark
+    hu[30, 30, 30] = 30
+    ct = ct.with_array(hu)
+    st = PlannerSettings()
+    box = ((6, 24), (6, 25), (6, 24))
+    sl = tuple(slice(a, b) for a, b in box)
+    ctx = _search.VertebraContext(name="L3", frame=None, mask=mask, field=None, hu=hu[sl], ct=ct, labels=labels,
+                                  label=20, facet=None, pedicles={}, endplates={}, cache={"box": box})
+    cor = _search.Corridor.of(ct, labels, st)
+    own = _search.corridor_of_vertebra(ctx, cor)
+    pts = np.array([[12.0, 20.0, 12.0], [15.0, 20.0, 15.0], [15.0, 15.0, 15.0], [30.0, 30.0, 30.0]])
+    assert cor.obstacle_at(pts).tolist() == [True, True, True, True]
+    assert own.obstacle_at(pts).tolist() == [False, True, True, True]
+    assert np.asarray(cor.labels)[12, 20, 12] == 20  # the shared label map is not modified
