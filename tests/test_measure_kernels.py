@@ -51,12 +51,19 @@ def test_tube_normal_equations_match_numpy():
     dd = rng.uniform(-6, 6, size=(150, 12, 3))
     vals = rng.normal(200, 80, 150)
     u, w = np.array([0.8, 0.6, 0]), np.array([0, 0, 1.0])
+    wts = rng.uniform(0.0, 1.0, 150)
     args = (dd, u, w, -0.4, 0.1, 4.0, 6.0, 3.0, 5.0, 0.5, vals)
-    Ga, ra = _pv.normal_equations(*args)
-    Gb, rb = _pv._normal_numpy(*args)
+    Ga, ra = _pv.normal_equations(*args, wts)
+    Gb, rb = _pv._normal_numpy(*args, wts)
     np.testing.assert_allclose(Ga, Gb, rtol=1e-12, atol=1e-9)
     np.testing.assert_allclose(ra, rb, rtol=1e-12, atol=1e-7)
-    assert Ga[0, 0] == 150 and np.allclose(Ga, Ga.T)
+    assert np.isclose(Ga[0, 0], wts.sum()) and np.allclose(Ga, Ga.T)
+    # unit weights: the unweighted normal equations, X'X and X'v, from the fractions themselves
+    inside, marrow = _pv._fractions_numpy(*args[:10])
+    X = np.c_[np.ones(150), marrow, inside - marrow]
+    G1, r1 = _pv.normal_equations(*args, np.ones(150))
+    np.testing.assert_allclose(G1, X.T @ X, rtol=1e-10, atol=1e-8)
+    np.testing.assert_allclose(r1, X.T @ vals, rtol=1e-10, atol=1e-6)
 
 
 def test_edge_model_residuals_match_numpy():

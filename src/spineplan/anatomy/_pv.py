@@ -51,10 +51,10 @@ def _edge_residuals_numpy(ss, vv, es, x0, dx, pdf, cdf, half_cortex):
     return res
 
 
-def _normal_numpy(dd, u, w, cu, cw, au, aw, bu, bw, h, vals):
+def _normal_numpy(dd, u, w, cu, cw, au, aw, bu, bw, h, vals, wts):
     inside, marrow = _fractions_numpy(dd, u, w, cu, cw, au, aw, bu, bw, h)
     X = np.stack([np.ones(len(vals)), marrow, inside - marrow], axis=1)
-    return X.T @ X, X.T @ vals
+    return X.T @ (X * wts[:, None]), X.T @ (wts * vals)
 
 
 try:
@@ -108,23 +108,24 @@ else:
         return inside, marrow
 
     @njit(cache=True, nogil=True)
-    def normal_equations(dd, u, w, cu, cw, au, aw, bu, bw, h, vals):  # pragma: no cover - compiled
-        """The least-squares normal equations (G = X'X, r = X'vals) of the voxel values on the
-        columns (1, marrow fraction, shell fraction = inside - marrow), without forming X."""
+    def normal_equations(dd, u, w, cu, cw, au, aw, bu, bw, h, vals, wts):  # pragma: no cover - compiled
+        """The weighted least-squares normal equations (G = X'WX, r = X'W vals; W = diag(``wts``))
+        of the voxel values on the columns (1, marrow fraction, shell fraction = inside - marrow),
+        without forming X."""
         inside, marrow = fractions(dd, u, w, cu, cw, au, aw, bu, bw, h)
         G = np.zeros((3, 3))
         r = np.zeros(3)
         for i in range(len(vals)):
-            x0, x1, x2 = 1.0, marrow[i], inside[i] - marrow[i]
-            G[0, 0] += 1.0
-            G[0, 1] += x1
-            G[0, 2] += x2
-            G[1, 1] += x1 * x1
-            G[1, 2] += x1 * x2
-            G[2, 2] += x2 * x2
-            r[0] += vals[i]
-            r[1] += x1 * vals[i]
-            r[2] += x2 * vals[i]
+            x1, x2, q = marrow[i], inside[i] - marrow[i], wts[i]
+            G[0, 0] += q
+            G[0, 1] += q * x1
+            G[0, 2] += q * x2
+            G[1, 1] += q * x1 * x1
+            G[1, 2] += q * x1 * x2
+            G[2, 2] += q * x2 * x2
+            r[0] += q * vals[i]
+            r[1] += q * x1 * vals[i]
+            r[2] += q * x2 * vals[i]
         G[1, 0], G[2, 0], G[2, 1] = G[0, 1], G[0, 2], G[1, 2]
         return G, r
 

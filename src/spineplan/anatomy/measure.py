@@ -111,6 +111,12 @@ _MIRROR_CENTRE_TOL_MM = 4.0
 _MIRROR_WIDTH_TOL_MM = 1.5
 _MIRROR_WIDTH_TOL_FRAC = 0.15
 _MIRROR_ANGLE_TOL_DEG = 6.0
+#: Left/right pedicle sections (width x height) of one vertebra: a side is not replaced by the
+#: mirror image of a smaller one (ramp, fraction of the mean section), and of two that still
+#: disagree, one under this fraction of the other's section is rejected (engineering rules; paired
+#: pedicle sizes differ by ~10-20 %, Zindrick et al. 1987 tables)
+_LR_AREA_RAMP = 0.25
+_LR_AREA_MIN_RATIO = 0.5
 #: The left/right and mirror checks blend their results between 1 x and this multiple of their
 #: tolerance (see _excess).
 _SOFT_CHECK_RAMP = 1.5
@@ -148,6 +154,7 @@ _PV_SECTION = True
 _PV_HALF_LEN = 2.0
 _PV_SUBSTEP_MM = 1.0
 _PV_OTHER_BONE_HU = 100.0
+_PV_OTHER_RAMP_HU = 15.0
 _PV_MARGIN_VOX = 0.5
 #: From this voxel size (mm) on, the pedicle axis is also fitted by the partial-volume model over
 #: +-_PV_AXIS_HALF_LEN mm of the tube (section centres a voxel apart say little about direction),
@@ -162,6 +169,9 @@ _PV_AXIS_START_DEG = 5.0
 #: Temperature (in units of the residual variance) of the soft minimum over the fits from
 #: several starts (see _fit_section_pv.soft_fit).
 _PV_SOFTMIN = 1.0
+_PV_LSQ = False
+#: Softness of the least-section direction search: candidates weigh exp(-(area - least) / (this x least)).
+_LSA_SOFT = 0.02
 #: Unit of the tilt parameters of the direction fit (rad): Nelder-Mead's absolute tolerance
 #: (0.02) is then 0.06 deg of direction, not 1 deg.
 _TILT_UNIT = 0.05
@@ -906,21 +916,22 @@ def _pedicle_sections(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.nd
     return np.c_[ew2[:, 1] - ew2[:, 0], eh[:, 1] - eh[:, 0], c3]
 
 
-def _robust_line(pts: np.ndarray, tol_mm: float = 0.3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _robust_line(pts: np.ndarray, tol_mm: float = 0.3, prior=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Line (point, unit direction) through ``pts`` by iteratively reweighted least squares:
     each point weighs 1 / (1 + (d / s)^2), d its distance from the previous line and
     s = max(``tol_mm``, 2 x the weighted median distance) (Cauchy weights, a fixed number of
     rounds). Unlike dropping points beyond a cut-off, the weights change smoothly with the
-    data, so a last-digit change cannot drop a point and swing the line. Also returns the
-    weights."""
-    wt = np.ones(len(pts))
-    c = pts.mean(axis=0)
-    d = np.linalg.svd(pts - c)[2][0]
+    data, so a last-digit change cannot drop a point and swing the line. ``prior``: weights the
+    points carry beforehand (multiplied in). Also returns the weights."""
+    w0 = np.ones(len(pts)) if prior is None else np.asarray(prior, float)
+    wt = w0
+    c = w0 @ pts / w0.sum()
+    d = np.linalg.svd((pts - c) * np.sqrt(w0)[:, None])[2][0]
     for _ in range(6):
         r = pts - c
         dist = np.linalg.norm(r - np.outer(r @ d, d), axis=1)
         sc = max(tol_mm, 2.0 * float(np.median(dist)))
-        wt = 1.0 / (1.0 + (dist / sc) ** 2)
+        wt = w0 / (1.0 + (dist / sc) ** 2)
         c = wt @ pts / wt.sum()
         q = (pts - c) * np.sqrt(wt)[:, None]
         d2 = np.linalg.svd(q)[2][0]
@@ -1002,7 +1013,7 @@ def _fit_section_pv(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.ndar
     xyz = crop.ct.index_to_world(grid.astype(float))
     d = xyz - C
     qt, qu, qw = d @ a, d @ u, d @ w
-    sel = (np.abs(qt) <= half_len) & ((qu / mu) ** 2 + (qw / mw) ** 2 <= 1.0)
+    sel = (np.abs(qt) <= half_len + 0.5 * sp) & ((qu / mu) ** 2 + (qw / mw) ** 2 <= 1.0)
     if sel.sum() < 12:
         return None
     g = grid[sel]
@@ -1016,9 +1027,17 @@ def _fit_section_pv(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.ndar
     if soft.size < 5:
         return None
     bg = float(np.median(soft))
-    keep = (inmask | (vals < bg + _PV_OTHER_BONE_HU)) & ((qu[sel] / fu) ** 2 + (qw[sel] / fw) ** 2 <= 1.0)
-    g, vals = g[keep], vals[keep]
-    if len(vals) < 12:
+    # voxel weights, all ramps (a voxel's weight changes continuously with its value and with the
+    # start's outline, so a last-digit change of the data cannot drop a voxel from the fit): the
+    # fitted region's elliptic outline and the slab's ends taper over a voxel; voxels outside the
+    # label brighter than soft tissue by _PV_OTHER_BONE_HU (another bone) fade out over _PV_OTHER_RAMP_HU
+    rho = np.sqrt((qu[sel] / fu) ** 2 + (qw[sel] / fw) ** 2)
+    wts = np.clip((1.0 - rho) * min(fu, fw) / sp + 0.5, 0.0, 1.0)
+    wts *= np.clip((half_len - np.abs(qt[sel])) / sp + 0.5, 0.0, 1.0)
+    wts *= np.where(inmask, 1.0, 1.0 - _logistic((vals - bg - _PV_OTHER_BONE_HU) / _PV_OTHER_RAMP_HU))
+    keep = wts > 1e-3
+    g, vals, wts = g[keep], vals[keep], wts[keep]
+    if wts.sum() < 12:
         return None
     # supersample every voxel box
     ns = np.clip(np.ceil(sp3 / _PV_SUBSTEP_MM), 2, 8).astype(int)  # per axis (thick slices)
@@ -1028,7 +1047,8 @@ def _fit_section_pv(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.ndar
     dd = np.ascontiguousarray((pts - C).reshape(len(g), -1, 3))
     ramp = float(np.mean(sp3 / ns))  # sub-sample spacing: the width of each sub-sample's edge ramp
     ones = np.ones(len(vals))
-    vv2 = [float(vals @ vals)]
+    wv = [wts]
+    vv2 = [float(wts @ (vals * vals))]
     z = frame.axes[2]
 
     def cross(p, q):
@@ -1060,7 +1080,7 @@ def _fit_section_pv(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.ndar
         # least squares by the normal equations (3 unknowns; a tiny ridge keeps them solvable);
         # residual sum of squares = |v|^2 - 2 b.r + b.G.b
         G, r = pv_normal(dd, u2, w2, float(cu), float(cw), 0.5 * W, 0.5 * H,
-                         0.5 * W - _CORTEX_MM, 0.5 * H - _CORTEX_MM, ramp, vals)
+                         0.5 * W - _CORTEX_MM, 0.5 * H - _CORTEX_MM, ramp, vals, wv[0])
         G = G + ridge
         beta = np.linalg.solve(G, r)
         if beta[2] < 0 or beta[1] + beta[2] <= 0:  # the shell is not darker than the marrow; bone > soft tissue
@@ -1112,18 +1132,43 @@ def _fit_section_pv(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.ndar
         x = wt @ X / wt.sum()
         return x, cost(x)
 
+    def resid(p):
+        X = design(p)
+        if X is None:
+            return np.full(len(vals) + (2 if tilt else 0), 1e3)
+        G = X.T @ (X * wv[0][:, None]) + ridge
+        r = X.T @ (wv[0] * vals)
+        beta = np.linalg.solve(G, r)
+        if beta[2] < 0 or beta[1] + beta[2] <= 0:
+            beta = np.r_[np.linalg.solve(G[:2, :2], r[:2]), 0.0]
+        res = np.sqrt(wv[0]) * (vals - X @ beta) / np.sqrt(s2[0])
+        if tilt:
+            res = np.r_[res, p[4:6] / sig_t]
+        return res
+
+    def lsq_fit(x0, step):
+        from scipy.optimize import least_squares
+
+        sc = np.array([step, step, 0.66 * step, 0.66 * step] + ([0.04 / _TILT_UNIT] * 2 if tilt else []))
+        r = least_squares(resid, x0, method="trf", x_scale=sc, diff_step=1e-3 * sc / np.maximum(np.abs(x0), 1.0),
+                          xtol=1e-4, ftol=1e-8, max_nfev=200)
+        return r.x, cost(r.x)
+
     x0 = np.array([W0, H0, 0.0, 0.0] + ([0.0, 0.0] if tilt else []))
-    s2[0] = max(rss(x0) / len(vals), 1.0)
+    s2[0] = max(rss(x0) / wts.sum(), 1.0)
+    if _PV_LSQ:
+        soft_fit = lambda x, step, several=True: lsq_fit(x, step)  # noqa: E731
     x, fun = soft_fit(x0, 0.6 * sp)
     # voxels the fitted section does not reach but as bright as bone belong to another bone
     # (a neighbour's articular process, a rib head, this vertebra's own processes): refit without
     X = design(x)
     if X is not None:
-        other = (X[:, 2] + X[:, 1] <= 0.0) & (vals > bg + _PV_OTHER_BONE_HU)
-        if other.any() and (~other).sum() >= 12:
-            vals, dd, ones = vals[~other], np.ascontiguousarray(dd[~other]), ones[~other]
-            vv2[0] = float(vals @ vals)
-            s2[0] = max(rss(x) / len(vals), 1.0)
+        other = (1.0 - np.clip((X[:, 2] + X[:, 1]) / 0.05, 0.0, 1.0)) \
+            * _logistic((vals - bg - _PV_OTHER_BONE_HU) / _PV_OTHER_RAMP_HU)
+        if other.max() > 1e-3 and (wts * (1.0 - other)).sum() >= 12:
+            wv[0] = wts * (1.0 - other)
+            vv2[0] = float(wv[0] @ (vals * vals))
+            s2[0] = max(rss(x) / wv[0].sum(), 1.0)
             x, fun = soft_fit(x, 0.3 * sp, several=False)  # from the (continuous) blend of the first fits
     if not np.isfinite(fun):
         return None
@@ -1149,6 +1194,35 @@ def _redescend(x: float, x0: float, lim: float) -> float:
     a = abs(t)
     g = t if a <= 1.0 else (np.sign(t) * (2.0 - a) if a < 2.0 else 0.0)
     return float(x0 + lim * g)
+
+
+def _logistic(x):
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -50.0, 50.0)))
+
+
+def _soft_run(margin_w: np.ndarray, margin_h: np.ndarray, k: int) -> np.ndarray:
+    """Soft 'contiguous run around index k': each section's pass weight (logistic of its
+    margins below the width and height limits, in units of the ramp), times the pass weights of
+    every section between it and ``k``."""
+    s = _logistic(margin_w) * _logistic(margin_h)
+    out = np.empty_like(s)
+    out[k] = s[k]
+    for i in range(k + 1, len(s)):
+        out[i] = out[i - 1] * s[i]
+    for i in range(k - 1, -1, -1):
+        out[i] = out[i + 1] * s[i]
+    return out
+
+
+def _soft_isthmus(rows: np.ndarray, width: np.ndarray, part: np.ndarray):
+    """Width, height and centre of the isthmus: the narrowest sections of the pedicle proper
+    (``part``), averaged with weights exp(-(width - least) / (0.03 x least + 0.05 mm)) instead of
+    taking the single narrowest one (which switches between neighbours for a last-digit change)."""
+    wmin = float(np.min(width[part]))
+    wt = np.where(part, np.exp(-(np.where(part, width, wmin) - wmin) / (0.03 * wmin + 0.05)), 0.0)
+    wt /= wt.sum()
+    height = _smooth(rows[:, 2])
+    return float(wt @ width), float(wt @ height), wt @ rows[:, 3:6]
 
 
 def _run_around(flags: np.ndarray, k: int) -> tuple[int, int]:
@@ -1184,6 +1258,10 @@ def _least_section_axis(crop: _Crop, frame: VertebraFrame, centre, side: str) ->
 
     The pedicle's cross-section is least when cut perpendicular to its axis; candidates span
     medial angles -10..45 deg and cranial angles -20..20 deg, then a finer grid around the best.
+    The section areas are soft (pixels of the smoothed mask count by how far they are above
+    half, not as in or out) and the best direction is the average of the candidates weighted by
+    exp(-(area - least area) / (``_LSA_SOFT`` x least area)): when two candidates are nearly as
+    small, a last-digit change of the frame moves the result a little instead of switching.
     """
     from scipy.ndimage import label, map_coordinates
 
@@ -1203,9 +1281,10 @@ def _least_section_axis(crop: _Crop, frame: VertebraFrame, centre, side: str) ->
                + su[None, None, :, :, None] * U[:, None, None, None, :]
                + sw[None, None, :, :, None] * W[:, None, None, None, :])
         idx = pts.reshape(-1, 3) @ inv[:3, :3].T + inv[:3, 3]
-        secs = map_coordinates(crop.smooth, idx.T, order=1, mode="constant").reshape(-1, *su.shape) >= 0.5
+        vals = map_coordinates(crop.smooth, idx.T, order=1, mode="constant").reshape(-1, *su.shape)
+        soft = np.clip((vals - 0.5) / 0.4 + 0.5, 0.0, 1.0)  # 0 at 0.3, 1 at 0.7
         tot = np.zeros(len(cands))
-        for i, sec in enumerate(secs):
+        for i, sec in enumerate(vals >= 0.3):
             lab, _ = label(sec)
             k = lab[mid, mid]
             if k == 0:
@@ -1215,14 +1294,20 @@ def _least_section_axis(crop: _Crop, frame: VertebraFrame, centre, side: str) ->
                     continue
                 j = np.argmin(np.sum((on - mid) ** 2, axis=1))
                 k = lab[tuple(on[j])]
-            tot[i // len(ts)] += float(np.count_nonzero(lab == k))
+            tot[i // len(ts)] += float(soft[i][lab == k].sum())
         return tot
 
-    cands = [(m, c) for m in np.arange(-10.0, 45.1, 5.0) for c in np.arange(-20.0, 20.1, 5.0)]
-    m0, c0 = cands[int(np.argmin(areas(cands)))]
-    cands = [(m, c) for m in m0 + np.arange(-3.0, 3.1, 1.5) for c in c0 + np.arange(-3.0, 3.1, 1.5)]
-    best = (None, *cands[int(np.argmin(areas(cands)))])
-    return frame.axes.T @ _local_axis(side, best[1], best[2])
+    def soft_best(cands):
+        a = areas(cands)
+        ok = np.isfinite(a)
+        if not ok.any():
+            return cands[0]
+        wt = np.where(ok, np.exp(-(np.where(ok, a, 0.0) - a[ok].min()) / (_LSA_SOFT * a[ok].min())), 0.0)
+        return tuple(wt @ np.asarray(cands, float) / wt.sum())
+
+    m0, c0 = soft_best([(m, c) for m in np.arange(-10.0, 45.1, 5.0) for c in np.arange(-20.0, 20.1, 5.0)])
+    m1, c1 = soft_best([(m, c) for m in m0 + np.arange(-3.0, 3.1, 1.5) for c in c0 + np.arange(-3.0, 3.1, 1.5)])
+    return frame.axes.T @ _local_axis(side, m1, c1)
 
 
 def _measure_pedicle(ct, crop, fit: _FrameFit, side: str, sp: float, start=None) -> Pedicle | None:
@@ -1250,50 +1335,56 @@ def _measure_pedicle(ct, crop, fit: _FrameFit, side: str, sp: float, start=None)
         if len(rows) < 5:
             return None
         width = _smooth(rows[:, 1])
-        wmin = width.min()
+        # the isthmus is not the last section found at either end
+        wmin = width[2:-2].min() if len(rows) >= 9 else width.min()
         # the pedicle proper: narrow, and not yet merged with the body or a process in height
         hc = np.median(rows[np.abs(rows[:, 0]) <= 3.0, 2]) if np.any(np.abs(rows[:, 0]) <= 3.0) else np.median(rows[:, 2])
         part = (width < 1.35 * wmin + 0.5) & (_smooth(rows[:, 2]) < 1.25 * hc + 0.5)
-        # contiguous run around the minimum = the pedicle proper
-        if len(rows) >= 9:  # the isthmus is not the last section found at either end
+        if len(rows) >= 9:
             part[:2] = False
             part[-2:] = False
         if not part.any():
             return None
         k = int(np.argmin(np.where(part, width, np.inf)))
-        lo, hi = _run_around(part, k)
         if best is not None and abs(width[k] - best[1][best[2]]) > 0.2 * best[1][best[2]]:
             break  # the re-fitted axis left the pedicle: keep the previous round
-        best = (rows, width, k, axis)
+        best = (rows, width, k, axis, part)
         if it == _PEDICLE_ROUNDS - 1:
             break
-        # the axis is fitted through the sections of the pedicle proper: the contiguous run
-        # around the isthmus that is still nearly as narrow and as low as the isthmus (sections
-        # where the body, the lamina or a process joins pull their centres off the axis)
+        # the axis is fitted through the sections of the pedicle proper: the run around the
+        # isthmus that is still nearly as narrow and as low as the isthmus (sections where the
+        # body, the lamina or a process joins pull their centres off the axis). The run is soft:
+        # each section weighs by how clearly it passes both limits (logistic), times the weights
+        # of the sections between it and the isthmus; a short run blends in the looser one
         hs = _smooth(rows[:, 2])
-        tight = (width < _AXIS_RUN_W[0] * width[k] + _AXIS_RUN_W[1]) & (hs < _AXIS_RUN_H[0] * hs[k] + _AXIS_RUN_H[1])
-        a0, a1 = _run_around(tight, k)
-        run = rows[a0:a1 + 1] if a1 - a0 + 1 >= max(5, 4.0 * sp) else rows[lo:hi + 1]
-        hs = run[:, 2]
-        run = run[hs < 1.25 * np.median(hs) + 0.5]  # sections running into a process are left out
-        if _CENTROID_AXIS and len(run) >= 4:
+        wt_t = _soft_run((_AXIS_RUN_W[0] * width[k] + _AXIS_RUN_W[1] - width) / (0.05 * width[k] + 0.1)
+                         + 0.0, (_AXIS_RUN_H[0] * hs[k] + _AXIS_RUN_H[1] - hs) / (0.05 * hs[k] + 0.1), k)
+        wt_l = _soft_run((1.35 * wmin + 0.5 - width) / (0.05 * wmin + 0.1),
+                         (1.25 * hc + 0.5 - hs) / (0.05 * hc + 0.1), k)
+        need = max(5.0, 4.0 * sp)
+        wt = np.maximum(wt_t, wt_l * float(np.clip(1.0 - (wt_t.sum() - need) / 2.0, 0.0, 1.0)))
+        hm = float(np.sum(wt * rows[:, 2]) / wt.sum())
+        wt = wt * _logistic((1.25 * hm + 0.5 - rows[:, 2]) / (0.05 * hm + 0.1))  # running into a process
+        use = wt > 0.02
+        if _CENTROID_AXIS and use.sum() >= 4:
+            run = rows[use]
             cen = _section_centroids(crop, frame, centre + run[:, 0:1] * axis, axis,
                                      0.5 * run[:, 1] + 0.75 * sp + 0.5, 0.5 * run[:, 2] + 0.75 * sp + 0.5, sp)
-            pts = cen[np.all(np.isfinite(cen), axis=1)]
+            okc = np.all(np.isfinite(cen), axis=1)
+            pts, pw = cen[okc], wt[use][okc]
         else:
-            pts = run[:, 3:6]
+            pts, pw = rows[use, 3:6], wt[use]
         if len(pts) >= 4:
-            c_line, d, _ = _robust_line(pts)
+            c_line, d, _ = _robust_line(pts, prior=pw)
             if np.dot(d, axis) < 0:
                 d = -d
             if np.degrees(np.arccos(np.clip(np.dot(d, axis), -1, 1))) < 25.0:
                 axis = _unit(d)
-            centre = c_line + np.dot(rows[k, 3:6] - c_line, axis) * axis
+            centre = c_line + np.dot(_soft_isthmus(rows, width, part)[2] - c_line, axis) * axis
         else:
             centre = rows[k, 3:6]
-    rows, width, k, axis = best
-    height = _smooth(rows[:, 2])
-    W, H, centre = float(width[k]), float(height[k]), rows[k, 3:6]
+    rows, width, k, axis, part = best
+    W, H, centre = _soft_isthmus(rows, width, part)
     if _PV_SECTION:
         if sp >= _PV_AXIS_MIN_VOX_MM:
             pv = _fit_section_pv(crop, frame, centre, axis, W, H, sp, half_len=_PV_AXIS_HALF_LEN, tilt=True)
@@ -1445,16 +1536,31 @@ def _checked_pedicles(crop: _Crop, fit: _FrameFit, name: str, sp: float) -> tupl
                 alt[side] = measure(side, start)
                 score[side] = _mirror_score(alt[side], start, ok[other[side]])
             new = dict(ok)
+            # a pedicle is not replaced by the mirror image of a much smaller one (a label that
+            # lost part of a pedicle gives a small section, whose mirror image 'confirms' itself
+            # on the other side's lamina or process): 1 for equal or smaller sections, ramping
+            # down to 0 as this side's section exceeds the other's
+            area = {s: ok[s].isthmus_width_mm * ok[s].isthmus_height_mm for s in SIDES}
+            mean_area = 0.5 * (area["left"] + area["right"])
             for side in SIDES:
-                b = excess * score[side] * (1.0 - score[other[side]])
+                bigger = 2.0 * _logistic((area[other[side]] - area[side]) / (_LR_AREA_RAMP * mean_area))
+                b = excess * score[side] * (1.0 - score[other[side]]) * min(1.0, bigger)
                 if b > 0.0:
                     new[side] = _blend(fit.frame, ok[side], alt[side], b)
                     warnings.append(f"{name}: left and right pedicles disagreed ({d or 'near the tolerance'}); the "
                                     f"{side} one was re-measured from the mirror image of the {other[side]} one"
                                     + ("." if b >= 1.0 else f" (the two results blended {1 - b:.2f}:{b:.2f})."))
-            if d is not None and all(new[s] is ok[s] for s in SIDES):
-                warnings.append(f"{name}: left and right pedicles disagree ({d}); check them on the images.")
             ok = new
+            small = min(SIDES, key=lambda s: area[s])
+            if d is not None and pedicles_disagree(ok["left"], ok["right"]) is not None \
+                    and area[small] < _LR_AREA_MIN_RATIO * area[other[small]]:
+                # still disagreeing, one section less than half the other: that one lost its bone
+                warnings.append(f"{name}: the {small} pedicle measurement was rejected (section {area[small]:.0f} "
+                                f"mm2, under half the {other[small]} one's {area[other[small]]:.0f} mm2, and the two "
+                                "disagree); it is not reported.")
+                ok.pop(small)
+            elif d is not None and all(new[s] is ok[s] for s in SIDES):
+                warnings.append(f"{name}: left and right pedicles disagree ({d}); check them on the images.")
         elif d is not None:
             warnings.append(f"{name}: left and right pedicles disagree ({d}); check them on the images.")
     return ok, warnings
