@@ -4,7 +4,9 @@ Run:  python benchmarks/bench_segment.py [DATA_DIR]   (default /work/shared/data
 
 Prints, per real CT, per-vertebra Dice against the reference labels (TotalSegmentator or
 VerSe), whether each vertebra was named the same, the naming confidence, warnings and the run
-time; then the time on a 512x512x300 CT built from the chest CT (edge-padded along z).
+time; where the lumbar inferior articular processes go (abdomen; L3 crop subregions); the
+38 mm T11/T12 DICOM slab's vertebra count; the phantoms; then the time on a 512x512x300 CT
+built from the chest CT (mirrored along z).
 Timings on a shared 2-core machine are pessimistic.
 """
 
@@ -103,6 +105,67 @@ def disc_cut_errors(ct, seg, ref: dict[str, np.ndarray]) -> list[tuple[str, floa
     return out
 
 
+#: Posterior elements: reference voxels at least this far (mm) behind our body curve.
+POSTERIOR_MM = 15.0
+
+
+def iap_report(data: Path) -> None:
+    """Lumbar inferior articular processes in the right label: on the abdomen CT, the share of
+    each vertebra's reference posterior-element voxels below its caudal reference cut (its IAPs
+    and the lower laminae, which hang down beside the next vertebra's superior articular
+    processes) that our label of that vertebra holds; on the L3 crop, the share of the VerSe
+    subregion labels 47/48 (IAP left/right) and 45/46 (SAP) of L3 in our L3 label."""
+    name, ct_rel, ref_rel, conv, _ = CASES[0]
+    ct = read_nifti(data / ct_rel)
+    seg = segment_spine(ct)
+    lab = np.asarray(seg.labels.array)
+    ref = reference_masks(data / ref_rel, conv)
+    curve = seg.extras["curve"]
+    cuts = {c.split("/")[0]: cut for c, cut, _ in disc_cut_errors(ct, seg, ref)}  # upper/lower
+    parts = []
+    for lv in ["T12", "L1", "L2", "L3", "L4", "L5"]:
+        if lv not in cuts or lv not in ref:
+            continue
+        idx = np.argwhere(ref[lv])
+        s, _, post, _ = curve.frame_coords(ct.index_to_world(idx))
+        sel = (s < cuts[lv]) & (post > POSTERIOR_MM)
+        if sel.sum():
+            parts.append(f"{lv} {np.mean(lab[tuple(idx[sel].T)] == VERSE_CODES[lv]):.2f} (n={int(sel.sum())})")
+    print(f"\n== lumbar IAPs, {name}: share of the reference's posterior elements below each vertebra's caudal "
+          "cut in our label of that vertebra: " + ", ".join(parts))
+    ct = read_nifti(data / CASES[2][1])
+    lab = np.asarray(segment_spine(ct).labels.array)
+    vert = np.asarray(read_nifti(data / CASES[2][2], modality="SEG").array).astype(int) == VERSE_CODES["L3"]
+    sub = np.asarray(read_nifti(data / "tptbox_sample_L3/sub-ct_seg-subreg_label-22_msk.nii.gz",
+                                modality="SEG").array).astype(int)
+    vals, cnt = np.unique(lab[vert], return_counts=True)
+    own = int(vals[vals > 0][np.argmax(cnt[vals > 0])])
+    out = []
+    for code, nm in ((47, "IAP left"), (48, "IAP right"), (45, "SAP left"), (46, "SAP right")):
+        m = vert & (sub == code)
+        out.append(f"{nm} {np.mean(lab[m] == own):.2f}")
+    print("   L3 crop, VerSe subregions of L3 in our L3 label: " + ", ".join(out))
+
+
+def slab_report(data: Path) -> None:
+    """The 38 mm T11/T12 DICOM slab (2 mm slices; reference T11 and T12, both cut)."""
+    from spineplan.io import read_ct, read_labels
+
+    ct = read_ct(data / "totalseg_example_dicom_T11T12/dicom")
+    seg = segment_spine(ct)
+    lab = np.asarray(seg.labels.array)
+    ref = np.asarray(read_labels(data / "totalseg_example_dicom_T11T12/example_seg_dicom.nii.gz", ct=ct).volume.array)
+    ds = []
+    for lv in ("T11", "T12"):
+        r = ref == VERSE_CODES[lv]
+        vals, cnt = np.unique(lab[r], return_counts=True)
+        own = int(vals[vals > 0][np.argmax(cnt[vals > 0])])
+        ds.append(f"{lv} -> ours {level_from_verse(own)} Dice {dice(lab == own, r):.3f}")
+    z = ", ".join(f"{p[2]:.1f}" for p in seg.extras.get("disc_centres_lps", []))
+    print(f"\n== T11/T12 DICOM slab: {len(seg.names)} vertebrae (reference 2), discs at z {z} mm; "
+          + "; ".join(ds) + f"; names {seg.names} ({seg.method})")
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     data = Path(argv[0]) if argv else Path("/work/shared/data")
@@ -124,6 +187,8 @@ def main(argv=None) -> int:
         if res["cuts"]:
             print("   disc vs reference cut between vertebrae (mm along the curve, ours - reference): "
                   + ", ".join(f"{p} {o - c:+.1f}" for p, c, o in res["cuts"]))
+    iap_report(data)
+    slab_report(data)
     # phantoms with exact truth
     phantom_cases = [
         dict(spacing=1.5, seed=0),

@@ -472,20 +472,19 @@ def open_disc_contacts(lab: np.ndarray, hu: np.ndarray, in_body=None) -> None:
     if n < 2:
         return
     la, lb = lab[:, :, :-1], lab[:, :, 1:]
-    touch = (la > 0) & (lb > 0) & (la != lb)
-    if not touch.any():
+    lower = np.argwhere((la != lb) & (la > 0) & (lb > 0))  # (i, j, k) touches (i, j, k + 1)
+    if not len(lower):
         return
-    ha = np.asarray(hu[:, :, :-1], dtype=np.float32)
-    hb = np.asarray(hu[:, :, 1:], dtype=np.float32)
-    drop = np.zeros(lab.shape, bool)
-    drop[:, :, :-1] |= touch & (ha <= hb)
-    drop[:, :, 1:] |= touch & (hb < ha)
-    idx = np.argwhere(drop)
-    i, j, k = idx.T
-    h0 = np.asarray(hu[i, j, k], dtype=np.float32)
-    ok = (h0 <= np.asarray(hu[i, j, np.maximum(k - 1, 0)], dtype=np.float32)) & \
-        (h0 <= np.asarray(hu[i, j, np.minimum(k + 1, n - 1)], dtype=np.float32))
-    idx = idx[ok]
+    i, j, k = lower.T
+    h_lo = np.asarray(hu[i, j, k], dtype=np.float32)
+    h_hi = np.asarray(hu[i, j, k + 1], dtype=np.float32)
+    # the darker of the pair and its other neighbour along z
+    up = h_hi < h_lo
+    kk = np.where(up, k + 1, k)
+    h0 = np.minimum(h_lo, h_hi)
+    h_out = np.asarray(hu[i, j, np.clip(np.where(up, k + 2, k - 1), 0, n - 1)], dtype=np.float32)
+    ok = h0 <= h_out
+    idx = np.unique(np.column_stack([i, j, kk])[ok], axis=0)
     if in_body is not None and len(idx):
         idx = idx[in_body(idx)]
     lab[tuple(idx.T)] = 0
