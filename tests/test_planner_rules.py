@@ -280,10 +280,12 @@ def test_rim_threshold_follows_a_dark_vertebra_and_stays_140_hu_in_a_bright_one(
     """A 7-voxel cube label on 3 mm voxels, rim 200 HU except its +x face at 110 HU: with a dark
     interior (120 HU, half-bone point 80 HU) that face is kept, with a bright interior (300 HU) it
     is dropped (the fixed 140 HU); a 70 HU voxel of the face is dropped in both. (The face is 22 %
-    of the rim, so the over-segmentation peel, which keeps the fixed 140 HU, does not act.)"""
+    of the rim, so the over-segmentation peel, which keeps the fixed 140 HU, does not act; the
+    frame's origin lies outside the cube, so no body wall is found and no part of it counts as the
+    vertebral body, where the fixed threshold is kept.)"""
     from spineplan.anatomy.model import VertebraFrame
 
-    frame = VertebraFrame(np.array([30.0, 30.0, 30.0]), np.eye(3))
+    frame = VertebraFrame(np.array([30.0, -30.0, 30.0]), np.eye(3))
     lab = np.zeros((20, 20, 20), bool)
     lab[7:14, 7:14, 7:14] = True
     inner = np.zeros_like(lab)

@@ -334,9 +334,13 @@ def _plane_holes(mask: np.ndarray, ax: int, spacing: np.ndarray, max_mm2: float)
 #: dark (osteoporotic or thin) one it is lower. Measured on the abdomen CT (3 mm): around the
 #: L1 right pedicle 52 of 62 voxels both labels hold within 2.5 mm of a grade-A screw are below
 #: 140 HU, and the fixed threshold dropped rim voxels of 117-137 HU that both labels call bone
-#: (the pedicle then had no room). With it (and the seed grid of :func:`search_pedicle`): own
-#: labels abdomen 5 -> 6 of 10 screws, all grade A against the reference labels; reference
-#: labels and the chest CT unchanged. None: the fixed OUTER_LAYER_MIN_HU.
+#: (the pedicle then had no room). In the vertebral body (more than ENDPLATE_ERODE_FROM_WALL_MM
+#: anterior to its posterior wall) the fixed OUTER_LAYER_MIN_HU is kept: there the rim borders
+#: the disc (70-100 HU), which a dark body's half-bone point would keep (measured on the
+#: reference labels grown by one voxel: an L1 screw 0.01 mm medial, grade B, without this). With
+#: it (and the seed grid of :func:`search_pedicle`): own labels abdomen 5 -> 6 of 10 screws, all
+#: grade A against the reference labels; reference labels and the chest CT unchanged.
+#: None: the fixed OUTER_LAYER_MIN_HU everywhere.
 OUTER_LAYER_LOCAL_MM: float | None = 15.0
 
 
@@ -426,9 +430,13 @@ def planning_mask(ct: Volume, mask: np.ndarray, frame, st: PlannerSettings,
     shell_cut = 0
     cut = np.zeros_like(sub)
     if OUTER_LAYER_MIN_HU is not None:
-        cut = sub & ~ndi.binary_erosion(sub) & (hu < outer_layer_threshold(sub, hu, ct.spacing))
-        shell_cut = int(cut.sum())
+        thr = np.broadcast_to(outer_layer_threshold(sub, hu, ct.spacing), sub.shape).copy()
+        wall = _wall_from_mask(ct, sl, sub, frame)
+        if wall is not None:  # the body (endplates next to the disc) keeps the fixed threshold
+            thr[_local_y(ct, sl, sub.shape, frame) < wall - ENDPLATE_ERODE_FROM_WALL_MM] = OUTER_LAYER_MIN_HU
+        cut = sub & ~ndi.binary_erosion(sub) & (hu < thr)
         sub &= ~cut
+        shell_cut = int(cut.sum())
     # 3. endplate slice: the body loses one voxel at each cranial / caudal end (see ENDPLATE_ERODE)
     eroded = 0
     if ENDPLATE_ERODE:
