@@ -162,6 +162,12 @@ CANAL_SMOOTH_MM = 1.5
 CANAL_SMOOTH_NOISY_MM = 3.0
 
 
+#: Area (mm^2) of the darkest candidate pixels tried per slice as the canal's centre: the 60
+#: darkest 2 mm pixels (240 mm^2, a little less than the smallest canal cross-section, ~130 mm^2
+#: in the thorax... 300 mm^2 lumbar; Panjabi et al., Spine 1991/1992, plus epidural fat beside it).
+CANAL_CANDIDATE_AREA_MM2 = 120.0
+
+
 def track_canal(hu: np.ndarray, spacing, path: np.ndarray, k_range) -> np.ndarray:
     """Canal centre (x, y) working indices per slice in ``k_range`` (NaN where not found)."""
     from scipy.ndimage import gaussian_filter
@@ -171,6 +177,9 @@ def track_canal(hu: np.ndarray, spacing, path: np.ndarray, k_range) -> np.ndarra
     bone = hu > BONE_HU
     sx, sy = spacing[0], spacing[1]
     smooth_mm = CANAL_SMOOTH_NOISY_MM if noise_hu(hu) > NOISE_MAX_HU else CANAL_SMOOTH_MM
+    # the darkest candidates are tried first, as many as cover CANAL_CANDIDATE_AREA_MM2 in the slice
+    # (a fixed count covered 4x less area at 1 mm than at 2 mm pixels)
+    _CANDIDATES = max(60, int(round(CANAL_CANDIDATE_AREA_MM2 / (sx * sy))))
     for k in range(*k_range):
         x0, y0 = path[k]
         xa, xb = int(max(0, x0 - 20 / sx)), int(min(nx, x0 + 20 / sx + 1))
@@ -187,7 +196,7 @@ def track_canal(hu: np.ndarray, spacing, path: np.ndarray, k_range) -> np.ndarra
         ii, jj = np.nonzero(cand)
         vals = sub[ii, jj]
         order = np.argsort(vals)
-        for t in order[:60]:
+        for t in order[:_CANDIDATES]:
             x, y = xa + ii[t], ya + jj[t]
             # enclosed: bone within 18 mm to the left, right and behind
             L = bsub[x : int(min(nx, x + 18 / sx)), y].any()
