@@ -119,7 +119,7 @@ _LR_AREA_RAMP = 0.25
 _LR_AREA_MIN_RATIO = 0.5
 #: The left/right and mirror checks blend their results between 1 x and this multiple of their
 #: tolerance (see _excess).
-_SOFT_CHECK_RAMP = 1.5
+_SOFT_CHECK_RAMP = 2.5
 
 #: Resolution (mm) of the frame-aligned resampling of the label mask.
 _GRID_MM = 1.0
@@ -135,23 +135,25 @@ _CORTEX_MM = 1.0
 _PSF_SIGMA_MM = 0.0
 #: Window of the edge-model fit: this far inside and outside the first edge estimate (mm).
 _FIT_IN_MM, _FIT_OUT_MM = 4.0, 5.0
-#: Refine the endplate normals (and so the frame's z axis) from sub-voxel CT edges.
-_CT_ENDPLATES = True
 #: Sections used for the pedicle axis: width below a x isthmus width + b (mm), height below
 #: c x isthmus height + d (engineering values: the pedicle proper before it flares into the body
 #: or the lamina).
 _AXIS_RUN_W = (1.15, 0.3)
 _AXIS_RUN_H = (1.06, 0.3)
+#: The endplate normals (and so the frame's z axis) are refined from sub-voxel CT edges when both
+#: agree with the mask's planes within this (deg).
 _CT_ENDPLATE_TOL_DEG = 5.0
-#: Fit the pedicle axis through the bone-intensity centroids of its cross-sections (True) or
-#: through the midpoints of their edges (False).
-_CENTROID_AXIS = True
-#: Measure the isthmus by the partial-volume model fit of :func:`_fit_section_pv` (True) or by
-#: the edges of the narrowest section (False); its slab along the axis (half length, mm), its
-#: supersampling step (mm; each sub-sample covered by an edge ramp, see _pv.py) and the HU above soft tissue from which a voxel outside the label is
-#: another bone and left out.
-_PV_SECTION = True
+#: The isthmus is measured by the partial-volume model fit of :func:`_fit_section_pv`: its slab
+#: along the axis (half length, mm), its supersampling step (mm; each sub-sample covered by an
+#: edge ramp, see _pv.py) and the HU above soft tissue from which a voxel outside the label is
+#: another bone (faded out over _PV_OTHER_RAMP_HU).
 _PV_HALF_LEN = 2.0
+#: Positions (mm along the axis from the isthmus estimate) of the sections whose fits are combined,
+#: and the softness of the combination (fraction of the least width + mm).
+_PV_SECTION_OFFSETS = (-2.0, -1.0, 0.0, 1.0, 2.0)
+_PV_SECTION_SOFT_FRAC, _PV_SECTION_SOFT_MM = 0.03, 0.1
+#: Softness of the isthmus position among the sections of the pedicle proper (fraction of the least width).
+_ISTHMUS_SOFT_FRAC = 0.08
 _PV_SUBSTEP_MM = 1.0
 _PV_OTHER_BONE_HU = 100.0
 _PV_OTHER_RAMP_HU = 15.0
@@ -164,19 +166,18 @@ _PV_AXIS_HALF_LEN = 5.0
 _PV_AXIS_MAX_DEG = 15.0
 #: Standard deviation (deg) of the Gaussian prior on the fitted axis' tilt from the start axis;
 #: the direction fit starts from the start axis and from it tilted by +-_PV_AXIS_START_DEG.
-_PV_AXIS_PRIOR_DEG = 6.0
+_PV_AXIS_PRIOR_DEG = 3.0
+#: Standard deviation (voxels) of the prior on the fitted width and height around the start's.
+_PV_SIZE_PRIOR_VOX = 1.0
 _PV_AXIS_START_DEG = 5.0
 #: Temperature (in units of the residual variance) of the soft minimum over the fits from
 #: several starts (see _fit_section_pv.soft_fit).
 _PV_SOFTMIN = 1.0
-_PV_LSQ = False
 #: Softness of the least-section direction search: candidates weigh exp(-(area - least) / (this x least)).
 _LSA_SOFT = 0.02
 #: Unit of the tilt parameters of the direction fit (rad): Nelder-Mead's absolute tolerance
 #: (0.02) is then 0.06 deg of direction, not 1 deg.
 _TILT_UNIT = 0.05
-#: Use the model-based edge (True) or the plain half-maximum (False).
-_EDGE_MODEL = True
 #: Margin (mm) around the height of the posterior body within which a pedicle is looked for
 #: (the pedicle joins the body between its endplates; its isthmus is 12-17 mm high in the
 #: lumbar spine, Zindrick MR et al., Spine 1987;12:160-166, about half the body height).
@@ -557,20 +558,19 @@ def _fit_frame(crop: _Crop, neighbours=None, rounds: int = 3) -> _FrameFit:
     body = _body_points(g, canal)
     n_sup_l, n_inf_l, sup_l, inf_l = _endplate_normals(body, g.res)
     n_sup, n_inf = n_sup_l @ axes, n_inf_l @ axes
-    if _CT_ENDPLATES:
-        ct_fit = _ct_endplate_normals(crop, VertebraFrame(origin, axes), g, body)
-        # kept when both agree with the mask's planes within _CT_ENDPLATE_TOL_DEG (a line that
-        # crossed a thin disc into the neighbour, or an endplate cut by the scan, tilts a plane more)
-        if ct_fit is not None and all(np.degrees(np.arccos(np.clip(np.dot(a, b), -1, 1))) < _CT_ENDPLATE_TOL_DEG
-                                      for a, b in zip(ct_fit, (n_sup, n_inf))):
-            n_sup, n_inf = ct_fit
-            z_new = _unit(n_sup + n_inf)
-            if np.degrees(np.arccos(np.clip(np.dot(z_new, axes[2]), -1, 1))) < 10.0:
-                axes = _axes(axes[0], z_new)
-                g = _Grid(crop, origin, axes)
-                canal = _find_canal(g)
-                body = _body_points(g, canal)
-                _, _, sup_l, inf_l = _endplate_normals(body, g.res)
+    ct_fit = _ct_endplate_normals(crop, VertebraFrame(origin, axes), g, body)
+    # kept when both agree with the mask's planes within _CT_ENDPLATE_TOL_DEG (a line that
+    # crossed a thin disc into the neighbour, or an endplate cut by the scan, tilts a plane more)
+    if ct_fit is not None and all(np.degrees(np.arccos(np.clip(np.dot(a, b), -1, 1))) < _CT_ENDPLATE_TOL_DEG
+                                  for a, b in zip(ct_fit, (n_sup, n_inf))):
+        n_sup, n_inf = ct_fit
+        z_new = _unit(n_sup + n_inf)
+        if np.degrees(np.arccos(np.clip(np.dot(z_new, axes[2]), -1, 1))) < 10.0:
+            axes = _axes(axes[0], z_new)
+            g = _Grid(crop, origin, axes)
+            canal = _find_canal(g)
+            body = _body_points(g, canal)
+            _, _, sup_l, inf_l = _endplate_normals(body, g.res)
     frame = VertebraFrame(origin, axes)
     return _FrameFit(frame, g, canal, body, n_sup, n_inf, frame.to_world(sup_l), frame.to_world(inf_l))
 
@@ -767,9 +767,8 @@ def _extents(crop: _Crop, P, D, max_mm: float, sp: float, tolerant: bool = False
             e = None
             if r is not None:
                 e = r[0]
-                if _EDGE_MODEL:
-                    e2 = _model_edge(s, vv, e, kern, r[1], sp)
-                    e = e2 if e2 is not None else e
+                e2 = _model_edge(s, vv, e, kern, r[1], sp)
+                e = e2 if e2 is not None else e
                 if max_out is not None:
                     e = min(e, s[on[0] + np.flatnonzero(~mm[on[0]:])[0]] + max_out)
             edges.append(e)
@@ -1094,9 +1093,14 @@ def _fit_section_pv(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.ndar
     # along a flat valley of the cost
     s2 = [1.0]
     sig_t = np.tan(np.radians(_PV_AXIS_PRIOR_DEG)) / _TILT_UNIT
+    # a weak Gaussian prior on the width and height around the sections' edge estimates: at
+    # coarse voxels the voxel values fix the section's area better than its shape (a 7 x 20 mm
+    # and a 9.5 x 14.5 mm ellipse fit one 3 mm pedicle nearly as well), and the prior keeps that
+    # flat valley from deciding the result by a last digit of the data
+    sig_s = _PV_SIZE_PRIOR_VOX * sp
 
     def cost(p):
-        r = rss(p) / s2[0]
+        r = rss(p) / s2[0] + ((p[0] - W0) ** 2 + (p[1] - H0) ** 2) / sig_s ** 2
         if tilt:
             r += (p[4] ** 2 + p[5] ** 2) / sig_t ** 2
         return r
@@ -1132,32 +1136,8 @@ def _fit_section_pv(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.ndar
         x = wt @ X / wt.sum()
         return x, cost(x)
 
-    def resid(p):
-        X = design(p)
-        if X is None:
-            return np.full(len(vals) + (2 if tilt else 0), 1e3)
-        G = X.T @ (X * wv[0][:, None]) + ridge
-        r = X.T @ (wv[0] * vals)
-        beta = np.linalg.solve(G, r)
-        if beta[2] < 0 or beta[1] + beta[2] <= 0:
-            beta = np.r_[np.linalg.solve(G[:2, :2], r[:2]), 0.0]
-        res = np.sqrt(wv[0]) * (vals - X @ beta) / np.sqrt(s2[0])
-        if tilt:
-            res = np.r_[res, p[4:6] / sig_t]
-        return res
-
-    def lsq_fit(x0, step):
-        from scipy.optimize import least_squares
-
-        sc = np.array([step, step, 0.66 * step, 0.66 * step] + ([0.04 / _TILT_UNIT] * 2 if tilt else []))
-        r = least_squares(resid, x0, method="trf", x_scale=sc, diff_step=1e-3 * sc / np.maximum(np.abs(x0), 1.0),
-                          xtol=1e-4, ftol=1e-8, max_nfev=200)
-        return r.x, cost(r.x)
-
     x0 = np.array([W0, H0, 0.0, 0.0] + ([0.0, 0.0] if tilt else []))
     s2[0] = max(rss(x0) / wts.sum(), 1.0)
-    if _PV_LSQ:
-        soft_fit = lambda x, step, several=True: lsq_fit(x, step)  # noqa: E731
     x, fun = soft_fit(x0, 0.6 * sp)
     # voxels the fitted section does not reach but as bright as bone belong to another bone
     # (a neighbour's articular process, a rib head, this vertebra's own processes): refit without
@@ -1172,12 +1152,13 @@ def _fit_section_pv(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.ndar
             x, fun = soft_fit(x, 0.3 * sp, several=False)  # from the (continuous) blend of the first fits
     if not np.isfinite(fun):
         return None
-    # the model's width, height and direction stay within a voxel or so (and _PV_AXIS_MAX_DEG)
+    # the model's width, height, centre and direction stay within a voxel or so (and _PV_AXIS_MAX_DEG)
     # of the sections': beyond, the result is drawn back to them continuously (_redescend), not
     # rejected (a rejection switches between two estimates for a last-digit change)
     W = _redescend(float(x[0]), W0, max(1.5, sp))
     H = _redescend(float(x[1]), H0, max(2.5, 1.5 * sp))
-    cu, cw = x[2:4]
+    cu = _redescend(float(x[2]), 0.0, max(1.5, sp))
+    cw = _redescend(float(x[3]), 0.0, max(1.5, sp))
     axis = tilted(*x[4:6])[0] if tilt else a
     ang = float(np.arccos(np.clip(np.dot(axis, a), -1, 1)))
     if ang > np.radians(_PV_AXIS_MAX_DEG):
@@ -1216,24 +1197,13 @@ def _soft_run(margin_w: np.ndarray, margin_h: np.ndarray, k: int) -> np.ndarray:
 
 def _soft_isthmus(rows: np.ndarray, width: np.ndarray, part: np.ndarray):
     """Width, height and centre of the isthmus: the narrowest sections of the pedicle proper
-    (``part``), averaged with weights exp(-(width - least) / (0.03 x least + 0.05 mm)) instead of
+    (``part``), averaged with weights exp(-(width - least) / (_ISTHMUS_SOFT_FRAC x least + 0.1 mm)) instead of
     taking the single narrowest one (which switches between neighbours for a last-digit change)."""
     wmin = float(np.min(width[part]))
-    wt = np.where(part, np.exp(-(np.where(part, width, wmin) - wmin) / (0.03 * wmin + 0.05)), 0.0)
+    wt = np.where(part, np.exp(-(np.where(part, width, wmin) - wmin) / (_ISTHMUS_SOFT_FRAC * wmin + 0.1)), 0.0)
     wt /= wt.sum()
     height = _smooth(rows[:, 2])
     return float(wt @ width), float(wt @ height), wt @ rows[:, 3:6]
-
-
-def _run_around(flags: np.ndarray, k: int) -> tuple[int, int]:
-    """First and last index of the run of True in ``flags`` that contains index ``k``."""
-    lo = k
-    while lo > 0 and flags[lo - 1]:
-        lo -= 1
-    hi = k
-    while hi < len(flags) - 1 and flags[hi + 1]:
-        hi += 1
-    return lo, hi
 
 
 def _smooth(v: np.ndarray) -> np.ndarray:
@@ -1366,14 +1336,13 @@ def _measure_pedicle(ct, crop, fit: _FrameFit, side: str, sp: float, start=None)
         hm = float(np.sum(wt * rows[:, 2]) / wt.sum())
         wt = wt * _logistic((1.25 * hm + 0.5 - rows[:, 2]) / (0.05 * hm + 0.1))  # running into a process
         use = wt > 0.02
-        if _CENTROID_AXIS and use.sum() >= 4:
+        pts = np.empty((0, 3))
+        if use.sum() >= 4:  # through the sections' bone-intensity centroids (sub-voxel)
             run = rows[use]
             cen = _section_centroids(crop, frame, centre + run[:, 0:1] * axis, axis,
                                      0.5 * run[:, 1] + 0.75 * sp + 0.5, 0.5 * run[:, 2] + 0.75 * sp + 0.5, sp)
             okc = np.all(np.isfinite(cen), axis=1)
             pts, pw = cen[okc], wt[use][okc]
-        else:
-            pts, pw = rows[use, 3:6], wt[use]
         if len(pts) >= 4:
             c_line, d, _ = _robust_line(pts, prior=pw)
             if np.dot(d, axis) < 0:
@@ -1385,14 +1354,23 @@ def _measure_pedicle(ct, crop, fit: _FrameFit, side: str, sp: float, start=None)
             centre = rows[k, 3:6]
     rows, width, k, axis, part = best
     W, H, centre = _soft_isthmus(rows, width, part)
-    if _PV_SECTION:
-        if sp >= _PV_AXIS_MIN_VOX_MM:
-            pv = _fit_section_pv(crop, frame, centre, axis, W, H, sp, half_len=_PV_AXIS_HALF_LEN, tilt=True)
-            if pv is not None:
-                centre, axis = pv[2], pv[3]
-        pv = _fit_section_pv(crop, frame, centre, axis, W, H, sp)
+    if sp >= _PV_AXIS_MIN_VOX_MM:
+        pv = _fit_section_pv(crop, frame, centre, axis, W, H, sp, half_len=_PV_AXIS_HALF_LEN, tilt=True)
         if pv is not None:
-            W, H, centre = pv[:3]
+            centre, axis = pv[2], pv[3]
+    # the isthmus section from a consensus of sections: fitted at several positions along the
+    # axis around the estimate, combined with weights exp(-(width - least) / tau) (the
+    # narrowest sections count most), so a shift of the estimate along the axis - where the
+    # width changes slowly - does not carry the width with it
+    fits = [_fit_section_pv(crop, frame, centre + t * axis, axis, W, H, sp) for t in _PV_SECTION_OFFSETS]
+    fits = [f for f in fits if f is not None]
+    if fits:
+        ws = np.array([f[0] for f in fits])
+        wt = np.exp(-(ws - ws.min()) / (_PV_SECTION_SOFT_FRAC * ws.min() + _PV_SECTION_SOFT_MM))
+        wt /= wt.sum()
+        W = float(wt @ ws)
+        H = float(wt @ np.array([f[1] for f in fits]))
+        centre = wt @ np.array([f[2] for f in fits])
     med, cra = frame.angles_of(axis, side)
     return Pedicle(side=side, isthmus_center=centre, axis=axis,
                    isthmus_width_mm=W, isthmus_height_mm=H,
@@ -1448,7 +1426,7 @@ def _mirror_confirms(p2: Pedicle | None, start, ref: Pedicle) -> bool:
 
 
 def _excess(ratio: float) -> float:
-    """0 up to a tolerance (``ratio`` <= 1), rising linearly to 1 at 1.5 x the tolerance: a
+    """0 up to a tolerance (``ratio`` <= 1), rising linearly to 1 at _SOFT_CHECK_RAMP x the tolerance: a
     check that blends results instead of switching between them at its tolerance."""
     return float(np.clip((ratio - 1.0) / (_SOFT_CHECK_RAMP - 1.0), 0.0, 1.0))
 
@@ -1462,7 +1440,7 @@ def _disagreement(a: Pedicle, b: Pedicle) -> float:
 
 def _mirror_score(p2: Pedicle | None, start, ref: Pedicle) -> float:
     """1 when a re-measured pedicle is the mirror image of ``ref`` within the
-    :func:`_mirror_confirms` tolerances, falling to 0 at 1.5 x those."""
+    :func:`_mirror_confirms` tolerances, falling to 0 at _SOFT_CHECK_RAMP x those."""
     if p2 is None or pedicle_implausible(p2) is not None:
         return 0.0
     r = max(np.linalg.norm(p2.isthmus_center - start[0]) / _MIRROR_CENTRE_TOL_MM,
