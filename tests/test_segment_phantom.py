@@ -23,6 +23,8 @@ CASES = {
     # an ordinary T12-to-pelvis CT at 1 mm: "no vertebrae found" while the canal search tried a
     # fixed 60 darkest pixels per slice (60 mm^2 at 1 mm: canal seen in 28 % of the slices)
     "1mm-T12-S1": dict(levels="T12-S1", spacing=1.0, seed=0),
+    # the top vertebra's superior articular processes above its disc were a "T10" of their own
+    "1.5mm-T11-top": dict(levels="T11-S1", spacing=1.5, seed=1),
 }
 #: Lowest Dice per case where it is below the general floor (measured, minus a small margin):
 #: the osteoporotic bodies lose marrow below the bone threshold (min 0.669 today).
@@ -53,6 +55,14 @@ def test_every_complete_level_named_right(case):
     for level, v in levels:
         got = _majority(lab, ref == v["label"])
         assert got == v["label"], f"{name}: {level} labelled {level_from_verse(got) if got else 'nothing'}"
+
+
+def test_no_vertebra_beyond_the_drawn_ones(case):
+    """Every label is a vertebra the phantom has: no piece of one (e.g. the top vertebra's
+    articular processes above its last disc) becomes a vertebra of its own."""
+    name, ph, seg = case
+    extra = set(seg.names) - set(ph.truth["vertebrae"])
+    assert not extra, (name, sorted(extra))
 
 
 def test_dice_against_phantom_truth(case):

@@ -164,7 +164,7 @@ def _segment_builtin(ct: Volume, anchor: str | None) -> Segmentation:
     discs = _discs.find_discs(profile, width, ring=ring, slice_mm=float(sp[2]))
     next(steps, None)
 
-    segs = _instances.segments_from_discs(curve, discs)
+    segs = _drop_bodyless_ends(_instances.segments_from_discs(curve, discs), curve, profile)
     if not segs:
         raise NoVertebraeError("no vertebrae found: no vertebral bodies could be separated along the spine.")
     bone_thr = _bone.adaptive_bone_threshold(hc, body, curve, profile, discs, grid)
@@ -253,6 +253,34 @@ def _segment_builtin(ct: Volume, anchor: str | None) -> Segmentation:
         "broken_shells": broken_shells,
     }
     return Segmentation(out, nm.names, nm.confidence, nm.method, nm.warnings, extras)
+
+
+#: A segment at either end of the curve (beyond its last disc) is a vertebra only if a body is
+#: there: the median HU along its core is at least this fraction of the complete segments'
+#: median core HU. Beyond the last body the core is disc or soft tissue (0-60 HU) against
+#: cancellous bone's 150-250 HU (osteoporotic ~80-110): a piece past the top body, holding only
+#: that vertebra's superior articular processes, was labelled as a vertebra of its own (a "T10"
+#: made of T11's top on a T11-S1 phantom).
+BODYLESS_CORE_FRACTION = 0.4
+
+
+def _drop_bodyless_ends(segs, curve, profile: np.ndarray):
+    """``segs`` without end segments whose core shows no vertebral body (see
+    :data:`BODYLESS_CORE_FRACTION`), renumbered 1..n cranial first; their bone floods to the
+    neighbouring vertebra, whose articular processes it usually is."""
+    def core(sg):
+        m = (curve.s >= sg.s0) & (curve.s <= sg.s1) & np.isfinite(profile)
+        return float(np.median(profile[m])) if m.any() else np.nan
+
+    whole = [core(sg) for sg in segs if not (sg.partial_top or sg.partial_bottom)]
+    whole = [c for c in whole if np.isfinite(c)]
+    if not whole:
+        return segs
+    limit = BODYLESS_CORE_FRACTION * float(np.median(whole))
+    keep = [sg for sg in segs if not ((sg.partial_top or sg.partial_bottom) and not core(sg) >= limit)]
+    for n, sg in enumerate(keep, start=1):
+        sg.label = n
+    return keep
 
 
 #: VerSe codes of T1-T12 (spineplan.levels.VERSE_CODES), the rib-bearing vertebrae.
