@@ -177,13 +177,17 @@ def make_context(ct: Volume, vertebra, mask: np.ndarray, labels: np.ndarray | No
     from spineplan.safety import facet_zone
 
     raw = np.asarray(mask, bool)
-    shell: dict = {}
-    mask, cleaning = planning_mask(ct, raw, vertebra.frame, settings, labels, shell=shell)
+    mask, cleaning = planning_mask(ct, raw, vertebra.frame, settings, labels)
     box = mask_box(mask, ct, BOX_PAD_MM)
     sl = tuple(slice(a, b) for a, b in box)
-    # Inside distances only: the rules need margins inside bone and the sign outside.
     hu = np.asarray(ct.array[sl], dtype=np.float32)
-    fld = planning_field(ct, mask, shell.get("cut"), box, hu)
+    # Inside distances only: the rules need margins inside bone and the sign outside. (A
+    # sub-voxel partial-volume boundary was tried here, session 4: each outer voxel of 40-140 HU
+    # losing (1 - bone fraction) of its size on its outside faces, on a 1 mm grid. Placed / 10,
+    # all grade A against the reference labels, whole-voxel vs partial-volume: abdomen own labels
+    # 4 vs 3-4, reference 9 vs 7-9; chest own 8 vs 8, reference 8 vs 6-8: the extra room moved
+    # the entries outward and the refusals to the corridor and facet rules. Not used.)
+    fld = DistanceField.of_mask(mask, ct, pad_mm=BOX_PAD_MM, box=box, exact_outside=False)
     fz = facet_zone(raw, above_mask, ct, vertebra.frame, zone_mm=settings.facet_zone_mm) \
         if above_mask is not None else None
     ctx = VertebraContext(name=vertebra.name, frame=vertebra.frame, mask=mask, field=fld, hu=hu, ct=ct,
@@ -326,6 +330,9 @@ def _plane_holes(mask: np.ndarray, ax: int, spacing: np.ndarray, max_mm2: float)
     return keep[lab]
 
 
+#: Soft tissue's HU in the partial-volume model of a rim voxel (muscle 40-60 HU; trabecular bone
+#: from ~100-150 HU, Pickhardt et al., Ann Intern Med 2013).
+PV_SOFT_HU: float = 40.0
 #: The outer-layer threshold follows the vertebra's own bone where that is dark: a rim voxel is
 #: dropped when its HU is below OUTER_LAYER_MIN_HU and below the half-bone point between soft
 #: tissue (PV_SOFT_HU) and the mean HU of the label's inner voxels within
@@ -360,7 +367,7 @@ def outer_layer_threshold(sub: np.ndarray, hu: np.ndarray, spacing) -> np.ndarra
 
 
 def planning_mask(ct: Volume, mask: np.ndarray, frame, st: PlannerSettings,
-                  labels: np.ndarray | None = None, shell: dict | None = None) -> tuple[np.ndarray, dict]:
+                  labels: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """The vertebra mask the planner plans in: ``mask`` with enclosed non-soft-tissue cavities
     filled and one-voxel cracks closed where the CT shows bone (never into another vertebra's
     label in ``labels``, the label map of the CT), its outer voxel layer kept only where the CT shows bone, the body's
@@ -371,9 +378,7 @@ def planning_mask(ct: Volume, mask: np.ndarray, frame, st: PlannerSettings,
     pedicles, an island of it can hold a screw outside the vertebra. (A label that runs past the
     endplate into the disc and the next vertebra is NOT corrected here: at 2.5-3 mm slices the
     CT often shows no endplate cortex to trim at; see the benchmark notes.) Returns the mask and a
-    report (voxels filled, dropped). With a dict ``shell``, ``shell["cut"]`` receives the outer-layer
-    voxels step 2 removed that still touch the mask (not at the body's endplates), for
-    :func:`planning_field`'s sub-voxel boundary."""
+    report (voxels filled, dropped)."""
     from scipy import ndimage as ndi
 
     mask = np.asarray(mask, bool)
@@ -428,7 +433,6 @@ def planning_mask(ct: Volume, mask: np.ndarray, frame, st: PlannerSettings,
         sub |= add
     # 2. the label's outer voxel layer must be bone in the CT (OUTER_LAYER_MIN_HU)
     shell_cut = 0
-    cut = np.zeros_like(sub)
     if OUTER_LAYER_MIN_HU is not None:
         thr = np.broadcast_to(outer_layer_threshold(sub, hu, ct.spacing), sub.shape).copy()
         wall = _wall_from_mask(ct, sl, sub, frame)
@@ -455,13 +459,6 @@ def planning_mask(ct: Volume, mask: np.ndarray, frame, st: PlannerSettings,
             ecut = body & sub & ~(up & dn)
             eroded = int(ecut.sum())
             sub &= ~ecut
-            # the outer-layer voxels cut in step 2 at the endplates stay out of the sub-voxel shell
-            both = sub | cut
-            up[:] = False
-            dn[:] = False
-            up[tuple(lo)] = both[tuple(hi)]
-            dn[tuple(hi)] = both[tuple(lo)]
-            cut &= ~(body & ~(up & dn))
     # 4. the largest connected part (26-connectivity): detached islands are not this vertebra's
     lab, n = ndi.label(sub, structure=np.ones((3, 3, 3), bool))
     dropped = 0
@@ -473,88 +470,7 @@ def planning_mask(ct: Volume, mask: np.ndarray, frame, st: PlannerSettings,
         sub = lab == big
     out = np.zeros_like(mask)
     out[sl] = sub
-    if shell is not None:  # the cut outer voxels touching the final mask: partial-volume shell
-        sh = np.zeros_like(mask)
-        sh[sl] = cut & ndi.binary_dilation(sub) & mask[sl]  # not voxels the closing added
-        shell["cut"] = sh
     return out, {"peeled": peeled, "closed": closed, "filled": filled, "pedicle_cores": cores, "outer_not_bone": shell_cut, "endplate_eroded": eroded, "dropped": dropped}
-
-
-#: Sub-voxel boundary of the planning mask (partial volume), OFF by default (measured below). A
-#: voxel of the label's outer layer holds bone and soft tissue in proportion to its CT value:
-#: bone fraction f = (HU - PV_SOFT_HU) / (PV_BONE_HU - PV_SOFT_HU), clipped to [0, 1] (linear
-#: partial-volume model; muscle 40-60 HU, trabecular bone from ~100-150 HU, Pickhardt et al., Ann
-#: Intern Med 2013). With PV_BONE_HU = OUTER_LAYER_MIN_HU the rule is continuous with the
-#: whole-voxel rule: a rim voxel of >= 140 HU keeps its whole voxel, one of <= 40 HU loses it,
-#: and in between a layer (1 - f) x the voxel size thick is removed from each of its faces that
-#: border the outside (on a grid of about PV_FINE_MM; the field is then on that grid).
-#: Why it was tried: at 3 mm voxels the whole-voxel rule moves the boundary by 0 or 3 mm; on the
-#: abdomen CT the reference-label plan's grade-A screws had -0.8 to 0.0 mm pedicle margin in the
-#: planning mask from spineplan's own labels at L1 right, L2 left and L3 right (1.4-2.1 mm without
-#: the rule). Measured (benchmarks/bench_planner.py data, placed / 10, all grade A against the
-#: reference labels): whole-voxel rule abdomen own 4, reference 9, chest own 8, reference 8;
-#: PV_BONE_HU 140: 3, 7, 8, 8; PV_BONE_HU 240 (half-bone point at 140 HU): 4, 9, 8, 6. The
-#: field's extra room moves the entries outward and the refusals move to the corridor and facet
-#: rules, so it is not used. (A first version that shifted every inside distance by its nearest
-#: rim voxel's shift placed 7/10 on the abdomen from own labels but was not conservative where two
-#: rims are equally near: a reference-label L4 screw kept 0.55 mm instead of 1 mm.)
-PV_SOFT_HU: float = 40.0
-PV_BONE_HU: float = 140.0
-#: Grid step (mm) on which that boundary is drawn (the CT's voxels are split into round(spacing /
-#: PV_FINE_MM) parts per axis: 3 mm -> 1 mm; 0.7 mm stays whole).
-PV_FINE_MM: float = 1.0
-SUBVOXEL_SHELL: bool = False
-
-
-def planning_field(ct: Volume, mask: np.ndarray, shell: np.ndarray | None, box, hu: np.ndarray) -> DistanceField:
-    """Signed distance field (mm, < 0 inside) of the planning ``mask`` in ``box``, with the
-    partial-volume boundary of :data:`SUBVOXEL_SHELL` when it is on: ``shell`` (full grid, the
-    outer voxels :func:`planning_mask` cut, or None) is put back, and on every face of an outer
-    voxel that borders the outside a layer (1 - f) x the voxel size thick is removed, on a grid
-    about :data:`PV_FINE_MM` fine (the field is on that grid). ``hu``: the CT in ``box``."""
-    if not SUBVOXEL_SHELL or OUTER_LAYER_MIN_HU is None:
-        return DistanceField.of_mask(mask, ct, pad_mm=BOX_PAD_MM, box=box, exact_outside=False)
-    from scipy import ndimage as ndi
-
-    sl = tuple(slice(a, b) for a, b in box)
-    sub = np.asarray(mask[sl], bool)
-    if shell is not None:
-        sub = sub | np.asarray(shell[sl], bool)
-    if not sub.any():
-        return DistanceField.of_mask(mask, ct, pad_mm=BOX_PAD_MM, box=box, exact_outside=False)
-    sp = np.asarray(ct.spacing, float)
-    n = np.maximum(1, np.round(sp / PV_FINE_MM)).astype(int)
-    bone_hu = PV_BONE_HU
-    frac = np.clip((np.asarray(hu, float) - PV_SOFT_HU) / (bone_hu - PV_SOFT_HU), 0.0, 1.0)
-    fine = sub
-    for ax in range(3):
-        fine = np.repeat(fine, n[ax], axis=ax)
-    fine = fine.copy()
-    pad = np.pad(sub, 1)
-    for ax in range(3):
-        # sub-voxel layers removed on this axis's faces: round((1 - f) x n), 0..n
-        k = np.round((1.0 - frac) * n[ax]).astype(int)
-        pos = [np.arange(s_) for s_ in fine.shape]
-        subidx = (pos[ax] % n[ax]).reshape([-1 if a_ == ax else 1 for a_ in range(3)])
-        for step in (-1, 1):
-            nb = [slice(1, -1)] * 3
-            nb[ax] = slice(1 + step, pad.shape[ax] - 1 + step)
-            face = sub & ~pad[tuple(nb)]  # this voxel's neighbour on this side is outside
-            kk = np.where(face, k, 0)
-            for a_ in range(3):
-                kk = np.repeat(kk, n[a_], axis=a_)
-            cut = (subidx >= n[ax] - kk) if step > 0 else (subidx < kk)
-            fine &= ~cut
-    fsp = sp / n
-    half = 0.5 * float(np.min(fsp))
-    d_in = ndi.distance_transform_edt(fine, sampling=fsp)
-    sdf = np.where(fine, half - d_in, half).astype(np.float32)
-    # fine voxel I of axis a has its centre at coarse index (I + 0.5) / n - 0.5
-    scale = np.eye(4)
-    scale[:3, :3] = np.diag(1.0 / n)
-    scale[:3, 3] = 0.5 / n - 0.5
-    aff = ct.box_affine([b_[0] for b_ in box]) @ scale
-    return DistanceField(sdf, aff, float(max(BOX_PAD_MM, half)))
 
 
 # --------------------------------------------------------------------------- pedicle / body junction
