@@ -64,7 +64,7 @@ except ImportError:  # pragma: no cover - numba is in the 'anatomy' extra
     normal_equations = _normal_numpy
     edge_residuals = _edge_residuals_numpy
 else:
-    @njit(cache=True, nogil=True)
+    @njit(cache=True, nogil=True, fastmath=True)
     def _cover(pu, pw, a, b, h, lo2, hi2):  # pragma: no cover - compiled
         e2 = pu * pu / (a * a) + pw * pw / (b * b)
         if e2 <= lo2:  # at least h/2 inside the edge along the ray (the ray radius is >= min(a, b))
@@ -77,13 +77,13 @@ else:
         c = 0.5 - d / h
         return 0.0 if c < 0.0 else (1.0 if c > 1.0 else c)
 
-    @njit(cache=True, nogil=True)
+    @njit(cache=True, nogil=True, fastmath=True)
     def _bounds(a, b, h):  # pragma: no cover - compiled
         m = 0.5 * h / min(a, b)
         lo = 1.0 - m
         return (lo * lo if lo > 0.0 else -1.0), (1.0 + m) * (1.0 + m)
 
-    @njit(cache=True, nogil=True)
+    @njit(cache=True, nogil=True, fastmath=True)
     def fractions(dd, u, w, cu, cw, au, aw, bu, bw, h):  # pragma: no cover - compiled
         """Covered fraction of each voxel's sub-samples (``dd``: (N, S, 3) offsets from the tube
         centre) by the outer ellipse (half-axes ``au`` along ``u``, ``aw`` along ``w``, centred at
@@ -107,7 +107,7 @@ else:
             marrow[i] = cm / s
         return inside, marrow
 
-    @njit(cache=True, nogil=True)
+    @njit(cache=True, nogil=True, fastmath=True)
     def normal_equations(dd, u, w, cu, cw, au, aw, bu, bw, h, vals, wts):  # pragma: no cover - compiled
         """The weighted least-squares normal equations (G = X'WX, r = X'W vals; W = diag(``wts``))
         of the voxel values on the columns (1, marrow fraction, shell fraction = inside - marrow),
