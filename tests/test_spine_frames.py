@@ -93,3 +93,17 @@ def test_carm_csv_carries_the_mark(curved, tmp_path):
     marked = {r["level"] for r in rows if r["frame_suspect"] == "yes"}
     assert marked == {tilted.vertebrae[i].name for i in (1, 2, 3)}
     assert {r["frame_suspect"] for r in rows} == {"yes", "no"}
+
+
+def test_pairs_across_a_missing_transitional_level_are_checked(curved):
+    """T12/L1 and L5/S1 are neighbours (T13 and L6 sit between them in the level list only):
+    a frame tilted at L1 is reported with T12, not skipped."""
+    from spineplan.levels import adjacent
+
+    assert adjacent("T12", "L1") and adjacent("L5", "S1") and adjacent("L1", "L2")
+    assert not adjacent("L4", "S1") and not adjacent("L1", "L1") and not adjacent("T11", "L1")
+    _, spine = curved
+    i = [v.name for v in spine.vertebrae].index("L1")
+    verts = _tilted(spine, i)[0].vertebrae
+    out = frames_out_of_line(verts)
+    assert any("T12 and L1" in w for w in out), out

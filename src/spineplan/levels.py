@@ -76,6 +76,18 @@ def level_index(level: str) -> int:
         raise PlanningError(f"Unknown vertebral level {level!r}; use names like L4, T12 or S1.") from None
 
 
+#: Levels only some spines have (a 13th thoracic, a 6th lumbar vertebra).
+TRANSITIONAL = ("T13", "L6")
+
+
+def adjacent(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` are neighbours in a spine that has no level between them: T12 and
+    L1 are (T13 is rare), as are L5 and S1; a transitional level present in the spine would be
+    listed between them."""
+    i, j = sorted((level_index(a), level_index(b)))
+    return i != j and all(lv in TRANSITIONAL for lv in LEVELS[i + 1: j])
+
+
 def region(level: str) -> str:
     """'cervical', 'thoracic', 'lumbar' or 'sacral'."""
     level_index(level)

@@ -528,7 +528,46 @@ class _FrameFit:
     inf_pt: np.ndarray  # world
 
 
-def _fit_frame(crop: _Crop, neighbours=None, rounds: int = 3) -> _FrameFit:
+#: The sacrum's label has no inferior endplate of S1 (it runs on down to the coccyx, curving
+#: forwards): its frame's z is the S1 superior endplate's normal alone (the plane of the sacral
+#: slope, which the true AP / lateral of S1 are aligned with), fitted to the top of its body
+#: columns, the body points within this distance (mm) below the label's top along z (an S1 body
+#: is ~25-30 mm high; Zhou et al., Eur Spine J 2000). With the mean of a superior and an
+#: "inferior" plane the S1 frames were 30-55 deg off on phantoms (benchmarks/bench_carm.py).
+SACRUM_TOP_MM = 25.0
+
+
+#: ... and within this distance (mm) of the vertebra above's centre, left-right (half an S1
+#: body's width, ~45-50 mm; Zhou et al. 2000): a sacrum label that leaked through a sacro-iliac
+#: joint into the ilium (the abdomen CT's own segmentation) must not tilt the plane.
+SACRUM_HALF_WIDTH_MM = 25.0
+
+
+def _sacrum_top(body: np.ndarray, above_x: float | None = None) -> np.ndarray:
+    """The body points of a sacrum within SACRUM_TOP_MM of its top (local z) and, given the
+    local x of the vertebra above (``above_x``), within SACRUM_HALF_WIDTH_MM of it."""
+    pts = body
+    if above_x is not None:
+        near = np.abs(pts[:, 0] - above_x) < SACRUM_HALF_WIDTH_MM
+        if near.sum() >= 50:
+            pts = pts[near]
+    top = float(np.percentile(pts[:, 2], 99))
+    sel = pts[:, 2] > top - SACRUM_TOP_MM
+    return pts[sel] if sel.sum() >= 50 else pts
+
+
+def _above_x(neighbours, origin, axes) -> float | None:
+    """Local x (frame ``origin``/``axes``) of the highest neighbour centre above the origin."""
+    nb = [np.asarray(p, float).reshape(3) for p in (neighbours or []) if p is not None]
+    nb = [p for p in nb if (p - origin) @ axes[2] > 0]
+    if not nb:
+        return None
+    return float((max(nb, key=lambda p: (p - origin) @ axes[2]) - origin) @ axes[0])
+
+
+def _fit_frame(crop: _Crop, neighbours=None, rounds: int = 3, sacrum: bool = False) -> _FrameFit:
+    """The vertebra's frame (see :mod:`spineplan.anatomy.model`) from its label crop; ``sacrum``:
+    z from the superior endplate alone (:data:`SACRUM_TOP_MM`)."""
     rng = np.random.default_rng(0)
     c = crop.points.mean(axis=0)
     z = _initial_z(c, neighbours)
@@ -539,8 +578,12 @@ def _fit_frame(crop: _Crop, neighbours=None, rounds: int = 3) -> _FrameFit:
         g = _Grid(crop, origin, axes)
         canal = _find_canal(g)
         body = _body_points(g, canal)
-        n_sup_l, n_inf_l, sup_l, inf_l = _endplate_normals(body, g.res)
-        z_new = _unit((n_sup_l + n_inf_l) @ axes)
+        if sacrum:
+            n_sup_l = _endplate_normals(_sacrum_top(body, _above_x(neighbours, origin, axes)), g.res)[0]
+            z_new = _unit(n_sup_l @ axes)
+        else:
+            n_sup_l, n_inf_l, sup_l, inf_l = _endplate_normals(body, g.res)
+            z_new = _unit((n_sup_l + n_inf_l) @ axes)
         body_c = origin + body.mean(axis=0) @ axes
         x_new = _symmetry_x(crop, z_new, axes[0], rng)
         new_axes = _axes(x_new, z_new)
@@ -558,6 +601,10 @@ def _fit_frame(crop: _Crop, neighbours=None, rounds: int = 3) -> _FrameFit:
     body = _body_points(g, canal)
     n_sup_l, n_inf_l, sup_l, inf_l = _endplate_normals(body, g.res)
     n_sup, n_inf = n_sup_l @ axes, n_inf_l @ axes
+    if sacrum:  # (the mask's top plane; the CT refinement below fits both endplates)
+        frame = VertebraFrame(origin, axes)
+        n_sup = _endplate_normals(_sacrum_top(body, _above_x(neighbours, origin, axes)), g.res)[0] @ axes
+        return _FrameFit(frame, g, canal, body, n_sup, n_inf, frame.to_world(sup_l), frame.to_world(inf_l))
     ct_fit = _ct_endplate_normals(crop, VertebraFrame(origin, axes), g, body)
     # kept when both agree with the mask's planes within _CT_ENDPLATE_TOL_DEG (a line that
     # crossed a thin disc into the neighbour, or an endplate cut by the scan, tilts a plane more)
@@ -1681,7 +1728,7 @@ def measure_vertebra(ct: Volume, mask: np.ndarray, name: str, label: int, *, nei
     vol_ml = n_vox * float(np.prod(ct.spacing)) / 1000.0
     warnings: list[str] = []
     try:
-        fit = _fit_frame(crop, neighbours)
+        fit = _fit_frame(crop, neighbours, sacrum=name == "S1")
     except InputError as exc:
         c = crop.points.mean(axis=0)
         frame = VertebraFrame(c, np.eye(3))

@@ -17,7 +17,7 @@ from spineplan.anatomy.fracture import grade_fractures
 from spineplan.anatomy.measure import OSTEOPOROSIS_HU, measure_vertebra, pedicles_disagree
 from spineplan.anatomy.model import Spine
 from spineplan.errors import LabelError, NoVertebraeError
-from spineplan.levels import level_from_verse, level_index
+from spineplan.levels import adjacent, level_from_verse, level_index
 from spineplan.typing import TypePath
 from spineplan.volume import Volume
 
@@ -151,7 +151,7 @@ def frame_pairs_out_of_line(verts) -> list[tuple[str, str, float, float]]:
     ``(upper name, lower name, angle deg, limit deg)``."""
     out = []
     for a, b in zip(verts[:-1], verts[1:]):
-        if level_index(b.name) - level_index(a.name) != 1 or not (a.complete and b.complete):
+        if not adjacent(a.name, b.name) or not (a.complete and b.complete):
             continue
         za, zb = np.asarray(a.frame.axes, float)[2], np.asarray(b.frame.axes, float)[2]
         ang = float(np.degrees(np.arccos(np.clip(abs(za @ zb) / np.linalg.norm(za) / np.linalg.norm(zb), -1, 1))))
@@ -189,7 +189,7 @@ def _check_pedicles_against_neighbours(verts) -> None:
     drop = []
     for i, v in enumerate(verts):
         nb = [w for j in (i - 1, i + 1) if 0 <= j < len(verts)
-              and abs(level_index(verts[j].name) - level_index(v.name)) == 1 for w in widths[j]]
+              and adjacent(verts[j].name, v.name) for w in widths[j]]
         if not nb:
             continue
         expect = float(np.mean(nb))
