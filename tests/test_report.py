@@ -180,6 +180,8 @@ def test_patient_text_does_not_invent_a_fracture(reports):
         a.extra["genant_grade"] = 0
     text = " ".join(b.text for b in patient_doc(chosen).blocks if isinstance(b, Para))
     assert f"{chosen.access[0].level} does not look clearly squashed" in text and "Ask your surgeon why" in text
+    # ... and is not called "the broken bone" further on either
+    assert "broken bone" not in text and "broken bone" in graded
 
 
 def test_reports_say_what_was_not_planned_and_which_rods_exist(reports):

@@ -94,6 +94,13 @@ def _rods_sentence(plan) -> str:
     return what + " They hold the bones still so that they can heal and grow together."
 
 
+def _treated_bone(plan) -> str:
+    """'the broken bone', or 'the bone' when no augmented level has a Genant grade on the scan
+    (the surgeon chose it for another reason: the text must not call it broken)."""
+    graded = [a for a in plan.access if (a.extra.get("genant_grade") or 0) >= 1]
+    return "the broken bone" if graded else "the bone"
+
+
 def _screws_not_planned(plan) -> list[str]:
     """The level of every screw that was asked for but could not be planned safely."""
     return [w.level for w in plan.warnings if w.code == "no-safe-screw" and w.level]
@@ -159,7 +166,7 @@ def patient_doc(plan, *, picture: bytes | None = None, patient_name: str | None 
                          f"Together they add up to about {_cm(total)} cm."))
         if plan.access:
             k = len(plan.access)
-            doc.add(Para(f"The needle for the broken bone needs {_n(k)} tiny cut{'s' if k > 1 else ''}, "
+            doc.add(Para(f"The needle for {_treated_bone(plan)} needs {_n(k)} tiny cut{'s' if k > 1 else ''}, "
                          f"{'each ' if k > 1 else ''}a few millimetres long."))
         doc.add(Para("The cuts are closed with stitches, glue or strips. They leave small scars."))
     # --- benefits
@@ -183,8 +190,9 @@ def patient_doc(plan, *, picture: bytes | None = None, patient_name: str | None 
     # --- kyphoplasty / vertebroplasty
     if plan.access:
         kypho = any(a.procedure == "kyphoplasty" for a in plan.access)
-        doc.add(Heading("Treating the broken bone (kyphoplasty)" if kypho else "Treating the broken bone (vertebroplasty)"))
-        steps = [f"The broken bone is {_and(acc_levels)}. "
+        bone = _treated_bone(plan)
+        doc.add(Heading(f"Treating {bone} ({'kyphoplasty' if kypho else 'vertebroplasty'})"))
+        steps = [f"{bone.capitalize()} is {_and(acc_levels)}. "
                  + ("It is in your upper or middle back." if all(region(x) == "thoracic" for x in acc_levels)
                     else "It is in your back.")]
         if kypho:
