@@ -565,6 +565,15 @@ def _above_x(neighbours, origin, axes) -> float | None:
     return float((max(nb, key=lambda p: (p - origin) @ axes[2]) - origin) @ axes[0])
 
 
+def _frame_endplates(body: np.ndarray, res: float, sacrum: bool, neighbours, origin, axes):
+    """:func:`_endplate_normals` of the body points; for a sacrum the superior normal comes from
+    its top only (:func:`_sacrum_top`)."""
+    n_sup, n_inf, sup, inf = _endplate_normals(body, res)
+    if sacrum:
+        n_sup = _endplate_normals(_sacrum_top(body, _above_x(neighbours, origin, axes)), res)[0]
+    return n_sup, n_inf, sup, inf
+
+
 def _fit_frame(crop: _Crop, neighbours=None, rounds: int = 3, sacrum: bool = False) -> _FrameFit:
     """The vertebra's frame (see :mod:`spineplan.anatomy.model`) from its label crop; ``sacrum``:
     z from the superior endplate alone (:data:`SACRUM_TOP_MM`)."""
@@ -578,12 +587,8 @@ def _fit_frame(crop: _Crop, neighbours=None, rounds: int = 3, sacrum: bool = Fal
         g = _Grid(crop, origin, axes)
         canal = _find_canal(g)
         body = _body_points(g, canal)
-        if sacrum:
-            n_sup_l = _endplate_normals(_sacrum_top(body, _above_x(neighbours, origin, axes)), g.res)[0]
-            z_new = _unit(n_sup_l @ axes)
-        else:
-            n_sup_l, n_inf_l, sup_l, inf_l = _endplate_normals(body, g.res)
-            z_new = _unit((n_sup_l + n_inf_l) @ axes)
+        n_sup_l, n_inf_l, _, _ = _frame_endplates(body, g.res, sacrum, neighbours, origin, axes)
+        z_new = _unit((n_sup_l if sacrum else n_sup_l + n_inf_l) @ axes)
         body_c = origin + body.mean(axis=0) @ axes
         x_new = _symmetry_x(crop, z_new, axes[0], rng)
         new_axes = _axes(x_new, z_new)
@@ -599,11 +604,10 @@ def _fit_frame(crop: _Crop, neighbours=None, rounds: int = 3, sacrum: bool = Fal
     g = _Grid(crop, origin, axes)
     canal = _find_canal(g)
     body = _body_points(g, canal)
-    n_sup_l, n_inf_l, sup_l, inf_l = _endplate_normals(body, g.res)
+    n_sup_l, n_inf_l, sup_l, inf_l = _frame_endplates(body, g.res, sacrum, neighbours, origin, axes)
     n_sup, n_inf = n_sup_l @ axes, n_inf_l @ axes
     if sacrum:  # (the mask's top plane; the CT refinement below fits both endplates)
         frame = VertebraFrame(origin, axes)
-        n_sup = _endplate_normals(_sacrum_top(body, _above_x(neighbours, origin, axes)), g.res)[0] @ axes
         return _FrameFit(frame, g, canal, body, n_sup, n_inf, frame.to_world(sup_l), frame.to_world(inf_l))
     ct_fit = _ct_endplate_normals(crop, VertebraFrame(origin, axes), g, body)
     # kept when both agree with the mask's planes within _CT_ENDPLATE_TOL_DEG (a line that
