@@ -14,12 +14,28 @@ from spineplan.plan.model import Screw
 from spineplan.plan.screws import plan_screws
 
 
-def test_check_command_grades_a_plan_and_a_hand_edited_breach(tmp_path, capsys):
+def _phantom_files_and_l4_plan(tmp_path):
+    """An L2-L5 phantom written as CT and label files, and a plan of L4 on its true anatomy."""
     ph = get_phantom(fov="spine", levels="L2-L5", seed=0)
     ct_p, lab_p = tmp_path / "ct.nii.gz", tmp_path / "labels.nii.gz"
     write_volume(ph.ct, ct_p)
     write_volume(ph.labels, lab_p)
-    plan = plan_screws(ph.ct, spine_from_truth(ph), ["L4"])
+    return ph, ct_p, lab_p, plan_screws(ph.ct, spine_from_truth(ph), ["L4"])
+
+
+def _move_left_l4_medially(plan, ph, mm: float) -> None:
+    """Move the left L4 screw ``mm`` toward the midline along the vertebra's true x axis (-x local
+    is toward the midline for a left screw), in place: a hand-edited medial breach."""
+    frame = spine_from_truth(ph)["L4"].frame
+    s = plan.screw("L4", "left")
+    shift = -mm * frame.axes[0]
+    plan.screws[plan.screws.index(s)] = Screw(level="L4", side="left", entry=list(np.add(s.entry, shift)),
+                                              tip=list(np.add(s.tip, shift)), diameter_mm=s.diameter_mm,
+                                              length_mm=s.length_mm)
+
+
+def test_check_command_grades_a_plan_and_a_hand_edited_breach(tmp_path, capsys):
+    ph, ct_p, lab_p, plan = _phantom_files_and_l4_plan(tmp_path)
     good = plan.save(tmp_path / "plan.json")
     code = main(["check", str(good), "--ct", str(ct_p), "--labels", str(lab_p), "--quick", "--json",
                  str(tmp_path / "check.json")])
@@ -30,12 +46,7 @@ def test_check_command_grades_a_plan_and_a_hand_edited_breach(tmp_path, capsys):
     assert [r["grade"] for r in rep["results"]] == ["A", "A"] and rep["exit_status"] == 0
 
     # move the left screw 6 mm toward the midline in the vertebra frame: a medial breach
-    frame = spine_from_truth(ph)["L4"].frame
-    s = plan.screw("L4", "left")
-    shift = -6.0 * frame.axes[0]  # -x local = toward the midline for a left screw
-    plan.screws[plan.screws.index(s)] = Screw(level="L4", side="left", entry=list(np.add(s.entry, shift)),
-                                              tip=list(np.add(s.tip, shift)), diameter_mm=s.diameter_mm,
-                                              length_mm=s.length_mm)
+    _move_left_l4_medially(plan, ph, 6.0)
     bad = plan.save(tmp_path / "edited.json")
     code = main(["check", str(bad), "--ct", str(ct_p), "--labels", str(lab_p), "--quick"])
     out = capsys.readouterr().out
@@ -61,17 +72,8 @@ def test_check_measures_only_the_plans_levels_and_grades_as_with_the_whole_spine
     from spineplan.anatomy.spine import build_spine
     from spineplan.safety import check_plan
 
-    ph = get_phantom(fov="spine", levels="L2-L5", seed=0)
-    ct_p, lab_p = tmp_path / "ct.nii.gz", tmp_path / "labels.nii.gz"
-    write_volume(ph.ct, ct_p)
-    write_volume(ph.labels, lab_p)
-    plan = plan_screws(ph.ct, spine_from_truth(ph), ["L4"])
-    frame = spine_from_truth(ph)["L4"].frame
-    s = plan.screw("L4", "left")
-    shift = -4.0 * frame.axes[0]  # toward the midline
-    plan.screws[plan.screws.index(s)] = Screw(level="L4", side="left", entry=list(np.add(s.entry, shift)),
-                                              tip=list(np.add(s.tip, shift)), diameter_mm=s.diameter_mm,
-                                              length_mm=s.length_mm)
+    ph, ct_p, lab_p, plan = _phantom_files_and_l4_plan(tmp_path)
+    _move_left_l4_medially(plan, ph, 4.0)
     path = plan.save(tmp_path / "edited.json")
     part = build_spine(ph.ct, ph.labels, levels=["L2", "L3", "L4"])
     assert sorted(v.name for v in part.vertebrae) == ["L2", "L3", "L4"]
