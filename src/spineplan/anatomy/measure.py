@@ -535,8 +535,6 @@ class _FrameFit:
 #: is ~25-30 mm high; Zhou et al., Eur Spine J 2000). With the mean of a superior and an
 #: "inferior" plane the S1 frames were 30-55 deg off on phantoms (benchmarks/bench_carm.py).
 SACRUM_TOP_MM = 25.0
-
-
 #: ... and within this distance (mm) of the vertebra above's centre, left-right (half an S1
 #: body's width, ~45-50 mm; Zhou et al. 2000): a sacrum label that leaked through a sacro-iliac
 #: joint into the ilium (the abdomen CT's own segmentation) must not tilt the plane.
@@ -1181,10 +1179,7 @@ def _fit_section_pv(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.ndar
         f = np.array([r.fun for r in rs])
         if not np.isfinite(f).any():
             return rs[0].x, np.inf
-        X = np.array([r.x for r in rs])[np.isfinite(f)]
-        f = f[np.isfinite(f)]
-        wt = np.exp(-(f - f.min()) / _PV_SOFTMIN)
-        x = wt @ X / wt.sum()
+        x = _softmin_weights(f, _PV_SOFTMIN) @ np.array([r.x for r in rs])  # (Nelder-Mead's x is finite)
         return x, cost(x)
 
     x0 = np.array([W0, H0, 0.0, 0.0] + ([0.0, 0.0] if tilt else []))
@@ -1232,6 +1227,19 @@ def _logistic(x):
     return 1.0 / (1.0 + np.exp(-np.clip(x, -50.0, 50.0)))
 
 
+def _softmin_weights(cost, scale) -> np.ndarray:
+    """Weights exp(-(cost - least) / ``scale``) of the finite ``cost`` entries (0 for the others),
+    summing to 1: the soft choice this module makes instead of taking the single least one (which
+    switches between near-equal candidates for a last-digit change of the data). ``scale`` may be
+    a function of the least cost."""
+    c = np.asarray(cost, float)
+    ok = np.isfinite(c)
+    least = float(c[ok].min())
+    tau = scale(least) if callable(scale) else float(scale)
+    wt = np.where(ok, np.exp(-(np.where(ok, c, least) - least) / tau), 0.0)
+    return wt / wt.sum()
+
+
 def _soft_run(margin_w: np.ndarray, margin_h: np.ndarray, k: int) -> np.ndarray:
     """Soft 'contiguous run around index k': each section's pass weight (logistic of its
     margins below the width and height limits, in units of the ramp), times the pass weights of
@@ -1250,9 +1258,7 @@ def _soft_isthmus(rows: np.ndarray, width: np.ndarray, part: np.ndarray):
     """Width, height and centre of the isthmus: the narrowest sections of the pedicle proper
     (``part``), averaged with weights exp(-(width - least) / (_ISTHMUS_SOFT_FRAC x least + 0.1 mm)) instead of
     taking the single narrowest one (which switches between neighbours for a last-digit change)."""
-    wmin = float(np.min(width[part]))
-    wt = np.where(part, np.exp(-(np.where(part, width, wmin) - wmin) / (_ISTHMUS_SOFT_FRAC * wmin + 0.1)), 0.0)
-    wt /= wt.sum()
+    wt = _softmin_weights(np.where(part, width, np.inf), lambda least: _ISTHMUS_SOFT_FRAC * least + 0.1)
     height = _smooth(rows[:, 2])
     return float(wt @ width), float(wt @ height), wt @ rows[:, 3:6]
 
@@ -1320,11 +1326,9 @@ def _least_section_axis(crop: _Crop, frame: VertebraFrame, centre, side: str) ->
 
     def soft_best(cands):
         a = areas(cands)
-        ok = np.isfinite(a)
-        if not ok.any():
+        if not np.isfinite(a).any():
             return cands[0]
-        wt = np.where(ok, np.exp(-(np.where(ok, a, 0.0) - a[ok].min()) / (_LSA_SOFT * a[ok].min())), 0.0)
-        return tuple(wt @ np.asarray(cands, float) / wt.sum())
+        return tuple(_softmin_weights(a, lambda least: _LSA_SOFT * least) @ np.asarray(cands, float))
 
     m0, c0 = soft_best([(m, c) for m in np.arange(-10.0, 45.1, 5.0) for c in np.arange(-20.0, 20.1, 5.0)])
     m1, c1 = soft_best([(m, c) for m in m0 + np.arange(-3.0, 3.1, 1.5) for c in c0 + np.arange(-3.0, 3.1, 1.5)])
@@ -1378,8 +1382,8 @@ def _measure_pedicle(ct, crop, fit: _FrameFit, side: str, sp: float, start=None)
         # each section weighs by how clearly it passes both limits (logistic), times the weights
         # of the sections between it and the isthmus; a short run blends in the looser one
         hs = _smooth(rows[:, 2])
-        wt_t = _soft_run((_AXIS_RUN_W[0] * width[k] + _AXIS_RUN_W[1] - width) / (0.05 * width[k] + 0.1)
-                         + 0.0, (_AXIS_RUN_H[0] * hs[k] + _AXIS_RUN_H[1] - hs) / (0.05 * hs[k] + 0.1), k)
+        wt_t = _soft_run((_AXIS_RUN_W[0] * width[k] + _AXIS_RUN_W[1] - width) / (0.05 * width[k] + 0.1),
+                         (_AXIS_RUN_H[0] * hs[k] + _AXIS_RUN_H[1] - hs) / (0.05 * hs[k] + 0.1), k)
         wt_l = _soft_run((1.35 * wmin + 0.5 - width) / (0.05 * wmin + 0.1),
                          (1.25 * hc + 0.5 - hs) / (0.05 * hc + 0.1), k)
         need = max(5.0, 4.0 * sp)
@@ -1417,8 +1421,7 @@ def _measure_pedicle(ct, crop, fit: _FrameFit, side: str, sp: float, start=None)
     fits = [f for f in fits if f is not None]
     if fits:
         ws = np.array([f[0] for f in fits])
-        wt = np.exp(-(ws - ws.min()) / (_PV_SECTION_SOFT_FRAC * ws.min() + _PV_SECTION_SOFT_MM))
-        wt /= wt.sum()
+        wt = _softmin_weights(ws, lambda least: _PV_SECTION_SOFT_FRAC * least + _PV_SECTION_SOFT_MM)
         W = float(wt @ ws)
         H = float(wt @ np.array([f[1] for f in fits]))
         centre = wt @ np.array([f[2] for f in fits])
