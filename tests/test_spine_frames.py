@@ -98,10 +98,13 @@ def test_carm_csv_carries_the_mark(curved, tmp_path):
 def test_pairs_across_a_missing_transitional_level_are_checked(curved):
     """T12/L1 and L5/S1 are neighbours (T13 and L6 sit between them in the level list only):
     a frame tilted at L1 is reported with T12, not skipped."""
-    from spineplan.levels import adjacent
+    from spineplan.levels import adjacent, level_above
 
     assert adjacent("T12", "L1") and adjacent("L5", "S1") and adjacent("L1", "L2")
     assert not adjacent("L4", "S1") and not adjacent("L1", "L1") and not adjacent("T11", "L1")
+    # the level whose facet joint a screw must spare: the neighbour above, if it is present
+    assert level_above("L1", ["L2", "T12", "T11"]) == "T12" and level_above("S1", ["L5", "S1"]) == "L5"
+    assert level_above("L1", ["T11", "L1"]) is None and level_above("T11", ["T12"]) is None
     _, spine = curved
     i = [v.name for v in spine.vertebrae].index("L1")
     verts = _tilted(spine, i)[0].vertebrae

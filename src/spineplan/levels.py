@@ -88,6 +88,18 @@ def adjacent(a: str, b: str) -> bool:
     return i != j and all(lv in TRANSITIONAL for lv in LEVELS[i + 1: j])
 
 
+def level_above(level: str, present) -> str | None:
+    """The level just cranial to ``level`` among ``present`` (names), or None when the nearest
+    present one is not its neighbour (see :func:`adjacent`): the level whose facet joint a screw
+    in ``level`` must spare."""
+    i = level_index(level)
+    cands = [n for n in present if level_index(n) < i]
+    if not cands:
+        return None
+    n = max(cands, key=level_index)
+    return n if adjacent(n, level) else None
+
+
 def region(level: str) -> str:
     """'cervical', 'thoracic', 'lumbar' or 'sacral'."""
     level_index(level)

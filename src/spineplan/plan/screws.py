@@ -29,7 +29,7 @@ import numpy as np
 
 from spineplan._progress import progress
 from spineplan.errors import PlanningError
-from spineplan.levels import LEVELS, level_index, sort_levels
+from spineplan.levels import level_above, level_index, sort_levels
 from spineplan.plan.catalogue import ScrewCatalogue
 from spineplan.plan.model import Plan, Screw
 from spineplan.plan.settings import PlannerSettings
@@ -83,7 +83,7 @@ def plan_screws(ct: Volume, spine, levels: Iterable[str], *, sides=("left", "rig
         if not v.complete:
             plan.warn("vertebra-incomplete", f"{lv} is cut by the edge of the scan: its screws rest on partial "
                       "anatomy; check them on the images.", level=lv)
-        above = _level_above(spine, lv)
+        above = level_above(lv, spine.names)
         ctx = make_context(ct, v, spine.mask(lv), labels, None if above is None else spine.mask(above), st)
         contexts[lv] = ctx
         if above is None:
@@ -178,17 +178,6 @@ def plan_screws(ct: Volume, spine, levels: Iterable[str], *, sides=("left", "rig
 
 def _r(x, nd=2):
     return None if x is None or not np.isfinite(x) else round(float(x), nd)
-
-
-def _level_above(spine, lv: str) -> str | None:
-    i = level_index(lv)
-    for j in range(i - 1, -1, -1):
-        name = LEVELS[j]
-        if name in spine:
-            return name
-        if name not in ("T13", "L6"):
-            return None
-    return None
 
 
 def _smaller_option(ctx, side, st: PlannerSettings, cat: ScrewCatalogue, grade, corridor):

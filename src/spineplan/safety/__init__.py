@@ -134,7 +134,6 @@ class _Anatomy:
             raise LabelError(f"The label map has shape {self.label_array.shape} but the CT has {grid.shape}; "
                              "resample the labels onto the CT grid.")
         self.names = sorted(set(self.codes) | set(self.masks), key=level_index)
-        self._level_index = level_index
         self._facet_cache: dict[str, Any] = {}
 
     def mask(self, name: str) -> np.ndarray | None:
@@ -151,13 +150,9 @@ class _Anatomy:
 
     def above(self, name: str) -> str | None:
         """The vertebra just cranial to ``name`` in the labels (skipping nothing but transitional levels)."""
-        i = self._level_index(name)
-        cands = [n for n in self.names if self._level_index(n) < i]
-        if not cands:
-            return None
-        n = cands[-1]
-        gap = [lv for lv in _levels_between(n, name) if lv not in ("T13", "L6")]
-        return n if not gap else None
+        from spineplan.levels import level_above
+
+        return level_above(name, self.names)
 
     def facet(self, name: str, zone_mm: float):
         if name not in self._facet_cache:
@@ -183,12 +178,6 @@ class _Anatomy:
             if c:
                 counts[n] = c
         return max(counts, key=counts.get) if counts else None
-
-
-def _levels_between(a: str, b: str) -> list[str]:
-    from spineplan.levels import LEVELS, level_index
-
-    return list(LEVELS[level_index(a) + 1: level_index(b)])
 
 
 def check_plan(plan, ct, spine_or_labels, *, entry_zone_mm: float = ENTRY_ZONE_MM,
