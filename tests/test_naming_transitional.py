@@ -83,3 +83,18 @@ def test_names_follow_one_of_the_readings_the_warning_offers(case):
         chain = ["T11", "T12", "L1", "L2", "L3", "L4", "L5", "L6", "S1"]
         steps = {chain.index(v) - chain.index(k) for k, v in names.items() if k in chain[1:7] and v in chain}
         assert steps in ({0}, {1}), names
+
+
+def test_ribs_to_the_lower_edge_are_named_thoracic_as_a_flagged_guess():
+    """A scan ending inside the rib cage (no sacrum, no vertebra without ribs below the ribs) cannot
+    be counted; its rib-bearing vertebrae must still never be named lumbar. The lowest one is
+    guessed T12 (here it is T12), with a confidence below the plan's limit and a warning that says
+    to confirm one level with --anchor."""
+    ph = make_phantom(levels="T10-T12", spacing=2.0, seed=3, ribs=["T10", "T11", "T12"])
+    seg = segment_spine(ph.ct)
+    names = _names(ph, seg)
+    assert names == {"T10": "T10", "T11": "T11", "T12": "T12"}, names
+    assert not any(n.startswith("L") for n in seg.names), seg.names
+    assert seg.confidence < NAMING_CONFIDENCE_MIN, (seg.confidence, seg.method)
+    text = " ".join(seg.warnings)
+    assert "Ribs reach the lower edge" in text and "--anchor" in text

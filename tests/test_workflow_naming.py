@@ -21,12 +21,15 @@ T12_Z = -790.0
 def test_unknown_names_are_not_presented_as_fact(data_file, tmp_path):
     out = tmp_path / "plan"
     with pytest.raises(PlanningError) as e:
-        run_plan(data_file(SLAB), out, levels="T11", progress=False, reports=False, access_levels=None)
+        run_plan(data_file(SLAB), out, levels="L4", progress=False, reports=False, access_levels=None)
     msg = str(e.value)
     assert "uncertain" in msg and "--anchor" in msg and "confidence 0.15" in msg
     assert not out.exists()
-    # a guessed name that is found: planned, with a danger warning of the wrong-level risk
-    plan = run_plan(data_file(SLAB), out, levels="L4", progress=False, reports=False, access_levels=None)
+    # a guessed name that is found: planned, with a danger warning of the wrong-level risk. Ribs
+    # reach the slab's lower edge, so the guess is thoracic (lowest rib-bearing vertebra = T12,
+    # which the reference labels confirm here), never lumbar
+    plan = run_plan(data_file(SLAB), out, levels="T12", progress=False, reports=False, access_levels=None)
+    assert plan.extra["naming"]["levels"][-2:] == ["T11", "T12"]
     warn = [w for w in plan.warnings if w.code == "names-uncertain"]
     assert len(warn) == 1 and warn[0].severity == "danger" and "WRONG LEVEL" in warn[0].message
     saved = json.loads((out / "plan.json").read_text())

@@ -304,6 +304,17 @@ def name_segments(segs, inst, bone, coords, curve, grid, box, *, anchor=None, ct
         auto_names = _names_from(pos[last_rib], "T12", n)
         conf, method = CONF_RIBS_ONLY, "last-rib count"
         warnings.append("The sacrum is not in the scan: names count from the last rib-bearing vertebra (T12). Confirm there are 12 rib pairs (11 or 13 shift every name).")
+    elif ribs_to_edge:
+        # every vertebra down to the scan's lower edge bears ribs: thoracic, but the last
+        # rib-bearing vertebra (T12) may lie below the scan. The lowest one is guessed T12 (a
+        # rib-bearing vertebra is never named lumbar; the true names may be higher).
+        low = max(i for i in keep if rib.get(i))
+        method = "no anchor (guess)"
+        auto_names = _names_from(pos[low], "T12", n)
+        warnings.append("Ribs reach the lower edge of the scan: these are thoracic vertebrae, but the last "
+                        "rib-bearing vertebra (T12) is not seen, so the names are a guess (the lowest "
+                        "rib-bearing vertebra assumed T12; it may be higher). Confirm one level and give it with "
+                        "--anchor" + _anchor_example(segs, order, auto_names, curve) + ".")
     else:
         method = "no anchor (guess)"
         auto_names = _names_from(n - 1, "L5", n)
@@ -329,7 +340,7 @@ def name_segments(segs, inst, bone, coords, curve, grid, box, *, anchor=None, ct
         if auto_names and auto_names != anchored and method != "no anchor (guess)":
             warnings.append(f"The anchor ({anchor}) disagrees with the automatic naming ({method}); the anchor was used.")
         names, conf, method = anchored, CONF_USER_ANCHOR, f"user anchor {aname}"
-        warnings = [w for w in warnings if not w.startswith("Neither the sacrum")]
+        warnings = [w for w in warnings if not w.startswith(("Neither the sacrum", "Ribs reach the lower edge"))]
 
     codes = [0] * len(segs)
     out_names: list[str] = []
