@@ -87,7 +87,7 @@ def build_spine(ct: Volume, labels: Volume, *, names_confidence: float = 1.0, me
     # where the platform has fork (the fits are Python loops that hold the GIL: threads gained
     # ~1.3x on 2 cores), else on threads; the order of the results is kept
     workers = max(1, min(MEASURE_THREADS, len(todo)))
-    verts = None
+    verts = None if todo else []  # (no empty "measuring vertebrae: 0it" bar)
     if workers > 1 and _MEASURE_PROCESSES:
         verts = _measure_in_processes(ct, lab, todo, workers)
     if verts is None:
