@@ -98,3 +98,19 @@ def test_ribs_to_the_lower_edge_are_named_thoracic_as_a_flagged_guess():
     assert seg.confidence < NAMING_CONFIDENCE_MIN, (seg.confidence, seg.method)
     text = " ".join(seg.warnings)
     assert "Ribs reach the lower edge" in text and "--anchor" in text
+
+
+@pytest.mark.parametrize("spacing,seed", [(1.0, 4), (2.0, 0)])
+def test_no_anchor_guess_centres_the_window_on_l3(spacing, seed):
+    """A lumbar scan with neither the sacrum nor a rib (a crop): the guess names the middle vertebra
+    L3, the placement whose worst-case error is least (at most two levels); flagged, with --anchor.
+    (1 mm, seed 4: unlabelled transverse-process tips touching all three vertebrae were once taken
+    for ilium and counted as L3's rib: named T11-L1 with confidence 0.7.)"""
+    ph = make_phantom(levels="L2-L4", spacing=spacing, seed=seed)
+    assert not ph.truth["ribs"] or not set(ph.truth["ribs"]) & {"L2", "L3", "L4"}
+    seg = segment_spine(ph.ct)
+    names = _names(ph, seg)
+    assert names == {"L2": "L2", "L3": "L3", "L4": "L4"}, names
+    assert seg.confidence < NAMING_CONFIDENCE_MIN, (seg.confidence, seg.method)
+    text = " ".join(seg.warnings)
+    assert "Neither the sacrum nor a rib-bearing vertebra" in text and "--anchor" in text

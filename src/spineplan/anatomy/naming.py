@@ -199,8 +199,14 @@ def name_segments(segs, inst, bone, coords, curve, grid, box, *, anchor=None, ct
                 sk = s_c[m & (c == k)]
                 if len(sk) >= 10 and np.subtract(*np.percentile(sk, [95, 5])) >= ILIUM_CONTACT_SPAN_MM:
                     is_ilium[k] = True
-    # a rib is long: it runs out from the vertebra (not a detached bit of a transverse process)
-    ok &= is_ilium[c] | (cmaxlat[c] - cminlat[c] >= RIB_MIN_LATERAL_SPAN_MM)
+    # a rib is long: it runs out from the vertebra (not a detached bit of a transverse process);
+    # a short piece counts for the sacrum's joints only when it is ilium, and never as a rib (on
+    # an L2-L4 phantom without pelvis, unlabelled transverse-process tips touching all three
+    # vertebrae along 83 mm were taken for ilium and then counted as L3's rib: named T12, 0.7)
+    long_piece = cmaxlat[c] - cminlat[c] >= RIB_MIN_LATERAL_SPAN_MM
+    ok &= is_ilium[c] | long_piece
+    rib_like: dict[int, dict[str, int]] = {sg.label: {"left": 0, "right": 0} for sg in segs}
+    ilium_like: dict[int, dict[str, int]] = {sg.label: {"left": 0, "right": 0} for sg in segs}
 
     def count_contacts():
         big = is_ilium[c]
@@ -209,6 +215,8 @@ def name_segments(segs, inst, bone, coords, curve, grid, box, *, anchor=None, ct
                 m = ok & (lv == lbl) & sgn
                 rib_contacts[lbl][side] = int(m.sum())
                 ilium_contacts[lbl][side] = int((m & big).sum())
+                rib_like[lbl][side] = int((m & long_piece).sum())
+                ilium_like[lbl][side] = int((m & long_piece & big).sum())
 
     count_contacts()
     min_contact = max(3, int(round(CONTACT_MIN_MM3 / (vox_ml * 1000.0))))
@@ -240,8 +248,8 @@ def name_segments(segs, inst, bone, coords, curve, grid, box, *, anchor=None, ct
         if sacrum_i is not None and i >= sacrum_i:
             rib[i] = False
             continue
-        rc = rib_contacts[segs[i].label]
-        il = ilium_contacts[segs[i].label]
+        rc = rib_like[segs[i].label]
+        il = ilium_like[segs[i].label]
         # ilium-sized components touching just above the sacrum are the iliac crest, not ribs
         near_sacrum = sacrum_i is not None and i >= sacrum_i - 2
         lr = [rc[sd] - (il[sd] if near_sacrum else 0) for sd in ("left", "right")]
@@ -269,7 +277,7 @@ def name_segments(segs, inst, bone, coords, curve, grid, box, *, anchor=None, ct
         if gap == 5:
             auto_names = _names_from(pos[sacrum_i], "S1", n)
             conf, method = CONF_CROSS_CHECKED, "sacrum-count+last-rib cross-checked"
-        elif gap == 6 and min(rib_contacts[segs[last_rib].label].values()) >= min_contact:
+        elif gap == 6 and min(rib_like[segs[last_rib].label].values()) >= min_contact:
             # (only with a pair of ribs on the last rib-bearing vertebra: a missed short 12th rib
             # at coarse voxels must not turn L5 into "L6")
             # six lumbar-type vertebrae: T12 from the last rib, then L1-L6 (transitional L6)
@@ -316,11 +324,14 @@ def name_segments(segs, inst, bone, coords, curve, grid, box, *, anchor=None, ct
                         "rib-bearing vertebra assumed T12; it may be higher). Confirm one level and give it with "
                         "--anchor" + _anchor_example(segs, order, auto_names, curve) + ".")
     else:
+        # no anchor: lumbar assumed, and the window of vertebrae placed where its worst-case
+        # naming error is least (the middle one L3: off by at most two levels, where "ending at
+        # L5" is off by up to four); more than five vertebrae end at L5
         method = "no anchor (guess)"
-        auto_names = _names_from(n - 1, "L5", n)
+        auto_names = _names_from((n - 1) // 2, "L3", n) if n <= 5 else _names_from(n - 1, "L5", n)
         warnings.append("Neither the sacrum nor a rib-bearing vertebra is in the scan: the names are a guess (lumbar "
-                        "assumed, ending at L5 or below). Confirm one level and give it with --anchor"
-                        + _anchor_example(segs, order, auto_names, curve) + ".")
+                        "assumed, " + ("the middle vertebra named L3" if n <= 5 else "ending at L5") + "). Confirm "
+                        "one level and give it with --anchor" + _anchor_example(segs, order, auto_names, curve) + ".")
     names = auto_names
 
     if anchor:
