@@ -114,3 +114,45 @@ def test_no_anchor_guess_centres_the_window_on_l3(spacing, seed):
     assert seg.confidence < NAMING_CONFIDENCE_MIN, (seg.confidence, seg.method)
     text = " ".join(seg.warnings)
     assert "Neither the sacrum nor a rib-bearing vertebra" in text and "--anchor" in text
+
+
+def _feats(vols, edge=()):
+    return [{"vol_ml": v, "at_scan_edge": k in edge} for k, v in enumerate(vols)]
+
+
+@pytest.mark.parametrize("vols,edge,expect", [
+    ([50, 55, 60, 28, 30, 62, 65], (), ["vertebrae 4 and 5"]),      # one vertebra cut in two
+    ([50, 55, 35, 60, 62], (), []),                                 # a crushed vertebra (posterior elements kept)
+    ([20, 30, 45, 48, 50], (0,), []),                               # cervico-thoracic sizes, top cut by the scan
+    ([20, 25, 45, 48, 50], (0,), []),                               # (an end pair is not judged)
+])
+def test_split_vertebra_is_reported(vols, edge, expect):
+    """Volumes (mL) of the vertebrae found, top first: one vertebra cut in two by a false disc is
+    reported (it shifts the names counted across it); normal size changes are not."""
+    from spineplan.anatomy.naming import _split_pairs
+
+    got = _split_pairs(_feats(vols, edge), list(range(len(vols))))
+    assert len(got) == len(expect) and all(e in g for e, g in zip(expect, got)), got
+
+
+@pytest.mark.parametrize("vols,edge,expect", [
+    ([5, 50, 55, 60, 62], (), {0: 1}),       # a fragment past the top disc joins its neighbour
+    ([50, 55, 60, 62, 6], (), {4: 3}),       # ... past the bottom disc
+    ([5, 50, 55, 60, 62], (0,), {}),         # a vertebra cut by the scan's edge stays a vertebra
+    ([30, 50, 55, 60, 62], (), {}),          # 60 % of its neighbour: a vertebra
+])
+def test_end_fragments_join_their_neighbour(vols, edge, expect):
+    from spineplan.anatomy.naming import _end_fragments
+
+    assert _end_fragments(_feats(vols, edge), list(range(len(vols)))) == expect
+
+
+def test_fragment_past_the_last_disc_is_not_named():
+    """A phantom T11-S1 (2.5 mm, osteoporotic, scoliosis; no T10 in it) where a piece of T11 past
+    its top disc was once labelled "T10": it is joined to T11 with a warning, and no vertebra
+    the phantom does not have is named."""
+    ph = make_phantom(osteoporosis=True, seed=3, spacing=2.5, scoliosis_deg=-12.0, rotation_deg=-6.0)
+    seg = segment_spine(ph.ct)
+    assert set(seg.names) <= set(ph.truth["vertebrae"]), seg.names
+    lab = np.asarray(seg.labels.array)
+    assert set(np.unique(lab[lab > 0]).tolist()) <= {v["label"] for v in ph.truth["vertebrae"].values()}

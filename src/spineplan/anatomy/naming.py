@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from spineplan.errors import InputError
-from spineplan.levels import VERSE_CODES
+from spineplan.levels import VERSE_CODES, level_from_verse
 
 #: The usual sequence of vertebrae (transitional T13/L6 only when flagged).
 STANDARD = [f"C{i}" for i in range(1, 8)] + [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 6)] + ["S1"]
@@ -139,6 +139,46 @@ def _anchor_example(segs, order, names, curve) -> str:
             f"(LPS, now guessed {names[k]}) is in fact {names[k]}; write its true name instead if it is not")
 
 
+#: A segment at either end of the row that is smaller than this fraction of its neighbour's
+#: volume and does not reach the scan's edge (so it is not a vertebra cut by the field of view)
+#: is a fragment of that neighbour cut off by a false disc, and is joined to it. Adjacent
+#: vertebrae differ by ~10-20 % in volume per level (lumbar, Limthongkul et al., Spine 2010);
+#: engineering threshold from a phantom sweep (fragments were 7-25 % of their neighbour).
+FRAGMENT_VOLUME_FRACTION = 0.35
+#: Two adjacent vertebrae each smaller than this fraction of the mean of the vertebrae just above
+#: and below them, together the size of one (SPLIT_SUM_RANGE), are likely one vertebra cut in two (the
+#: halves were 0.45-0.55 on the phantoms; a crushed vertebra keeps its posterior elements).
+SPLIT_HALF_FRACTION = 0.65
+SPLIT_SUM_RANGE = (0.7, 1.4)
+
+
+def _end_fragments(feats, keep) -> dict[int, int]:
+    """End segments of ``keep`` (cranial first) that are fragments of their neighbour: {fragment:
+    neighbour}. They are joined to it rather than named: past an anchor a fragment shifts no other
+    name, but it would carry a name of its own (e.g. "L2" on L3's superior articular processes)."""
+    out: dict[int, int] = {}
+    if len(keep) >= 3:
+        for i, j in ((keep[0], keep[1]), (keep[-1], keep[-2])):
+            if feats[i]["vol_ml"] < FRAGMENT_VOLUME_FRACTION * feats[j]["vol_ml"] and not feats[i].get("at_scan_edge", True):
+                out[i] = j
+    return out
+
+
+def _split_pairs(feats, idx) -> list[str]:
+    """Adjacent segments of ``idx`` (cranial first, sacrum excluded) that look like one vertebra cut
+    in two, each compared with the vertebrae just around them (vertebra size changes along the
+    spine): an extra vertebra in the row shifts every name counted across it."""
+    vols = [feats[i]["vol_ml"] for i in idx]
+    out = []
+    for k in range(1, len(idx) - 2):  # (not a pair at the scan's end: cervico-thoracic or cut sizes vary)
+        ref = 0.5 * (vols[k - 1] + vols[k + 2])
+        a, b = vols[k] / ref, vols[k + 1] / ref
+        if a < SPLIT_HALF_FRACTION and b < SPLIT_HALF_FRACTION and SPLIT_SUM_RANGE[0] <= a + b <= SPLIT_SUM_RANGE[1]:
+            out.append(f"vertebrae {k + 1} and {k + 2} from the top are {a:.0%} and {b:.0%} of the vertebrae around "
+                       "them (one vertebra cut in two?)")
+    return out
+
+
 def name_segments(segs, inst, bone, coords, curve, grid, box, *, anchor=None, ct=None, hu_box=None) -> Naming:
     """Name the instance segments (cranial first) and drop empty ones."""
     from scipy import ndimage as ndi
@@ -156,8 +196,12 @@ def name_segments(segs, inst, bone, coords, curve, grid, box, *, anchor=None, ct
         if n:
             f["width_mm"] = float(np.percentile(lat[sel], 99.5) - np.percentile(lat[sel], 0.5))
             f["s_min"], f["s_max"] = float(s[sel].min()), float(s[sel].max())
+            zi = nz[2][sel] + box[2].start  # working axis 2 is superior
+            f["at_scan_edge"] = bool(zi.min() <= 1 or zi.max() >= grid.shape[2] - 2)
         feats.append(f)
     keep = [i for i, f in enumerate(feats) if f["vol_ml"] >= MIN_VERTEBRA_ML]
+    fragments = _end_fragments(feats, keep)
+    keep = [i for i in keep if i not in fragments]
 
     # ---- contacts with non-vertebra bone (ribs, ilium)
     vert = np.isin(inst, [sg.label for sg in segs])
@@ -333,6 +377,12 @@ def name_segments(segs, inst, bone, coords, curve, grid, box, *, anchor=None, ct
                         "assumed, " + ("the middle vertebra named L3" if n <= 5 else "ending at L5") + "). Confirm "
                         "one level and give it with --anchor" + _anchor_example(segs, order, auto_names, curve) + ".")
     names = auto_names
+    split = _split_pairs(feats, order if sacrum_i is None else order[:-1])
+    if split and not anchor:
+        conf = min(conf, CONF_DISAGREE)
+    if split:
+        warnings.append("The vertebra count may be wrong: " + "; ".join(split) + ". Every name may then be off "
+                        "by one: check the label map (anatomy.png) and confirm one level before choosing a level.")
 
     if anchor:
         aname, point, zval = parse_anchor(anchor, ct)
@@ -370,6 +420,13 @@ def name_segments(segs, inst, bone, coords, curve, grid, box, *, anchor=None, ct
         for i in keep:
             if i > sacrum_i:
                 codes[i] = VERSE_CODES["S1"]
+    for i, j in fragments.items():
+        codes[i] = codes[j]
+        if codes[j]:
+            warnings.append(f"A small piece of bone past the last disc ({feats[i]['vol_ml']:.1f} mL, "
+                            f"{feats[i]['vol_ml'] / feats[j]['vol_ml']:.0%} of its neighbour, not cut by the scan's "
+                            f"edge) was taken as part of {level_from_verse(codes[j])}, not as a vertebra of its own: "
+                            "check the label map there.")
     cut = [nm for nm, p in partial.items() if p]
     if cut:
         warnings.append(f"Cut by the edge of the scan (partial: body sizes, heights and fracture grade not "
