@@ -48,6 +48,23 @@ def _interp_rows(x, xp, fp) -> np.ndarray:
     return np.column_stack([np.interp(x, xp, fp[:, c]) for c in range(fp.shape[1])])
 
 
+#: Caudal stretch (mm of arc length) over which the canal's direction from the body is a running
+#: median over this window: at the sacrum the track jumps between the sacral canal (45-50 mm
+#: behind the body), the foramina and nothing, and single slices turned the curve's frame by
+#: 47 deg on the example abdomen CT (its extrapolated "lateral" axis then ran through the right
+#: acetabulum, and the S1 label took the ilium). Vertebral axial rotation changes by a few
+#: degrees per level (Aaro & Dahlborn, Spine 1981), so one window holds one direction. Over the
+#: whole curve it changed the naming of a six-lumbar phantom (the rib contacts at its top).
+YAW_MEDIAN_MM = 30.0
+
+
+def _running_median(a: np.ndarray, s: np.ndarray, window: float) -> np.ndarray:
+    """Median of ``a`` over the samples within +-window/2 of each sample's ``s``."""
+    lo = np.searchsorted(s, s - window / 2.0, side="left")
+    hi = np.searchsorted(s, s + window / 2.0, side="right")
+    return np.array([np.median(a[i:j]) for i, j in zip(lo, hi)])
+
+
 def build_curve(body_pts: np.ndarray, canal_pts: np.ndarray) -> Curve:
     """Resample the body path (M, 3 LPS mm, increasing z) at ``STEP_MM``; posterior from the canal."""
     from scipy.ndimage import gaussian_filter1d
@@ -65,8 +82,13 @@ def build_curve(body_pts: np.ndarray, canal_pts: np.ndarray) -> Curve:
     ok = np.all(np.isfinite(canal_pts), axis=1)
     if ok.sum() >= 3:
         v = canal_pts[ok] - body_pts[ok]
-        v[:, 2] = 0
-        v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-6)
+        # the in-plane angle of the canal seen from the body; over the caudal YAW_MEDIAN_MM (the
+        # sacrum, where the track jumps between the sacral canal, foramina and nothing) a running
+        # median over that window
+        yaw = np.arctan2(v[:, 0], v[:, 1])
+        end = s0[ok] < s0[ok][0] + YAW_MEDIAN_MM
+        yaw[end] = _running_median(yaw, s0[ok], YAW_MEDIAN_MM)[end]
+        v = np.column_stack([np.sin(yaw), np.cos(yaw), np.zeros(len(yaw))])
         vi = _interp_rows(s, s0[ok], v)
         vi = gaussian_filter1d(vi, 10.0 / STEP_MM, axis=0, mode="nearest")
         post = vi

@@ -35,9 +35,14 @@ OTHER_POSTERIOR_MM = 105.0
 #: Radius (mm) of a body's seed around the curve: inside the body of every vertebra from C3
 #: (C3-C7 bodies are ~15 mm deep, so this also reaches their cortex) to L5.
 BODY_SEED_RADIUS_MM = 11.0
-#: Half-width (mm) of the seed of the most caudal segment below the curve (sacral body and alae
-#: medial to the sacro-iliac joints; the sacral base is 95-120 mm wide).
-SACRUM_SEED_HALF_WIDTH_MM = 40.0
+#: Half-width (mm) of the seed of the most caudal segment below the curve (sacral body and the
+#: medial alae; the sacral base is 95-120 mm wide, the rest of the alae fills from the seed).
+#: Behind the alae the posterior ilium comes within 36-40 mm of the midline (TotalSegmentator
+#: reference labels of the example abdomen CT): a 40 mm seed reached into it (the S1 label held
+#: 9 mL of right ilium even with the ILIUM_* seed; 35 mm: 5 mL; 30 mm: 2 mL, but then a 1 mm
+#: T12-S1 phantom's sacrum lost the ilium contacts naming.py looks for, and 22 mm left the sacral
+#: base to L5, L5 Dice 0.854 -> 0.839).
+SACRUM_SEED_HALF_WIDTH_MM = 35.0
 #: The pedicles leave the cranial half of their body (fractions of the disc-to-disc span from
 #: the caudal disc), but the seed is kept below the body's upper third: the inferior articular
 #: processes of the vertebra above reach down to the level of this body's pedicles (measured on
@@ -92,6 +97,18 @@ IAP_DROP_MM = 15.0
 SPINOUS_POST_MM = (25.0, 60.0)
 SPINOUS_SLOPE = 0.8
 SPINOUS_LEVEL = (0.3, 0.7)
+#: The posterior ilium (iliac tuberosity, posterior superior iliac spine) lies behind and
+#: lateral of the sacral ala: the sacro-iliac joint runs obliquely in axial sections, its
+#: anterior end lateral of its posterior end, at 30-45 deg to the sagittal plane (on the
+#: TotalSegmentator reference labels of the example abdomen CT, S1-S3: from ~57 mm lateral /
+#: 15 mm behind the S1 body centre to ~39 mm / 39 mm; Vleeming et al., J Anat 2012). The
+#: "other bone" seed starts far lateral (OTHER_LATERAL_MM), so the sacrum's flood crossed the
+#: joint, which is not dark at 3 mm voxels, and took the ilium (a third of the S1 label of that
+#: CT was ilium). So, beside the most caudal segment, bone beyond the line ILIUM_DIR . (|lat|, post) =
+#: ILIUM_OBLIQUE_MM seeds "other bone": on that CT the sacrum reaches 74 mm along ILIUM_DIR
+#: (99th percentile 71), the ilium behind the joint 46-87 mm; on the phantoms the sacrum <= 55.
+ILIUM_DIR = (0.8, 0.6)
+ILIUM_OBLIQUE_MM = 72.0
 #: Label used for the "other bone" marker.
 OTHER = 255
 
@@ -130,7 +147,8 @@ def watershed_instances(hu: np.ndarray, bone: np.ndarray, coords: dict, segs: li
     """Instance labels (0, 1..n for ``segs``, ``OTHER``) on the box ``hu``/``bone`` arrays.
 
     ``coords`` holds per-voxel (s, lat, post) arrays for the bone voxels (flat, matching
-    ``np.nonzero(bone)``). Segments whose label is in ``rib_labels`` (thoracic, once named) get
+    ``np.nonzero(bone)``), optionally "half_width" (of the body at the voxel's curve sample) and
+    "beyond_end" (True below the curve's caudal end). Segments whose label is in ``rib_labels`` (thoracic, once named) get
     "other bone" markers on their ribs from ``RIB_SEED_LAT_MM`` outwards, those in
     ``rib_head_labels`` also on their rib heads (``RIB_HEAD_*``); those in ``sloped_labels`` get
     midline seeds that follow the caudal slope of their spinous processes (``SPINOUS_*``).
@@ -182,6 +200,16 @@ def watershed_instances(hu: np.ndarray, bone: np.ndarray, coords: dict, segs: li
                 (post > SPINOUS_POST_MM[0]) & (post < SPINOUS_POST_MM[1])
         mk[sel | ped | lam] = sg.label
     other = (np.abs(lat) > OTHER_LATERAL_MM) | (post < -OTHER_ANTERIOR_MM) | (post > OTHER_POSTERIOR_MM)
+    low = [sg for sg in segs if sg.partial_bottom and not sg.partial_top]
+    if low:
+        # the posterior ilium beside the sacrum (or, if the scan ends higher, ribs or nothing:
+        # lumbar transverse processes reach ~60 mm along ILIUM_DIR), below the articular
+        # processes of the vertebra above, and not below the curve's end: there the frame is
+        # extrapolated and the lower sacrum, curving backwards, would look like ilium
+        il = (s < low[0].s1 - IAP_DROP_MM) & (ILIUM_DIR[0] * np.abs(lat) + ILIUM_DIR[1] * post > ILIUM_OBLIQUE_MM)
+        if "beyond_end" in coords:
+            il &= ~coords["beyond_end"]
+        other |= il
     if "half_width" in coords:
         # in front of the body's anterior cortex, scaled by its width (the contrast-filled aorta
         # lies against the front of the smaller thoracic bodies)
