@@ -9,7 +9,8 @@ segmentation, always graded against the reference labels): % grade A, % A+B, med
 screws in the wrong vertebra, the size distribution against the isthmus widths, and the time
 per screw (wall and CPU, best of N), then a summary table per CT and label source (placed /
 requested, grade counts, medial breaches, screws in the right vertebra, sizes against the
-isthmus, time per screw, refusals by rule). A third label source tests robustness: the
+isthmus, time per screw, refusals by rule), and per screw what limits its diameter and length
+(``size_limited_by``, ``length_limited_by`` in plan.json). A third label source tests robustness: the
 reference labels grown by one voxel all round (a simulated over-segmentation), graded against
 the true reference labels. The machine is shared while this runs, so wall
 times are pessimistic; CPU time is the fairer figure.
@@ -83,7 +84,8 @@ def summarise(name: str, plan, results, requested: int, widths: dict | None = No
         print(f"    {s.label:<18} reference grade {ref:<26} margin {r.min_margin_mm if r else float('nan'):4.1f} mm  isthmus "
               f"{w if w is None else round(w, 1)} mm  D/isthmus {s.diameter_mm / w if w else float('nan'):.2f}  "
               f"medial {s.medial_angle_deg:5.1f}  cranial {s.cranial_angle_deg:5.1f}  "
-              f"head offset {s.extra.get('head_offset_mm')} mm")
+              f"head offset {s.extra.get('head_offset_mm')} mm  size limited by {s.extra.get('size_limited_by')}; "
+              f"length by {s.extra.get('length_limited_by')}")
     for w in nss:
         print(f"    ! {w.message}")
     dm = [s.diameter_mm for s in plan.screws]
@@ -98,6 +100,12 @@ def summarise(name: str, plan, results, requested: int, widths: dict | None = No
     if clear:
         print(f"    tip to the anterior cortex along the axis (reference label): {_dist(clear)} mm "
               f"(rule: >= 4 mm; larger = length limited by endplates, margins or 5 mm length steps)")
+    limits: dict = {}
+    for s in plan.screws:
+        code = (s.extra.get("size_limit") or {}).get("diameter", {}).get("rule")
+        limits[code] = limits.get(code, 0) + 1
+    if limits:
+        print(f"    diameter limited by (screws per rule): {limits}")
     for w in nss:
         rules[w.extra.get("rule")] = rules.get(w.extra.get("rule"), 0) + 1
     return {"n": n, "requested": requested, "A": a, "AB": ab, "medial": medial, "wrong": wrong,

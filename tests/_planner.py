@@ -29,3 +29,24 @@ def spine_from_truth(ph) -> Spine:
 
     verts.sort(key=lambda v: level_index(v.name))
     return Spine(vertebrae=verts, labels=ph.labels, naming_confidence=1.0, naming_method="truth")
+
+
+def assert_size_limit_consistent(s, catalogue_max_d=7.5, catalogue_max_l=60.0):
+    """The screw's stated reason for its size (``size_limited_by``, ``size_limit``) agrees with its
+    numbers: a screw at 80 % of the isthmus could not be 0.5 mm thicker under that rule; a margin
+    limit lies after the 5 mm entry zone and within reach of the next size; catalogue limits are
+    the catalogue's largest sizes."""
+    lim = s.extra["size_limit"]
+    assert s.extra["size_limited_by"] == lim["diameter"]["text"] and s.extra["length_limited_by"] == lim["length"]["text"]
+    rd, rl = lim["diameter"]["rule"], lim["length"]["rule"]
+    if rd == "isthmus-80":
+        assert s.diameter_mm + 0.5 > 0.8 * s.extra["isthmus_width_mm"]
+    if rd == "catalogue-max":
+        assert s.diameter_mm == catalogue_max_d
+    if rd in ("pedicle-margin", "body-margin") and lim["diameter"]["at_mm"] is not None:
+        assert 5.0 - 1e-6 <= lim["diameter"]["at_mm"] <= catalogue_max_l + 5.0
+    if rl == "catalogue-max":
+        assert s.length_mm == catalogue_max_l
+    if rl in ("pedicle-margin", "body-margin", "tip-clearance"):
+        # the next length (+5 mm) would reach past where the axis stops fitting
+        assert s.length_mm <= lim["length"]["at_mm"] < s.length_mm + 5.0 + 0.5 + 1e-6, (s.label, lim)

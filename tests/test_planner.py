@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from _phantoms import get_phantom
-from _planner import spine_from_truth
+from _planner import assert_size_limit_consistent, spine_from_truth
 from spineplan.errors import PlanningError
 from spineplan.geometry import DistanceField, cylinder_surface
 from spineplan.plan.catalogue import ScrewCatalogue
@@ -106,6 +106,7 @@ def test_screw_geometry_follows_the_rules(planned):
         assert s.cranial_angle_deg == pytest.approx(cra, abs=0.05)
         assert -5.0 <= s.medial_angle_deg <= 45.0
         assert s.extra["purchase"] > 0 and s.extra["head_offset_mm"] is not None
+        assert_size_limit_consistent(s)  # the stated reason for the size agrees with the numbers
 
 
 def test_plan_round_trips_with_extras(planned, tmp_path):
@@ -350,3 +351,50 @@ def test_planning_mask_closes_inner_cracks_of_bone_and_drops_dark_outer_voxels()
     assert not (out & ~box).any()  # never grows outwards
     assert out[box & (x < -14)].all()  # the bright outer layer on the other side stays
     assert rep["outer_not_bone"] == int((soft_layer & ~crack_muscle).sum())  # nothing else removed
+
+
+def _option(d, length, score):
+    from spineplan.plan._search import Option
+
+    e = np.zeros(3)
+    return Option(entry=e, tip=e + [0.0, -length, 0.0], direction=np.array([0.0, -1.0, 0.0]), diameter_mm=d,
+                  length_mm=length, purchase=score, mean_hu=150.0, min_clearance_mm=1.0, score=score)
+
+
+def test_a_thicker_screw_beats_a_slightly_denser_thinner_one_with_no_less_thread():
+    """prefer_thicker: 5.0 x 40 mm (ranked 6.7 % below, thread engagement d x L = 200 = the best's)
+    replaces 4.0 x 50 mm; 6.0 x 25 mm (d x L 150) and 5.5 x 45 mm ranked 15 % below do not; with the
+    setting at 0 nothing changes."""
+    from spineplan.plan._search import prefer_thicker
+
+    best, thick, short, far = _option(4.0, 50.0, 90.0), _option(5.0, 40.0, 84.0), _option(6.0, 25.0, 89.0), \
+        _option(5.5, 45.0, 76.5)
+    out = prefer_thicker([best, thick, short, far], PlannerSettings())
+    assert out[0] is thick and out[1] is best and len(out) == 4
+    assert thick.diameter_trade["instead_of"] == [4.0, 50.0]
+    assert thick.diameter_trade["ranked_purchase_lost_pct"] == pytest.approx(100 * (1 - 84 / 90), abs=0.05)
+    assert prefer_thicker([best, short, far], PlannerSettings())[0] is best
+    assert prefer_thicker([best, thick], PlannerSettings(max_purchase_loss_for_diameter=0.0))[0] is best
+
+
+def test_rod_alignment_never_trades_diameter_or_much_thread_engagement():
+    """_align with three levels whose middle head is 4 mm off the line: the only better-aligned
+    alternatives are a thinner screw (5.5 vs 6.0 mm) and a shorter one (6.0 x 30 vs 6.0 x 45 mm,
+    a third less thread engagement), both within 10 % of ranked purchase: neither is taken; an
+    equally thick and long alternative is."""
+    from spineplan.plan.screws import _align
+
+    def at(opt, head):
+        opt.head = np.asarray(head, float)
+        return opt
+
+    top = [at(_option(6.0, 45.0, 100.0), [0, 0, 40])]
+    bottom = [at(_option(6.0, 45.0, 100.0), [0, 0, 0])]
+    mid_best = at(_option(6.0, 45.0, 100.0), [4, 0, 20])
+    thin = at(_option(5.5, 45.0, 95.0), [0, 0, 20])
+    short = at(_option(6.0, 30.0, 95.0), [0, 0, 20])
+    choice, rep = _align([top, [mid_best, thin, short], bottom], PlannerSettings())
+    assert choice == [0, 0, 0]
+    same = at(_option(6.0, 45.0, 95.0), [0, 0, 20])
+    choice, rep = _align([top, [mid_best, thin, short, same], bottom], PlannerSettings())
+    assert choice == [0, 3, 0] and rep["total_after"] < rep["total_before"] - 1.0

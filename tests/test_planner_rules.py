@@ -305,3 +305,74 @@ def test_label_voxels_the_planning_mask_dropped_as_soft_are_no_corridor_obstacle
     assert cor.obstacle_at(pts).tolist() == [True, True, True, True]
     assert own.obstacle_at(pts).tolist() == [False, True, True, True]
     assert np.asarray(cor.labels)[12, 20, 12] == 20  # the shared label map is not modified
+
+
+# ----------------------------------------------------------------------------- fit near the entry zone
+#: Tilt of the oblique entry face of :func:`_oblique_entry_scene` from the axis's normal plane
+#: (deg): the screw surface 5 mm behind the entry (the end of the entry zone) then lies
+#: 5 cos(t) - r sin(t) mm inside the bone: 1.19 mm for a 6.0 mm screw, 1.01 mm for 6.5 mm. The
+#: inscribed ball of radius r + 1 mm around the axis point 5 mm in (the old test) reaches back into
+#: the entry zone: 5 cos(t) - r >= 1.1 mm holds only up to 4.5 mm.
+OBLIQUE_TILT_DEG = 47.24
+
+
+def _oblique_entry_scene():
+    """A bone rod (400 HU, radius 7 mm, 0.5 mm voxels) along -y, its anterior end at y = 5 mm and
+    its posterior end cut by a plane through the entry E = (20, 50, 20) tilted by
+    OBLIQUE_TILT_DEG about z; soft tissue (40 HU) elsewhere. Returns the context (no body wall:
+    the frame's origin lies outside the bone, so the whole screw keeps the pedicle margin), E and
+    the axis direction."""
+    from spineplan.anatomy.model import Vertebra, VertebraFrame
+
+    sp = 0.5
+    ct = _grid((80, 120, 80), spacing=sp)
+    i, j, k = np.meshgrid(*(np.arange(n) * sp for n in (80, 120, 80)), indexing="ij")
+    e = np.array([20.0, 50.0, 20.0])
+    d = np.array([0.0, -1.0, 0.0])
+    t = np.radians(OBLIQUE_TILT_DEG)
+    a = np.cos(t) * d + np.sin(t) * np.array([1.0, 0.0, 0.0])  # inward normal of the cut
+    bone = (((i - 20) ** 2 + (k - 20) ** 2) <= 7.0 ** 2) & (j >= 5.0) \
+        & ((i - e[0]) * a[0] + (j - e[1]) * a[1] >= 0)
+    hu = np.where(bone, 400, 40).astype(np.int16)
+    ct = ct.with_array(hu)
+    v = Vertebra(name="L4", label=23, frame=VertebraFrame(np.zeros(3), np.eye(3)))
+    ctx = _search.make_context(ct, v, bone, None, None, PlannerSettings())
+    return ctx, e, d
+
+
+def test_screw_fit_at_the_entry_zone_end_checks_the_surface_not_a_ball_reaching_into_the_zone():
+    """The fit of a screw near its entry: the grader (spineplan.safety) and the margin rule judge the
+    screw surface from 5 mm behind the entry on; the old inscribed-ball test also demanded bone
+    inside the entry zone and capped the screws at oblique entries (abdomen CT, session 5). Here
+    (analytic, see OBLIQUE_TILT_DEG) a 6.0 mm screw keeps 1.19 mm at 5 mm, 6.5 mm 1.01 mm, 7.0 mm
+    0.83 mm; margin 1 mm + 0.1 mm slack; 0.5 mm voxels."""
+    from spineplan.plan.catalogue import ScrewCatalogue
+    from spineplan.safety._grade import grade_segment
+
+    st = PlannerSettings()
+    ctx, e, d = _oblique_entry_scene()
+    sizes = ScrewCatalogue.default().all_sizes()
+    res = _search.evaluate(ctx, "left", (e + 10.0 * d)[None], d[None], st, sizes, None)
+    assert len(res["axis_entry"]) == 1
+    assert np.linalg.norm(res["axis_entry"][0] - e) < 0.5  # the entry is found on the cut
+    diam = list(res["diameters"])
+    fits = {dm: float(res["fit_l"][0, diam.index(dm)]) for dm in diam}
+    largest = max(dm for dm, l_ in fits.items() if l_ > 0)
+    # surface depth 5 cos t - r sin t at the entry zone's end >= 1.0 mm (voxel slack 0.3 mm)...
+    t = np.radians(OBLIQUE_TILT_DEG)
+    assert 5 * np.cos(t) - 0.5 * largest * np.sin(t) >= 1.0 - 0.3
+    assert largest >= 5.5  # ... where the ball test allowed 4.5 mm
+    assert fits[7.0] == 0 and fits[7.5] == 0
+    # the rod's front end: the axis leaves the bone 45 mm from the entry, tip 4 mm before it
+    assert fits[largest] == 40.0
+    # the independent grader agrees: grade A with the margin kept on the whole judged surface
+    g = grade_segment(res["axis_entry"][0], res["axis_entry"][0] + fits[largest] * d, largest, ctx.field, ctx.frame, "left", entry_zone_mm=5.0)
+    assert g.grade == "A" and g.min_margin_mm >= 1.0 - _search.VERIFY_TOLERANCE_MM
+    # why not larger: the next diameter loses the margin at the entry zone's end; why not longer:
+    # the tip clearance from the anterior cortex
+    nxt = diam[diam.index(largest) + 1]
+    e = res["axis_entry"][0]
+    lim = _search._fit_limit(ctx, st, e, d, 10.0, nxt, 25.0)
+    assert lim["rule"] == "pedicle-margin" and lim["at_mm"] == pytest.approx(5.0, abs=1.0)
+    lim = _search._fit_limit(ctx, st, e, d, 10.0, largest, 45.0)
+    assert lim["rule"] == "tip-clearance" and lim["at_mm"] == pytest.approx(45.0 - 4.0, abs=0.6)

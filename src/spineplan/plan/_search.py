@@ -15,10 +15,17 @@ Method (per vertebra, then per side):
    anterior to the posterior wall of the vertebral body, found per vertebra by
    :func:`posterior_wall_y`) and the smaller ``body_margin_mm`` in the **body** (never 0: the
    body cortex is never breached). The canal and the roots only border the pedicle segment. The
-   tip must also be ``anterior_cortex_clearance_mm`` inside bone along the axis. Endplates are the
-   mask's cranial and caudal boundaries, so a screw that keeps its margin never crosses an endplate.
-4. Each axis gets its largest admissible diameter (<= 80 % of the isthmus width) and longest
-   catalogue length, and its purchase (mean positive HU over the screw's volume x volume).
+   ball test starts r + m after the entry zone: nearer, a ball would reach back into the entry
+   zone, which the rule exempts, so there the screw surface itself is sampled (rings; see
+   :func:`evaluate`). The tip must also be ``anterior_cortex_clearance_mm`` inside bone along the
+   axis. Endplates are the mask's cranial and caudal boundaries, so a screw that keeps its margin
+   never crosses an endplate.
+4. Each axis gets its largest admissible diameters (<= 80 % of the isthmus width; the largest and
+   the next :data:`SIZE_VARIANTS` - 1 smaller ones, so a later rule refusing the larger screw on an
+   axis tries a thinner one there) with their longest catalogue lengths, and their purchase (mean
+   positive HU over the screw's volume x volume: a thicker screw holds more, as pullout strength
+   grows with the thread's diameter and engagement, Chapman JR et al., J Biomech Eng
+   1996;118:391-398; Zindrick MR et al., Clin Orthop 1986;203:99-112).
 5. The best candidates (purchase, discounted for a medial angle away from the level's anatomical
    mean, ``off_prior_penalty_per_deg``, and for a cranial/caudal angle,
    ``off_axis_cranial_penalty_per_deg``) are checked for the remaining rules in order: entry lateral
@@ -28,6 +35,9 @@ Method (per vertebra, then per side):
    ``dock_zone_mm`` of the entry, where the surgeon docks), skin entry near enough to the midline;
    then graded with the independent surface-sampling grader of :mod:`spineplan.safety` (grade A,
    no facet violation) and their surface margins re-checked per segment (pedicle, body).
+6. Each option states why it is not larger (:func:`size_limit`): what stops the next catalogue
+   diameter on the same axis (80 % of the isthmus, the catalogue, the pedicle or body margin at a
+   distance from the entry, the tip clearance, a later rule, or the ranking) and the next length.
 """
 
 from __future__ import annotations
@@ -133,6 +143,12 @@ class Option:
     #: anatomical ones (``off_prior_penalty_per_deg``, ``off_axis_cranial_penalty_per_deg``); the
     #: options are ordered by it and the rod-alignment trade is bounded in it
     score: float | None = None
+    #: index of the candidate in the search (internal)
+    candidate: int = -1
+    #: why the screw is not larger (:func:`size_limit`): {"diameter": {...}, "length": {...}}
+    size_limit: dict | None = None
+    #: set when this thicker screw was preferred over the best ranked one (:func:`prefer_thicker`)
+    diameter_trade: dict | None = None
 
 
 @dataclass
@@ -671,60 +687,115 @@ def recentre(ctx: VertebraContext, side: str, centre, med0: float, cra0: float, 
     return c, float(med), float(cra)
 
 
+def _ring_margin_ok(ctx: VertebraContext, entry: np.ndarray, dirs: np.ndarray, radius: float, margin: float,
+                    s0: float, s1: float, step: float) -> np.ndarray:
+    """Whether the screw surface (radius ``radius``) keeps ``margin`` from the bone boundary at
+    every sampled point between ``s0`` and ``s1`` mm along each axis (N,): rings of
+    :data:`RING_POINTS` points every ``step`` mm, the SDF sampled as :mod:`spineplan.safety`
+    samples it, :data:`PROFILE_SLACK_MM` of slack for the gaps between samples."""
+    n = len(entry)
+    if n == 0:
+        return np.zeros(0, bool)
+    ts = np.arange(s0, s1 + 1e-9, step)
+    worst = np.full(n, -np.inf)
+    for off in _ring_offsets(dirs, np.full(n, radius), RING_POINTS)[1:]:
+        worst = np.maximum(worst, ctx.field.sample_rays(entry + off, dirs, ts).max(axis=1))
+    return worst <= -(margin + PROFILE_SLACK_MM)
+
+
+#: Points per ring of :func:`_ring_margin_ok` (about every 1.5 mm around a 7.5 mm screw).
+RING_POINTS = 16
+
+
+def _ball_fail(ctx: VertebraContext, st: PlannerSettings, entry, dirs, te, prof, ss, dmm: float):
+    """Inscribed-ball test of diameter ``dmm`` on the axis profiles ``prof`` (inscribed radius at
+    ``ss`` mm from each entry): the first distance (mm, inf: none) from ``s_ball`` = entry zone +
+    r + margin on where the ball of radius r + margin (pedicle segment) or r + body margin (body
+    segment) leaves the bone; also the body segment's start per axis and ``s_ball``."""
+    r = 0.5 * dmm
+    sb = body_start(ctx, entry, dirs, r, te)
+    need = np.where(ss[None, :] < sb[:, None], r + st.margin_mm, r + st.body_margin) + PROFILE_SLACK_MM
+    s_ball = st.entry_zone_mm + r + st.margin_mm
+    bad = (ss[None, :] >= s_ball - 1e-9) & (prof < need)
+    return np.where(bad.any(axis=1), ss[np.argmax(bad, axis=1)], np.inf), sb, s_ball
+
+
 def evaluate(ctx: VertebraContext, side: str, pts: np.ndarray, dirs: np.ndarray, st: PlannerSettings,
              sizes: list[tuple[float, float]], width_for_rule: float | None):
-    """Entries, best size and purchase for every candidate axis. Returns a dict of arrays and counts."""
+    """Entries, best size and purchase for every candidate axis. Returns a dict of arrays and counts.
+
+    The fit of a diameter along an axis: from the end of the entry zone ``ez`` the screw surface
+    keeps ``margin_mm`` (pedicle) or the body margin (body) from the bone boundary. Beyond
+    ``ez + r + margin`` this is the inscribed-ball test on the axis profile (a ball of radius
+    r + margin around every axis point inside bone), exact for a tube. Nearer the entry zone the
+    ball would reach back into the entry zone, which the rule (and the grader of
+    :mod:`spineplan.safety`) exempts: there the surface itself is sampled (:func:`_ring_margin_ok`).
+    (Measured on the abdomen CT's reference labels, session 5: with the ball test from ``ez`` on,
+    the widest admissible corridor of L1-L5 was limited at the entry zone's end in 6 of 10
+    pedicles, and the screws were 4.0-6.5 mm in isthmuses of 6-20 mm.)"""
     step = st.profile_step_mm
     counts: dict[str, int] = {}
     diam = np.array(sorted({d for d, _ in sizes}))
-    # the march finds where the body margin fails (from the entry zone on); the pedicle segment's
-    # larger margin is then applied from its running inscribed radius (a running minimum from
-    # the entry zone, so exact over the pedicle segment, which starts there)
-    needs_body = 0.5 * diam + st.body_margin + PROFILE_SLACK_MM
-    needs_ped = 0.5 * diam + st.margin_mm + PROFILE_SLACK_MM
     m = ctx.field.march(pts, dirs, step=step, back_mm=BACK_MM, ahead_mm=AHEAD_MM, skip_mm=st.entry_zone_mm,
-                        iso_mm=ISO_MM, needs=needs_body)
+                        iso_mm=ISO_MM, needs=np.zeros(1))
     ok = np.isfinite(m["te"])
     pts, dirs = pts[ok], dirs[ok]
-    te, s_exit, fail, iso, run = m["te"][ok], m["exit_s"][ok], m["fail_s"][ok].copy(), m["iso"][ok], m["run"][ok]
+    te, s_exit, iso, run = m["te"][ok], m["exit_s"][ok], m["iso"][ok], m["run"][ok]
     entry = pts - te[:, None] * dirs
     ss = np.arange(run.shape[1]) * step
-    for kd, dmm in enumerate(diam):
-        sb = body_start(ctx, entry, dirs, 0.5 * dmm, te)
-        bad = (ss[None, :] < sb[:, None]) & (run < needs_ped[kd])
-        fail_p = np.where(bad.any(axis=1), ss[np.argmax(bad, axis=1)], np.inf)
-        fail[:, kd] = np.minimum(fail[:, kd], fail_p)
+    ez = int(np.ceil(st.entry_zone_mm / step - 1e-9))
+    prof = -ctx.field.sample_rays(entry, dirs, ss)  # inscribed radius along each axis
+    prof[:, :ez] = np.inf
     counts["bone-corridor"] = int(np.sum(s_exit - st.entry_zone_mm >= min(l for _, l in sizes) * 0.5))
-    best_d = np.zeros(len(entry))
-    best_l = np.zeros(len(entry))
-    fits_any = np.zeros(len(entry), bool)
-    fits_rule = np.zeros(len(entry), bool)
-    for kd, dmm in enumerate(diam):
-        lmax = np.minimum(fail[:, kd] - step, s_exit - st.anterior_cortex_clearance_mm - step)
+    n = len(entry)
+    fits_any = np.zeros(n, bool)
+    fits_rule = np.zeros(n, bool)
+    nfit = np.zeros(n, int)
+    lmin = min(l for _, l in sizes)
+    fit_l = np.zeros((n, len(diam)))  # longest catalogue length per diameter (0: none)
+    for kd in range(len(diam) - 1, -1, -1):
+        dmm = float(diam[kd])
+        r = 0.5 * dmm
+        fail, _, s_ball = _ball_fail(ctx, st, entry, dirs, te, prof, ss, dmm)
+        lmax = np.minimum(fail - step, s_exit - st.anterior_cortex_clearance_mm - step)
         lens = np.sort(np.array([l_ for d_, l_ in sizes if abs(d_ - dmm) < 1e-6]))
-        fit_d = lmax >= st.entry_zone_mm
-        fits_any |= fit_d & (lmax >= lens.min())
+        test = (lmax >= max(lens.min(), s_ball)) & (nfit < SIZE_VARIANTS)
+        if test.any():  # the surface between the entry zone and s_ball
+            test[test] = _ring_margin_ok(ctx, entry[test], dirs[test], r, st.margin_mm, st.entry_zone_mm,
+                                         s_ball, step)
+        fits_any |= test & (lmax >= lmin)
         if width_for_rule is not None and dmm > st.max_diameter_fraction * width_for_rule + 1e-6:
             continue
         li = np.searchsorted(lens, lmax, side="right") - 1  # longest catalogue length <= lmax
-        l_ok = li >= 0
-        fits_rule |= fit_d & l_ok
-        lsel = np.where(l_ok, lens[np.clip(li, 0, None)], 0.0)
-        better = l_ok & (dmm >= best_d)
-        best_d = np.where(better, dmm, best_d)
-        best_l = np.where(better, lsel, best_l)
+        l_ok = test & (li >= 0)
+        fit_l[l_ok, kd] = lens[li[l_ok]]
+        fits_rule |= l_ok
+        nfit += l_ok
     isth = 2.0 * float(np.max(iso)) if len(iso) else float("nan")
     counts["margin"] = int(fits_any.sum())
     counts["isthmus-80"] = int(fits_rule.sum())
-    good = best_l > 0
-    counts["length"] = int(good.sum())
-    entry, dirs, best_d, best_l, run, te = entry[good], dirs[good], best_d[good], best_l[good], run[good], te[good]
-    # clearance actually achieved (inscribed-ball margin) over [entry zone, L]
-    nL = np.minimum(np.round(best_l / step).astype(int), run.shape[1] - 1)
-    clear = run[np.arange(len(nL)), nL].astype(float) - 0.5 * best_d
-    pur, mhu = _purchase(ctx, entry, dirs, best_d, best_l)
-    return dict(entry=entry, dirs=dirs, d=best_d, L=best_l, purchase=pur, mean_hu=mhu, clear=clear,
-                counts=counts, isthmus=isth, body_start=body_start(ctx, entry, dirs, 0.5 * best_d, te))
+    counts["length"] = int(fits_rule.sum())
+    # size variants: each axis with its largest fitting diameters (SIZE_VARIANTS of them), so a
+    # later rule that refuses the largest screw on an axis tries the next smaller one there
+    fit_rank = np.cumsum((fit_l > 0)[:, ::-1], axis=1)[:, ::-1]  # 1 = the largest fitting diameter
+    ax_idx, kd_idx = np.nonzero((fit_l > 0) & (fit_rank <= SIZE_VARIANTS))
+    d_p = diam[kd_idx]
+    l_p = fit_l[ax_idx, kd_idx]
+    e_p, dir_p = entry[ax_idx], dirs[ax_idx]
+    # inscribed-ball margin over [entry zone + r + margin, L] (the ring test covers the rest)
+    s_b = st.entry_zone_mm + 0.5 * d_p + st.margin_mm
+    win = (ss[None, :] >= s_b[:, None] - 1e-9) & (ss[None, :] <= l_p[:, None])
+    clear = np.where(win, prof[ax_idx], np.inf).min(axis=1) - 0.5 * d_p
+    pur, mhu = _purchase(ctx, e_p, dir_p, d_p, l_p)
+    return dict(entry=e_p, dirs=dir_p, d=d_p, L=l_p, purchase=pur, mean_hu=mhu, clear=clear, counts=counts,
+                isthmus=isth, body_start=body_start(ctx, e_p, dir_p, 0.5 * d_p, te[ax_idx]), axis=ax_idx,
+                kd=kd_idx, fit_l=fit_l, diameters=diam, axis_entry=entry, axis_dirs=dirs, axis_te=te,
+                largest=fit_rank[ax_idx, kd_idx] == 1)
+
+
+#: Diameters tried per candidate axis: its largest fitting one and the next smaller ones (a later
+#: rule, e.g. the facet or corridor check, can refuse the larger screw on an otherwise good axis).
+SIZE_VARIANTS = 3
 
 
 def _purchase(ctx: VertebraContext, entry, dirs, dmm, lmm):
@@ -1038,6 +1109,114 @@ def _facet_hits(fz: BoxMask, entries, dirs, diam, lengths, st: PlannerSettings) 
     return out
 
 
+def prefer_thicker(options: list[Option], st: PlannerSettings) -> list[Option]:
+    """``options`` (best ranked first) with the thickest option that gives up at most
+    ``max_purchase_loss_for_diameter`` of the best one's ranked purchase and has at least its
+    thread engagement (diameter x length) moved to the front (marked ``diameter_trade``)."""
+    if not options or st.max_purchase_loss_for_diameter <= 0:
+        return options
+    best = options[0]
+    rank = lambda o: o.purchase if o.score is None else o.score  # noqa: E731
+    ok = [o for o in options[1:] if o.diameter_mm > best.diameter_mm + 1e-6
+          and rank(o) >= (1 - st.max_purchase_loss_for_diameter) * rank(best)
+          and o.diameter_mm * o.length_mm >= best.diameter_mm * best.length_mm - 1e-6]
+    if not ok:
+        return options
+    pick = max(ok, key=lambda o: (o.diameter_mm, rank(o)))
+    pick.diameter_trade = {"instead_of": [best.diameter_mm, best.length_mm],
+                           "ranked_purchase_lost_pct": round(100.0 * (1 - rank(pick) / max(rank(best), 1e-9)), 1)}
+    return [pick] + [o for o in options if o is not pick]
+
+
+#: Fates of the candidates of :func:`search_pedicle` besides a refusing rule's index in RULES.
+PASSED, NOT_CHECKED = -1, -2
+#: How :func:`size_limit` names a later rule that refused the next larger screw on the same axis.
+LIMIT_TEXT = {
+    "ct-bone": "CT check (fat or fluid along the larger screw)",
+    "sap-entry": "entry rule (lateral to the SAP, at the pedicle's height)",
+    "facet": "facet rule (the larger screw or its head touches the facet joint above)",
+    "corridor-bone": "percutaneous corridor (bone on the way back to the skin)",
+    "skin-offset": "skin entry too far from the midline",
+    "verified-grade": "surface verification (margin or grade of the larger screw)",
+}
+
+
+def _fit_limit(ctx: VertebraContext, st: PlannerSettings, entry, dirn, te: float, dmm: float, lmin: float) -> dict:
+    """Where one axis (entry, unit direction, ``te``: distance from the entry to its search point,
+    where the body segment may start at the earliest) stops fitting a screw of ``dmm`` (see
+    :func:`evaluate`): {"rule": "pedicle-margin" | "body-margin" | "tip-clearance", "at_mm": distance
+    from the entry, "text": ...}; rule "fits" when a screw of at least ``lmin`` fits."""
+    step = st.profile_step_mm
+    entry = np.asarray(entry, float)[None]
+    dirs = np.asarray(dirn, float)[None]
+    ss = np.arange(int(round(AHEAD_MM / step)) + 1) * step
+    prof = -ctx.field.sample_rays(entry, dirs, ss)
+    out = (ss >= st.entry_zone_mm - 1e-9) & (prof[0] <= 0)  # the axis leaves the bone
+    s_exit = float(ss[np.argmax(out)]) if out.any() else float(ss[-1])
+    r = 0.5 * dmm
+    s_ball = st.entry_zone_mm + r + st.margin_mm
+    # the surface between the entry zone and s_ball, ring by ring
+    for t in np.arange(st.entry_zone_mm, s_ball + 1e-9, step):
+        if not _ring_margin_ok(ctx, entry, dirs, r, st.margin_mm, t, t, step)[0]:
+            return {"rule": "pedicle-margin", "at_mm": round(float(t), 1),
+                    "text": f"pedicle margin {t:.0f} mm from entry"}
+    prof[:, ss < st.entry_zone_mm - 1e-9] = np.inf
+    fail, sb, _ = _ball_fail(ctx, st, entry, dirs, np.full(1, te), prof, ss, dmm)
+    f, tipmax = float(fail[0]), s_exit - st.anterior_cortex_clearance_mm
+    if min(f, tipmax) - step >= lmin:
+        return {"rule": "fits", "at_mm": None, "text": "fits"}
+    if tipmax <= f:
+        return {"rule": "tip-clearance", "at_mm": round(tipmax, 1),
+                "text": f"tip clearance ({st.anterior_cortex_clearance_mm:g} mm from the anterior cortex)"}
+    seg = "pedicle" if f < float(sb[0]) else "body"
+    return {"rule": f"{seg}-margin", "at_mm": round(f, 1), "text": f"{seg} margin {f:.0f} mm from entry"}
+
+
+def size_limit(ctx: VertebraContext, side: str, st: PlannerSettings, sizes, res: dict, fate: np.ndarray, i: int,
+               width: float | None) -> dict:
+    """Why candidate ``i`` of :func:`search_pedicle` is not larger: for its diameter, what stops the
+    next catalogue diameter on the same axis (``catalogue-max``, ``isthmus-80``, the fit:
+    ``pedicle-margin`` / ``body-margin`` / ``tip-clearance`` at a distance from the entry, a later
+    rule that refused it, or ``ranking``: it obeys every rule checked but holds less, being
+    shorter); for its length, what stops the next catalogue length (``catalogue-max``, the margin or
+    the tip clearance). Each part: {"rule", "at_mm", "text"}."""
+    diam = res["diameters"]
+    ax, kd = int(res["axis"][i]), int(res["kd"][i])
+    dmm, lmm = float(res["d"][i]), float(res["L"][i])
+    e, dirn, te = res["axis_entry"][ax], res["axis_dirs"][ax], float(res["axis_te"][ax])
+    out: dict = {}
+    if kd == len(diam) - 1:
+        out["diameter"] = {"rule": "catalogue-max", "at_mm": None, "text": f"catalogue max ({dmm:g} mm)"}
+    else:
+        nxt = float(diam[kd + 1])
+        lens_n = [l_ for d_, l_ in sizes if abs(d_ - nxt) < 1e-6]
+        if width is not None and np.isfinite(width) and nxt > st.max_diameter_fraction * width + 1e-6:
+            out["diameter"] = {"rule": "isthmus-80", "at_mm": None,
+                               "text": f"{100 * st.max_diameter_fraction:.0f} % of isthmus ({width:.1f} mm)"}
+        elif res["fit_l"][ax, kd + 1] <= 0:
+            out["diameter"] = _fit_limit(ctx, st, e, dirn, te, nxt, min(lens_n))
+            if out["diameter"]["rule"] == "fits":  # sampling differences: name the margin anyway
+                out["diameter"] = {"rule": "pedicle-margin", "at_mm": None, "text": "pedicle margin"}
+        else:
+            j = np.flatnonzero((res["axis"] == ax) & (res["kd"] == kd + 1))
+            f = int(fate[j[0]]) if len(j) else NOT_CHECKED
+            if f >= 0:
+                rule = RULES[f]
+                out["diameter"] = {"rule": rule, "at_mm": None, "text": LIMIT_TEXT.get(rule, rule)}
+            else:
+                ln = float(res["fit_l"][ax, kd + 1])
+                out["diameter"] = {"rule": "ranking", "at_mm": None,
+                                   "text": f"ranking ({nxt:g} x {ln:g} mm on this axis holds less)"}
+    lens = sorted(l_ for d_, l_ in sizes if abs(d_ - dmm) < 1e-6)
+    longer = [l_ for l_ in lens if l_ > lmm + 1e-6]
+    if not longer:
+        out["length"] = {"rule": "catalogue-max", "at_mm": None, "text": f"catalogue max ({lmm:g} mm)"}
+    else:
+        lim = _fit_limit(ctx, st, e, dirn, te, dmm, longer[0])
+        out["length"] = lim if lim["rule"] != "fits" else {"rule": "margin", "at_mm": None, "text": "margin"}
+    return out
+
+
 #: Candidates checked per vectorised batch of the later rules: the first batch, doubling up to CHUNK.
 FIRST_CHUNK = 64
 CHUNK = 512
@@ -1104,36 +1283,56 @@ def search_pedicle(ctx: VertebraContext, side: str, st: PlannerSettings, sizes: 
     bounds = [0]
     while bounds[-1] < len(order):  # batches grow: the best candidates usually pass
         bounds.append(min(len(order), bounds[-1] + min(CHUNK, FIRST_CHUNK * 2 ** (len(bounds) - 1))))
+    # fate of each candidate checked: index into RULES of the later rule that refused it,
+    # PASSED, or NOT_CHECKED (ranked below the last candidate the search needed)
+    fate = np.full(len(order), NOT_CHECKED, np.int16)
     for c0, c1 in zip(bounds[:-1], bounds[1:]):
         ii = order[c0:c1]
         e, d = res["entry"][ii], res["dirs"][ii]
         dmm, lmm = res["d"][ii], res["L"][ii]
+        fate_b = np.full(len(ii), NOT_CHECKED, np.int16)
+
+        def refuse(ok_before, ok_after, rule):
+            fate_b[ok_before & ~ok_after] = RULES.index(rule)
         soft = _soft_fraction(hu_field, e, d, dmm, lmm, st)
         ok = soft <= st.max_soft_fraction
+        refuse(np.ones(len(ii), bool), ok, "ct-bone")
         stage["ct-bone"] += int(ok.sum())
         sap = s * ctx.frame.to_local(e)[:, 0] - border if border is not None else np.full(len(ii), np.nan)
-        ok &= ~(sap < -st.sap_lateral_tolerance_mm)
-        ok &= np.abs(ctx.frame.to_local(e)[:, 2] - centre_z) <= height_tol
+        ok1 = ok & ~(sap < -st.sap_lateral_tolerance_mm)
+        ok1 &= np.abs(ctx.frame.to_local(e)[:, 2] - centre_z) <= height_tol
+        refuse(ok, ok1, "sap-entry")
+        ok = ok1
         stage["sap-entry"] += int(ok.sum())
+        ok1 = ok.copy()
         if ctx.facet is not None and ok.any():
-            ok[ok] = ~_facet_hits(ctx.facet, e[ok], d[ok], dmm[ok], lmm[ok], st)
+            ok1[ok] = ~_facet_hits(ctx.facet, e[ok], d[ok], dmm[ok], lmm[ok], st)
+        refuse(ok, ok1, "facet")
+        ok = ok1
         stage["facet"] += int(ok.sum())
         skin = np.full((len(ii), 3), np.nan)
         last = np.zeros((len(ii), 3))
+        ok1 = ok.copy()
         if ok.any():
             sk, blocked, last[ok] = skin_and_corridor(cor, e[ok], d[ok], 0.5 * dmm[ok], st,
                                                       fov_edge_is_skin=False, edge=True, own=own_bone(ctx))
             skin[ok] = sk
-            ok[ok] = ~blocked
+            ok1[ok] = ~blocked
+        refuse(ok, ok1, "corridor-bone")
+        ok = ok1
         stage["corridor-bone"] += int(ok.sum())
         off = np.abs(ctx.frame.to_local(np.nan_to_num(skin))[:, 0])
         off[np.isnan(skin[:, 0])] = np.nan
         # when the trajectory leaves the scan before the skin, its offset where it leaves is a
         # lower bound of the skin entry's (the trajectory runs away from the midline going back)
         off_edge = np.abs(ctx.frame.to_local(last)[:, 0])
-        ok &= ~(np.where(np.isnan(off), off_edge, off) > st.max_skin_offset_mm)
+        ok1 = ok & ~(np.where(np.isnan(off), off_edge, off) > st.max_skin_offset_mm)
+        refuse(ok, ok1, "skin-offset")
+        ok = ok1
         stage["skin-offset"] += int(ok.sum())
         for j in np.flatnonzero(ok):
+            if len(options) >= keep:
+                break  # the rest of the batch stays NOT_CHECKED
             i = ii[j]
             opt = Option(entry=e[j], tip=e[j] + lmm[j] * d[j], direction=d[j], diameter_mm=float(dmm[j]),
                          length_mm=float(lmm[j]), purchase=float(res["purchase"][i]), mean_hu=float(res["mean_hu"][i]),
@@ -1145,6 +1344,7 @@ def search_pedicle(ctx: VertebraContext, side: str, st: PlannerSettings, sizes: 
                          body_start_mm=float(res["body_start"][i]), ct_soft_fraction=float(soft[j]))
             opt.pedicle_margin_mm, opt.body_margin_mm = zone_margins(ctx, opt.entry, opt.tip, opt.diameter_mm,
                                                                      opt.body_start_mm, st.entry_zone_mm)
+            fate_b[j] = RULES.index("verified-grade")
             if (opt.pedicle_margin_mm < st.margin_mm - VERIFY_TOLERANCE_MM
                     or opt.body_margin_mm < st.body_margin - VERIFY_TOLERANCE_MM):
                 continue
@@ -1152,13 +1352,20 @@ def search_pedicle(ctx: VertebraContext, side: str, st: PlannerSettings, sizes: 
                 opt.safety = grade_fn(opt, side)
                 if opt.safety.grade != "A" or opt.safety.facet_violation:
                     continue
+            fate_b[j] = PASSED
             stage["verified-grade"] += 1
+            opt.candidate = int(i)
             options.append(opt)
-            if len(options) >= keep:
-                break
+        fate[c0:c1] = fate_b
         if len(options) >= keep:
             break
     counts.update(stage)
+    fate_of = np.full(len(order), NOT_CHECKED, np.int16)
+    fate_of[order] = fate
+    options = prefer_thicker(options, st)
+    ctx.cache[("search", side)] = (res, fate_of)  # for diagnostics (benchmarks/bench_planner.py)
+    for opt in options:
+        opt.size_limit = size_limit(ctx, side, st, sizes, res, fate_of, opt.candidate, width)
     failed = None
     if not options:
         failed = next((r for r in RULES if counts.get(r, 1) == 0), "verified-grade")

@@ -48,7 +48,10 @@ def plan_screws(ct: Volume, spine, levels: Iterable[str], *, sides=("left", "rig
     ``spine``: a :class:`spineplan.anatomy.model.Spine` on the CT's grid (masks, frames and,
     when measured, pedicles). Returns a :class:`~spineplan.plan.model.Plan` with the screws
     (graded, extras: ``purchase``, ``mean_hu``, ``isthmus_width_mm``, ``skin_entry``,
-    ``head_offset_mm``, ...) and warnings.
+    ``head_offset_mm``, ``size_limited_by`` / ``length_limited_by`` (why the screw is not thicker /
+    longer, e.g. "80 % of isthmus (8.1 mm)", "pedicle margin 12 mm from entry", "tip clearance
+    (4 mm from the anterior cortex)") with ``size_limit`` (the same as {"diameter"|"length":
+    {"rule", "at_mm", "text"}}), ...) and warnings.
     """
     from spineplan.plan._search import RULE_TEXT, make_context, search_pedicle
     from spineplan.safety import ENTRY_ZONE_RULE
@@ -139,6 +142,13 @@ def plan_screws(ct: Volume, spine, levels: Iterable[str], *, sides=("left", "rig
                 "head_offset_mm": _r(report["offset_after"][j], 2) if report else None,
                 "grading": "planning mask",
             }
+            if opt.diameter_trade:
+                extra["diameter_trade"] = opt.diameter_trade
+            if opt.size_limit:
+                # why the screw is not larger (spineplan.plan._search.size_limit)
+                extra["size_limited_by"] = opt.size_limit["diameter"]["text"]
+                extra["length_limited_by"] = opt.size_limit["length"]["text"]
+                extra["size_limit"] = opt.size_limit
             if choice[j] != 0:
                 loss = 100.0 * (1 - _rank(opt) / max(_rank(best), 1e-9))
                 extra["alignment_trade"] = {"purchase_lost_pct": _r(loss, 1),
@@ -223,7 +233,8 @@ def _align(opts: list[list], st: PlannerSettings):
     """Choose one option per level (index into each list, 0 = best ranked) trading at most
     ``max_purchase_loss_for_alignment`` of a screw's ranked purchase (:func:`_rank`: purchase
     discounted for off-anatomical angles, the value the options are ordered by) for a smaller
-    summed head offset."""
+    summed head offset, never for a thinner screw than the best ranked one nor one with
+    ``max_purchase_loss_for_alignment`` less thread engagement (diameter x length)."""
     n = len(opts)
     choice = [0] * n
     if n == 0:
@@ -231,7 +242,15 @@ def _align(opts: list[list], st: PlannerSettings):
     heads = lambda ch: np.array([opts[i][ch[i]].head for i in range(n)])  # noqa: E731
     before = _rod_residuals(heads(choice))
     if n >= 3:
-        allowed = [[k for k, o in enumerate(ol) if _rank(o) >= (1 - st.max_purchase_loss_for_alignment) * _rank(ol[0])]
+        # never a thinner screw for alignment, nor one whose thread engagement (diameter x length,
+        # the pullout model of Chapman et al. 1996, see max_purchase_loss_for_diameter) is lower by
+        # more than the same bound: a polyaxial tulip takes up a few mm of offset, while a thinner
+        # or shorter screw holds less for the whole life of the fixation (measured on the abdomen
+        # CT: a 6 x 30 mm screw of denser bone ranked within 10 % of the 6 x 45 mm best one)
+        loss = st.max_purchase_loss_for_alignment
+        allowed = [[k for k, o in enumerate(ol) if _rank(o) >= (1 - loss) * _rank(ol[0])
+                    and o.diameter_mm >= ol[0].diameter_mm - 1e-6
+                    and o.diameter_mm * o.length_mm >= (1 - loss) * ol[0].diameter_mm * ol[0].length_mm]
                    for ol in opts]
         cur = before.sum()
         for _ in range(4):
