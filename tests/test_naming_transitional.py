@@ -124,7 +124,8 @@ def _feats(vols, edge=()):
     ([50, 55, 60, 28, 30, 62, 65], (), ["vertebrae 4 and 5"]),      # one vertebra cut in two
     ([50, 55, 35, 60, 62], (), []),                                 # a crushed vertebra (posterior elements kept)
     ([20, 30, 45, 48, 50], (0,), []),                               # cervico-thoracic sizes, top cut by the scan
-    ([20, 25, 45, 48, 50], (0,), []),                               # (an end pair is not judged)
+    ([20, 25, 45, 48, 50], (0,), []),                               # an end pair cut by the scan is not judged
+    ([20, 32, 55, 60, 62], (), ["vertebrae 1 and 2"]),              # ... one that is not cut, is
 ])
 def test_split_vertebra_is_reported(vols, edge, expect):
     """Volumes (mL) of the vertebrae found, top first: one vertebra cut in two by a false disc is

@@ -170,8 +170,14 @@ def _split_pairs(feats, idx) -> list[str]:
     spine): an extra vertebra in the row shifts every name counted across it."""
     vols = [feats[i]["vol_ml"] for i in idx]
     out = []
-    for k in range(1, len(idx) - 2):  # (not a pair at the scan's end: cervico-thoracic or cut sizes vary)
-        ref = 0.5 * (vols[k - 1] + vols[k + 2])
+    for k in range(len(idx) - 1):
+        around = [vols[j] for j in (k - 1, k + 2) if 0 <= j < len(idx)]
+        end = idx[k] if k == 0 else idx[k + 1] if k + 2 == len(idx) else None
+        # a pair at an end of the row only when that end is not cut by the scan (a cut vertebra,
+        # or the cervico-thoracic junction, is small for other reasons)
+        if not around or (end is not None and feats[end].get("at_scan_edge", True)):
+            continue
+        ref = float(np.mean(around))
         a, b = vols[k] / ref, vols[k + 1] / ref
         if a < SPLIT_HALF_FRACTION and b < SPLIT_HALF_FRACTION and SPLIT_SUM_RANGE[0] <= a + b <= SPLIT_SUM_RANGE[1]:
             out.append(f"vertebrae {k + 1} and {k + 2} from the top are {a:.0%} and {b:.0%} of the vertebrae around "
