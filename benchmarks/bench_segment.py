@@ -75,7 +75,8 @@ def evaluate(data: Path, name: str, ct_rel: str, ref_rel: str, conv: str, comple
         # to another vertebra (assignment errors) or left unlabelled (missed bone)
         extra = (m.sum() / r.sum(), (r & (lab > 0) & ~m).sum() / r.sum(), (r & (lab == 0)).sum() / r.sum())
         rows.append((lv, ours, d_best, extra))
-    return {"name": name, "time_s": dt, "rows": rows, "seg": seg, "cuts": disc_cut_errors(ct, seg, ref)}
+    return {"name": name, "time_s": dt, "rows": rows, "seg": seg, "cuts": disc_cut_errors(ct, seg, ref), "ref": ref,
+            "ct": ct}
 
 
 def disc_cut_errors(ct, seg, ref: dict[str, np.ndarray]) -> list[tuple[str, float, float]]:
@@ -147,6 +148,65 @@ def iap_report(data: Path) -> None:
     print("   L3 crop, VerSe subregions of L3 in our L3 label: " + ", ".join(out))
 
 
+#: TotalSegmentator "total" ids of the ribs (92-115) in the chest CT's full label map.
+RIB_IDS = range(92, 116)
+
+
+def error_breakdown(res: dict, ct, full_ref: np.ndarray) -> None:
+    """Where each vertebra's disagreeing voxels are, as shares of its reference volume:
+    missed = reference voxels we give to a neighbour (body column / posterior elements, i.e. at
+    least POSTERIOR_MM behind our curve) or leave unlabelled (its outer one-voxel layer / deeper
+    in); extra = our voxels in a neighbour's reference, in a reference rib, in the one-voxel layer
+    around the reference vertebra, or farther out. Dice = 2 TP / (2 TP + missed + extra)."""
+    from scipy.ndimage import binary_dilation, binary_erosion
+
+    seg = res["seg"]
+    lab = np.asarray(seg.labels.array)
+    curve = seg.extras["curve"]
+    ribs = np.isin(full_ref, list(RIB_IDS))
+    print("   per vertebra, shares of the reference volume: missed -> neighbour body | neighbour posterior | "
+          "unlabelled rim | unlabelled inner;  extra in neighbour | rib | rim | farther")
+    for lv, ours, _, _ in res["rows"]:
+        if ours == "-":
+            continue
+        r = res["ref"][lv]
+        m = lab == VERSE_CODES[ours]
+        n = float(r.sum())
+        fn = r & ~m
+        nb = fn & (lab > 0)
+        idx = np.argwhere(nb)
+        post = curve.frame_coords(ct.index_to_world(idx))[2] if len(idx) else np.zeros(0)
+        rim_in = r & ~binary_erosion(r)
+        un = fn & (lab == 0)
+        fp = m & ~r
+        other_v = np.zeros(r.shape, bool)
+        for k, v in res["ref"].items():
+            if k != lv:
+                other_v |= v
+        ring = binary_dilation(r) & ~r
+        parts = [(post < POSTERIOR_MM).sum() / n, (post >= POSTERIOR_MM).sum() / n, (un & rim_in).sum() / n,
+                 (un & ~rim_in).sum() / n, (fp & other_v).sum() / n, (fp & ribs & ~other_v).sum() / n,
+                 (fp & ring & ~other_v & ~ribs).sum() / n, (fp & ~ring & ~other_v & ~ribs).sum() / n]
+        print(f"   {lv:>4s}: missed {parts[0]:.3f} {parts[1]:.3f} {parts[2]:.3f} {parts[3]:.3f};  "
+              f"extra {parts[4]:.3f} {parts[5]:.3f} {parts[6]:.3f} {parts[7]:.3f}")
+
+
+def sacrum_report(data: Path, res: dict) -> None:
+    """The abdomen's S1/sacrum label against TotalSegmentator's sacrum (25, 26) and hips (77, 78):
+    it once leaked through the right sacro-iliac joint into the ilium."""
+    ct = read_nifti(data / CASES[0][1])
+    full = np.asarray(read_nifti(data / "totalseg_example_abdomen/example_seg_fast_force_split.nii.gz",
+                                 modality="SEG").array).astype(np.int32)
+    lab = np.asarray(res["seg"].labels.array) == VERSE_CODES["S1"]
+    sac = (full == 25) | (full == 26)
+    x = ct.index_to_world(np.argwhere(lab))[:, 0]
+    xr = ct.index_to_world(np.argwhere(sac))[:, 0]
+    print(f"   S1/sacrum label vs reference sacrum: x {x.min():.0f}..{x.max():.0f} mm (reference {xr.min():.0f}.."
+          f"{xr.max():.0f}); share of the label in the reference sacrum {(lab & sac).sum() / lab.sum():.2f}, in the "
+          f"left/right hip {(lab & (full == 77)).sum() / lab.sum():.3f}/{(lab & (full == 78)).sum() / lab.sum():.3f}; "
+          f"reference sacrum covered {(lab & sac).sum() / sac.sum():.2f}")
+
+
 def slab_report(data: Path) -> None:
     """The 38 mm T11/T12 DICOM slab (2 mm slices; reference T11 and T12, both cut)."""
     from spineplan.io import read_ct, read_labels
@@ -187,6 +247,11 @@ def main(argv=None) -> int:
         if res["cuts"]:
             print("   disc vs reference cut between vertebrae (mm along the curve, ours - reference): "
                   + ", ".join(f"{p} {o - c:+.1f}" for p, c, o in res["cuts"]))
+        if case[0].startswith("abdomen"):
+            sacrum_report(data, res)
+        if case[0].startswith("chest"):
+            full = np.asarray(read_nifti(data / case[2], modality="SEG").array).astype(np.int32)
+            error_breakdown(res, res["ct"], full)
     iap_report(data)
     slab_report(data)
     # phantoms with exact truth
