@@ -223,12 +223,18 @@ def test_screws_csv_states_the_diameter_against_the_isthmus(tmp_path):
     plan.screws.append(screw_with_head([22.0, 35.0, 0.0], [-0.25, -1.0, -0.05], level="L4", side="left"))
     plan.screws.append(screw_with_head([-22.0, 35.0, 0.0], [0.25, -1.0, -0.05], level="L4", side="right"))
     plan.screws[0].extra["isthmus_width_mm"] = 8.6
+    plan.screws[0].extra["size_limited_by"] = "pedicle margin 12 mm from entry"
+    plan.screws[0].extra["length_limited_by"] = "tip clearance (4 mm from the anterior cortex)"
     rows = list(csv.DictReader(write_screws_csv_lines(plan, tmp_path)))
     d = float(rows[0]["diameter_mm"])
     assert float(rows[0]["isthmus_width_mm"]) == pytest.approx(8.6)
     assert float(rows[0]["diameter_pct_of_isthmus"]) == pytest.approx(100 * d / 8.6, abs=0.5)
     # no width known (no plan extra, no spine): empty, not a made-up number
     assert rows[1]["isthmus_width_mm"] == "" and rows[1]["diameter_pct_of_isthmus"] == ""
+    # what stops the next size, as the planner states it; empty for a screw it did not plan
+    assert rows[0]["size_limited_by"] == "pedicle margin 12 mm from entry"
+    assert rows[0]["length_limited_by"] == "tip clearance (4 mm from the anterior cortex)"
+    assert rows[1]["size_limited_by"] == "" and rows[1]["length_limited_by"] == ""
 
 
 def write_screws_csv_lines(plan, tmp_path):

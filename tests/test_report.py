@@ -53,6 +53,12 @@ def test_surgeon_pdf_text(reports):
         assert re.search(rf"{s.level} {s.side} {s.diameter_mm:g} x {s.length_mm:g}", text), s.label
         assert f"{s.min_margin_mm:.2f}" in text
     assert "kyphoplasty" in text and "T12" in text and "unipedicular" in text
+    # why each screw is not wider / longer, as the planner states it
+    assert "Screw sizes: what limits each" in text
+    flat = re.sub(r"\s+", " ", text)
+    for s in plan.screws:
+        why = s.extra["size_limited_by"]
+        assert why and " ".join(why.split()[:3]) in flat, (s.label, why)
     cem = plan.access[0].extra["cement_ml"]
     assert f"{cem:.1f}" in text and "Molloy" in text
     assert "Skin incisions" in text and "Rods" in text and "C-arm" in text and "Per-screw slices" in text

@@ -16,7 +16,7 @@ COLUMNS = ("level", "side", "size", "diameter_mm", "length_mm",
            "entry_x", "entry_y", "entry_z", "tip_x", "tip_y", "tip_z",
            "medial_angle_deg", "cranial_angle_deg", "min_margin_mm", "grade", "mean_hu",
            "skin_entry_x", "skin_entry_y", "skin_entry_z", "skin_depth_mm",
-           "isthmus_width_mm", "diameter_pct_of_isthmus")
+           "isthmus_width_mm", "diameter_pct_of_isthmus", "size_limited_by", "length_limited_by")
 
 
 def screw_mean_hu(ct, screw: Screw, *, step_mm: float = 0.5) -> float:
@@ -79,7 +79,10 @@ def screws_table(plan: Plan, *, ct=None, spine=None) -> list[dict]:
                      "mean_hu": _f(hu, 0), **{f"skin_entry_{c}": _f(v) for c, v in zip("xyz", skin)},
                      "skin_depth_mm": _f(s.extra.get("skin_depth_mm"), 1),
                      "isthmus_width_mm": _f(width, 1),
-                     "diameter_pct_of_isthmus": "" if width is None else f"{100 * s.diameter_mm / width:.0f}"})
+                     "diameter_pct_of_isthmus": "" if width is None else f"{100 * s.diameter_mm / width:.0f}",
+                     # why not the next catalogue size (the planner's; empty for screws from elsewhere)
+                     "size_limited_by": s.extra.get("size_limited_by") or "",
+                     "length_limited_by": s.extra.get("length_limited_by") or ""})
     return rows
 
 

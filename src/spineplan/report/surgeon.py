@@ -148,6 +148,19 @@ def _screw_table(plan) -> Table:
                  caption=f"Pedicle screws ({len(plan.screws)})")
 
 
+def _size_table(plan) -> Table | None:
+    """Why each screw is the size it is: what stops the next catalogue diameter and length on its
+    trajectory (from the planner; None when no screw says)."""
+    rows = [[s.level, s.side, f"{s.diameter_mm:g} x {s.length_mm:g}", _f(s.extra.get("isthmus_width_mm"), 1),
+             s.extra.get("size_limited_by") or "-", s.extra.get("length_limited_by") or "-"]
+            for s in plan.screws]
+    if not any(r[4] != "-" or r[5] != "-" for r in rows):
+        return None
+    return Table(["Level", "Side", "Size (mm)", "Isthmus (mm)", "A wider screw is stopped by",
+                  "A longer screw is stopped by"], rows, widths=[0.6, 0.6, 0.9, 0.9, 2.6, 2.6],
+                 caption="Screw sizes: what limits each")
+
+
 def _rod_table(plan) -> Table:
     rows = []
     for r in plan.rods:
@@ -254,6 +267,14 @@ def surgeon_doc(plan, ct, spine, *, pictures: dict | None = None, screw_pngs: li
                      "converging), cranial from its superior endplate. Margin = smallest bone left around the "
                      "screw surface; GR = Gertzbein-Robbins grade against the planning mask. Entry in patient LPS "
                      "millimetres of the original CT (x left, y posterior, z superior).", "note"))
+        sizes = _size_table(plan)
+        if sizes is not None:
+            margin = ((plan.extra.get("planner") or {}).get("settings") or {}).get("margin_mm")
+            doc.add(sizes, Para("What stops the next catalogue size on the same trajectory: \"pedicle margin N mm from "
+                                "entry\" means a screw one size wider would keep less than the "
+                                + (f"{margin:g} mm " if margin is not None else "")
+                                + "bone margin N mm along its axis from the entry; \"tip clearance\" means a longer "
+                                "screw would come closer to the anterior cortex than allowed.", "note"))
     pictures = pictures or {}
     if pictures.get("AP") is not None and pictures.get("LAT") is not None:
         doc.add(Heading("Virtual fluoroscopy with the planned metal"),
