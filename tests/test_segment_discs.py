@@ -140,3 +140,29 @@ def test_bright_band_is_a_disc_only_at_coarse_slices():
     width = np.full(len(prof), 40.0 / _discs.PERIOD_PER_WIDTH)
     found = _discs.find_discs(prof, width, slice_mm=2.0)
     assert len(found) == 1 and abs(int(found[0]) - 60) <= 2, found
+
+
+def test_tangent_resmoothing_follows_the_disc_spacing():
+    """A straight vertical spine whose body path wobbles 4 mm left-right with a 24 mm period (as
+    the slice-wise path did within each lumbar body): with discs every 40 mm the tangent is
+    smoothed over ~10 mm above the lowest disc and tilts far less there; below the lowest disc it
+    stays as built (5 mm smoothing)."""
+    z = np.arange(0.0, 240.0, 3.0)
+    x = 4.0 * np.sin(2.0 * np.pi * z / 24.0)
+    body = np.column_stack([x, np.zeros_like(z), z])
+    canal = body + np.array([0.0, 25.0, 0.0])
+    curve = _discs.build_curve(body, canal)
+    discs = np.array([np.argmin(np.abs(curve.points[:, 2] - zd)) for zd in (40.0, 80.0, 120.0, 160.0, 200.0)])
+    new = _discs.resmooth_tangent(curve, discs)
+
+    def tilt(c, sel):
+        return np.degrees(np.arccos(np.clip(c.tangent[sel, 2], -1.0, 1.0))).max()
+
+    above = (new.points[:, 2] > 90.0) & (new.points[:, 2] < 190.0)
+    below = new.points[:, 2] < 35.0
+    assert tilt(curve, above) > 8.0  # the wobble as built
+    assert tilt(new, above) < 0.5 * tilt(curve, above)
+    assert np.allclose(new.tangent[below], curve.tangent[below], atol=1e-6)
+    # the frame stays orthonormal
+    assert np.allclose(np.einsum("ij,ij->i", new.tangent, new.posterior), 0.0, atol=1e-9)
+    assert np.allclose(np.linalg.norm(new.lateral, axis=1), 1.0)

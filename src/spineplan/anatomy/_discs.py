@@ -98,6 +98,42 @@ def build_curve(body_pts: np.ndarray, canal_pts: np.ndarray) -> Curve:
     return Curve(pts, tan, post, lat, s)
 
 
+#: The tangent (which sets each voxel's level along the spine: its arc-length coordinate is
+#: taken along the nearest sample's tangent) is smoothed over this fraction of the local
+#: vertebral period (distance between neighbouring discs): the body path steps from slice to
+#: slice, and a 5 mm smoothing left the abdomen CT's lumbar tangent swinging by 20-50 deg within
+#: each vertebra (abdomen L1-L4 Dice +0.006-0.017, chest T9-L1 +0.003-0.012). The caudal end
+#: keeps TANGENT_SIGMA_MM up to the caudal-most disc and ramps over TANGENT_RAMP_MM (about one
+#: lumbar vertebra) above it: at the sacrum the lumbosacral angle is a real bend (a 20 mm ramp
+#: cost the abdomen's L5 0.007 Dice, none 0.012, a 10 mm smoothing there 0.02-0.05).
+TANGENT_PERIOD_FRACTION = 0.25
+TANGENT_SIGMA_MM = 5.0
+TANGENT_RAMP_MM = 35.0
+
+
+def resmooth_tangent(curve: Curve, discs: np.ndarray) -> Curve:
+    """``curve`` with its tangent smoothed over TANGENT_PERIOD_FRACTION of the local disc spacing
+    (never less than TANGENT_SIGMA_MM, and only that up to the caudal-most disc); its posterior
+    and lateral axes follow."""
+    from scipy.ndimage import gaussian_filter1d
+
+    if len(discs) < 2:
+        return curve
+    ds = np.sort(curve.s[np.asarray(discs)])
+    mid = 0.5 * (ds[1:] + ds[:-1])
+    sig = np.clip(TANGENT_PERIOD_FRACTION * np.interp(curve.s, mid, np.diff(ds)), TANGENT_SIGMA_MM, None)
+    # ... ramped in over TANGENT_RAMP_MM above the caudal-most disc (the lumbosacral bend)
+    sig = TANGENT_SIGMA_MM + (sig - TANGENT_SIGMA_MM) * np.clip((curve.s - ds[0]) / TANGENT_RAMP_MM, 0.0, 1.0)
+    raw = np.gradient(curve.points, axis=0)
+    levels = np.unique(np.round(np.concatenate([[TANGENT_SIGMA_MM], sig]), 0))
+    sm = {lv: gaussian_filter1d(raw, lv / STEP_MM, axis=0, mode="nearest") for lv in levels}
+    tan = np.stack([sm[lv][i] for i, lv in enumerate(np.round(sig, 0))])
+    tan /= np.linalg.norm(tan, axis=1, keepdims=True)
+    post = curve.posterior - np.einsum("ij,ij->i", curve.posterior, tan)[:, None] * tan
+    post /= np.maximum(np.linalg.norm(post, axis=1, keepdims=True), 1e-6)
+    return Curve(curve.points, tan, post, np.cross(post, tan), curve.s)
+
+
 def core_profile(sample, curve: Curve, radius: float = CORE_RADIUS_MM, inner: float = 0.0) -> np.ndarray:
     """Median HU over a disc of ``radius`` (a ring from ``inner``) in the normal plane at each curve sample.
 

@@ -162,6 +162,7 @@ def _segment_builtin(ct: Volume, anchor: str | None) -> Segmentation:
     width = _discs.body_width(sample, curve)
     ring = _discs.core_profile(sample, curve, _discs.RING_MM[1], _discs.RING_MM[0])
     discs = _discs.find_discs(profile, width, ring=ring, slice_mm=float(sp[2]))
+    curve = _discs.resmooth_tangent(curve, discs)
     next(steps, None)
 
     segs = _drop_bodyless_ends(_instances.segments_from_discs(curve, discs), curve, profile)
