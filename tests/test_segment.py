@@ -76,9 +76,11 @@ def test_abdomen_dice(abdomen):
     # withdrawn: it tilted the measured endplates of a fractured phantom).
     # 0.850-0.895 today, mean 0.877 over L1-L5, since the outer layer's partial-volume voxels
     # (less than half bone) are trimmed
-    assert min(d.values()) >= 0.845, d
-    assert d["L1"] >= 0.86, d
-    assert np.mean(list(d.values())) >= 0.87, d
+    # 0.855-0.907 today, mean 0.885 over L1-L5, since the curve's tangent is smoothed over a
+    # quarter of the disc spacing (L1 0.864 -> 0.878, L2 0.879 -> 0.896)
+    assert min(d.values()) >= 0.85, d
+    assert d["L1"] >= 0.87 and d["L2"] >= 0.885, d
+    assert np.mean(list(d.values())) >= 0.88, d
 
 
 #: TotalSegmentator's full label map of the abdomen CT: 25 sacrum, 26 S1, 77/78 left/right hip.
