@@ -1,12 +1,15 @@
 """Measurement accuracy vs voxel size on phantoms, real-CT heights vs TotalSegmentator, speed.
 
-Run: SPINEPLAN_PROGRESS=0 python benchmarks/bench_measure.py [--quick] [--ownseg] [--pedicles] [--real] [--stability]
+Run: SPINEPLAN_PROGRESS=0 python benchmarks/bench_measure.py [--quick] [--ownseg] [--pedicles] [--frames] [--real]
+     [--stability]
   (no option)  Genant grades and pedicle widths/angles on the fracture phantoms, own segmentation,
                abdomen heights
   --pedicles   per voxel size (BENCH_SPACINGS, default 0.8,1,1.5,2,3 mm): 95th percentile and
                maximum of |error| of isthmus width and height and of the transverse and sagittal
                angles over 6 seeds with lordosis, scoliosis and rotation (PEDICLE_CASES), with the
                phantom's labels and, with --ownseg too, with spineplan's own segmentation
+  --frames     per voxel size (BENCH_SPACINGS, default 1,2,3 mm): the tilt of the frames' z axis
+               (endplates) from the truth on PEDICLE_CASES, and the sagittal angle error it causes
   --ownseg     (alone) own segmentation vs labels vs truth on OWNSEG_CASES
   --stability  real CTs with their reference labels: the largest change of any pedicle's axis
                (deg), isthmus width/height/centre (mm) under perturbations that should not matter
@@ -245,6 +248,35 @@ def real_pedicles():
             print(f"  {v.name:4s} " + "   ".join(row) + (f"   [{z.ped_w:.1f}]" if z else ""))
 
 
+def frame_accuracy(spacings, cases):
+    """Tilt of the measured vertebra frames' z axis from the phantom truth, split into its sagittal
+    (about the truth x axis: it adds to every sagittal pedicle angle) and coronal parts, and the
+    pedicle angle errors that the frame alone causes (the truth axis expressed in the measured frame)."""
+    from spineplan.anatomy.spine import build_spine
+    from spineplan.phantom import make_phantom
+
+    print(f"frames ({len(cases)} phantoms): z axis tilt from truth, sagittal / coronal, rms and max (deg); "
+          "sagittal pedicle angle error from the frame alone p95 / max (deg)")
+    for sp in spacings:
+        tilt, fs = [], []
+        for kw in cases:
+            ph = make_phantom(spacing=sp, fov="spine", **kw)
+            spine = build_spine(ph.ct, ph.labels)
+            for name, tv in ph.truth["vertebrae"].items():
+                if not tv["complete"] or name == "S1" or tv["fracture"]["grade"] or name not in spine:
+                    continue
+                T = np.array([tv["axes"][k] for k in "xyz"])
+                z = T @ spine[name].frame.axes[2]
+                tilt.append((np.degrees(np.arctan2(z[1], z[2])), np.degrees(np.arctan2(z[0], z[2]))))
+                for side in ("left", "right"):
+                    t = tv["pedicles"][side]
+                    fs.append(abs(spine[name].frame.angles_of(np.asarray(t["axis"]), side)[1] - t["sagittal_angle_deg"]))
+        a, fs = np.abs(np.asarray(tilt)), np.asarray(fs)
+        rms = np.sqrt(np.mean(a ** 2, axis=0))
+        print(f"  {sp:.1f} mm: sagittal {rms[0]:.2f} / {a[:, 0].max():.2f}  coronal {rms[1]:.2f} / {a[:, 1].max():.2f}  "
+              f"(sagittal angle from the frame: {np.percentile(fs, 95):.2f} / {fs.max():.2f}; {len(a)} vertebrae)")
+
+
 #: Real CTs with reference labels for the stability runs.
 REAL_CASES = (("abdomen CT, 3 mm", "totalseg_example_abdomen/example_ct.nii.gz",
                "totalseg_example_abdomen/spine_report_totalseg.nii.gz"),
@@ -286,6 +318,9 @@ if __name__ == "__main__":
     if "--stability" in sys.argv:
         only = os.environ.get("BENCH_STABILITY_CASES")  # e.g. "abdomen" or "chest"
         stability([c for c in REAL_CASES if not only or any(w in c[0] for w in only.split(","))])
+        sys.exit(0)
+    if "--frames" in sys.argv:
+        frame_accuracy([float(x) for x in os.environ.get("BENCH_SPACINGS", "1.0,2.0,3.0").split(",")], PEDICLE_CASES)
         sys.exit(0)
     if "--pedicles" in sys.argv:
         sps = [float(x) for x in os.environ.get("BENCH_SPACINGS", "0.8,1.0,1.5,2.0,3.0").split(",")]

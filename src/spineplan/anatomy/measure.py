@@ -30,18 +30,21 @@ How (sub-voxel where it matters):
    measured on the CT (where the label's rim gives no CT edge, the search starts from the rim of
    the label dilated by one voxel), the axis is re-fitted through the bone-intensity centroids
    of the sections of the pedicle proper (blur moves intensity, not its centre of mass; robust
-   line fit), and the isthmus is the narrowest (smoothed) section. Its width, height and centre
-   are then fitted to the CT voxels by a partial-volume model (an elliptic tube with a cortical
-   shell, each voxel box supersampled; :func:`_fit_section_pv`); from 1.5 mm voxels on, the same
-   model over +-5 mm of the tube also fits the axis direction. The frame's z axis comes from
-   endplate planes fitted to sub-voxel CT edges.
+   line fit), and the isthmus is the narrowest (smoothed) section. Sections are then fitted to
+   the CT voxels by a partial-volume model (an elliptic tube with a cortical shell, each voxel
+   box supersampled; :func:`_fit_section_pv`); the isthmus width, height and centre are a
+   consensus of the narrowest. Below 1.5 mm voxels the final axis is a robust line through the
+   centres of such sections every mm from 7 mm behind to 2 mm in front of the isthmus, those of
+   the pedicle proper (two passes, :func:`_pv_axis`); from 1.5 mm on, the same model over +-5 mm
+   of the tube fits the axis direction. The frame's z axis comes from endplate planes fitted to
+   sub-voxel CT edges.
    Conditioning: a pedicle a few voxels across is a weakly determined fit, and every hard choice
    (a point dropped from a line fit, one of two nearly equal optima, a result rejected at a
    tolerance) turned last-digit changes of the CT into different axes (up to 25 deg at 3 mm
    voxels). So the choices are continuous: the tube's voxel fractions are ramps, not counts
    (:mod:`._pv`); the direction fit runs from several starts and takes their soft minimum
    (a cost-weighted mean), with a Gaussian prior around the start axis; line fits weight points
-   (Cauchy) instead of dropping them; a result too far from the first estimate is drawn back to
+   (Cauchy, and by a soft run of the pedicle proper) instead of dropping them; a result too far from the first estimate is drawn back to
    it continuously, not dropped; and the left/right checks blend a re-measured pedicle in over a
    ramp of their tolerances. ``benchmarks/bench_measure.py --stability`` measures what is left.
 4. Checks (:func:`pedicle_implausible`, :func:`pedicles_disagree`): a pedicle outside the published
@@ -158,9 +161,27 @@ _PV_SUBSTEP_MM = 1.0
 _PV_OTHER_BONE_HU = 100.0
 _PV_OTHER_RAMP_HU = 15.0
 _PV_MARGIN_VOX = 0.5
-#: From this voxel size (mm) on, the pedicle axis is also fitted by the partial-volume model over
-#: +-_PV_AXIS_HALF_LEN mm of the tube (section centres a voxel apart say little about direction),
-#: and kept when within _PV_AXIS_MAX_DEG of the centroid axis.
+#: Positions (mm along the axis from the isthmus estimate) of the sections whose centres give the
+#: axis (:func:`_pv_axis`; they include _PV_SECTION_OFFSETS; mostly posterior: anteriorly the
+#: pedicle soon joins the body), the number of passes, and the run of the pedicle proper among
+#: them: width below a x least width + b (mm), height below c x least height + d (engineering
+#: values, as _AXIS_RUN_W/_H; the pedicle's own flare is a few % over these +-7 mm).
+_PV_LINE_OFFSETS = (-7.0, -6.0, -5.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0)
+_PV_LINE_PASSES = 2
+_PV_LINE_RUN_W = (1.15, 0.3)
+_PV_LINE_RUN_H = (1.06, 0.5)
+#: ... each limit a ramp of this fraction of the least width/height + 0.1 mm; the line needs the
+#: weight of this many sections (blended in from none).
+_PV_LINE_RAMP = 0.03
+_PV_LINE_MIN_SECTIONS = 5.0
+#: From this voxel size (mm) on, the pedicle axis is fitted by the partial-volume model over
+#: +-_PV_AXIS_HALF_LEN mm of the tube (:func:`_fit_section_pv` with ``tilt``) and kept when within
+#: _PV_AXIS_MAX_DEG of the centroid axis; below it, by the line through the section centres
+#: (:func:`_pv_axis`). (The line was also measured at 2-3 mm voxels: phantom angles p95 2 mm
+#: transverse 2.50 -> 0.64, sagittal 2.58 -> 1.94 deg; but on the real 3 mm abdomen CT, whose
+#: pedicle proper is only 3-4 sections long, +-0.5 HU of noise then moved L1/L2 axes by 5-17 deg,
+#: and with the tube fit as its start and fallback 3 mm phantom widths and angles got worse:
+#: not used there.)
 _PV_AXIS_MIN_VOX_MM = 1.5
 _PV_AXIS_HALF_LEN = 5.0
 _PV_AXIS_MAX_DEG = 15.0
@@ -945,6 +966,59 @@ def _pedicle_seed(g: _Grid, canal: _Canal, side: str, zwin: tuple[float, float] 
     return centre, _unit(d), float(rows[k, 1])
 
 
+def _pv_axis(crop: _Crop, frame: VertebraFrame, centre, axis, W: float, H: float, sp: float):
+    """The pedicle axis as a robust line through the centres of partial-volume section fits
+    (:func:`_fit_section_pv`) at ``_PV_LINE_OFFSETS`` mm along the axis from the isthmus estimate,
+    in ``_PV_LINE_PASSES`` passes (each through sections perpendicular to the previous line).
+
+    A section's centre lies on the tube's axis even when the section is cut a few degrees off
+    perpendicular, and the offsets span ~9 mm of pedicle: the bone-intensity centroids upstream
+    are pulled caudally by the body below the pedicle's anterior end (sagittal -0.8 deg on
+    average at 1 mm) and medially by the body's posterior wall. Only the pedicle proper counts:
+    each section weighs by how clearly its height and width stay near the least ones (sections
+    where the pedicle joins the body or the lamina are higher and wider and their centres are
+    pulled off the axis), in soft contiguous runs (:func:`_soft_run`) around every section, mixed
+    by how clearly each passes; with fewer than _PV_LINE_MIN_SECTIONS sections' weight the
+    previous axis is blended back in. Returns (centre, axis, the last pass's fits at
+    ``_PV_SECTION_OFFSETS``)."""
+    offs = np.asarray(_PV_LINE_OFFSETS, float)
+    fits: list = []
+    for _ in range(_PV_LINE_PASSES):
+        fits = [_fit_section_pv(crop, frame, centre + t * axis, axis, W, H, sp) for t in offs]
+        ok = np.array([f is not None for f in fits])
+        if ok.sum() < 4:
+            break
+        ws = np.array([f[0] if f is not None else np.inf for f in fits])
+        hs = np.array([f[1] if f is not None else np.inf for f in fits])
+        w_ref, h_ref = float(np.min(ws)), float(np.min(hs))
+        mw = np.where(ok, (_PV_LINE_RUN_W[0] * w_ref + _PV_LINE_RUN_W[1] - ws) / (_PV_LINE_RAMP * w_ref + 0.1), -50.0)
+        mh = np.where(ok, (_PV_LINE_RUN_H[0] * h_ref + _PV_LINE_RUN_H[1] - hs) / (_PV_LINE_RAMP * h_ref + 0.1), -50.0)
+        # the run of the pedicle proper around each section, mixed by how clearly that section passes
+        # (no single anchor section: which one passes best may change with a last digit of the CT)
+        passing = _logistic(mw) * _logistic(mh)
+        if passing.sum() < 1e-6:
+            break
+        wt = (passing / passing.sum()) @ np.array([_soft_run(mw, mh, k) for k in range(len(fits))])
+        # too few sections of the pedicle proper: the previous axis, blended in continuously
+        f_line = float(np.clip((wt.sum() - _PV_LINE_MIN_SECTIONS) / _PV_LINE_MIN_SECTIONS + 1.0, 0.0, 1.0))
+        if f_line <= 0.0:
+            break
+        pts = np.array([f[2] if f is not None else centre for f in fits])
+        c_line, d, _ = _robust_line(pts[wt > 1e-3], prior=wt[wt > 1e-3])
+        d = d if np.dot(d, axis) >= 0 else -d
+        d = _unit(f_line * d + (1.0 - f_line) * axis)
+        ang = float(np.degrees(np.arccos(np.clip(np.dot(d, axis), -1.0, 1.0))))
+        # a line far off the start (a fit that followed another bone) is drawn back to it continuously
+        m = np.radians(_redescend(ang, 0.0, _PV_AXIS_MAX_DEG))
+        if ang > 1e-9:
+            perp = _unit(d - np.dot(d, axis) * axis)
+            d = np.cos(m) * axis + np.sin(m) * perp
+        axis = _unit(d)
+        centre = centre + f_line * (c_line + np.dot(centre - c_line, axis) * axis - centre)
+    sel = [fits[i] for i, t in enumerate(offs) if np.any(np.isclose(t, _PV_SECTION_OFFSETS))] if fits else []
+    return centre, axis, sel
+
+
 def _pedicle_sections(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.ndarray, sp: float) -> np.ndarray:
     """Width, height and sub-voxel centre of the cross-sections through the points ``C`` (n, 3)
     perpendicular to the axis ``a``: array (n, 5) = width, height, centre xyz (NaN: not found).
@@ -1413,11 +1487,15 @@ def _measure_pedicle(ct, crop, fit: _FrameFit, side: str, sp: float, start=None)
         pv = _fit_section_pv(crop, frame, centre, axis, W, H, sp, half_len=_PV_AXIS_HALF_LEN, tilt=True)
         if pv is not None:
             centre, axis = pv[2], pv[3]
+        fits = [_fit_section_pv(crop, frame, centre + t * axis, axis, W, H, sp) for t in _PV_SECTION_OFFSETS]
+    else:
+        # the axis as a line through the centres of partial-volume section fits along the pedicle
+        # proper (_pv_axis); the isthmus from the consensus of the sections around the estimate
+        centre, axis, fits = _pv_axis(crop, frame, centre, axis, W, H, sp)
     # the isthmus section from a consensus of sections: fitted at several positions along the
     # axis around the estimate, combined with weights exp(-(width - least) / tau) (the
     # narrowest sections count most), so a shift of the estimate along the axis - where the
     # width changes slowly - does not carry the width with it
-    fits = [_fit_section_pv(crop, frame, centre + t * axis, axis, W, H, sp) for t in _PV_SECTION_OFFSETS]
     fits = [f for f in fits if f is not None]
     if fits:
         ws = np.array([f[0] for f in fits])

@@ -1,0 +1,67 @@
+"""Pedicle angles and isthmus widths against the phantom's exact truth at 1 mm voxels (issue #3
+targets: widths within 0.5 mm, pedicle angles within 2 deg; here a tighter 1 deg on the angles).
+
+The phantoms carry lordosis, scoliosis and axial rotation; the labels are the phantom's own, so
+what is tested is the measurement (frame from the endplates, pedicle axis, isthmus). Before the
+axis came from a line through partial-volume section centres (measure._pv_axis), these phantoms
+measured up to 0.82 deg (transverse) and 1.80 deg (sagittal) off at 1 mm: the bone-intensity
+centroids of the sections are pulled caudally by the body below the pedicle's anterior end
+(benchmarks/bench_measure.py --pedicles)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spineplan.anatomy.spine import build_spine
+from spineplan.phantom import make_phantom
+
+WIDTH_TOL_MM = 0.5  # issue #3 target
+ANGLE_TOL_DEG = 2.0  # issue #3 target
+#: At 1 mm the measured p95 error is ~0.4 deg (bench_measure.py --pedicles): a tighter guard.
+ANGLE_TOL_1MM_DEG = 1.0
+
+#: (one phantom: 1 mm volumes are the slow ones; the other poses are in bench_measure.py --pedicles)
+CASES = {"1mm-lordosis": (1.0, dict(levels="L1-L3", seed=10, lordosis_deg=40.0))}
+
+
+@pytest.fixture(scope="session", params=sorted(CASES))
+def measured(request):
+    sp, kw = CASES[request.param]
+    ph = make_phantom(spacing=sp, fov="spine", noise_hu=10.0, **kw)
+    return sp, ph.truth, build_spine(ph.ct, ph.labels)
+
+
+def _pedicles(truth, spine):
+    out = []
+    for name, tv in truth["vertebrae"].items():
+        if not tv["complete"] or name == "S1" or tv["fracture"]["grade"]:
+            continue
+        for side in ("left", "right"):
+            out.append((name, side, spine[name].pedicles.get(side), tv["pedicles"][side]))
+    return out
+
+
+def test_every_pedicle_is_found(measured):
+    _, truth, spine = measured
+    peds = _pedicles(truth, spine)
+    assert len(peds) >= 6
+    assert all(p is not None for _, _, p, _ in peds), [(n, s) for n, s, p, _ in peds if p is None]
+
+
+def test_isthmus_widths_within_target(measured):
+    _, truth, spine = measured
+    for name, side, p, t in _pedicles(truth, spine):
+        assert p.isthmus_width_mm == pytest.approx(t["isthmus_width_mm"], abs=WIDTH_TOL_MM), (name, side)
+
+
+def test_pedicle_angles_within_target(measured):
+    sp, truth, spine = measured
+    tol = ANGLE_TOL_1MM_DEG if sp <= 1.0 else ANGLE_TOL_DEG
+    for name, side, p, t in _pedicles(truth, spine):
+        assert p.transverse_angle_deg == pytest.approx(t["transverse_angle_deg"], abs=tol), (name, side)
+        assert p.sagittal_angle_deg == pytest.approx(t["sagittal_angle_deg"], abs=tol), (name, side)
+        # the axis itself (frame-free), and its isthmus centre on the true axis
+        assert np.degrees(np.arccos(np.clip(p.axis @ np.asarray(t["axis"]), -1, 1))) < tol, (name, side)
+        off = p.isthmus_center - np.asarray(t["isthmus_center"])
+        assert np.linalg.norm(off - (off @ np.asarray(t["axis"])) * np.asarray(t["axis"])) < 0.5 * sp, (name, side)
