@@ -1369,7 +1369,6 @@ def search_pedicle(ctx: VertebraContext, side: str, st: PlannerSettings, sizes: 
     fate_of = np.full(len(order), NOT_CHECKED, np.int16)
     fate_of[order] = fate
     options = prefer_thicker(options, st)
-    ctx.cache[("search", side)] = (res, fate_of)  # for diagnostics (benchmarks/bench_planner.py)
     for opt in options:
         opt.size_limit = size_limit(ctx, side, st, sizes, res, fate_of, opt.candidate, width)
     failed = None
