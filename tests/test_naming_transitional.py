@@ -157,3 +157,13 @@ def test_fragment_past_the_last_disc_is_not_named():
     assert set(seg.names) <= set(ph.truth["vertebrae"]), seg.names
     lab = np.asarray(seg.labels.array)
     assert set(np.unique(lab[lab > 0]).tolist()) <= {v["label"] for v in ph.truth["vertebrae"].values()}
+
+
+def test_sacrum_touching_one_ilium_fully_is_still_the_sacrum():
+    """A 0.8 mm L3-S1 phantom whose sacrum label touches the left ilium over ~1 mL but the right
+    one over only ~0.04 mL (the label stops short of that joint): it is still found as the sacrum,
+    so the vertebrae are counted from it (they were guessed T9-T12 from the 'ribs' the ilium made)."""
+    ph = make_phantom(levels="L3-S1", spacing=0.8, seed=42, lordosis_deg=55.78863448784694, rotation_deg=15.0)
+    seg = segment_spine(ph.ct)
+    assert _names(ph, seg) == {"L3": "L3", "L4": "L4", "L5": "L5", "S1": "S1"}
+    assert seg.method.startswith("sacrum-count") and seg.confidence >= NAMING_CONFIDENCE_MIN
