@@ -75,6 +75,20 @@ def test_abdomen_l1_l5_from_reference_labels(data_file):
     assert sum(s.diameter_mm >= 5.5 for s in plan.screws) >= 6
     assert np.median([s.length_mm for s in plan.screws]) >= 40.0
     assert min(s.diameter_mm for s in plan.screws if s.level in ("L4", "L5")) >= 5.0
+    # Depth: no screw ending in the posterior half of its body unless the plan says so (before the
+    # depth preference, L2 right was 5.5 x 25 mm, its tip in the body's posterior third). Checked
+    # from the reference label: bone left in front of the tip, along the vertebra's AP axis,
+    # against the body's AP depth (0.1 tolerance: the label's 3 mm staircase)
+    short = {(w.level, w.extra.get("side")) for w in plan.warnings if w.code == "short-screw"}
+    for s in plan.screws:
+        fr, depth = spine[s.level].frame, spine[s.level].measurements["body_ap_depth_mm"]
+        tip = fr.to_local(np.asarray(s.tip, float)[None])[0]
+        ts = np.arange(0.0, 80.0, 0.5)
+        pts = fr.to_world(tip[None] - ts[:, None] * np.array([0.0, 1.0, 0.0]))
+        inside = ref.volume.sample(pts, order=0) == VERSE_CODES[s.level]
+        ahead = float(ts[np.argmin(inside)]) if not inside.all() else 80.0
+        if (s.level, s.side) not in short:
+            assert (depth - ahead) / depth >= 0.5 - 0.1, (s.label, depth, ahead)
     for s in plan.screws:
         assert s.diameter_mm <= 0.8 * s.extra["isthmus_width_mm"] + 1e-6
         if s.side in spine[s.level].pedicles:

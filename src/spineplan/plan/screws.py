@@ -103,6 +103,12 @@ def plan_screws(ct: Volume, spine, levels: Iterable[str], *, sides=("left", "rig
         for side in sides:
             res = search_pedicle(ctx, side, st, sizes, grade_fn=grade, corridor=corridor)
             results[(lv, side)] = res
+            if res.options and st.min_body_depth_fraction > 0:
+                # deep enough into the body first (PlannerSettings.min_body_depth_fraction)
+                frac = [_body_depth_fraction(ctx, o, v) for o in res.options]
+                deep = [o for o, f in zip(res.options, frac) if f is None or f >= st.min_body_depth_fraction]
+                if deep:
+                    res.options = deep
             if not res.options:
                 why = RULE_TEXT.get(res.failed_rule, res.failed_rule)
                 smaller = _smaller_option(ctx, side, st, cat, grade, corridor)
@@ -155,6 +161,14 @@ def plan_screws(ct: Volume, spine, levels: Iterable[str], *, sides=("left", "rig
                                             "offset_before_mm": _r(report["offset_before"][j], 2),
                                             "offset_after_mm": _r(report["offset_after"][j], 2),
                                             "side_offset_gain_mm": _r(report["total_before"] - report["total_after"], 2)}
+            depth = _body_depth_fraction(ctx, opt, spine[lv])
+            extra["body_depth_pct"] = None if depth is None else _r(100 * depth, 0)
+            if depth is not None and depth < st.min_body_depth_fraction:
+                plan.warn("short-screw", f"The {lv} {side} screw ({opt.diameter_mm:g} x {opt.length_mm:g} mm) reaches only "
+                          f"{100 * depth:.0f} % of the vertebral body's depth (under "
+                          f"{100 * st.min_body_depth_fraction:.0f} %): no deeper screw obeys the rules on this pedicle "
+                          "(see its length limit). Check the trajectory; a longer screw holds better.",
+                          level=lv, side=side)
             if opt.skin is None:
                 plan.warn("skin-not-found", f"{lv} {side}: the trajectory leaves the scan before reaching the skin; "
                           "the percutaneous corridor was checked only inside the field of view.", level=lv,
@@ -184,6 +198,20 @@ def plan_screws(ct: Volume, spine, levels: Iterable[str], *, sides=("left", "rig
                              ENTRY_ZONE_RULE.format(zone=st.entry_zone_mm),
                              "planning_mask": {lv: c.cache.get("mask-cleaning") for lv, c in contexts.items()}}
     return plan
+
+
+def _body_depth_fraction(ctx, opt, vertebra) -> float | None:
+    """How far the screw's tip reaches into the vertebral body: its distance anterior of the
+    body's posterior wall over the body's AP depth (both in the vertebra frame); None when either
+    is unknown."""
+    from spineplan.plan._search import posterior_wall_y
+
+    depth = (vertebra.measurements or {}).get("body_ap_depth_mm")
+    wall = posterior_wall_y(ctx)
+    if wall is None or depth is None or not np.isfinite(depth) or depth <= 0:
+        return None
+    tip_y = float(ctx.frame.to_local(np.asarray(opt.tip, float)[None])[0, 1])
+    return (wall - tip_y) / float(depth)
 
 
 def _r(x, nd=2):

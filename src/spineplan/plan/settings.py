@@ -154,6 +154,14 @@ class PlannerSettings:
     #: 4.0 x 50 mm at 172 HU ranked above 5.0 x 40 mm at 139 HU by 7 %). 10 % = the alignment
     #: trade's bound (engineering choice); 0 switches it off.
     max_purchase_loss_for_diameter: float = 0.10
+    #: Depth: among the admissible screws, those whose tip reaches at least this fraction of the
+    #: vertebral body's AP depth (from its posterior wall, in the vertebra frame) are preferred; a
+    #: shorter one is placed only when no deeper screw obeys the rules, with a warning. Pullout and
+    #: bending strength rise with insertion depth (Krag MH et al., "Depth of insertion of
+    #: transpedicular vertebral screws into human vertebrae: effect upon screw-vertebra interface
+    #: strength", J Spinal Disord 1988;1:287-294: 80 % depth stronger than 50 %); a screw ending in
+    #: the posterior half of the body holds little more than the pedicle. 0 switches it off.
+    min_body_depth_fraction: float = 0.5
     # ------------------------------------------------------------------ percutaneous corridor
     #: Skin = body surface in the CT: the outermost point along the trajectory with HU above
     #: this value (fat is about -100 HU, air -1000 HU).
@@ -219,6 +227,9 @@ class PlannerSettings:
         if not 0 <= self.max_purchase_loss_for_diameter < 1:
             raise PlanningError("Planner setting max_purchase_loss_for_diameter must be in [0, 1), "
                                 f"got {self.max_purchase_loss_for_diameter}.")
+        if not 0 <= self.min_body_depth_fraction < 1:
+            raise PlanningError("Planner setting min_body_depth_fraction must be in [0, 1), "
+                                f"got {self.min_body_depth_fraction}.")
         if not 0 <= self.max_purchase_loss_for_alignment < 1:
             raise PlanningError("Planner setting max_purchase_loss_for_alignment must be in [0, 1), "
                                 f"got {self.max_purchase_loss_for_alignment}.")
