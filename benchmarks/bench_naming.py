@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 os.environ.setdefault("SPINEPLAN_PROGRESS", "0")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # (tests/_phantoms.py)
 
 RANGES = ["T12-S1", "T11-L5", "L1-L5", "L2-L4", "L3-S1", "T10-L2", "L1-S1", "T11-S1"]
 
@@ -36,20 +39,8 @@ def draw(rng) -> dict:
     return kw
 
 
-def named(ph, seg) -> dict[str, str | None]:
-    """True level -> the name of the own label holding most of its voxels."""
-    from spineplan.levels import level_from_verse
-
-    lab, ref = np.asarray(seg.labels.array), np.asarray(ph.labels.array)
-    out = {}
-    for code in np.unique(ref[ref > 0]):
-        v, c = np.unique(lab[ref == code], return_counts=True)
-        c, v = c[v > 0], v[v > 0]
-        out[level_from_verse(int(code))] = level_from_verse(int(v[np.argmax(c)])) if len(v) else None
-    return out
-
-
 def main() -> None:
+    from _phantoms import names_by_majority
     from spineplan.anatomy.segment import segment_spine
     from spineplan.phantom import make_phantom
     from spineplan.workflow import NAMING_CONFIDENCE_MIN
@@ -70,7 +61,7 @@ def main() -> None:
             print(f"ERROR {kw}: {type(e).__name__}: {str(e)[:160]}", flush=True)
             errors += 1
             continue
-        got = named(ph, seg)
+        got = names_by_majority(ph, seg)
         bad = {k: v for k, v in got.items() if k != v}
         extra = len(seg.names) - len(got)
         ok = not bad and extra == 0

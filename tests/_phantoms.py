@@ -39,3 +39,19 @@ def phantom_dir(tmp_root, **kwargs) -> str:
     if not (out / "truth.json").exists():
         write_phantom(get_phantom(**kwargs), out)
     return str(out)
+
+
+def names_by_majority(ph, seg) -> dict[str, str | None]:
+    """For a phantom ``ph`` and a segmentation ``seg`` of its CT: true level name -> the name of
+    the segmentation label holding most of that vertebra's true voxels (None: no label on it)."""
+    import numpy as np
+
+    from spineplan.levels import level_from_verse
+
+    lab, ref = np.asarray(seg.labels.array), np.asarray(ph.labels.array)
+    out = {}
+    for code in np.unique(ref[ref > 0]):
+        v, c = np.unique(lab[ref == code], return_counts=True)
+        c, v = c[v > 0], v[v > 0]
+        out[level_from_verse(int(code))] = level_from_verse(int(v[np.argmax(c)])) if len(v) else None
+    return out

@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from _phantoms import names_by_majority
 from spineplan.anatomy.segment import segment_spine
-from spineplan.levels import level_from_verse
 from spineplan.phantom import make_phantom
 from spineplan.workflow import NAMING_CONFIDENCE_MIN
 
@@ -30,17 +30,6 @@ def case(request):
     kw, phrase = CASES[request.param]
     ph = make_phantom(levels="T11-S1", spacing=2.0, seed=2, **kw)
     return ph, segment_spine(ph.ct), kw.get("ribs", ["T11", "T12"]), phrase
-
-
-def _names(ph, seg) -> dict[str, str | None]:
-    """True name -> the own label holding most of that vertebra's true voxels."""
-    lab, ref = np.asarray(seg.labels.array), np.asarray(ph.labels.array)
-    out = {}
-    for code in np.unique(ref[ref > 0]):
-        v, c = np.unique(lab[ref == code], return_counts=True)
-        c, v = c[v > 0], v[v > 0]
-        out[level_from_verse(int(code))] = level_from_verse(int(v[np.argmax(c)])) if len(v) else None
-    return out
 
 
 def test_the_phantom_draws_the_requested_rib_pattern(case):
@@ -67,7 +56,7 @@ def test_names_follow_one_of_the_readings_the_warning_offers(case):
     ph, seg, ribs, _ = case
     from spineplan.levels import level_index
 
-    names = _names(ph, seg)
+    names = names_by_majority(ph, seg)
     shift = {k: level_index(v) - level_index(k) for k, v in names.items()
              if k not in ("T10", "T11", "S1") and v is not None}
     assert len(shift) >= 5, names
@@ -92,7 +81,7 @@ def test_ribs_to_the_lower_edge_are_named_thoracic_as_a_flagged_guess():
     to confirm one level with --anchor."""
     ph = make_phantom(levels="T10-T12", spacing=2.0, seed=3, ribs=["T10", "T11", "T12"])
     seg = segment_spine(ph.ct)
-    names = _names(ph, seg)
+    names = names_by_majority(ph, seg)
     assert names == {"T10": "T10", "T11": "T11", "T12": "T12"}, names
     assert not any(n.startswith("L") for n in seg.names), seg.names
     assert seg.confidence < NAMING_CONFIDENCE_MIN, (seg.confidence, seg.method)
@@ -109,7 +98,7 @@ def test_no_anchor_guess_centres_the_window_on_l3(spacing, seed):
     ph = make_phantom(levels="L2-L4", spacing=spacing, seed=seed)
     assert not ph.truth["ribs"] or not set(ph.truth["ribs"]) & {"L2", "L3", "L4"}
     seg = segment_spine(ph.ct)
-    names = _names(ph, seg)
+    names = names_by_majority(ph, seg)
     assert names == {"L2": "L2", "L3": "L3", "L4": "L4"}, names
     assert seg.confidence < NAMING_CONFIDENCE_MIN, (seg.confidence, seg.method)
     text = " ".join(seg.warnings)
@@ -165,5 +154,5 @@ def test_sacrum_touching_one_ilium_fully_is_still_the_sacrum():
     so the vertebrae are counted from it (they were guessed T9-T12 from the 'ribs' the ilium made)."""
     ph = make_phantom(levels="L3-S1", spacing=0.8, seed=42, lordosis_deg=55.78863448784694, rotation_deg=15.0)
     seg = segment_spine(ph.ct)
-    assert _names(ph, seg) == {"L3": "L3", "L4": "L4", "L5": "L5", "S1": "S1"}
+    assert names_by_majority(ph, seg) == {"L3": "L3", "L4": "L4", "L5": "L5", "S1": "S1"}
     assert seg.method.startswith("sacrum-count") and seg.confidence >= NAMING_CONFIDENCE_MIN
