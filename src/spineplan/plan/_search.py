@@ -1114,6 +1114,12 @@ def _facet_hits(fz: BoxMask, entries, dirs, diam, lengths, st: PlannerSettings) 
     return out
 
 
+def ranked(opt: Option) -> float:
+    """An option's ranking value: its purchase discounted for angles away from the anatomical ones
+    (``Option.score``; the raw purchase when not set)."""
+    return opt.purchase if getattr(opt, "score", None) is None else opt.score
+
+
 def prefer_thicker(options: list[Option], st: PlannerSettings) -> list[Option]:
     """``options`` (best ranked first) with the thickest option that gives up at most
     ``max_purchase_loss_for_diameter`` of the best one's ranked purchase and has at least its
@@ -1121,7 +1127,7 @@ def prefer_thicker(options: list[Option], st: PlannerSettings) -> list[Option]:
     if not options or st.max_purchase_loss_for_diameter <= 0:
         return options
     best = options[0]
-    rank = lambda o: o.purchase if o.score is None else o.score  # noqa: E731
+    rank = ranked
     ok = [o for o in options[1:] if o.diameter_mm > best.diameter_mm + 1e-6
           and rank(o) >= (1 - st.max_purchase_loss_for_diameter) * rank(best)
           and o.diameter_mm * o.length_mm >= best.diameter_mm * best.length_mm - 1e-6]

@@ -30,6 +30,7 @@ import numpy as np
 from spineplan._progress import progress
 from spineplan.errors import PlanningError
 from spineplan.levels import level_above, level_index, sort_levels
+from spineplan.plan._search import ranked as _rank
 from spineplan.plan.catalogue import ScrewCatalogue
 from spineplan.plan.model import Plan, Screw
 from spineplan.plan.settings import PlannerSettings
@@ -249,12 +250,6 @@ def _rod_residuals(heads: np.ndarray) -> np.ndarray:
     A = np.vander(s, deg + 1)
     coef, *_ = np.linalg.lstsq(A, heads, rcond=None)
     return np.linalg.norm(heads - A @ coef, axis=1)
-
-
-def _rank(opt) -> float:
-    """An option's ranking value: its purchase discounted for angles away from the anatomical ones
-    (``Option.score``; the raw purchase when not set)."""
-    return opt.purchase if getattr(opt, "score", None) is None else opt.score
 
 
 def _align(opts: list[list], st: PlannerSettings):
