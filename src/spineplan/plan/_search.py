@@ -35,7 +35,7 @@ Method (per vertebra, then per side):
    ``dock_zone_mm`` of the entry, where the surgeon docks), skin entry near enough to the midline;
    then graded with the independent surface-sampling grader of :mod:`spineplan.safety` (grade A,
    no facet violation) and their surface margins re-checked per segment (pedicle, body).
-6. Each option states why it is not larger (:func:`size_limit`): what stops the next catalogue
+6. The chosen screw states why it is not larger (:func:`size_limit`, on demand): what stops the next catalogue
    diameter on the same axis (80 % of the isthmus, the catalogue, the pedicle or body margin at a
    distance from the entry, the tip clearance, a later rule, or the ranking) and the next length.
 """
@@ -145,8 +145,6 @@ class Option:
     score: float | None = None
     #: index of the candidate in the search (internal)
     candidate: int = -1
-    #: why the screw is not larger (:func:`size_limit`): {"diameter": {...}, "length": {...}}
-    size_limit: dict | None = None
     #: set when this thicker screw was preferred over the best ranked one (:func:`prefer_thicker`)
     diameter_trade: dict | None = None
 
@@ -164,6 +162,9 @@ class PedicleResult:
     counts: dict[str, int] = field(default_factory=dict)  # survivors after each rule
     failed_rule: str | None = None
     seed_source: str = ""
+    #: why an option of this result is not larger (:func:`size_limit`), computed on demand (only
+    #: the screw finally chosen needs it): option -> {"diameter": {...}, "length": {...}}
+    size_limit_of: Any = None
 
 
 @dataclass
@@ -1127,15 +1128,14 @@ def prefer_thicker(options: list[Option], st: PlannerSettings) -> list[Option]:
     if not options or st.max_purchase_loss_for_diameter <= 0:
         return options
     best = options[0]
-    rank = ranked
     ok = [o for o in options[1:] if o.diameter_mm > best.diameter_mm + 1e-6
-          and rank(o) >= (1 - st.max_purchase_loss_for_diameter) * rank(best)
+          and ranked(o) >= (1 - st.max_purchase_loss_for_diameter) * ranked(best)
           and o.diameter_mm * o.length_mm >= best.diameter_mm * best.length_mm - 1e-6]
     if not ok:
         return options
-    pick = max(ok, key=lambda o: (o.diameter_mm, rank(o)))
+    pick = max(ok, key=lambda o: (o.diameter_mm, ranked(o)))
     pick.diameter_trade = {"instead_of": [best.diameter_mm, best.length_mm],
-                           "ranked_purchase_lost_pct": round(100.0 * (1 - rank(pick) / max(rank(best), 1e-9)), 1)}
+                           "ranked_purchase_lost_pct": round(100.0 * (1 - ranked(pick) / max(ranked(best), 1e-9)), 1)}
     return [pick] + [o for o in options if o is not pick]
 
 
@@ -1303,45 +1303,38 @@ def search_pedicle(ctx: VertebraContext, side: str, st: PlannerSettings, sizes: 
         e, d = res["entry"][ii], res["dirs"][ii]
         dmm, lmm = res["d"][ii], res["L"][ii]
         fate_b = np.full(len(ii), NOT_CHECKED, np.int16)
+        ok = np.ones(len(ii), bool)
 
-        def refuse(ok_before, ok_after, rule):
-            fate_b[ok_before & ~ok_after] = RULES.index(rule)
+        def passing(still, rule):
+            """The candidates still admissible after ``rule``: the others are marked refused by it."""
+            fate_b[ok & ~still] = RULES.index(rule)
+            stage[rule] += int(still.sum())
+            return still
+
         soft = _soft_fraction(hu_field, e, d, dmm, lmm, st)
-        ok = soft <= st.max_soft_fraction
-        refuse(np.ones(len(ii), bool), ok, "ct-bone")
-        stage["ct-bone"] += int(ok.sum())
+        ok = passing(soft <= st.max_soft_fraction, "ct-bone")
         sap = s * ctx.frame.to_local(e)[:, 0] - border if border is not None else np.full(len(ii), np.nan)
-        ok1 = ok & ~(sap < -st.sap_lateral_tolerance_mm)
-        ok1 &= np.abs(ctx.frame.to_local(e)[:, 2] - centre_z) <= height_tol
-        refuse(ok, ok1, "sap-entry")
-        ok = ok1
-        stage["sap-entry"] += int(ok.sum())
-        ok1 = ok.copy()
+        ok = passing(ok & ~(sap < -st.sap_lateral_tolerance_mm)
+                     & (np.abs(ctx.frame.to_local(e)[:, 2] - centre_z) <= height_tol), "sap-entry")
+        still = ok.copy()
         if ctx.facet is not None and ok.any():
-            ok1[ok] = ~_facet_hits(ctx.facet, e[ok], d[ok], dmm[ok], lmm[ok], st)
-        refuse(ok, ok1, "facet")
-        ok = ok1
-        stage["facet"] += int(ok.sum())
+            still[ok] = ~_facet_hits(ctx.facet, e[ok], d[ok], dmm[ok], lmm[ok], st)
+        ok = passing(still, "facet")
         skin = np.full((len(ii), 3), np.nan)
         last = np.zeros((len(ii), 3))
-        ok1 = ok.copy()
+        still = ok.copy()
         if ok.any():
             sk, blocked, last[ok] = skin_and_corridor(cor, e[ok], d[ok], 0.5 * dmm[ok], st,
                                                       fov_edge_is_skin=False, edge=True, own=own_bone(ctx))
             skin[ok] = sk
-            ok1[ok] = ~blocked
-        refuse(ok, ok1, "corridor-bone")
-        ok = ok1
-        stage["corridor-bone"] += int(ok.sum())
+            still[ok] = ~blocked
+        ok = passing(still, "corridor-bone")
         off = np.abs(ctx.frame.to_local(np.nan_to_num(skin))[:, 0])
         off[np.isnan(skin[:, 0])] = np.nan
         # when the trajectory leaves the scan before the skin, its offset where it leaves is a
         # lower bound of the skin entry's (the trajectory runs away from the midline going back)
         off_edge = np.abs(ctx.frame.to_local(last)[:, 0])
-        ok1 = ok & ~(np.where(np.isnan(off), off_edge, off) > st.max_skin_offset_mm)
-        refuse(ok, ok1, "skin-offset")
-        ok = ok1
-        stage["skin-offset"] += int(ok.sum())
+        ok = passing(ok & ~(np.where(np.isnan(off), off_edge, off) > st.max_skin_offset_mm), "skin-offset")
         for j in np.flatnonzero(ok):
             if len(options) >= keep:
                 break  # the rest of the batch stays NOT_CHECKED
@@ -1375,9 +1368,8 @@ def search_pedicle(ctx: VertebraContext, side: str, st: PlannerSettings, sizes: 
     fate_of = np.full(len(order), NOT_CHECKED, np.int16)
     fate_of[order] = fate
     options = prefer_thicker(options, st)
-    for opt in options:
-        opt.size_limit = size_limit(ctx, side, st, sizes, res, fate_of, opt.candidate, width)
     failed = None
     if not options:
         failed = next((r for r in RULES if counts.get(r, 1) == 0), "verified-grade")
-    return PedicleResult(options, width, width_sdf, wsrc, counts, failed, src)
+    return PedicleResult(options, width, width_sdf, wsrc, counts, failed, src,
+                         size_limit_of=lambda opt: size_limit(ctx, side, st, sizes, res, fate_of, opt.candidate, width))

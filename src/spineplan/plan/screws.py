@@ -151,11 +151,12 @@ def plan_screws(ct: Volume, spine, levels: Iterable[str], *, sides=("left", "rig
             }
             if opt.diameter_trade:
                 extra["diameter_trade"] = opt.diameter_trade
-            if opt.size_limit:
+            lim = res.size_limit_of(opt) if res.size_limit_of is not None else None
+            if lim:
                 # why the screw is not larger (spineplan.plan._search.size_limit)
-                extra["size_limited_by"] = opt.size_limit["diameter"]["text"]
-                extra["length_limited_by"] = opt.size_limit["length"]["text"]
-                extra["size_limit"] = opt.size_limit
+                extra["size_limited_by"] = lim["diameter"]["text"]
+                extra["length_limited_by"] = lim["length"]["text"]
+                extra["size_limit"] = lim
             if choice[j] != 0:
                 loss = 100.0 * (1 - _rank(opt) / max(_rank(best), 1e-9))
                 extra["alignment_trade"] = {"purchase_lost_pct": _r(loss, 1),
