@@ -75,7 +75,7 @@ def build_curve(body_pts: np.ndarray, canal_pts: np.ndarray) -> Curve:
     pts = _interp_rows(s, s0, body_pts)
     pts = gaussian_filter1d(pts, 2.0 / STEP_MM, axis=0, mode="nearest")
     tan = np.gradient(pts, axis=0)
-    tan = gaussian_filter1d(tan, 5.0 / STEP_MM, axis=0, mode="nearest")
+    tan = gaussian_filter1d(tan, TANGENT_SIGMA_MM / STEP_MM, axis=0, mode="nearest")
     tan /= np.linalg.norm(tan, axis=1, keepdims=True)
     # posterior direction: from the body towards the canal where known, else +y
     post = np.tile(np.array([0.0, 1.0, 0.0]), (len(s), 1))
@@ -92,10 +92,15 @@ def build_curve(body_pts: np.ndarray, canal_pts: np.ndarray) -> Curve:
         vi = _interp_rows(s, s0[ok], v)
         vi = gaussian_filter1d(vi, 10.0 / STEP_MM, axis=0, mode="nearest")
         post = vi
+    return _curve(pts, tan, post, s)
+
+
+def _curve(pts: np.ndarray, tan: np.ndarray, post: np.ndarray, s: np.ndarray) -> Curve:
+    """A :class:`Curve` from its points, unit tangents and approximate posterior directions (made
+    perpendicular to the tangent); lateral = posterior x tangent (+x, patient left)."""
     post = post - np.einsum("ij,ij->i", post, tan)[:, None] * tan
     post /= np.maximum(np.linalg.norm(post, axis=1, keepdims=True), 1e-6)
-    lat = np.cross(post, tan)  # y x z = x (left)
-    return Curve(pts, tan, post, lat, s)
+    return Curve(pts, tan, post, np.cross(post, tan), s)
 
 
 #: The tangent (which sets each voxel's level along the spine: its arc-length coordinate is
@@ -129,9 +134,7 @@ def resmooth_tangent(curve: Curve, discs: np.ndarray) -> Curve:
     sm = {lv: gaussian_filter1d(raw, lv / STEP_MM, axis=0, mode="nearest") for lv in levels}
     tan = np.stack([sm[lv][i] for i, lv in enumerate(np.round(sig, 0))])
     tan /= np.linalg.norm(tan, axis=1, keepdims=True)
-    post = curve.posterior - np.einsum("ij,ij->i", curve.posterior, tan)[:, None] * tan
-    post /= np.maximum(np.linalg.norm(post, axis=1, keepdims=True), 1e-6)
-    return Curve(curve.points, tan, post, np.cross(post, tan), curve.s)
+    return _curve(curve.points, tan, curve.posterior, curve.s)
 
 
 def core_profile(sample, curve: Curve, radius: float = CORE_RADIUS_MM, inner: float = 0.0) -> np.ndarray:

@@ -26,12 +26,6 @@ from spineplan.levels import VERSE_CODES, level_from_verse
 #: The usual sequence of vertebrae (transitional T13/L6 only when flagged).
 STANDARD = [f"C{i}" for i in range(1, 8)] + [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 6)] + ["S1"]
 
-#: A sacrum label may stop short of one sacro-iliac joint (at coarse voxels the joint is not dark,
-#: and the segmentation keeps the posterior ilium apart): one side touching the ilium this many
-#: times SI_CONTACT_MIN_MM3, with any cortical contact (CONTACT_MIN_MM3) on the other, also marks
-#: the sacrum (engineering value: the phantoms' sacra, 0.8-1 mm voxels, touched one ilium over
-#: 0.97 mL and the other over 0.04 mL).
-SI_ONE_SIDE_FACTOR = 2.0
 #: Ala span: the sacral base is 95-120 mm wide (ala to ala); the sacrum's label medial to the
 #: sacro-iliac joints is at least this wide.
 SACRUM_MIN_WIDTH_MM = 60.0
@@ -43,6 +37,12 @@ CONTACT_MIN_MM3 = 25.0
 #: Sacro-iliac contact: the auricular surfaces are ~15-20 cm^2 each side; we ask for a small
 #: fraction of that within CONTACT_MM.
 SI_CONTACT_MIN_MM3 = 400.0
+#: A sacrum label may stop short of one sacro-iliac joint (at coarse voxels the joint is not dark,
+#: and the segmentation keeps the posterior ilium apart): one side touching the ilium this many
+#: times SI_CONTACT_MIN_MM3, with any cortical contact (CONTACT_MIN_MM3) on the other, also marks
+#: the sacrum (engineering value: the phantoms' sacra, 0.8-1 mm voxels, touched one ilium over
+#: 0.97 mL and the other over 0.04 mL).
+SI_ONE_SIDE_FACTOR = 2.0
 #: Where rib heads and necks touch a vertebra, relative to the body centre (mm, + posterior):
 #: costovertebral joints at the back of the body, costotransverse joints at the transverse
 #: processes. Contrast-filled vessels and organs lie anterior of this.
