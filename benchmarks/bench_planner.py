@@ -142,7 +142,8 @@ def phantoms(quick: bool, repeat: int):
         for k in tot:
             tot[k] += s[k]
         n = max(len(plan.screws), 1)
-        print(f"    time: {wall:.2f} s wall ({wall / n:.2f} s/screw), {cpu:.2f} s CPU ({cpu / n:.2f} s/screw)"
+        print(f"    time: {wall:.2f} s wall ({wall / n:.2f} s/screw), {cpu:.2f} s CPU ({cpu / n:.2f} s/screw; "
+              f"{cpu / max(2 * len(levels), 1):.2f} s per requested pedicle)"
               + (f", best of {repeat}" if name.startswith("default") else ""))
     print(f"  ALL PHANTOMS: {tot['n']} screws for {tot['requested']} pedicles, grade A "
           f"{100 * tot['A'] / max(tot['n'], 1):.1f} %; diameter {_dist(tot['d'])} mm, length {_dist(tot['l'])} mm, "

@@ -87,6 +87,39 @@ def test_compiled_corridor_walk_agrees_with_numpy():
         assert np.array_equal(x, y)
 
 
+def test_compiled_facet_check_and_ball_test_agree_with_numpy(monkeypatch):
+    """The compiled facet check (shaft rings and head model in a random facet zone, with an
+    oblique box affine) and the compiled first-failure search of the inscribed-ball test give the
+    numpy results exactly."""
+    rng = np.random.default_rng(5)
+    st = PlannerSettings()
+    zone = rng.random((30, 30, 20)) < 0.004
+    aff = np.array([[0.8, 0.1, 0.0, 10.0], [0.0, 0.9, 0.2, -5.0], [0.05, 0.0, 2.5, 3.0], [0, 0, 0, 1.0]])
+    fz = BoxMask(zone, aff)
+    n = 400
+    e = np.column_stack([rng.uniform(10, 35, n), rng.uniform(-5, 25, n), rng.uniform(3, 50, n)])
+    d = rng.normal(size=(n, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    diam = rng.choice([4.0, 5.5, 7.5], n)
+    lengths = rng.choice([25.0, 40.0, 60.0], n)
+    fast = _search._facet_hits(fz, e, d, diam, lengths, st)
+    monkeypatch.setattr(_search, "FACET_COMPILED", False)
+    slow = _search._facet_hits(fz, e, d, diam, lengths, st)
+    assert 0 < slow.sum() < n
+    assert np.array_equal(fast, slow)
+    # inscribed-ball test: random profiles, body starts inside and outside the profile
+    ss = np.arange(145) * 0.5
+    prof = rng.uniform(1.0, 6.0, (n, len(ss)))
+    sb = rng.choice([np.inf, 12.0, 30.0], n)
+    s0, need_p, need_b = 8.0, 3.1, 2.6
+    fast = _search._first_fail_nb(prof, ss, sb, need_p, need_b, s0 - 1e-9)
+    need = np.where(ss[None, :] < sb[:, None], need_p, need_b)
+    bad = (ss[None, :] >= s0 - 1e-9) & (prof < need)
+    slow = np.where(bad.any(axis=1), ss[np.argmax(bad, axis=1)], np.inf)
+    assert np.isfinite(slow).any()
+    assert np.array_equal(fast, slow)
+
+
 # ----------------------------------------------------------------------------- planning mask
 def test_pedicle_core_hole_is_filled_with_marrow_but_not_fluid_or_a_large_hole():
     """A 'pedicle' along y (the frame's antero-posterior axis): a cortical tube 10 x 10 mm whose
@@ -376,3 +409,57 @@ def test_screw_fit_at_the_entry_zone_end_checks_the_surface_not_a_ball_reaching_
     assert lim["rule"] == "pedicle-margin" and lim["at_mm"] == pytest.approx(5.0, abs=1.0)
     lim = _search._fit_limit(ctx, st, e, d, 10.0, largest, 45.0)
     assert lim["rule"] == "tip-clearance" and lim["at_mm"] == pytest.approx(45.0 - 4.0, abs=0.6)
+
+
+def _truth_inscribed_radius_at_isthmus(ph, level: str, side: str) -> float:
+    """Largest inscribed radius (mm) of the phantom's true label along any axis within 2 mm and 6 deg
+    of the true pedicle axis, over +-6 mm around the isthmus centre: a screw of diameter D with
+    margin m passes the isthmus only if this is >= D / 2 + m."""
+    from spineplan.geometry import DistanceField
+
+    t = ph.truth["vertebrae"][level]
+    p = t["pedicles"][side]
+    f = DistanceField.of_mask(np.asarray(ph.labels.array) == t["label"], ph.ct, pad_mm=4.0, exact_outside=False)
+    c, a = np.asarray(p["isthmus_center"], float), np.asarray(p["axis"], float)
+    best = 0.0
+    for g in np.radians(np.arange(-6.0, 6.01, 1.5)):
+        for h in np.radians(np.arange(-6.0, 6.01, 1.5)):
+            _, u, v = _orthonormal(a)
+            d = a + np.tan(g) * u + np.tan(h) * v
+            d /= np.linalg.norm(d)
+            for x in np.arange(-2.0, 2.01, 0.5):
+                for y in np.arange(-2.0, 2.01, 0.5):
+                    pts = c + x * u + y * v + np.arange(-6.0, 6.01, 0.5)[:, None] * d
+                    best = max(best, float(-f.sample(pts).max()))
+    return best
+
+
+def _orthonormal(a):
+    from spineplan.geometry import orthonormal_basis
+
+    return orthonormal_basis(a)
+
+
+def test_a_screw_never_bypasses_a_too_narrow_pedicle_through_the_entry_zone():
+    """Half-width pedicles: L3's true pedicle cannot take the smallest catalogue screw (4 mm) with
+    its 1 mm margin; the planner used to place a 4 x 35 mm screw there anyway (graded A, since the
+    first 5 mm are exempt) whose axis passed 5.4 mm beside the isthmus centre with the isthmus at
+    its entry. Every screw must cross the isthmus section or have the isthmus in its checked part."""
+    ph = get_phantom(fov="spine", levels="L1-L5", pedicle_scale=0.5, seed=3)
+    spine = spine_from_truth(ph)
+    for side in ("left", "right"):  # geometry of the truth: too narrow for 4 mm + 2 x 1 mm
+        assert _truth_inscribed_radius_at_isthmus(ph, "L3", side) < 2.0 + 1.0
+    plan = plan_screws(ph.ct, spine, ["L3", "L5"])
+    for s in plan.screws:
+        p = ph.truth["vertebrae"][s.level]["pedicles"][s.side]
+        e, tip = np.asarray(s.entry), np.asarray(s.tip)
+        d = (tip - e) / np.linalg.norm(tip - e)
+        rel = np.asarray(p["isthmus_center"]) - e
+        t = float(rel @ d)
+        off = float(np.linalg.norm(rel - t * d))
+        assert t >= 5.0 or off <= 0.5 * p["isthmus_width_mm"], (s.label, t, off)
+    assert not [s for s in plan.screws if s.level == "L3"]
+    warns = {w.extra["side"]: w for w in plan.warnings if w.code == "no-safe-screw" and w.level == "L3"}
+    assert set(warns) == {"left", "right"}
+    # L5 (isthmus 8.9 mm, room for a 5 mm screw) keeps both screws, through the isthmus
+    assert {s.side for s in plan.screws if s.level == "L5"} == {"left", "right"}

@@ -29,7 +29,9 @@ Method (per vertebra, then per side):
 5. The best candidates (purchase, discounted for a medial angle away from the level's anatomical
    mean, ``off_prior_penalty_per_deg``, and for a cranial/caudal angle,
    ``off_axis_cranial_penalty_per_deg``) are checked for the remaining rules in order: entry lateral
-   to the superior articular process and at the pedicle's height (:data:`ENTRY_DEFAULT_HALF_HEIGHT_MM`), no facet-joint violation of the level above (zone at least
+   to the superior articular process and at the pedicle's height (:data:`ENTRY_DEFAULT_HALF_HEIGHT_MM`), through
+   the pedicle (a measured isthmus is not bypassed inside the exempt entry zone, rule ``pedicle-bypass``,
+   :func:`_bypasses_isthmus`), no facet-joint violation of the level above (zone at least
    one voxel wide, :func:`spineplan.safety.facet_zone`), a bone-free percutaneous corridor from the entry back
    to the skin (the screw's outline may graze its own vertebra's posterior elements within
    ``dock_zone_mm`` of the entry, where the surgeon docks), skin entry near enough to the midline;
@@ -97,8 +99,24 @@ WALL_SEARCH_MM = 60.0
 #: ~12-15 mm, Zindrick et al. 1987: 6 mm is about the smallest half-height).
 ENTRY_DEFAULT_HALF_HEIGHT_MM = 6.0
 
-RULES = ("bone-corridor", "margin", "isthmus-80", "length", "ct-bone", "sap-entry", "facet", "corridor-bone",
-         "skin-offset", "verified-grade")
+#: Transpedicular path: with a measured pedicle, a screw is refused when its axis passes beside the
+#: pedicle's isthmus (farther from the isthmus centre than half the isthmus width) while that
+#: centre lies before the end of the entry zone (within ``entry_zone_mm`` of the entry, or behind
+#: it): such a screw enters the side of the pedicle or the body next to it, with the pedicle's
+#: narrowest part in the zone the margin rule exempts - it is not a pedicle screw (the entry belongs
+#: behind the pedicle, on the posterior elements: Weinstein et al. 1988; the isthmus is the
+#: narrowest part of the path, Zindrick et al., Spine 1987;12:160-166; Misenhimer et al. 1989).
+#: Measured before this rule on the half-width-pedicle phantom (make_phantom(levels="L1-L5",
+#: pedicle_scale=0.5, seed=3)): L3 left got a 4 x 35 mm screw, graded A, whose axis passed 5.4 mm
+#: from the isthmus centre (half-width 2.55 mm) with the centre 0.7 mm from the entry; the true
+#: pedicle's inscribed diameter there is 3.5 mm, too narrow for 4 mm + 2 x 1 mm. Either condition
+#: alone would also refuse good screws planned from spineplan's own abdomen labels, whose measured
+#: isthmus centres are off by a few mm (centre 2.9-3.1 mm from the entry with the axis 2-3 mm from
+#: it; or 6.4 mm from the axis 5.4 mm in): those screws enter 15-17 mm / 9 mm behind the body's
+#: posterior wall and are grade A against the reference labels. A measured pedicle too narrow for the
+#: smallest catalogue screw with its margins is refused, with the numbers, never bypassed.
+RULES = ("bone-corridor", "margin", "isthmus-80", "length", "ct-bone", "sap-entry", "pedicle-bypass", "facet",
+         "corridor-bone", "skin-offset", "verified-grade")
 RULE_TEXT = {
     "bone-corridor": "no axis through the pedicle stays in bone",
     "margin": "no catalogue diameter fits the pedicle with the required bone margin",
@@ -107,6 +125,8 @@ RULE_TEXT = {
     "ct-bone": "in the CT, every screw that fits the bone mask would lie partly in fat or fluid "
               "(the segmentation may be wrong here)",
     "sap-entry": "no entry lateral to the superior articular process at the pedicle's height",
+    "pedicle-bypass": "every remaining trajectory passes beside the pedicle's isthmus, not through it "
+                      "(the pedicle is too narrow for the screw with its margin)",
     "facet": "every remaining trajectory enters the facet joint of the level above",
     "corridor-bone": "every remaining trajectory meets other bone (iliac crest, transverse process, "
                      "rib) on its way back to the skin",
@@ -165,6 +185,8 @@ class PedicleResult:
     #: why an option of this result is not larger (:func:`size_limit`), computed on demand (only
     #: the screw finally chosen needs it): option -> {"diameter": {...}, "length": {...}}
     size_limit_of: Any = None
+    #: the refusal in words when more specific than RULE_TEXT[failed_rule]
+    detail: str | None = None
 
 
 @dataclass
@@ -720,8 +742,13 @@ def _ball_fail(ctx: VertebraContext, st: PlannerSettings, entry, dirs, te, prof,
     segment) leaves the bone; also the body segment's start per axis and ``s_ball``."""
     r = 0.5 * dmm
     sb = body_start(ctx, entry, dirs, r, te)
-    need = np.where(ss[None, :] < sb[:, None], r + st.margin_mm, r + st.body_margin) + PROFILE_SLACK_MM
     s_ball = st.entry_zone_mm + r + st.margin_mm
+    need_p, need_b = r + st.margin_mm + PROFILE_SLACK_MM, r + st.body_margin + PROFILE_SLACK_MM
+    if _first_fail_nb is not None and len(entry):
+        fail = _first_fail_nb(np.ascontiguousarray(prof, np.float64), np.asarray(ss, np.float64),
+                              np.asarray(sb, np.float64), need_p, need_b, s_ball - 1e-9)
+        return fail, sb, s_ball
+    need = np.where(ss[None, :] < sb[:, None], need_p, need_b)
     bad = (ss[None, :] >= s_ball - 1e-9) & (prof < need)
     return np.where(bad.any(axis=1), ss[np.argmax(bad, axis=1)], np.inf), sb, s_ball
 
@@ -742,16 +769,7 @@ def evaluate(ctx: VertebraContext, side: str, pts: np.ndarray, dirs: np.ndarray,
     step = st.profile_step_mm
     counts: dict[str, int] = {}
     diam = np.array(sorted({d for d, _ in sizes}))
-    m = ctx.field.march(pts, dirs, step=step, back_mm=BACK_MM, ahead_mm=AHEAD_MM, skip_mm=st.entry_zone_mm,
-                        iso_mm=ISO_MM, needs=np.zeros(1))
-    ok = np.isfinite(m["te"])
-    pts, dirs = pts[ok], dirs[ok]
-    te, s_exit, iso, run = m["te"][ok], m["exit_s"][ok], m["iso"][ok], m["run"][ok]
-    entry = pts - te[:, None] * dirs
-    ss = np.arange(run.shape[1]) * step
-    ez = int(np.ceil(st.entry_zone_mm / step - 1e-9))
-    prof = -ctx.field.sample_rays(entry, dirs, ss)  # inscribed radius along each axis
-    prof[:, :ez] = np.inf
+    pts, dirs, te, s_exit, iso, entry, ss, prof = _axis_profiles(ctx, side, pts, dirs, st)
     counts["bone-corridor"] = int(np.sum(s_exit - st.entry_zone_mm >= min(l for _, l in sizes) * 0.5))
     n = len(entry)
     fits_any = np.zeros(n, bool)
@@ -797,6 +815,35 @@ def evaluate(ctx: VertebraContext, side: str, pts: np.ndarray, dirs: np.ndarray,
                 isthmus=isth, body_start=body_start(ctx, e_p, dir_p, 0.5 * d_p, te[ax_idx]), axis=ax_idx,
                 kd=kd_idx, fit_l=fit_l, diameters=diam, axis_entry=entry, axis_dirs=dirs, axis_te=te,
                 largest=fit_rank[ax_idx, kd_idx] == 1)
+
+
+def _axis_profiles(ctx: VertebraContext, side: str, pts: np.ndarray, dirs: np.ndarray, st: PlannerSettings):
+    """Per candidate axis that enters bone: its through-point and direction, the distance ``te``
+    from its entry to the through-point, where it leaves the bone (``s_exit``), its narrowest
+    inscribed radius after the entry zone (``iso``), its entry, the profile distances ``ss`` and the
+    inscribed radius at each (``prof``; inf in the entry zone). Independent of the screw sizes, so
+    it is kept per side for the same candidate set: the size search below the catalogue
+    (:func:`spineplan.plan.screws._smaller_option`) and the second pass of :func:`search_pedicle`
+    (80 % rule from the distance field) reuse it instead of marching the same axes again."""
+    key = ("axis-profiles", side)
+    hit = ctx.cache.get(key)
+    if (hit is not None and hit[0] == (st.profile_step_mm, st.entry_zone_mm) and hit[1].shape == pts.shape
+            and np.array_equal(hit[1], pts) and np.array_equal(hit[2], dirs)):
+        return hit[3]
+    step = st.profile_step_mm
+    m = ctx.field.march(pts, dirs, step=step, back_mm=BACK_MM, ahead_mm=AHEAD_MM, skip_mm=st.entry_zone_mm,
+                        iso_mm=ISO_MM, needs=np.zeros(1))
+    ok = np.isfinite(m["te"])
+    p_ok, d_ok = pts[ok], dirs[ok]
+    te, s_exit, iso, run = m["te"][ok], m["exit_s"][ok], m["iso"][ok], m["run"][ok]
+    entry = p_ok - te[:, None] * d_ok
+    ss = np.arange(run.shape[1]) * step
+    ez = int(np.ceil(st.entry_zone_mm / step - 1e-9))
+    prof = -ctx.field.sample_rays(entry, d_ok, ss)  # inscribed radius along each axis
+    prof[:, :ez] = np.inf
+    out = (p_ok, d_ok, te, s_exit, iso, entry, ss, prof)
+    ctx.cache[key] = ((st.profile_step_mm, st.entry_zone_mm), pts.copy(), dirs.copy(), out)
+    return out
 
 
 #: Diameters tried per candidate axis: its largest fitting one and the next smaller ones (a later
@@ -1050,6 +1097,67 @@ if _njit is not None:
         return kk, has, blocked
 
 
+#: The facet check runs compiled (numba) when available; the numpy loop in :func:`_facet_hits` is the reference.
+FACET_COMPILED = True
+
+if _njit is not None:
+
+    @_njit(cache=True)
+    def _facet_kernel(fz, inv, entries, dirs, shaft, head, ts, lengths, th):  # pragma: no cover - compiled
+        """Compiled :func:`_facet_hits`: stops at a screw's first sample in the facet zone."""
+        n = entries.shape[0]
+        out = np.zeros(n, np.bool_)
+        for a in range(n):
+            hit = False
+            for jj in range(shaft.shape[1]):
+                for q in range(ts.shape[0]):
+                    if ts[q] > lengths[a]:
+                        break
+                    x = entries[a, 0] + shaft[a, jj, 0] + ts[q] * dirs[a, 0]
+                    y = entries[a, 1] + shaft[a, jj, 1] + ts[q] * dirs[a, 1]
+                    z = entries[a, 2] + shaft[a, jj, 2] + ts[q] * dirs[a, 2]
+                    i, j, k, ok = _nearest(inv, x, y, z, fz.shape)
+                    if ok and fz[i, j, k]:
+                        hit = True
+                        break
+                if hit:
+                    break
+            if not hit:
+                for jj in range(head.shape[1]):
+                    for q in range(th.shape[0]):
+                        x = entries[a, 0] + head[a, jj, 0] + th[q] * dirs[a, 0]
+                        y = entries[a, 1] + head[a, jj, 1] + th[q] * dirs[a, 1]
+                        z = entries[a, 2] + head[a, jj, 2] + th[q] * dirs[a, 2]
+                        i, j, k, ok = _nearest(inv, x, y, z, fz.shape)
+                        if ok and fz[i, j, k]:
+                            hit = True
+                            break
+                    if hit:
+                        break
+            out[a] = hit
+        return out
+
+    @_njit(cache=True)
+    def _first_fail_nb(prof, ss, sb, need_p, need_b, s0):  # pragma: no cover - compiled
+        """Compiled core of :func:`_ball_fail`: per axis, the first ``ss`` >= ``s0`` where the
+        inscribed radius ``prof`` is below ``need_p`` (before the body start ``sb``) or ``need_b``
+        (from it); inf when none."""
+        n, m = prof.shape
+        out = np.full(n, np.inf)
+        j0 = 0
+        while j0 < m and ss[j0] < s0:
+            j0 += 1
+        for i in range(n):
+            for j in range(j0, m):
+                need = need_p if ss[j] < sb[i] else need_b
+                if prof[i, j] < need:
+                    out[i] = ss[j]
+                    break
+        return out
+else:  # pragma: no cover
+    _first_fail_nb = _facet_kernel = None
+
+
 def corridor_of_vertebra(ctx: VertebraContext, cor: Corridor) -> Corridor:
     """``cor`` without the voxels of this vertebra's label that the planning mask dropped as not
     bone (outer voxels below OUTER_LAYER_MIN_HU): they are no obstacle on the way back to the skin.
@@ -1105,6 +1213,12 @@ def _facet_hits(fz: BoxMask, entries, dirs, diam, lengths, st: PlannerSettings) 
     out = np.zeros(len(entries), bool)
     ts = np.arange(0.0, float(np.max(lengths)) + 1e-9, 1.0)
     th = np.arange(-st.head_height_mm, 0.0, 1.0)
+    if _facet_kernel is not None and FACET_COMPILED:
+        shaft = np.ascontiguousarray(np.stack(_ring_offsets(dirs, 0.5 * diam, 6), axis=1))
+        head = np.ascontiguousarray(np.stack(_ring_offsets(dirs, np.maximum(st.head_radius_mm, 0.5 * diam), 6), axis=1))
+        return _facet_kernel(np.ascontiguousarray(fz.array, np.bool_), np.linalg.inv(fz.affine),
+                             np.ascontiguousarray(entries, np.float64), np.ascontiguousarray(dirs, np.float64), shaft, head,
+                             ts, np.asarray(lengths, np.float64), th)
     for off in _ring_offsets(dirs, 0.5 * diam, 6):
         p = entries[:, None, :] + off[:, None, :] + ts[None, :, None] * dirs[:, None, :]
         hit = fz.contains(p) & (ts[None, :] <= lengths[:, None])
@@ -1113,6 +1227,19 @@ def _facet_hits(fz: BoxMask, entries, dirs, diam, lengths, st: PlannerSettings) 
         p = entries[:, None, :] + off[:, None, :] + th[None, :, None] * dirs[:, None, :]
         out |= fz.contains(p).any(axis=1)
     return out
+
+
+def _bypasses_isthmus(ped, entries: np.ndarray, dirs: np.ndarray, st: PlannerSettings) -> np.ndarray:
+    """Whether each axis (entry, unit direction) passes beside the measured pedicle ``ped``'s isthmus
+    with the isthmus centre before the end of the entry zone (N,): see ``RULES``' comment; all False
+    without a measurement (``ped`` None or no finite width)."""
+    n = len(entries)
+    if ped is None or not np.isfinite(getattr(ped, "isthmus_width_mm", np.nan)) or n == 0:
+        return np.zeros(n, bool)
+    rel = np.asarray(ped.isthmus_center, float)[None, :] - np.asarray(entries, float)
+    t = np.einsum("ij,ij->i", rel, dirs)
+    off = np.linalg.norm(rel - t[:, None] * dirs, axis=1)
+    return (t < st.entry_zone_mm) & (off > 0.5 * float(ped.isthmus_width_mm))
 
 
 def ranked(opt: Option) -> float:
@@ -1145,6 +1272,7 @@ PASSED, NOT_CHECKED = -1, -2
 LIMIT_TEXT = {
     "ct-bone": "CT check (fat or fluid along the larger screw)",
     "sap-entry": "entry rule (lateral to the SAP, at the pedicle's height)",
+    "pedicle-bypass": "transpedicular rule (the larger screw's axis passes beside the isthmus)",
     "facet": "facet rule (the larger screw or its head touches the facet joint above)",
     "corridor-bone": "percutaneous corridor (bone on the way back to the skin)",
     "skin-offset": "skin entry too far from the midline",
@@ -1242,6 +1370,13 @@ def search_pedicle(ctx: VertebraContext, side: str, st: PlannerSettings, sizes: 
         return PedicleResult([], float("nan"), float("nan"), "none", {"bone-corridor": 0}, "bone-corridor", src)
     ped = ctx.pedicles.get(side)
     spine_width = float(ped.isthmus_width_mm) if ped is not None and np.isfinite(ped.isthmus_width_mm) else None
+    dmin = min(d for d, _ in sizes)
+    if spine_width is not None and dmin > st.max_diameter_fraction * spine_width + 1e-6:
+        # the 80 % rule refuses every size before any axis is searched: no search in vain
+        # (measured on the half-width-pedicle phantom, isthmuses 4.3-4.4 mm: ~0.2-0.7 s per pedicle)
+        return PedicleResult([], spine_width, float("nan"), "spine", {"isthmus-80": 0}, "isthmus-80", src,
+                             detail=f"the smallest screw ({dmin:g} mm) exceeds {100 * st.max_diameter_fraction:.0f} % "
+                                    f"of the isthmus width ({st.max_diameter_fraction * spine_width:.1f} mm)")
     seed_med, seed_cra, seed_centre = med0, cra0, np.asarray(centre, float)
     key = ("recentre", side)
     if key not in ctx.cache:
@@ -1316,6 +1451,7 @@ def search_pedicle(ctx: VertebraContext, side: str, st: PlannerSettings, sizes: 
         sap = s * ctx.frame.to_local(e)[:, 0] - border if border is not None else np.full(len(ii), np.nan)
         ok = passing(ok & ~(sap < -st.sap_lateral_tolerance_mm)
                      & (np.abs(ctx.frame.to_local(e)[:, 2] - centre_z) <= height_tol), "sap-entry")
+        ok = passing(ok & ~_bypasses_isthmus(ped if src == "spine" else None, e, d, st), "pedicle-bypass")
         still = ok.copy()
         if ctx.facet is not None and ok.any():
             still[ok] = ~_facet_hits(ctx.facet, e[ok], d[ok], dmm[ok], lmm[ok], st)

@@ -82,13 +82,21 @@ def plan_screws(ct: Volume, spine, levels: Iterable[str], *, sides=("left", "rig
     from spineplan.plan._search import Corridor
 
     corridor = Corridor.of(ct, labels, st)
+    masks: dict[str, np.ndarray] = {}
+
+    def mask_of(name):  # each level's mask once (it is also the level below's "above")
+        if name not in masks:
+            masks[name] = spine.mask(name)
+        return masks[name]
+
     for lv in progress(present, desc="planning screws"):
         v = spine[lv]
         if not v.complete:
             plan.warn("vertebra-incomplete", f"{lv} is cut by the edge of the scan: its screws rest on partial "
                       "anatomy; check them on the images.", level=lv)
         above = level_above(lv, spine.names)
-        ctx = make_context(ct, v, spine.mask(lv), labels, None if above is None else spine.mask(above), st)
+        ctx = make_context(ct, v, mask_of(lv), labels, None if above is None else mask_of(above), st)
+        masks.pop(above, None)  # levels are planned top down: the one above is not needed again
         contexts[lv] = ctx
         if above is None:
             plan.warn("facet-unchecked", f"No vertebra above {lv} in the scan: the facet joint of the level above "
@@ -111,11 +119,15 @@ def plan_screws(ct: Volume, spine, levels: Iterable[str], *, sides=("left", "rig
                 if deep:
                     res.options = deep
             if not res.options:
-                why = RULE_TEXT.get(res.failed_rule, res.failed_rule)
-                smaller = _smaller_option(ctx, side, st, cat, grade, corridor)
+                why = res.detail or RULE_TEXT.get(res.failed_rule, res.failed_rule)
                 width = res.isthmus_width_mm
+                smaller = _smaller_option(ctx, side, st, cat, grade, corridor, width)
+                dmin = min(cat.diameters_mm)
                 msg = (f"No safe screw for {lv} {side}: {why} (isthmus width {width:.1f} mm, "
-                       f"margin {st.margin_mm:g} mm along the pedicle and {st.body_margin:g} mm in the body, diameter <= {100 * st.max_diameter_fraction:.0f} % of the isthmus). ")
+                       f"margin {st.margin_mm:g} mm along the pedicle and {st.body_margin:g} mm in the body, diameter <= {100 * st.max_diameter_fraction:.0f} % of the isthmus; "
+                       f"the smallest catalogue screw, {dmin:g} mm, needs {dmin + 2 * st.margin_mm:g} mm of bone across the "
+                       f"pedicle ({dmin:g} + 2 x {st.margin_mm:g} mm) and an isthmus of at least "
+                       f"{dmin / st.max_diameter_fraction:.1f} mm). ")
                 msg += (f"The best smaller option that obeys the rules would be {smaller[0]:g} x {smaller[1]:g} mm "
                         "(not in the catalogue)." if smaller else
                         "No smaller screw obeys the rules either; consider another fixation at this level.")
@@ -220,8 +232,9 @@ def _r(x, nd=2):
     return None if x is None or not np.isfinite(x) else round(float(x), nd)
 
 
-def _smaller_option(ctx, side, st: PlannerSettings, cat: ScrewCatalogue, grade, corridor):
-    """Largest screw below the catalogue that obeys every rule, as (diameter, length), or None."""
+def _smaller_option(ctx, side, st: PlannerSettings, cat: ScrewCatalogue, grade, corridor, width=None):
+    """Largest screw below the catalogue that obeys every rule, as (diameter, length), or None.
+    ``width``: the isthmus width the 80 % rule uses (sizes above it are not searched)."""
     from spineplan.plan._search import search_pedicle
 
     dmin = min(cat.diameters_mm)
@@ -229,6 +242,8 @@ def _smaller_option(ctx, side, st: PlannerSettings, cat: ScrewCatalogue, grade, 
     lengths = sorted(set(cat.lengths_mm) | set(np.arange(SMALL_LENGTH_MM, min(cat.lengths_mm), 5.0)))
     sizes = [(float(d), float(l_)) for d in diam for l_ in lengths]
     sizes += [(float(d), float(l_)) for d in cat.diameters_mm for l_ in lengths if l_ < min(cat.lengths_mm)]
+    if width is not None and np.isfinite(width):  # the 80 % rule refuses the others anyway
+        sizes = [(d, l_) for d, l_ in sizes if d <= st.max_diameter_fraction * width + 1e-6]
     if not sizes:
         return None
     res = search_pedicle(ctx, side, st, sizes, grade_fn=grade, max_options=1, corridor=corridor)
