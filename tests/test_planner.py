@@ -150,6 +150,11 @@ def test_narrow_pedicles_get_no_screw_but_a_reason():
         assert "No safe screw for L3" in w.message and ("80 %" in w.message or "margin" in w.message)
         opt = w.extra["smaller_option"]
         assert opt is None or opt[0] < 4.0
+        # the numbers behind the refusal: the smallest catalogue screw (4 mm) needs 4 + 2 x 1 mm of
+        # bone across the pedicle and an isthmus of 4 / 0.8 = 5.0 mm; this isthmus is narrower
+        assert "needs 6 mm of bone across the pedicle (4 + 2 x 1 mm)" in w.message
+        assert "isthmus of at least 5.0 mm" in w.message
+        assert f"isthmus width {widths[w.extra['side']]:.1f} mm" in w.message
 
 
 def test_bad_requests_raise_clear_errors():
