@@ -146,3 +146,59 @@ def test_abutting_labels_across_thin_discs_give_no_false_fracture(data_file):
         checked += 1
     assert checked == 2, m
     assert not v.fracture.get("grade"), v.fracture
+
+
+def test_heights_no_fracture_can_give_are_not_graded():
+    """A posterior wall taller than every neighbour's (a fracture only shortens a body) or far
+    below the body's own anterior and middle heights is a misread endplate: no grade, a warning
+    saying why, and the misshapen body gives no expected height to its neighbours. The first
+    case is the chest CT's own-label T8 (2.5 mm slices): 18.8 / 13.1 / 24.3 mm between T6 21.4
+    and T9 19.9 mm posterior, graded a false Genant 3 biconcave before."""
+    spine = _spine([
+        ("T5", 20.0, 19.9, 22.9),
+        ("T6", 17.5, 17.2, 21.4),
+        ("T8", 18.8, 13.1, 24.3),    # 24.3 > 1.10 x 21.4: too tall to be read right
+        ("T9", 19.9, 19.7, 19.9),
+        ("T10", 17.6, 20.5, 10.5),   # posterior < 0.7 x min(17.6, 20.5) = 12.3: misshapen
+        ("T11", 20.8, 21.0, 21.5),
+        ("T12", 22.0, 21.5, 22.5),
+    ])
+    grade_fractures(spine)
+    f = {v.name: v.fracture for v in spine.vertebrae}
+    for lv in ("T8", "T10"):
+        assert f[lv]["grade"] is None and f[lv]["reason"].startswith("heights implausible"), f[lv]
+        assert any("not graded for fracture" in w for w in spine[lv].warnings), spine[lv].warnings
+        assert not any("Genant grade" in w for w in spine[lv].warnings)
+    assert "taller than any neighbour" in f["T8"]["reason"] and "T6 21.4" in f["T8"]["reason"]
+    assert "0.7 x" in f["T10"]["reason"]
+    # T9 and T11 are graded from their sound neighbours only: T10's 10.5 mm is not an expectation
+    for lv in ("T5", "T6", "T9", "T11", "T12"):
+        assert f[lv]["grade"] is not None, (lv, f[lv])
+    # T11: T9 (two levels up) and T12 interpolated, 19.9 + (22.5 - 19.9) * 2 / 3; with T10 it would be 16.5
+    assert f["T11"]["neighbour_expected_height_mm"] == pytest.approx(19.9 + 2.6 * 2 / 3, abs=0.01)
+    assert f["T9"]["grade"] == 0 and f["T11"]["grade"] == 0
+
+
+def test_a_tall_body_next_to_a_crush_or_at_the_end_is_still_graded():
+    """The excess rule needs a taller-than-every-neighbour body with neighbours on both sides: an
+    intact body above a crushed one (T12-L2 phantom, L1 crush) or with one neighbour is graded."""
+    spine = _spine([("T12", 22.0, 21.6, 21.6), ("L1", 13.0, 12.5, 13.1), ("L2", 27.0, 26.0, 27.0)])
+    grade_fractures(spine)
+    assert spine["T12"].fracture["grade"] == 0 and spine["L2"].fracture["grade"] == 0
+    assert spine["L1"].fracture["grade"] == 3
+
+
+def test_grade_in_a_frame_out_of_line_is_uncertain():
+    """A level whose axis differs from its neighbour's by more than the segment limit (20 deg) has
+    its heights measured askew: its grade is marked uncertain, with the reason in the warning."""
+    def tilted(deg):
+        a = np.radians(deg)
+        return np.array([[1, 0, 0], [0, np.cos(a), np.sin(a)], [0, -np.sin(a), np.cos(a)]], float)
+
+    spine = _spine([("L1", 26.0, 25.0, 26.0), ("L2", 19.0, 26.0, 27.0), ("L3", 28.0, 27.0, 28.0)])
+    spine["L2"].frame = VertebraFrame(np.zeros(3), tilted(25.0))
+    grade_fractures(spine)
+    g = spine["L2"].fracture
+    assert g["grade"] == 2 and g["uncertain"] is True, g
+    assert any("out of line" in w for w in spine["L2"].warnings)
+    assert spine["L1"].fracture.get("uncertain") is True  # the pair is suspect: both are marked

@@ -13,6 +13,12 @@ posterior height is clearly shorter than that (``NEIGHBOUR_REFERENCE_MIN_LOSS_PC
 a neighbour on one side only: ``SINGLE_NEIGHBOUR_EXTRA_PCT``). The
 neighbour reference is what reveals a crush fracture, whose own posterior height is reduced
 too. The reference used is reported.
+
+Heights that no fracture can give are not graded: a posterior wall clearly taller than the
+neighbours' (a fracture only shortens a body), or a posterior height far below both the anterior
+and the middle one (not a Genant pattern; an endplate read inside the body). Such a body gets no
+grade and a warning to check it, rather than a false "severe fracture" or a false "normal". A
+grade measured in a frame that is out of line with a neighbour's is marked uncertain.
 """
 
 from __future__ import annotations
@@ -42,6 +48,20 @@ SINGLE_NEIGHBOUR_EXTRA_PCT = 10.0
 #: reference height: each height is read between two endplates placed to a fraction of a voxel,
 #: and at 10 % a one-voxel error is two to three times the width of the grade-1 band (20-25 %).
 UNCERTAIN_VOXEL_PCT = 10.0
+#: Heights are implausible when the posterior height exceeds that of every gradable neighbour within
+#: :data:`MAX_NEIGHBOUR_GAP` levels by more than this (%): adjacent bodies differ by ~3-5 % per level
+#: (Panjabi 1991, 1992), heights are measured to ~5 % at 3 mm voxels (benchmarks/bench_measure.py),
+#: and a fracture never makes a body taller. (Every neighbour: one crushed neighbour must not make
+#: an intact body look too tall; and only with neighbours on both sides: a lone neighbour may be the
+#: fractured one.) The chest CT's own T8 (2.5 mm slices) measured 24.3 mm posterior against T6 21.4
+#: and T9 19.9 mm (+14 %), with a middle height of 13.1 mm read inside the body: graded a false
+#: Genant 3.
+POSTERIOR_EXCESS_MAX_PCT = 10.0
+#: ... or when the posterior height is less than this fraction of both the anterior and the middle
+#: height. The most wedged normal body, L5 in lordosis, has a posterior/anterior height ratio of
+#: about 0.85 (Panjabi 1992); a posterior wedge this strong with an intact front is not one of
+#: Genant's types (wedge, biconcave, crush) but a misplaced endplate.
+POSTERIOR_MIN_RATIO = 0.7
 #: Levels not graded: C1/C2 have no comparable body, S1 is the sacrum.
 UNGRADED_LEVELS = ("C1", "C2", "S1")
 #: Neighbours farther than this many levels away are not used for the expected height.
@@ -70,13 +90,13 @@ def _gradable(v: Vertebra) -> bool:
     return v.complete and v.name not in UNGRADED_LEVELS and all(k in v.measurements for k in _HEIGHTS)
 
 
-def _neighbour_expected(spine: Spine, v: Vertebra) -> tuple[float | None, list[str]]:
-    """Expected (posterior) height from the nearest gradable levels above and below."""
+def _neighbour_expected(spine: Spine, v: Vertebra, skip=()) -> tuple[float | None, list[str]]:
+    """Expected (posterior) height from the nearest gradable levels above and below (not those
+    named in ``skip``)."""
     me = level_index(v.name)
-    above = [(me - level_index(o.name), o) for o in spine.vertebrae
-             if _gradable(o) and 0 < me - level_index(o.name) <= MAX_NEIGHBOUR_GAP]
-    below = [(level_index(o.name) - me, o) for o in spine.vertebrae
-             if _gradable(o) and 0 < level_index(o.name) - me <= MAX_NEIGHBOUR_GAP]
+    usable = [o for o in spine.vertebrae if _gradable(o) and o.name not in skip]
+    above = [(me - level_index(o.name), o) for o in usable if 0 < me - level_index(o.name) <= MAX_NEIGHBOUR_GAP]
+    below = [(level_index(o.name) - me, o) for o in usable if 0 < level_index(o.name) - me <= MAX_NEIGHBOUR_GAP]
     a = min(above, key=lambda t: t[0]) if above else None
     b = min(below, key=lambda t: t[0]) if below else None
     if a and b:
@@ -88,6 +108,39 @@ def _neighbour_expected(spine: Spine, v: Vertebra) -> tuple[float | None, list[s
     if one:
         return float(one[1].measurements["posterior_height_mm"]), [one[1].name]
     return None, []
+
+
+def _misshapen(v: Vertebra) -> str | None:
+    """The heights of ``v`` alone are not a body's (:data:`POSTERIOR_MIN_RATIO`), or None."""
+    ha, hm, hp = (float(v.measurements[k]) for k in _HEIGHTS)
+    if hp < POSTERIOR_MIN_RATIO * min(ha, hm):
+        return (f"posterior height {hp:.1f} mm is less than {POSTERIOR_MIN_RATIO:.1f} x the anterior ({ha:.1f} mm) "
+                f"and middle ({hm:.1f} mm) heights: not a fracture pattern")
+    return None
+
+
+def implausible_heights(v: Vertebra, neighbour_heights) -> str | None:
+    """Why the body heights of ``v`` cannot be graded (see the module's text), or None.
+    ``neighbour_heights``: {name: posterior height} of the gradable levels within
+    :data:`MAX_NEIGHBOUR_GAP` levels."""
+    hp = float(v.measurements["posterior_height_mm"])
+    me = level_index(v.name)
+    if {level_index(n) < me for n in neighbour_heights} == {True, False}:
+        lim = POSTERIOR_EXCESS_MAX_PCT
+        tallest = max(neighbour_heights.values())
+        if hp > tallest * (1.0 + lim / 100.0):
+            around = ", ".join(f"{n} {h:.1f}" for n, h in neighbour_heights.items())
+            return (f"posterior height {hp:.1f} mm is {100.0 * (hp / tallest - 1.0):.0f} % taller than any neighbour's "
+                    f"({around} mm; more than {lim:.0f} %: a fracture does not make a body taller)")
+    return _misshapen(v)
+
+
+def _near(spine: Spine, v: Vertebra, skip) -> dict[str, float]:
+    """Posterior heights of the gradable levels within :data:`MAX_NEIGHBOUR_GAP` of ``v``."""
+    me = level_index(v.name)
+    return {o.name: float(o.measurements["posterior_height_mm"]) for o in spine.vertebrae
+            if o is not v and _gradable(o) and o.name not in skip
+            and 0 < abs(level_index(o.name) - me) <= MAX_NEIGHBOUR_GAP}
 
 
 def grade_vertebra(v: Vertebra, expected: float | None, neighbours: list[str]) -> dict:
@@ -128,22 +181,39 @@ def grade_fractures(spine: Spine) -> None:
     Vertebrae that cannot be graded (cut by the scan, missing heights, C1/C2/S1) get
     ``{"grade": None, "type": "not graded", "reason": ...}``.
     """
+    from spineplan.anatomy.spine import frames_suspect
+
+    suspect = frames_suspect(spine)
+    # bodies whose heights are not a body's shape give no expectation to their neighbours
+    misshapen = {v.name for v in spine.vertebrae if _gradable(v) and _misshapen(v)}
     for v in spine.vertebrae:
         if not _gradable(v):
             why = ("cut by the edge of the scan" if not v.complete else
                    "not graded at this level" if v.name in UNGRADED_LEVELS else "body heights could not be measured")
             v.fracture = {"grade": None, "type": "not graded", "reason": why}
             continue
-        expected, names = _neighbour_expected(spine, v)
+        expected, names = _neighbour_expected(spine, v, skip=misshapen)
+        why = implausible_heights(v, _near(spine, v, misshapen))
+        if why:
+            v.fracture = {"grade": None, "type": "not graded", "reason": f"heights implausible: {why}"}
+            v.warnings.append(f"{v.name}: not graded for fracture: its measured {why}. Its endplates were probably "
+                              "misread; check its body on the images.")
+            continue
         v.fracture = g = grade_vertebra(v, expected, names)
         vox = _voxel_along(spine, v)
+        reasons = []
         if vox is not None:
             g["voxel_along_axis_mm"] = round(vox, 2)
             g["voxel_pct_of_height"] = round(100.0 * vox / g["reference_height_mm"], 1)
             g["uncertain"] = bool(g["voxel_pct_of_height"] > UNCERTAIN_VOXEL_PCT)
+            if g["uncertain"]:
+                reasons.append(f"one voxel along the body ({vox:.1f} mm) is {g['voxel_pct_of_height']:.0f} % of its "
+                               "height, so the grade may be off by one")
+        if v.name in suspect:
+            g["uncertain"] = True
+            reasons.append("its axis is out of line with a neighbour's, so its heights may be measured askew")
         if g["grade"]:
-            note = (f"; uncertain: one voxel along the body ({vox:.1f} mm) is {g['voxel_pct_of_height']:.0f} % of its "
-                    "height, so the grade may be off by one. Confirm on the images." if g.get("uncertain") else ".")
+            note = f"; uncertain: {'; '.join(reasons)}. Confirm on the images." if reasons else "."
             v.warnings.append(f"{v.name}: Genant grade {g['grade']} {g['type']} deformity "
                               f"({g['height_loss_pct']:.0f} % height loss vs. {g['reference']}){note}")
 
