@@ -166,3 +166,116 @@ def test_tangent_resmoothing_follows_the_disc_spacing():
     # the frame stays orthonormal
     assert np.allclose(np.einsum("ij,ij->i", new.tangent, new.posterior), 0.0, atol=1e-9)
     assert np.allclose(np.linalg.norm(new.lateral, axis=1), 1.0)
+
+
+def _lumbar_profile(period_mm: float = 34.0, n_discs: int = 5) -> tuple[np.ndarray, list[float]]:
+    """Core HU every 1 mm at fine slices: marrow 205 HU, resolved 9 mm discs at 70 HU every
+    ``period_mm``, each edged by a 2 mm endplate at 420 HU, flat body middles."""
+    s = np.arange(0.0, period_mm * (n_discs + 1), 1.0)
+    prof = np.full_like(s, 205.0)
+    discs = [period_mm * (k + 1) for k in range(n_discs)]
+    for c in discs:
+        prof[np.abs(s - c) <= 4.0] = 70.0
+        prof[(np.abs(s - c) > 4.0) & (np.abs(s - c) <= 6.0)] = 420.0
+    return prof, discs
+
+
+def test_flat_body_middle_is_no_disc_when_the_period_is_overestimated():
+    """Bodies 23 mm between their endplates (true period 34 mm) but a period of 42 mm expected
+    from their width: both endplates of a body fall within the quarter-period window around its
+    flat middle, which scored ~200 HU deep (a 1.5 mm L1-L5 phantom's L4 was split there). The
+    middle lies between its own walls with the discs, darker by 135 HU, beyond them: no disc."""
+    prof, discs = _lumbar_profile(34.0)
+    period = np.full(len(prof), 42.0)
+    score = _discs.disc_score(prof, period, slice_mm=1.5)
+    for a, b in zip(discs[:-1], discs[1:]):
+        mid = int(round(0.5 * (a + b)))
+        assert score[mid - 3 : mid + 4].max() < _discs.DISC_MIN_SCORE, (mid, score[mid - 3 : mid + 4])
+    for c in discs:  # the discs keep their depth (marrow beyond the endplates is brighter)
+        assert score[int(c) - 1 : int(c) + 2].max() > 100.0, c
+    width = np.full(len(prof), 42.0 / _discs.PERIOD_PER_WIDTH)
+    found = _discs.find_discs(prof, width, slice_mm=1.5)
+    assert len(found) == len(discs), found
+    assert np.all(np.abs(np.sort(found) - np.array(discs)) <= 2.0), found
+
+
+#: Core, ring and shell (_discs.shell_profile) HU every 1 mm along the curve, and the body width
+#: (mm), of a 3 mm L2-L4 phantom
+#: (make_phantom(levels="L2-L4", spacing=3.0, seed=867, lordosis_deg=45.3, rotation_deg=15.0)),
+#: caudal -> cranial: below L4, L4, the L3/L4 disc (dip at ~56), L3, the L2/L3 disc (~98), L2, whose
+#: superior endplate is the blurred bright band at ~130-144 with soft tissue past it.
+PHANTOM_3MM_CORE = [
+    45, 45, 46, 48, 47, 48, 48, 51, 60, 118, 197, 291, 344, 336, 323, 303, 288, 268, 267, 270, 266, 291, 261,
+    211, 206, 207, 209, 211, 207, 203, 201, 201, 205, 207, 205, 203, 201, 204, 206, 207, 207, 208, 214, 237,
+    273, 298, 302, 305, 302, 309, 313, 249, 161, 99, 68, 66, 66, 67, 69, 92, 158, 228, 295, 309, 313, 335,
+    295, 240, 213, 211, 212, 213, 211, 209, 207, 208, 211, 212, 212, 211, 207, 206, 207, 210, 210, 212, 213,
+    228, 278, 329, 338, 331, 324, 269, 187, 106, 74, 73, 73, 75, 105, 165, 225, 282, 290, 291, 290, 291, 298,
+    301, 276, 234, 211, 212, 214, 218, 217, 216, 216, 217, 219, 218, 214, 210, 211, 212, 214, 217, 239, 285,
+    304, 307, 289, 279, 280, 279, 277, 267, 259, 267, 271, 269, 225, 184, 139, 84, 48, 47, 47, 49, 50, 49,
+    50, 49]
+PHANTOM_3MM_RING = [
+    48, 48, 49, 50, 50, 51, 52, 53, 54, 55, 54, 67, 117, 209, 218, 220, 222, 218, 205, 205, 203, 201, 203,
+    204, 204, 205, 207, 208, 205, 202, 202, 203, 205, 206, 206, 206, 208, 207, 204, 205, 204, 208, 212, 212,
+    215, 212, 216, 226, 240, 257, 256, 237, 166, 96, 83, 87, 84, 83, 105, 114, 149, 198, 210, 211, 211, 214,
+    232, 248, 250, 221, 217, 210, 211, 211, 212, 211, 211, 211, 211, 212, 211, 210, 212, 213, 214, 215, 217,
+    215, 213, 209, 209, 209, 212, 214, 209, 180, 96, 94, 93, 87, 89, 93, 131, 181, 211, 221, 220, 216, 215,
+    219, 222, 223, 222, 220, 214, 213, 213, 213, 214, 214, 213, 214, 214, 214, 215, 219, 223, 222, 223, 219,
+    219, 215, 215, 216, 216, 216, 214, 214, 215, 209, 205, 160, 94, 57, 56, 59, 58, 53, 54, 48, 45, 45, 46,
+    47]
+PHANTOM_3MM_SHELL = [
+    56, 55, 55, 57, 57, 58, 58, 61, 59, 58, 57, 88, 186, 282, 342, 317, 293, 335, 364, 346, 369, 336, 341,
+    359, 364, 338, 362, 382, 345, 330, 378, 359, 351, 352, 340, 346, 348, 343, 342, 341, 338, 341, 329, 339, 335, 315,
+    336, 327, 332, 293, 302, 291, 237, 161, 150, 227, 313, 317, 360, 375, 368, 362, 343, 315, 302, 290, 311, 323, 382,
+    367, 335, 299, 296, 311, 316, 321, 333, 349, 347, 338, 347, 340, 333, 347, 362, 380, 370, 361, 355, 363, 368, 369,
+    345, 376, 388, 346, 317, 243, 220, 190, 265, 319, 360, 354, 372, 340, 336, 343, 352, 348, 350, 355, 363, 360, 345,
+    335, 329, 324, 323, 332, 347, 369, 377, 365, 367, 356, 363, 369, 340, 316, 308, 287, 279, 280, 271, 267, 278, 301,
+    298, 271, 248, 225, 194, 153, 111, 73, 65, 62, 66, 64, 60, 59, 59, 59]
+PHANTOM_3MM_WIDTH = [12, 13, 18, 20, 21, 23, 27, 29, 31, 34, 39, 41, 42, 43, 45, 46, 47, 48] + [49] * 6 + [50] * 10 \
+    + [51] + [52] * 12 + [53] * 2 + [54] * 14 + [53] * 12 + [52] * 30 + [51] * 2 + [50] * 2 + [49] * 10 \
+    + [48] * 2 + [47] * 4 + [46] * 4 + [45] * 5 + [44, 39, 34, 32, 32] + [30] * 4 + [29, 29, 28, 27, 26, 24, 23,
+                                                                                     21, 20, 18, 17]
+
+
+def test_top_endplate_band_before_soft_tissue_is_no_disc():
+    """At 3 mm slices the top body's superior endplate is a blurred bright band with soft tissue
+    (50 HU) past it, where the curve runs on beyond the spine: bright on both sides of its centre,
+    it was scored as a thin disc merged with its endplates and the top vertebra's upper 10 mm
+    became a vertebra of its own, every name below shifted by one (L2-L4 phantoms at 2.5 and
+    3 mm, an L3-S1 at 3 mm). A real merged band has a vertebra's cortical shell on both sides
+    (past this one: 59-66 HU); the two discs stay."""
+    prof = np.asarray(PHANTOM_3MM_CORE, float)
+    ring = np.asarray(PHANTOM_3MM_RING, float)
+    width = np.asarray(PHANTOM_3MM_WIDTH, float)
+    shell = np.asarray(PHANTOM_3MM_SHELL, float)
+    assert len(prof) == len(ring) == len(width) == len(shell)
+    found = _discs.find_discs(prof, width, ring=ring, slice_mm=3.0, shell=shell)
+    # the two dark dips of the profile (read off the data above: 66-69 HU at 54-58, 73-75 at 96-99)
+    assert len(found) == 2, found
+    assert abs(int(found[0]) - 56) <= 3 and abs(int(found[1]) - 98) <= 3, found
+
+
+def test_complete_top_vertebra_before_a_soft_tissue_tail_is_kept():
+    """The curve runs on past the top body over soft tissue (a 0.8 mm T10-L2 phantom: 20 mm of T10's
+    body core, then 20-30 mm of 50 HU). The segment's median core was soft and the complete top
+    vertebra got no label; a piece beyond the last body with a few mm of endplate blur is still
+    dropped (it holds the articular processes of the vertebra below)."""
+    from types import SimpleNamespace
+
+    from spineplan.anatomy import _instances
+    from spineplan.anatomy.segment import _drop_bodyless_ends
+
+    s = np.arange(0.0, 200.0, 1.0)
+    discs = [40, 75, 110, 145]
+
+    def run(body_top: float) -> int:
+        prof = np.full_like(s, 220.0)
+        for c in discs:
+            prof[np.abs(s - c) <= 4.0] = 70.0
+        prof[s > body_top] = 50.0
+        curve = SimpleNamespace(s=s)
+        segs = _drop_bodyless_ends(_instances.segments_from_discs(curve, np.asarray(discs)), curve, prof)
+        assert [sg.label for sg in segs] == list(range(1, len(segs) + 1))
+        return len(segs)
+
+    assert run(172.0) == 5  # four discs: five segments, the top one a whole vertebra + 28 mm tail
+    assert run(152.0) == 4  # 3 mm of bone past the last disc: no vertebra

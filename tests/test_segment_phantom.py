@@ -112,3 +112,39 @@ def test_sacrum_label_stays_out_of_the_ilium(case):
     assert ilium.sum() * sp.prod() > 20_000, (name, "phantom without an ilium?")
     share = float((ilium & (lab == s1)).sum() / ilium.sum())
     assert share < ILIUM_IN_S1_MAX, (name, round(share, 3))
+
+
+#: Phantoms (drawn by benchmarks/bench_naming.py) on which one vertebra became two labels: a false
+#: disc in the flat middle of L4 (1.5 mm: the width-based period 42 mm against 34 mm true put both
+#: of its endplates inside the disc window), or in the top body's superior endplate band with soft
+#: tissue past it (2.5 and 3 mm: read as a thin disc merged with its endplates).
+SPLIT_CASES = {
+    "1.5mm-L1-L5-flat-middle": dict(levels="L1-L5", spacing=1.5, seed=643, lordosis_deg=21.1, scoliosis_deg=10.0,
+                                    rotation_deg=15.0),
+    "3mm-L2-L4-top-band": dict(levels="L2-L4", spacing=3.0, seed=867, lordosis_deg=45.3, rotation_deg=15.0),
+    "2.5mm-L2-L4-top-band": dict(levels="L2-L4", spacing=2.5, seed=974, lordosis_deg=44.2, rotation_deg=15.0),
+    "3mm-L3-S1-top-band": dict(levels="L3-S1", spacing=3.0, seed=617, lordosis_deg=40.3, scoliosis_deg=10.0,
+                               rotation_deg=15.0),
+}
+
+
+@pytest.mark.parametrize("name", list(SPLIT_CASES))
+def test_one_label_per_vertebra(name):
+    """As many labels as the phantom has vertebrae, each holding most of one true vertebra, in
+    cranio-caudal order (the names of the lumbar-only cases are a no-anchor guess, so the test is
+    on the structure; the sacrum-counted case must also be named right)."""
+    ph = phantom.make_phantom(**SPLIT_CASES[name])
+    seg = segment_spine(ph.ct)
+    lab, ref = np.asarray(seg.labels.array), np.asarray(ph.labels.array)
+    own = [int(c) for c in np.unique(lab[lab > 0])]
+    true = sorted(int(v["label"]) for v in ph.truth["vertebrae"].values())
+    assert len(own) == len(true), (name, seg.names, [level_from_verse(c) for c in true])
+    # own label -> the true vertebra it mostly holds: one to one, order kept
+    held = [_majority(ref, lab == c) for c in own]
+    assert held == true, (name, seg.names, [level_from_verse(c) if c else None for c in held])
+    # ... and each true vertebra is mostly in one label (>= 80 % of its labelled voxels)
+    for c in true:
+        v, n = np.unique(lab[(ref == c) & (lab > 0)], return_counts=True)
+        assert n.max() >= 0.8 * n.sum(), (name, level_from_verse(c), dict(zip(v.tolist(), n.tolist())))
+    if seg.method.startswith("sacrum"):
+        assert [level_from_verse(c) for c in own] == [level_from_verse(c) for c in true], (name, seg.names)

@@ -151,6 +151,28 @@ def core_profile(sample, curve: Curve, radius: float = CORE_RADIUS_MM, inner: fl
     return np.median(vals, axis=1)
 
 
+#: Radii (mm) of the rays along which :func:`shell_profile` looks for cortex around the curve:
+#: from inside the body (C3-L5 bodies are >= 15 mm deep, 17-50 mm wide; Panjabi et al., Spine
+#: 1991, 1992) out past its cortical shell.
+SHELL_MM = (8.0, 22.0)
+
+
+def shell_profile(sample, curve: Curve, n_dirs: int = 12) -> np.ndarray:
+    """Median over ``n_dirs`` directions in the normal plane of the brightest HU along each ray
+    from ``SHELL_MM[0]`` to ``SHELL_MM[1]`` (every 1 mm), at each curve sample: high wherever a
+    vertebra's cortex (or its posterior elements) surrounds the curve, however dark its marrow;
+    soft-tissue level past the ends of the spine (a vessel or rib in one or two directions does
+    not move the median)."""
+    r = np.arange(SHELL_MM[0], SHELL_MM[1] + 0.1, 1.0)
+    a = np.linspace(0.0, 2.0 * np.pi, n_dirs, endpoint=False)
+    u = (r[None, :] * np.cos(a)[:, None]).ravel()
+    v = (r[None, :] * np.sin(a)[:, None]).ravel()
+    pts = (curve.points[:, None, :] + u[None, :, None] * curve.lateral[:, None, :]
+           + v[None, :, None] * curve.posterior[:, None, :])
+    vals = sample(pts.reshape(-1, 3)).reshape(len(curve.s), n_dirs, len(r))
+    return np.median(vals.max(axis=2), axis=1)
+
+
 #: Lateral rays for the body width reach this far (mm) from the curve.
 WIDTH_RAY_MM = 40.0
 #: Along a lateral ray the body ends where soft tissue starts (three samples below SOFT_HU:
@@ -221,6 +243,26 @@ FLANK_HU = 20.0
 MERGED_BAND_MIN_SLICE_MM = 2.0
 #: Baseline window (mm): about one vertebral period.
 BASELINE_MM = 40.0
+#: A resolved disc is the darkest stretch between two bodies: past each of its bright walls (the
+#: endplates) lies the neighbouring body's marrow. A dip with, within BEYOND_PERIODS of a period
+#: past both walls, something darker than itself by BEYOND_DARKER_HU is the middle of a body
+#: whose walls are its own endplates and whose darker surroundings are the discs: when the
+#: period (from the body width) is overestimated, both endplates of a body fall inside the
+#: quarter-period window (a 1.5 mm L1-L5 phantom: L4 split in its flat 205 HU middle, endplates
+#: 11 mm away, period 42 mm from the width against 34 mm true). Disc (70-110 HU) against marrow
+#: (150-250; osteoporotic 80-110) is the contrast: an osteoporotic body's middle is not darker
+#: than its discs by that much and keeps its (old) score.
+BEYOND_PERIODS = 0.5
+BEYOND_DARKER_HU = 50.0
+#: A thin disc's merged band lies between two vertebrae: from one to three band half-widths past
+#: its centre, on both sides, a cortical shell surrounds the curve (:func:`shell_profile`, median
+#: over that stretch at least BAND_SHELL_HU: thin cortex at 2.5-3 mm voxels 250-600 HU, soft
+#: tissue 0-60, marrow 60-250 - the core alone cannot tell dark fatty marrow, 57-87 HU in the
+#: example chest CT's L3, from the muscle past the spine's end). The superior endplate of the
+#: top body, with soft tissue past it, is bright on both sides of its centre and was taken for a
+#: disc at 2.5-3 mm slices (three L2-L4 / L3-S1 phantoms: an extra "vertebra" made of the top
+#: one's upper 3-10 mm, every name below shifted by one).
+BAND_SHELL_HU = 150.0
 
 
 def _side_max(p: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -230,8 +272,29 @@ def _side_max(p: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
     return win[: len(p)].max(axis=1), win[w : w + len(p)].max(axis=1)
 
 
+def _side_peaks(p: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Index of the maximum of p[i-w..i] and of p[i..i+w] for every i (clipped to the profile)."""
+    n = len(p)
+    pad = np.concatenate([np.full(w, -np.inf), p, np.full(w, -np.inf)])
+    win = np.lib.stride_tricks.sliding_window_view(pad, w + 1)
+    i = np.arange(n)
+    left = i - w + np.argmax(win[:n], axis=1)
+    right = i + np.argmax(win[w : w + n], axis=1)
+    return np.clip(left, 0, n - 1), np.clip(right, 0, n - 1)
+
+
+def _beyond(p: np.ndarray, lo: np.ndarray, hi: np.ndarray, fn) -> np.ndarray:
+    """``fn`` (np.min / np.median) of p[lo[i]..hi[i]] for every i, the indices clipped to the
+    profile (a window past an end holds that end's value)."""
+    n = len(p)
+    lo = np.clip(lo, 0, n - 1)
+    hi = np.clip(hi, 0, n - 1)
+    return np.array([fn(p[min(a, b) : max(a, b) + 1]) for a, b in zip(lo, hi)])
+
+
 def disc_score(profile: np.ndarray, period: np.ndarray, step: float = STEP_MM,
-               ring: np.ndarray | None = None, slice_mm: float | None = None) -> np.ndarray:
+               ring: np.ndarray | None = None, slice_mm: float | None = None,
+               shell: np.ndarray | None = None) -> np.ndarray:
     """How strongly each point looks like a disc (HU >= 0), given the expected local period.
 
     Thick (resolved) discs: depth of the core below the brighter endplates found on *both*
@@ -242,7 +305,8 @@ def disc_score(profile: np.ndarray, period: np.ndarray, step: float = STEP_MM,
     With ``ring`` (the profile on a ring around the core, :data:`RING_MM`), a thin disc must be
     bright there too (an endplate spans the body; a bone island does not). With ``slice_mm``
     (the CT's slice spacing) at or below :data:`MERGED_BAND_MIN_SLICE_MM`, discs are resolved
-    and only the thick score counts.
+    and only the thick score counts. With ``shell`` (:func:`shell_profile`), a thin disc needs a
+    vertebra's shell on both sides (:data:`BAND_SHELL_HU`).
     """
     from scipy.ndimage import gaussian_filter1d, maximum_filter1d, median_filter
 
@@ -266,10 +330,27 @@ def disc_score(profile: np.ndarray, period: np.ndarray, step: float = STEP_MM,
             pad = np.concatenate([np.full(w, p[0]), p, np.full(w, p[-1])])
             flank = ((l2 > lt + FLANK_HU) & (pad[: len(p)] >= lt)) | ((r2 > rt + FLANK_HU) & (pad[2 * w :] >= rt))
             tk = np.where(flank, 0.0, tk)
+        # a dip brighter than what lies beyond BOTH of its bright walls is a body between two
+        # discs (its endplates are the walls), not a disc between two bodies
+        cand = np.nonzero(tk > 0.5 * DISC_MIN_SCORE)[0]
+        if len(cand):
+            pl, pr = _side_peaks(p, w)
+            reach = max(2, int(round(BEYOND_PERIODS * 4.0 * w_mm / step)))
+            bl = _beyond(p, pl[cand] - reach, pl[cand], np.min)
+            br = _beyond(p, pr[cand], pr[cand] + reach, np.min)
+            body = (bl < p[cand] - BEYOND_DARKER_HU) & (br < p[cand] - BEYOND_DARKER_HU)
+            tk[cand[body]] = 0.0
         thick[sel] = tk[sel]
         wn = max(2, int(round(0.8 * w_mm / step)))
         ln, rn = _side_max(p, wn)
         th = np.minimum(ln, rn) - base
+        # a merged band has a vertebra on both sides: beyond an end of the spine (the top
+        # endplate of the last body, with soft tissue past it) a bright band is no disc
+        cand = np.nonzero(th > 0.5 * DISC_MIN_SCORE)[0] if shell is not None else []
+        if len(cand):
+            ml = _beyond(shell, cand - 3 * wn, cand - wn, np.median)
+            mr = _beyond(shell, cand + wn, cand + 3 * wn, np.median)
+            th[cand[np.minimum(ml, mr) < BAND_SHELL_HU]] = 0.0
         if ring is not None:
             lq, rq = _side_max(q, wn)
             pk = maximum_filter1d(th, size=2 * wn + 1)  # the band's peak excess
@@ -334,7 +415,8 @@ def capped_width(width: np.ndarray) -> np.ndarray:
 
 
 def find_discs(profile: np.ndarray, width: np.ndarray, step: float = STEP_MM,
-               ring: np.ndarray | None = None, slice_mm: float | None = None) -> np.ndarray:
+               ring: np.ndarray | None = None, slice_mm: float | None = None,
+               shell: np.ndarray | None = None) -> np.ndarray:
     """Indices of disc centres along the curve: the most periodic set of deep dips.
 
     Candidates are the local maxima of :func:`disc_score`; dynamic programming over pairs of
@@ -342,7 +424,7 @@ def find_discs(profile: np.ndarray, width: np.ndarray, step: float = STEP_MM,
     sum(log(gap ratio)^2), with every gap within ``PERIOD_MM``.
     """
     period = np.clip(capped_width(width) * PERIOD_PER_WIDTH, *PERIOD_MM)
-    d = disc_score(profile, period, step, ring, slice_mm)
+    d = disc_score(profile, period, step, ring, slice_mm, shell)
     cand = _local_maxima(d, DISC_MIN_SCORE * 0.5)
     n = len(cand)
     if n == 0:

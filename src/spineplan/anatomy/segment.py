@@ -161,7 +161,8 @@ def _segment_builtin(ct: Volume, anchor: str | None) -> Segmentation:
     profile = _discs.core_profile(sample, curve)
     width = _discs.body_width(sample, curve)
     ring = _discs.core_profile(sample, curve, _discs.RING_MM[1], _discs.RING_MM[0])
-    discs = _discs.find_discs(profile, width, ring=ring, slice_mm=float(sp[2]))
+    shell = _discs.shell_profile(sample, curve)
+    discs = _discs.find_discs(profile, width, ring=ring, slice_mm=float(sp[2]), shell=shell)
     curve = _discs.resmooth_tangent(curve, discs)
     next(steps, None)
 
@@ -252,6 +253,7 @@ def _segment_builtin(ct: Volume, anchor: str | None) -> Segmentation:
         "sacrum_found": nm.sacrum_found,
         "core_profile_hu": profile,
         "ring_profile_hu": ring,
+        "shell_profile_hu": shell,
         "body_width_mm": width,
         "curve": curve,
         "broken_shells": broken_shells,
@@ -266,22 +268,39 @@ def _segment_builtin(ct: Volume, anchor: str | None) -> Segmentation:
 #: that vertebra's superior articular processes, was labelled as a vertebra of its own (a "T10"
 #: made of T11's top on a T11-S1 phantom).
 BODYLESS_CORE_FRACTION = 0.4
+#: ... or if a body is there over at least this fraction of the complete segments' median length
+#: (core HU at or above that limit): the curve runs on past the top body by up to half of
+#: ``DISC_BRIDGE_MM`` and over soft tissue, and a complete T10 (20 mm of body core, 20 mm of soft
+#: tissue past it) on a 0.8 mm T10-L2 phantom had a median core below the limit and got no label.
+#: A piece holding only articular processes has a few mm of endplate blur at most.
+BODY_CORE_MIN_FRACTION = 0.4
 
 
 def _drop_bodyless_ends(segs, curve, profile: np.ndarray):
     """``segs`` without end segments whose core shows no vertebral body (see
-    :data:`BODYLESS_CORE_FRACTION`), renumbered 1..n cranial first; their bone floods to the
-    neighbouring vertebra, whose articular processes it usually is."""
+    :data:`BODYLESS_CORE_FRACTION`, :data:`BODY_CORE_MIN_FRACTION`), renumbered 1..n cranial
+    first; their bone floods to the neighbouring vertebra, whose articular processes it usually is."""
     def core(sg):
         m = (curve.s >= sg.s0) & (curve.s <= sg.s1) & np.isfinite(profile)
-        return float(np.median(profile[m])) if m.any() else np.nan
+        return profile[m]
 
-    whole = [core(sg) for sg in segs if not (sg.partial_top or sg.partial_bottom)]
+    def median(v):
+        return float(np.median(v)) if len(v) else np.nan
+
+    whole_segs = [sg for sg in segs if not (sg.partial_top or sg.partial_bottom)]
+    whole = [median(core(sg)) for sg in whole_segs]
     whole = [c for c in whole if np.isfinite(c)]
     if not whole:
         return segs
     limit = BODYLESS_CORE_FRACTION * float(np.median(whole))
-    keep = [sg for sg in segs if not ((sg.partial_top or sg.partial_bottom) and not core(sg) >= limit)]
+    min_mm = BODY_CORE_MIN_FRACTION * float(np.median([sg.s1 - sg.s0 for sg in whole_segs]))
+    step = float(np.median(np.diff(curve.s))) if len(curve.s) > 1 else 1.0
+
+    def has_body(sg):
+        v = core(sg)
+        return median(v) >= limit or (v >= limit).sum() * step >= min_mm
+
+    keep = [sg for sg in segs if not ((sg.partial_top or sg.partial_bottom) and not has_body(sg))]
     for n, sg in enumerate(keep, start=1):
         sg.label = n
     return keep
