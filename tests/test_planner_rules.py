@@ -463,3 +463,36 @@ def test_a_screw_never_bypasses_a_too_narrow_pedicle_through_the_entry_zone():
     assert set(warns) == {"left", "right"}
     # L5 (isthmus 8.9 mm, room for a 5 mm screw) keeps both screws, through the isthmus
     assert {s.side for s in plan.screws if s.level == "L5"} == {"left", "right"}
+
+
+def test_over_segmented_label_loses_its_whole_grown_shell_on_oblique_walls(monkeypatch):
+    """An oblique ellipsoid of bone (22 x 14 x 10 mm semi-axes, rotated against the grid) on 3 mm
+    voxels, partial-volume HU (muscle 40 + 260 x bone fraction); its true label (bone fraction >=
+    0.5) grown by one voxel all round (26-connected), as an over-segmenting label would be. The
+    planning mask must keep no voxel outside the true label: peeling only the voxels with a
+    face neighbour outside (the old 6-neighbour layer) left the grown staircase voxels on the
+    oblique walls (6 here; on the abdomen CT's grown labels 5 of 10 screws were grade B)."""
+    from scipy import ndimage as ndi
+
+    from spineplan.anatomy.model import VertebraFrame
+
+    sp, n, sub = 3.0, 24, 4
+    aff = np.diag([sp, sp, sp, 1.0])
+    aff[:3, 3] = -0.5 * n * sp + 0.5 * sp
+    g = (np.arange(n * sub) + 0.5) / sub * sp - 0.5 * n * sp
+    pts = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1)
+    rot = np.array([[0.8, -0.6, 0], [0.6, 0.8, 0], [0, 0, 1.0]]) @ np.array([[1, 0, 0], [0, 0.8, -0.6], [0, 0.6, 0.8]])
+    p = pts @ rot.T
+    inside = (p[..., 0] / 22) ** 2 + (p[..., 1] / 14) ** 2 + (p[..., 2] / 10) ** 2 <= 1
+    frac = inside.reshape(n, sub, n, sub, n, sub).mean(axis=(1, 3, 5))
+    ct = Volume((40 + 260 * frac).astype(np.int16), aff)
+    true = frac >= 0.5
+    grown = ndi.binary_dilation(true, structure=np.ones((3, 3, 3), bool))
+    frame = VertebraFrame(np.zeros(3), np.eye(3))
+    mask, rep = _search.planning_mask(ct, grown, frame, PlannerSettings())
+    assert rep["peeled"] > 0
+    assert int((mask & ~true).sum()) == 0
+    assert mask.sum() >= 0.6 * true.sum()  # the bone itself stays (its rim may go as partial volume)
+    monkeypatch.setattr(_search, "OVERSEG_PEEL_26", False)  # the old layer: the test can fail
+    old, _ = _search.planning_mask(ct, grown, frame, PlannerSettings())
+    assert int((old & ~true).sum()) > 0
