@@ -366,15 +366,24 @@ def test_tight_crop_l3_dice(data_file):
     # filled as marrow: 0.725)
     # 0.776 since the outer layer of the mask, thresholded on the denoised copy, keeps only
     # voxels that are cortex-bright in the raw CT
-    assert d >= 0.765, d
+    # 0.793 since the labels' partial-volume surface layer is trimmed on noisy CTs too (a voxel
+    # below the limit both raw and smoothed); 0.779 before
+    assert d >= 0.786, d
+    # of what the trim removes, most lies outside the reference's vertebrae: the label's volume
+    # over the reference's was 1.00 with the extra outer layer and the missed neural-arch parts
+    # balancing; now our L3 is smaller than the reference (measured 0.94)
+    assert (lab == VERSE_CODES["L3"]).sum() < 0.97 * ref.sum()
     # the dark (fatty-marrow, < 100 HU) part of the reference more than 3 mm inside its surface
     # is labelled: 0.958 of it (0.91 as L3) today; with hollow bodies it was not. (Its outer
     # 3 mm hold noisy cortex that the rim rule above drops where our surface lies inside the
     # reference's: 0.918 of all its dark voxels are labelled, 0.956 before that rule.)
     from scipy.ndimage import binary_erosion
 
+    # Since noisy CTs are trimmed too (NOISY_TRIM_SIGMA_VOX): 0.937 of them labelled (0.958 before):
+    # ~100 dark voxels on our label's outer surface, where it already lay inside the reference's,
+    # are trimmed with the ~960 partial-volume voxels outside the reference.
     dark = binary_erosion(ref, iterations=2) & (np.asarray(ct.array) < 100)
-    assert (lab[dark] > 0).mean() >= 0.95 and (lab[dark] == VERSE_CODES["L3"]).mean() >= 0.85
+    assert (lab[dark] > 0).mean() >= 0.925 and (lab[dark] == VERSE_CODES["L3"]).mean() >= 0.85
 
 
 def test_abdomen_and_chest_shells_hold(abdomen, chest):
