@@ -202,3 +202,49 @@ def test_grade_in_a_frame_out_of_line_is_uncertain():
     assert g["grade"] == 2 and g["uncertain"] is True, g
     assert any("out of line" in w for w in spine["L2"].warnings)
     assert spine["L1"].fracture.get("uncertain") is True  # the pair is suspect: both are marked
+
+
+def _rot_x(deg):
+    a = np.radians(deg)
+    return np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+
+
+def test_endplates_wider_apart_than_an_unfractured_body_are_flagged():
+    """Endplates measured > 10 deg apart (a Genant grade 1-2 wedge fracture's angle) on a body whose
+    heights show no fracture are misread: flagged with a warning. Not flagged: the same wedge on a
+    graded fracture, 13 deg at L5 (lordotic wedge, limit 15), 9 deg, the sacrum."""
+    from spineplan.anatomy.fracture import endplate_wedge_deg, endplates_misread
+
+    spine = _spine([("L1", 26.0, 25.0, 26.0), ("L2", 27.0, 26.5, 27.0), ("L3", 20.0, 26.0, 28.0),
+                    ("L4", 29.0, 28.0, 29.0), ("L5", 31.0, 29.0, 27.0), ("S1", 10.0, 30.0, 8.0)])
+    z = np.array([0.0, 0.0, 1.0])
+    for name, deg in (("L1", 9.0), ("L2", 14.0), ("L3", 14.0), ("L4", 3.0), ("L5", 13.0), ("S1", 25.0)):
+        spine[name].endplates = {"superior": {"point": [0, 0, 10], "normal": list(_rot_x(deg / 2) @ z)},
+                                 "inferior": {"point": [0, 0, -10], "normal": list(_rot_x(-deg / 2) @ z)}}
+    assert endplate_wedge_deg(spine["L2"]) == pytest.approx(14.0, abs=1e-6)
+    grade_fractures(spine)
+    assert spine["L3"].fracture["grade"] == 2  # 1 - 20/28 = 29 %: its 14 deg wedge is the fracture's
+    assert set(endplates_misread(spine)) == {"L2"}
+    assert any("measured 14 deg apart" in w for w in spine["L2"].warnings)
+    assert not any("deg apart" in w for n in ("L1", "L3", "L4", "L5", "S1") for w in spine[n].warnings)
+
+
+def test_carm_angles_mark_a_level_with_misread_endplates():
+    """The C-arm table marks a level whose superior endplate was read 16 deg off its phantom's
+    truth (its true AP would be 16 deg off), and only that level; the truth frames mark none."""
+    from _phantoms import get_phantom
+    from _planner import spine_from_truth
+    from spineplan.fluoro.views import carm_angles
+
+    ph = get_phantom(levels="L1-L3", seed=4, spacing=2.0, fov="spine")
+    spine = spine_from_truth(ph)
+    grade_fractures(spine)
+    assert not any(r["frame_suspect"] for r in carm_angles(spine))
+    v = spine["L2"]
+    n = np.asarray(v.endplates["superior"]["normal"], float)
+    x = np.asarray(v.frame.axes[0], float)
+    a = np.radians(16.0)  # rotate the normal about the body's left-right axis (Rodrigues)
+    v.endplates["superior"]["normal"] = list(n * np.cos(a) + np.cross(x, n) * np.sin(a) + x * (x @ n) * (1 - np.cos(a)))
+    rows = {r["level"]: r for r in carm_angles(spine)}
+    assert rows["L2"]["frame_suspect"] is True
+    assert rows["L1"]["frame_suspect"] is False and rows["L3"]["frame_suspect"] is False

@@ -96,8 +96,8 @@ CARM_VIEWS = ("true_ap", "true_lateral", "owl_left", "owl_right")
 def write_carm_csv(rows: list[dict], path: TypePath) -> None:
     """``carm.csv``: per level, the radiographer's angles of each view (orbital = cranio-caudal
     tilt, angular = lateral rotation; see :mod:`spineplan.fluoro.views`), isocentre and beam in LPS;
-    ``frame_suspect`` "yes" where the level's frame is out of line with a neighbour's (its angles
-    may be wrong; :func:`spineplan.anatomy.spine.frames_suspect`)."""
+    ``frame_suspect`` "yes" where the level's endplates look misread (its angles may be wrong;
+    :func:`spineplan.fluoro.views.carm_angles`)."""
     import csv
     import io
 

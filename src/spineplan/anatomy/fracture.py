@@ -62,6 +62,15 @@ POSTERIOR_EXCESS_MAX_PCT = 10.0
 #: about 0.85 (Panjabi 1992); a posterior wedge this strong with an intact front is not one of
 #: Genant's types (wedge, biconcave, crush) but a misplaced endplate.
 POSTERIOR_MIN_RATIO = 0.7
+#: An unfractured body's endplates are at most this many degrees apart. A Genant grade 1 wedge
+#: fracture (20-25 % height loss) at L1-L2 has a wedge angle of 7-11 deg lying down (11 deg sitting;
+#: J Orthop Surg Res 2023;18:254, table 1), a grade 2 12-17 deg: a body with wider-apart endplates
+#: but heights that show no fracture has misread endplates. At 2-3 mm voxels such levels gave
+#: the largest C-arm errors (benchmarks/bench_carm.py: chest T4, T5, T8-T10, 10-26 deg).
+WEDGE_UNFRACTURED_MAX_DEG = 10.0
+#: ... except L5, whose normal lordotic wedge is the largest of the spine (its anterior height
+#: exceeds the posterior by ~15 %, Panjabi 1992): the segment limit of the lower lumbar levels.
+WEDGE_UNFRACTURED_MAX_L5_DEG = 15.0
 #: Levels not graded: C1/C2 have no comparable body, S1 is the sacrum.
 UNGRADED_LEVELS = ("C1", "C2", "S1")
 #: Neighbours farther than this many levels away are not used for the expected height.
@@ -84,6 +93,34 @@ def genant_grade(height_loss_pct: float) -> int:
     if height_loss_pct <= g3:
         return 2
     return 3
+
+
+def endplate_wedge_deg(v: Vertebra) -> float | None:
+    """Angle (deg) between the measured superior and inferior endplate planes of ``v``, or None."""
+    import numpy as np
+
+    ep = getattr(v, "endplates", None) or {}
+    try:
+        a, b = (np.asarray(ep[k]["normal"], float) for k in ("superior", "inferior"))
+    except (KeyError, TypeError):
+        return None
+    c = abs(float(a @ b)) / (np.linalg.norm(a) * np.linalg.norm(b))
+    return float(np.degrees(np.arccos(min(1.0, c))))
+
+
+def endplates_misread(spine: Spine) -> dict[str, float]:
+    """{name: wedge deg} of the complete levels whose endplates are wider apart than an
+    unfractured body's (:data:`WEDGE_UNFRACTURED_MAX_DEG`) while no fracture is graded there:
+    their endplate planes (the C-arm's true AP and lateral, the heights) are probably misread."""
+    out = {}
+    for v in spine.vertebrae:
+        if not v.complete or v.name in UNGRADED_LEVELS or (v.fracture or {}).get("grade"):
+            continue
+        w = endplate_wedge_deg(v)
+        lim = WEDGE_UNFRACTURED_MAX_L5_DEG if v.name in ("L5", "L6") else WEDGE_UNFRACTURED_MAX_DEG
+        if w is not None and w > lim:
+            out[v.name] = w
+    return out
 
 
 def _gradable(v: Vertebra) -> bool:
@@ -216,6 +253,15 @@ def grade_fractures(spine: Spine) -> None:
             note = f"; uncertain: {'; '.join(reasons)}. Confirm on the images." if reasons else "."
             v.warnings.append(f"{v.name}: Genant grade {g['grade']} {g['type']} deformity "
                               f"({g['height_loss_pct']:.0f} % height loss vs. {g['reference']}){note}")
+    _warn_misread_endplates(spine)
+
+
+def _warn_misread_endplates(spine: Spine) -> None:
+    for name, w in endplates_misread(spine).items():
+        v = spine[name]
+        v.warnings.append(f"{name}: its endplates were measured {w:.0f} deg apart, more than an unfractured body's "
+                          "(<= 10 deg), yet its heights show no fracture: its endplate planes are probably misread, "
+                          "and with them its C-arm true AP / lateral angles. Confirm the true AP on the first shot.")
 
 
 def _voxel_along(spine: Spine, v: Vertebra) -> float | None:

@@ -291,11 +291,14 @@ def carm_angles(spine, plan=None, levels=None) -> list[dict[str, Any]]:
     Each entry: ``{"level", "true_ap": {...}, "true_lateral": {...}, "owl_left": {...} | None,
     "owl_right": {...} | None, "frame_suspect": bool}`` with the ``info`` dicts of :func:`named_view`;
     ``frame_suspect``: the level's frame is out of line with a neighbour's
-    (:func:`spineplan.anatomy.spine.frames_suspect`), so its angles may be wrong."""
+    (:func:`spineplan.anatomy.spine.frames_suspect`), or its endplates are wider apart than an
+    unfractured body's (:func:`spineplan.anatomy.fracture.endplates_misread`), so its angles may
+    be wrong."""
+    from spineplan.anatomy.fracture import endplates_misread
     from spineplan.anatomy.spine import frames_suspect
 
     names = list(levels) if levels is not None else list(spine.names)
-    suspect = frames_suspect(spine)
+    suspect = frames_suspect(spine) | set(endplates_misread(spine))
     out = []
     for name in names:
         if name not in spine:
@@ -313,8 +316,9 @@ def carm_angles(spine, plan=None, levels=None) -> list[dict[str, Any]]:
 
 
 #: Footnote of the C-arm tables for levels marked ``frame_suspect``.
-SUSPECT_NOTE = ("* this level's axis is out of line with its neighbour's (see the warnings): its angles may be "
-                "wrong; confirm the true AP on the first shot.")
+SUSPECT_NOTE = ("* this level's endplates look misread (its axis is out of line with its neighbour's, or its "
+                "endplates are wedged more than its heights show; see the warnings): its angles may be wrong; "
+                "confirm the true AP on the first shot.")
 
 
 def angles_table_text(rows: list[dict[str, Any]]) -> str:
