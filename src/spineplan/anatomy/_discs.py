@@ -35,7 +35,7 @@ class Curve:
         if idx is None:
             from scipy.spatial import cKDTree
 
-            idx = cKDTree(self.points).query(xyz)[1]
+            idx = cKDTree(self.points).query(xyz, workers=-1)[1]
         d = xyz - self.points[idx]
         ax = np.einsum("ij,ij->i", d, self.tangent[idx])
         lat = np.einsum("ij,ij->i", d, self.lateral[idx])
