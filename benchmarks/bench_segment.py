@@ -146,6 +146,39 @@ def iap_report(data: Path) -> None:
         m = vert & (sub == code)
         out.append(f"{nm} {np.mean(lab[m] == own):.2f}")
     print("   L3 crop, VerSe subregions of L3 in our L3 label: " + ", ".join(out))
+    crop_breakdown(lab, vert, sub, own, np.asarray(read_nifti(data / CASES[2][2], modality="SEG").array) > 0)
+
+
+#: VerSe subregion codes (Sekuboyina et al., VerSe 2020 / TPTBox): 41 arcus (laminae), 42 spinous
+#: process, 43/44 transverse process left/right, 45/46 superior and 47/48 inferior articular
+#: process left/right, 49 corpus border (cortex), 50 corpus.
+SUBREGIONS = {41: "arch", 42: "spinous", 43: "TP left", 44: "TP right", 45: "SAP left", 46: "SAP right",
+              47: "IAP left", 48: "IAP right", 49: "body rim", 50: "body"}
+
+
+def crop_breakdown(lab: np.ndarray, vert: np.ndarray, sub: np.ndarray, own: int, any_ref: np.ndarray) -> None:
+    """Where the L3 crop's Dice goes, as shares of the reference L3 volume: per VerSe subregion,
+    the part given to the vertebra above / below or left unlabelled; and our label's voxels
+    outside every reference vertebra by their distance (voxels) from the nearest one."""
+    from scipy.ndimage import distance_transform_edt
+
+    n = float(vert.sum())
+    parts = []
+    for code, nm in SUBREGIONS.items():
+        m = vert & (sub == code)
+        if not m.any():
+            continue
+        above = (m & (lab > 0) & (lab < own)).sum() / n
+        below = (m & (lab > own)).sum() / n
+        unl = (m & (lab == 0)).sum() / n
+        if above + below + unl >= 0.005:
+            parts.append(f"{nm} {above:.3f}/{below:.3f}/{unl:.3f}")
+    print("   L3 crop, reference L3 missed (shares of its volume, to the vertebra above / below / unlabelled): "
+          + ", ".join(parts))
+    extra = (lab == own) & ~any_ref
+    d = np.round(distance_transform_edt(~any_ref)[extra]).astype(int)
+    print(f"   L3 crop, our L3 outside every reference vertebra: {extra.sum() / n:.3f} of the reference L3 volume, "
+          f"at 1 / 2 / >= 3 voxels from it: {(d <= 1).sum() / n:.3f} / {(d == 2).sum() / n:.3f} / {(d >= 3).sum() / n:.3f}")
 
 
 #: TotalSegmentator "total" ids of the ribs (92-115) in the chest CT's full label map.
