@@ -11,6 +11,7 @@ as the darkest point enclosed by bone on the left, right and posterior sides.
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from spineplan.anatomy._bone import BONE_HU, CORTEX_HU, NOISE_MAX_HU, noise_hu
 
@@ -97,28 +98,14 @@ def body_path(hu: np.ndarray, spacing, body: np.ndarray, fbone: np.ndarray):
     step_mm = np.array([st[0] * spacing[0], st[1] * spacing[1]])
     r = [int(np.ceil(sl * spacing[2] / step_mm[a])) for a, sl in enumerate((MAX_SLOPE_LR, MAX_SLOPE))]
     alpha = 0.15 / (DP_STEP_MM**2)  # penalty per mm^2 of shift
-    V = cs[:, :, 0].copy()
-    back = np.zeros((nz, cx, cy, 2), np.int8)
-    for k in range(1, nz):
-        best = np.full((cx, cy), -np.inf, np.float32)
-        arg = np.zeros((cx, cy, 2), np.int8)
-        for dx in range(-r[0], r[0] + 1):
-            for dy in range(-r[1], r[1] + 1):
-                pen = alpha * ((dx * step_mm[0]) ** 2 + (dy * step_mm[1]) ** 2)
-                if abs(dx * step_mm[0]) > MAX_SLOPE_LR * spacing[2] + step_mm[0] or \
-                        abs(dy * step_mm[1]) > MAX_SLOPE * spacing[2] + step_mm[1]:
-                    continue
-                sh = np.full((cx, cy), -np.inf, np.float32)
-                xs = slice(max(0, dx), cx + min(0, dx))
-                xd = slice(max(0, -dx), cx + min(0, -dx))
-                ys = slice(max(0, dy), cy + min(0, dy))
-                yd = slice(max(0, -dy), cy + min(0, -dy))
-                sh[xd, yd] = V[xs, ys] - pen
-                upd = sh > best
-                best[upd] = sh[upd]
-                arg[upd] = (dx, dy)
-        V = best + cs[:, :, k]
-        back[k] = arg
+    # the allowed in-plane shifts between slices and their penalties (float32, as the scores)
+    shifts = [(dx, dy, alpha * ((dx * step_mm[0]) ** 2 + (dy * step_mm[1]) ** 2))
+              for dx in range(-r[0], r[0] + 1) for dy in range(-r[1], r[1] + 1)
+              if not (abs(dx * step_mm[0]) > MAX_SLOPE_LR * spacing[2] + step_mm[0]
+                      or abs(dy * step_mm[1]) > MAX_SLOPE * spacing[2] + step_mm[1])]
+    sh = np.array([(dx, dy) for dx, dy, _ in shifts], np.int64).reshape(-1, 2)
+    pen = np.array([pe for _, _, pe in shifts], np.float32)
+    V, back = _dp_path(np.ascontiguousarray(cs, dtype=np.float32), sh, pen)
     p = np.unravel_index(int(np.argmax(V)), V.shape)
     path = np.zeros((nz, 2), np.int64)
     path[nz - 1] = p
@@ -143,6 +130,39 @@ def body_path(hu: np.ndarray, spacing, body: np.ndarray, fbone: np.ndarray):
     bone_at = th[out[:, 0].astype(int), out[:, 1].astype(int), np.arange(nz)]
     canal_at = maps["canal"][out[:, 0].astype(int), out[:, 1].astype(int), np.arange(nz)]
     return out, bone_at, canal_at
+
+
+def _dp_path(cs: np.ndarray, shifts: np.ndarray, pen: np.ndarray):
+    """The body path's dynamic programme over the slices (axis 2) of the coarse score ``cs``:
+    V[x, y] after the last slice and, per slice, the in-plane shift (dx, dy) from the previous
+    slice's best predecessor (ties: the first shift in ``shifts``). Compiled with numba."""
+    return _dp_path_nb(cs, shifts, pen)
+
+
+@njit(cache=True)
+def _dp_path_nb(cs, shifts, pen):
+    cx, cy, nz = cs.shape
+    ns = shifts.shape[0]
+    V = cs[:, :, 0].copy()
+    back = np.zeros((nz, cx, cy, 2), np.int8)
+    best = np.empty((cx, cy), np.float32)
+    for k in range(1, nz):
+        best[:, :] = -np.inf
+        for s in range(ns):
+            dx = shifts[s, 0]
+            dy = shifts[s, 1]
+            pe = pen[s]
+            for x in range(max(0, -dx), cx + min(0, -dx)):
+                for y in range(max(0, -dy), cy + min(0, -dy)):
+                    v = V[x + dx, y + dy] - pe
+                    if v > best[x, y]:
+                        best[x, y] = v
+                        back[k, x, y, 0] = dx
+                        back[k, x, y, 1] = dy
+        for x in range(cx):
+            for y in range(cy):
+                V[x, y] = best[x, y] + cs[x, y, k]
+    return V, back
 
 
 def smooth_path(path: np.ndarray, z_mm: float, sigma_mm: float = 4.0) -> np.ndarray:
