@@ -35,8 +35,9 @@ How (sub-voxel where it matters):
    box supersampled; :func:`_fit_section_pv`); the isthmus width, height and centre are a
    consensus of the narrowest. Below 1.5 mm voxels the final axis is a robust line through the
    centres of such sections every mm from 7 mm behind to 2 mm in front of the isthmus, those of
-   the pedicle proper (two passes, :func:`_pv_axis`); from 1.5 mm on, the same model over +-5 mm
-   of the tube fits the axis direction. The frame's z axis comes from endplate planes fitted to
+   the pedicle proper (two passes, :func:`_pv_axis`); from 1.5 mm on, the same line where the
+   pedicle proper is long enough to carry its direction (:func:`_line_gate`), else the same model
+   over +-5 mm of the tube fits the axis direction (blended in between). The frame's z axis comes from endplate planes fitted to
    sub-voxel CT edges.
    Conditioning: a pedicle a few voxels across is a weakly determined fit, and every hard choice
    (a point dropped from a line fit, one of two nearly equal optima, a result rejected at a
@@ -174,15 +175,22 @@ _PV_LINE_RUN_H = (1.06, 0.5)
 #: weight of this many sections (blended in from none).
 _PV_LINE_RAMP = 0.03
 _PV_LINE_MIN_SECTIONS = 5.0
-#: From this voxel size (mm) on, the pedicle axis is fitted by the partial-volume model over
-#: +-_PV_AXIS_HALF_LEN mm of the tube (:func:`_fit_section_pv` with ``tilt``) and kept when within
-#: _PV_AXIS_MAX_DEG of the centroid axis; below it, by the line through the section centres
-#: (:func:`_pv_axis`). (The line was also measured at 2-3 mm voxels: phantom angles p95 2 mm
-#: transverse 2.50 -> 0.64, sagittal 2.58 -> 1.94 deg; but on the real 3 mm abdomen CT, whose
-#: pedicle proper is only 3-4 sections long, +-0.5 HU of noise then moved L1/L2 axes by 5-17 deg,
-#: and with the tube fit as its start and fallback 3 mm phantom widths and angles got worse:
-#: not used there.)
+#: Below this voxel size (mm) the pedicle axis is the line through the section centres
+#: (:func:`_pv_axis`); from it on, that line where the pedicle proper carries its direction
+#: (_PV_LINE_GATE_MM2), else the partial-volume model fitted over +-_PV_AXIS_HALF_LEN mm of the
+#: tube (:func:`_fit_section_pv` with ``tilt``; drawn back to the centroid axis beyond
+#: _PV_AXIS_MAX_DEG). (On the real 3 mm abdomen CT, whose pedicle proper is only 3-4 sections
+#: long, the ungated line moved under +-0.5 HU of noise by 5-17 deg.)
 _PV_AXIS_MIN_VOX_MM = 1.5
+#: ... and from 1.5 mm on the line through the section centres is used when the sections of the
+#: pedicle proper carry enough information about its direction: q = (their weight) x (weighted
+#: variance of their positions along the axis), mm^2, from the line's first pass. The line's
+#: direction error falls as 1 / sqrt(q) (least squares). Below the first value the tube fit
+#: alone gives the axis, above the second the line alone, blended linearly between (engineering
+#: values from the data: phantoms at 2-3 mm voxels q = 18-50, where the line's transverse errors
+#: are a third of the tube fit's; the real 3 mm abdomen CT q <= 6 in its pedicles proper of 3-4
+#: sections, where +-0.5 HU of noise moved the line 5-17 deg).
+_PV_LINE_GATE_MM2 = (12.0, 18.0)
 _PV_AXIS_HALF_LEN = 5.0
 _PV_AXIS_MAX_DEG = 15.0
 #: Standard deviation (deg) of the Gaussian prior on the fitted axis' tilt from the start axis;
@@ -974,7 +982,18 @@ def _pedicle_seed(g: _Grid, canal: _Canal, side: str, zwin: tuple[float, float] 
     return centre, _unit(d), float(rows[k, 1])
 
 
-def _pv_axis(crop: _Crop, frame: VertebraFrame, centre, axis, W: float, H: float, sp: float):
+def _line_gate(wt: np.ndarray, offs: np.ndarray) -> float:
+    """Weight (0-1) of the section-centre line against the tube fit at 1.5 mm voxels and more
+    (:data:`_PV_LINE_GATE_MM2`), from the sections' weights ``wt`` at positions ``offs`` (mm)."""
+    n = float(wt.sum())
+    if n <= 0.0:
+        return 0.0
+    q = float(wt @ (offs - (wt @ offs) / n) ** 2)  # = weight x weighted variance of the positions
+    lo, hi = _PV_LINE_GATE_MM2
+    return float(np.clip((q - lo) / (hi - lo), 0.0, 1.0))
+
+
+def _pv_axis(crop: _Crop, frame: VertebraFrame, centre, axis, W: float, H: float, sp: float, gate=None):
     """The pedicle axis as a robust line through the centres of partial-volume section fits
     (:func:`_fit_section_pv`) at ``_PV_LINE_OFFSETS`` mm along the axis from the isthmus estimate,
     in ``_PV_LINE_PASSES`` passes (each through sections perpendicular to the previous line).
@@ -987,11 +1006,13 @@ def _pv_axis(crop: _Crop, frame: VertebraFrame, centre, axis, W: float, H: float
     where the pedicle joins the body or the lamina are higher and wider and their centres are
     pulled off the axis), in soft contiguous runs (:func:`_soft_run`) around every section, mixed
     by how clearly each passes; with fewer than _PV_LINE_MIN_SECTIONS sections' weight the
-    previous axis is blended back in. Returns (centre, axis, the last pass's fits at
-    ``_PV_SECTION_OFFSETS``)."""
+    previous axis is blended back in. ``gate``: a function of the first pass's section weights and
+    positions giving the line's weight b (:func:`_line_gate`); when it is 0 the start is returned
+    at once. Returns (centre, axis, the last pass's fits at ``_PV_SECTION_OFFSETS``, b)."""
     offs = np.asarray(_PV_LINE_OFFSETS, float)
     fits: list = []
-    for _ in range(_PV_LINE_PASSES):
+    b = 1.0 if gate is None else 0.0  # (with a gate: no line unless its first pass gets that far)
+    for p in range(_PV_LINE_PASSES):
         fits = [_fit_section_pv(crop, frame, centre + t * axis, axis, W, H, sp) for t in offs]
         ok = np.array([f is not None for f in fits])
         if ok.sum() < 4:
@@ -1007,6 +1028,10 @@ def _pv_axis(crop: _Crop, frame: VertebraFrame, centre, axis, W: float, H: float
         if passing.sum() < 1e-6:
             break
         wt = (passing / passing.sum()) @ np.array([_soft_run(mw, mh, k) for k in range(len(fits))])
+        if gate is not None and p == 0:
+            b = gate(wt, offs)
+        if b <= 0.0:
+            return centre, axis, [], 0.0
         # too few sections of the pedicle proper: the previous axis, blended in continuously
         f_line = float(np.clip((wt.sum() - _PV_LINE_MIN_SECTIONS) / _PV_LINE_MIN_SECTIONS + 1.0, 0.0, 1.0))
         if f_line <= 0.0:
@@ -1024,7 +1049,7 @@ def _pv_axis(crop: _Crop, frame: VertebraFrame, centre, axis, W: float, H: float
         axis = _unit(d)
         centre = centre + f_line * (c_line + np.dot(centre - c_line, axis) * axis - centre)
     sel = [fits[i] for i, t in enumerate(offs) if np.any(np.isclose(t, _PV_SECTION_OFFSETS))] if fits else []
-    return centre, axis, sel
+    return centre, axis, sel, b
 
 
 def _pedicle_sections(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.ndarray, sp: float) -> np.ndarray:
@@ -1467,14 +1492,23 @@ def _measure_pedicle(ct, crop, fit: _FrameFit, side: str, sp: float, start=None)
     rows, width, k, axis, part = best
     W, H, centre = _soft_isthmus(rows, width, part)
     if sp >= _PV_AXIS_MIN_VOX_MM:
-        pv = _fit_section_pv(crop, frame, centre, axis, W, H, sp, half_len=_PV_AXIS_HALF_LEN, tilt=True)
-        if pv is not None:
-            centre, axis = pv[2], pv[3]
-        fits = [_fit_section_pv(crop, frame, centre + t * axis, axis, W, H, sp) for t in _PV_SECTION_OFFSETS]
+        # the line through the section centres where the pedicle proper is long enough to carry
+        # its direction (_line_gate), the tube fit where it is not, blended in between
+        c_l, a_l, fits, b = _pv_axis(crop, frame, centre, axis, W, H, sp, gate=_line_gate)
+        if b < 1.0:
+            pv = _fit_section_pv(crop, frame, centre, axis, W, H, sp, half_len=_PV_AXIS_HALF_LEN, tilt=True)
+            if pv is not None:
+                centre, axis = pv[2], pv[3]
+            if b > 0.0:
+                a_l = a_l if np.dot(a_l, axis) >= 0 else -a_l
+                centre, axis = (1.0 - b) * centre + b * c_l, _unit((1.0 - b) * axis + b * a_l)
+            fits = [_fit_section_pv(crop, frame, centre + t * axis, axis, W, H, sp) for t in _PV_SECTION_OFFSETS]
+        else:
+            centre, axis = c_l, a_l
     else:
         # the axis as a line through the centres of partial-volume section fits along the pedicle
         # proper (_pv_axis); the isthmus from the consensus of the sections around the estimate
-        centre, axis, fits = _pv_axis(crop, frame, centre, axis, W, H, sp)
+        centre, axis, fits, _ = _pv_axis(crop, frame, centre, axis, W, H, sp)
     # the isthmus section from a consensus of sections: fitted at several positions along the
     # axis around the estimate, combined with weights exp(-(width - least) / tau) (the
     # narrowest sections count most), so a shift of the estimate along the axis - where the
