@@ -279,3 +279,19 @@ def test_complete_top_vertebra_before_a_soft_tissue_tail_is_kept():
 
     assert run(172.0) == 5  # four discs: five segments, the top one a whole vertebra + 28 mm tail
     assert run(152.0) == 4  # 3 mm of bone past the last disc: no vertebra
+
+
+def test_fill_holes_equals_scipy():
+    """_bone.fill_holes (one labelling of the background) gives scipy's binary_fill_holes result
+    for the per-slice, 6- and 26-connected structures on random 3-D masks, incl. one-voxel-thick
+    and empty arrays."""
+    from scipy import ndimage as ndi
+
+    from spineplan.anatomy import _bone
+
+    rng = np.random.default_rng(7)
+    shapes = [tuple(int(x) for x in rng.integers(1, 20, 3)) for _ in range(25)] + [(1, 5, 5), (5, 1, 1), (0, 4, 4)]
+    for shape in shapes:
+        m = rng.random(shape) < rng.uniform(0.3, 0.8)
+        for st in (None, _bone._PLANE, ndi.generate_binary_structure(3, 3)):
+            assert np.array_equal(_bone.fill_holes(m, structure=st), ndi.binary_fill_holes(m, structure=st)), shape

@@ -154,6 +154,40 @@ _PLANE = np.zeros((3, 3, 3), bool)
 _PLANE[:, :, 1] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]
 
 
+def fill_holes(mask: np.ndarray, structure=None) -> np.ndarray:
+    """``scipy.ndimage.binary_fill_holes(mask, structure)`` (same result) by one labelling of the
+    background: its components that do not reach the array's border through ``structure`` are
+    holes. (scipy's version dilates from the border one step per iteration: ~1 s on a thoracic
+    CT's bone mask, for each of several calls.) With ``structure=_PLANE`` each axial slice is
+    filled on its own and only its in-plane edges count as the border."""
+    from scipy import ndimage as ndi
+
+    m = np.asarray(mask, bool)
+    if structure is None:
+        structure = ndi.generate_binary_structure(m.ndim, 1)
+    lab, n = ndi.label(~m, structure=structure)
+    if n == 0:
+        return m.copy()
+    s = np.asarray(structure, bool)
+    outside = np.zeros(n + 1, bool)
+    # the faces through which the structure reaches out of the array
+    for ax in range(m.ndim):
+        lo = [slice(None)] * m.ndim
+        lo[ax] = 0
+        hi = [slice(None)] * m.ndim
+        hi[ax] = s.shape[ax] - 1
+        reach = s[tuple(lo)].any() or s[tuple(hi)].any()
+        if reach and m.shape[ax] > 0:
+            first = [slice(None)] * m.ndim
+            first[ax] = 0
+            last = [slice(None)] * m.ndim
+            last[ax] = m.shape[ax] - 1
+            outside[lab[tuple(first)]] = True
+            outside[lab[tuple(last)]] = True
+    outside[0] = True
+    return m | ~outside[lab]
+
+
 def body_mask(hu: np.ndarray) -> np.ndarray:
     """The patient's body: the largest connected region above ``BODY_HU``, holes filled per slice."""
     from scipy import ndimage as ndi
@@ -165,7 +199,7 @@ def body_mask(hu: np.ndarray) -> np.ndarray:
     sizes = np.bincount(lab.ravel())
     sizes[0] = 0
     m = lab == int(np.argmax(sizes))
-    return ndi.binary_fill_holes(m, structure=_PLANE)
+    return fill_holes(m, structure=_PLANE)
 
 
 #: Largest marrow hole (mm^2 in an axial slice) that is filled in: a lumbar body is ~45 x 35 mm
@@ -193,7 +227,7 @@ def filled_bone(hu: np.ndarray, spacing, threshold: float = BONE_HU, keep_open=N
 
     b = hu > threshold
     max_px = MAX_HOLE_MM2 / float(spacing[0] * spacing[1])
-    holes = ndi.binary_fill_holes(b, structure=_PLANE) & ~b
+    holes = fill_holes(b, structure=_PLANE) & ~b
     if not holes.any() and not enclosed:
         return b
     lab, n = ndi.label(holes, structure=_PLANE)
@@ -208,7 +242,7 @@ def filled_bone(hu: np.ndarray, spacing, threshold: float = BONE_HU, keep_open=N
     if enclosed:
         out |= enclosed_marrow(hu, spacing, out, threshold, keep_open, plate_gap=plate_gap)
         # dark pockets (fat, veins) now enclosed by marrow and bone are filled too, not the canal
-        holes = ndi.binary_fill_holes(out, structure=_PLANE) & ~out
+        holes = fill_holes(out, structure=_PLANE) & ~out
         if holes.any():
             lab, n = ndi.label(holes, structure=_PLANE)
             sizes = np.bincount(lab.ravel())

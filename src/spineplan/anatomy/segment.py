@@ -190,9 +190,9 @@ def _segment_builtin(ct: Volume, anchor: str | None) -> Segmentation:
         # (in-plane) only voxels that are cortex-bright in the unsmoothed CT stay (as at
         # sub-millimetre voxels, RIM_HU): L3 crop Dice 0.751 -> 0.77
         # (holes inside stay as they are: the layer around them is marrow, however dark)
-        from scipy.ndimage import binary_erosion, binary_fill_holes
+        from scipy.ndimage import binary_erosion
 
-        solid = binary_fill_holes(boneb, structure=_bone._PLANE)
+        solid = _bone.fill_holes(boneb, structure=_bone._PLANE)
         boneb &= binary_erosion(solid, structure=_bone._PLANE) | (hub > RIM_HU)
     nzb = np.nonzero(boneb)
     xyz = grid.to_world(np.column_stack(nzb) + off)
@@ -477,7 +477,7 @@ def trim_partial_volume(lab: np.ndarray, hu: np.ndarray, noisy_sigma: float | No
     than halfway (``PV_FRACTION``) from ``PV_SOFT_HU`` to the mean HU of the labelled voxels in
     their 3x3x3 neighbourhood. The scan's own edges do not count as a surface. With
     ``noisy_sigma`` (voxels) a voxel's HU is the larger of its own and the Gaussian-smoothed one."""
-    from scipy.ndimage import binary_erosion, binary_fill_holes, uniform_filter
+    from scipy.ndimage import binary_erosion, uniform_filter
 
     from spineplan.anatomy import _bone
 
@@ -494,7 +494,7 @@ def trim_partial_volume(lab: np.ndarray, hu: np.ndarray, noisy_sigma: float | No
         h = np.maximum(h, gaussian_filter(h, noisy_sigma))
     # the outside surface only: the rim of a pocket inside (dark fatty marrow, the canal where the
     # arch is closed) is not trimmed, which would hollow osteoporotic bodies
-    solid = binary_fill_holes(m, structure=_bone._PLANE)
+    solid = _bone.fill_holes(m, structure=_bone._PLANE)
     outer = m & ~binary_erosion(solid, border_value=1)
     w = uniform_filter(m.astype(np.float32), 3, mode="nearest")
     local = uniform_filter(np.where(m, h, 0.0).astype(np.float32), 3, mode="nearest") / np.maximum(w, 1e-3)
@@ -529,7 +529,7 @@ def fill_slice_pockets(lab: np.ndarray, canal: np.ndarray, spacing) -> None:
     """Unlabelled pockets enclosed by one vertebra's label within an axial slice (axis 2) join
     that vertebra, in place: not the ones holding a ``canal`` point, not those of
     ``POCKET_MAX_AREA_MM2`` or more, not in cervical labels (``CERVICAL_CODES``)."""
-    from scipy.ndimage import binary_fill_holes, find_objects
+    from scipy.ndimage import find_objects
     from scipy.ndimage import label as cc_label
 
     from spineplan.anatomy import _bone
@@ -540,7 +540,7 @@ def fill_slice_pockets(lab: np.ndarray, canal: np.ndarray, spacing) -> None:
             continue
         sl = tuple(slice(max(0, a.start - 1), a.stop + 1) for a in sl)
         sub = lab[sl]
-        holes = binary_fill_holes(sub == code, structure=_bone._PLANE) & (sub == 0)
+        holes = _bone.fill_holes(sub == code, structure=_bone._PLANE) & (sub == 0)
         if not holes.any():
             continue
         cc, n = cc_label(holes, structure=_bone._PLANE)
@@ -643,7 +643,9 @@ def fill_enclosed_holes(lab: np.ndarray) -> None:
     """Unlabelled pockets enclosed in 3-D by one vertebra's label (dark marrow, basivertebral
     veins) join that vertebra, in place. A pocket open to the canal or to soft tissue in any
     direction stays open."""
-    from scipy.ndimage import binary_fill_holes, find_objects
+    from scipy.ndimage import find_objects
+
+    from spineplan.anatomy import _bone
 
     for code, sl in enumerate(find_objects(lab), start=1):
         if sl is None:
@@ -651,7 +653,7 @@ def fill_enclosed_holes(lab: np.ndarray) -> None:
         sl = tuple(slice(max(0, a.start - 1), a.stop + 1) for a in sl)
         sub = lab[sl]
         m = sub == code
-        holes = binary_fill_holes(m) & (sub == 0)
+        holes = _bone.fill_holes(m) & (sub == 0)
         if holes.any():
             sub[holes] = code
 
