@@ -191,6 +191,27 @@ def _split_pairs(feats, idx) -> list[str]:
     return out
 
 
+def _distance_to(mask: np.ndarray, spacing, reach_mm: float):
+    """(distance mm, index of the nearest voxel) to ``mask`` like scipy's distance_transform_edt
+    of ``~mask``, exact within ``reach_mm`` of it and inf beyond: computed in the box of ``mask``
+    grown by the reach (every voxel of the mask is inside it, so the nearest one is too). Whole
+    grid: ~0.75 s of naming a 512x512x300 CT."""
+    from scipy import ndimage as ndi
+
+    dist = np.full(mask.shape, np.inf)
+    ind = np.zeros((mask.ndim,) + mask.shape, np.intp)
+    nzs = np.nonzero(mask.any(axis=(1, 2))), np.nonzero(mask.any(axis=(0, 2))), np.nonzero(mask.any(axis=(0, 1)))
+    if any(len(a[0]) == 0 for a in nzs):
+        return dist, ind
+    pad = [int(np.ceil(reach_mm / float(sp))) + 1 for sp in spacing]
+    sl = tuple(slice(max(0, int(a[0][0]) - p), min(n, int(a[0][-1]) + p + 1)) for a, p, n in zip(nzs, pad, mask.shape))
+    d, i = ndi.distance_transform_edt(~mask[sl], sampling=spacing, return_indices=True)
+    dist[sl] = d
+    for ax in range(mask.ndim):
+        ind[(ax,) + sl] = i[ax] + sl[ax].start
+    return dist, ind
+
+
 def name_segments(segs, inst, bone, coords, curve, grid, box, *, anchor=None, ct=None, hu_box=None) -> Naming:
     """Name the instance segments (cranial first) and drop empty ones."""
     from scipy import ndimage as ndi
@@ -219,7 +240,7 @@ def name_segments(segs, inst, bone, coords, curve, grid, box, *, anchor=None, ct
     vert = np.isin(inst, [sg.label for sg in segs])
     nonvert = bone & ~vert
     comp, ncomp = ndi.label(nonvert)
-    dist, ind = ndi.distance_transform_edt(~vert, sampling=grid.spacing, return_indices=True)
+    dist, ind = _distance_to(vert, grid.spacing, CONTACT_MM)
     contact = nonvert & (dist <= CONTACT_MM)
     # features of non-vertebra components (from the flat coords)
     compf = comp[nz]
