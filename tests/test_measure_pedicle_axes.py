@@ -74,3 +74,21 @@ def test_pedicle_angles_within_target(measured):
         assert np.degrees(np.arccos(np.clip(p.axis @ np.asarray(t["axis"]), -1, 1))) < tol, (name, side)
         off = p.isthmus_center - np.asarray(t["isthmus_center"])
         assert np.linalg.norm(off - (off @ np.asarray(t["axis"])) * np.asarray(t["axis"])) < 0.5 * sp, (name, side)
+
+
+def test_line_gate_needs_information_and_sections():
+    """The line through the section centres is used (weight 1) for a run of >= 4 sections spread
+    over >= 6 mm, not for the 3-4 mm runs of the real 3 mm abdomen CT, and not for two lone
+    sections at the ends of the run (large spread, no line: the chest CT's T6 had 1.35 sections'
+    weight at q = 17 mm^2)."""
+    from spineplan.anatomy.measure import _line_gate
+
+    offs = np.arange(-7.0, 2.01, 1.0)
+    long_run = np.where((offs >= -5) & (offs <= 1), 1.0, 0.0)  # 7 sections over 6 mm: q = 28
+    short_run = np.where((offs >= -1) & (offs <= 1), 1.0, 0.0)  # 3 sections over 2 mm: q = 2
+    ends = np.zeros_like(offs)
+    ends[[0, -1]] = 0.7  # two sections' halves 9 mm apart: q = 28, weight 1.4
+    assert _line_gate(long_run, offs) == 1.0
+    assert _line_gate(short_run, offs) == 0.0
+    assert _line_gate(ends, offs) == 0.0
+    assert _line_gate(np.zeros_like(offs), offs) == 0.0

@@ -191,6 +191,10 @@ _PV_AXIS_MIN_VOX_MM = 1.5
 #: are a third of the tube fit's; the real 3 mm abdomen CT q <= 6 in its pedicles proper of 3-4
 #: sections, where +-0.5 HU of noise moved the line 5-17 deg).
 _PV_LINE_GATE_MM2 = (12.0, 18.0)
+#: ... and the line also needs the weight of this many sections (ramp): a few sections at both ends
+#: of the run give a large variance but no line (the chest CT's T6: 1.35 sections' weight, q 17;
+#: phantoms at 2-3 mm: >= 3.5, the abdomen's pedicles <= 3.1 with q <= 5.3).
+_PV_LINE_GATE_SECTIONS = (2.5, 3.5)
 _PV_AXIS_HALF_LEN = 5.0
 _PV_AXIS_MAX_DEG = 15.0
 #: Standard deviation (deg) of the Gaussian prior on the fitted axis' tilt from the start axis;
@@ -984,13 +988,15 @@ def _pedicle_seed(g: _Grid, canal: _Canal, side: str, zwin: tuple[float, float] 
 
 def _line_gate(wt: np.ndarray, offs: np.ndarray) -> float:
     """Weight (0-1) of the section-centre line against the tube fit at 1.5 mm voxels and more
-    (:data:`_PV_LINE_GATE_MM2`), from the sections' weights ``wt`` at positions ``offs`` (mm)."""
+    (:data:`_PV_LINE_GATE_MM2`, :data:`_PV_LINE_GATE_SECTIONS`), from the sections' weights ``wt``
+    at positions ``offs`` (mm)."""
     n = float(wt.sum())
     if n <= 0.0:
         return 0.0
     q = float(wt @ (offs - (wt @ offs) / n) ** 2)  # = weight x weighted variance of the positions
     lo, hi = _PV_LINE_GATE_MM2
-    return float(np.clip((q - lo) / (hi - lo), 0.0, 1.0))
+    n_lo, n_hi = _PV_LINE_GATE_SECTIONS
+    return float(np.clip((q - lo) / (hi - lo), 0.0, 1.0) * np.clip((n - n_lo) / (n_hi - n_lo), 0.0, 1.0))
 
 
 def _pv_axis(crop: _Crop, frame: VertebraFrame, centre, axis, W: float, H: float, sp: float, gate=None):
