@@ -1127,34 +1127,24 @@ if _njit is not None:
         n = entries.shape[0]
         out = np.zeros(n, np.bool_)
         for a in range(n):
-            hit = False
-            for jj in range(shaft.shape[1]):
-                for q in range(ts.shape[0]):
-                    if ts[q] > lengths[a]:
-                        break
-                    x = entries[a, 0] + shaft[a, jj, 0] + ts[q] * dirs[a, 0]
-                    y = entries[a, 1] + shaft[a, jj, 1] + ts[q] * dirs[a, 1]
-                    z = entries[a, 2] + shaft[a, jj, 2] + ts[q] * dirs[a, 2]
-                    i, j, k, ok = _nearest(inv, x, y, z, fz.shape)
-                    if ok and fz[i, j, k]:
-                        hit = True
-                        break
-                if hit:
-                    break
-            if not hit:
-                for jj in range(head.shape[1]):
-                    for q in range(th.shape[0]):
-                        x = entries[a, 0] + head[a, jj, 0] + th[q] * dirs[a, 0]
-                        y = entries[a, 1] + head[a, jj, 1] + th[q] * dirs[a, 1]
-                        z = entries[a, 2] + head[a, jj, 2] + th[q] * dirs[a, 2]
-                        i, j, k, ok = _nearest(inv, x, y, z, fz.shape)
-                        if ok and fz[i, j, k]:
-                            hit = True
-                            break
-                    if hit:
-                        break
-            out[a] = hit
+            out[a] = (_ring_hits(fz, inv, entries[a], dirs[a], shaft[a], ts, lengths[a])
+                      or _ring_hits(fz, inv, entries[a], dirs[a], head[a], th, np.inf))
         return out
+
+    @_njit(cache=True)
+    def _ring_hits(fz, inv, e, d, ring, ts, tmax):  # pragma: no cover - compiled
+        """Whether a sample ``e + ring[j] + t d`` (t in ``ts`` up to ``tmax``) lies in ``fz``."""
+        for jj in range(ring.shape[0]):
+            for q in range(ts.shape[0]):
+                if ts[q] > tmax:
+                    break
+                x = e[0] + ring[jj, 0] + ts[q] * d[0]
+                y = e[1] + ring[jj, 1] + ts[q] * d[1]
+                z = e[2] + ring[jj, 2] + ts[q] * d[2]
+                i, j, k, ok = _nearest(inv, x, y, z, fz.shape)
+                if ok and fz[i, j, k]:
+                    return True
+        return False
 
     @_njit(cache=True)
     def _first_fail_nb(prof, ss, sb, need_p, need_b, s0):  # pragma: no cover - compiled
