@@ -62,11 +62,15 @@ def test_phantom_truth_reached_through_the_command(phantom_run):
     assert max(width_err) <= 0.6, width_err
 
 
-def test_real_abdomen_ct_with_reference_labels(data_file, tmp_path):
+def test_real_abdomen_ct_with_reference_labels(data_file, tmp_path, capsys):
     ct = data_file("totalseg_example_abdomen/example_ct.nii.gz")
     lab = data_file("totalseg_example_abdomen/spine_report_totalseg.nii.gz")
     assert main(["anatomy", str(ct), "--labels", str(lab), "-o", str(tmp_path), "--no-picture"]) == 0
     doc = json.loads((tmp_path / "spine.json").read_text())
+    # the terminal says how many warnings about single vertebrae spine.json holds (it does not print them all)
+    n = sum(len(v.get("warnings", [])) for v in doc["vertebrae"].values())
+    assert n > 0  # T12 is cut by the scan, at least
+    assert f"{n} more warnings about single vertebrae" in capsys.readouterr().out
     assert doc["names"][-6:] == ["L1", "L2", "L3", "L4", "L5", "S1"]
     assert doc["vertebrae"]["T12"]["complete"] is False
     assert doc["vertebrae"]["T12"]["fracture"]["grade"] is None

@@ -259,9 +259,11 @@ def grade_fractures(spine: Spine) -> None:
 def _warn_misread_endplates(spine: Spine) -> None:
     for name, w in endplates_misread(spine).items():
         v = spine[name]
+        lim = WEDGE_UNFRACTURED_MAX_L5_DEG if name in ("L5", "L6") else WEDGE_UNFRACTURED_MAX_DEG
         v.warnings.append(f"{name}: its endplates were measured {w:.0f} deg apart, more than an unfractured body's "
-                          "(<= 10 deg), yet its heights show no fracture: its endplate planes are probably misread, "
-                          "and with them its C-arm true AP / lateral angles. Confirm the true AP on the first shot.")
+                          f"(<= {lim:.0f} deg), and no fracture is graded there: its endplate planes are probably "
+                          "misread, and with them its C-arm true AP / lateral angles. Confirm the true AP on the first "
+                          "shot.")
 
 
 def _voxel_along(spine: Spine, v: Vertebra) -> float | None:

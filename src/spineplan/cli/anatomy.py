@@ -56,9 +56,14 @@ def run(args) -> int:
             bits.append(f"{m['cancellous_hu']:.0f} HU")
         if fr.get("grade"):
             bits.append(f"Genant {fr['grade']} {fr['type']} ({fr['height_loss_pct']:.0f} %"
-                        + (", uncertain at this voxel size)" if fr.get("uncertain") else ")"))
+                        + (", uncertain)" if fr.get("uncertain") else ")"))
+        elif str(fr.get("reason", "")).startswith("heights implausible"):
+            bits.append("fracture not graded (heights implausible)")
         print("  ".join(bits))
     for w in spine.warnings:
         print(f"warning: {w}")
+    n_own = sum(len(v.warnings) for v in spine.vertebrae)
+    if n_own:
+        print(f"{n_own} more warnings about single vertebrae (pedicles, heights, endplates) are in {out / 'spine.json'}.")
     print(f"wrote {out / 'labels.nii.gz'}, {out / 'spine.json'}" + ("" if args.no_picture else f", {out / 'anatomy.png'}"))
     return 0
