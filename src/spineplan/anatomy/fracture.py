@@ -108,6 +108,10 @@ def endplate_wedge_deg(v: Vertebra) -> float | None:
     return float(np.degrees(np.arccos(min(1.0, c))))
 
 
+def _wedge_limit(name: str) -> float:
+    return WEDGE_UNFRACTURED_MAX_L5_DEG if name in ("L5", "L6") else WEDGE_UNFRACTURED_MAX_DEG
+
+
 def endplates_misread(spine: Spine) -> dict[str, float]:
     """{name: wedge deg} of the complete levels whose endplates are wider apart than an
     unfractured body's (:data:`WEDGE_UNFRACTURED_MAX_DEG`) while no fracture is graded there:
@@ -117,8 +121,7 @@ def endplates_misread(spine: Spine) -> dict[str, float]:
         if not v.complete or v.name in UNGRADED_LEVELS or (v.fracture or {}).get("grade"):
             continue
         w = endplate_wedge_deg(v)
-        lim = WEDGE_UNFRACTURED_MAX_L5_DEG if v.name in ("L5", "L6") else WEDGE_UNFRACTURED_MAX_DEG
-        if w is not None and w > lim:
+        if w is not None and w > _wedge_limit(v.name):
             out[v.name] = w
     return out
 
@@ -259,9 +262,8 @@ def grade_fractures(spine: Spine) -> None:
 def _warn_misread_endplates(spine: Spine) -> None:
     for name, w in endplates_misread(spine).items():
         v = spine[name]
-        lim = WEDGE_UNFRACTURED_MAX_L5_DEG if name in ("L5", "L6") else WEDGE_UNFRACTURED_MAX_DEG
         v.warnings.append(f"{name}: its endplates were measured {w:.0f} deg apart, more than an unfractured body's "
-                          f"(<= {lim:.0f} deg), and no fracture is graded there: its endplate planes are probably "
+                          f"(<= {_wedge_limit(name):.0f} deg), and no fracture is graded there: its endplate planes are probably "
                           "misread, and with them its C-arm true AP / lateral angles. Confirm the true AP on the first "
                           "shot.")
 
