@@ -109,18 +109,23 @@ def _py_normal_fast(dd, dc, R, u, w, cu, cw, au, aw, bu, bw, h, vals, wts):
                 ci = si / s
             if cm < 0.0:
                 cm = sm / s
-        x1, x2, q = cm, ci - cm, wts[i]
-        G[0, 0] += q
-        G[0, 1] += q * x1
-        G[0, 2] += q * x2
-        G[1, 1] += q * x1 * x1
-        G[1, 2] += q * x1 * x2
-        G[2, 2] += q * x2 * x2
-        r[0] += q * vals[i]
-        r[1] += q * x1 * vals[i]
-        r[2] += q * x2 * vals[i]
+        _add_normal(G, r, wts[i], cm, ci - cm, vals[i])
     G[1, 0], G[2, 0], G[2, 1] = G[0, 1], G[0, 2], G[1, 2]
     return G, r
+
+
+def _py_add_normal(G, r, q, x1, x2, v):
+    """Add one voxel (weight ``q``, columns 1, ``x1``, ``x2``, value ``v``) to the upper triangle of the
+    normal equations G = X'WX and to r = X'W vals."""
+    G[0, 0] += q
+    G[0, 1] += q * x1
+    G[0, 2] += q * x2
+    G[1, 1] += q * x1 * x1
+    G[1, 2] += q * x1 * x2
+    G[2, 2] += q * x2 * x2
+    r[0] += q * v
+    r[1] += q * x1 * v
+    r[2] += q * x2 * v
 
 
 def _py_tilted(a, u, w, z, tu, tw, unit):
@@ -434,16 +439,7 @@ else:
         G = np.zeros((3, 3))
         r = np.zeros(3)
         for i in range(len(vals)):
-            x1, x2, q = marrow[i], inside[i] - marrow[i], wts[i]
-            G[0, 0] += q
-            G[0, 1] += q * x1
-            G[0, 2] += q * x2
-            G[1, 1] += q * x1 * x1
-            G[1, 2] += q * x1 * x2
-            G[2, 2] += q * x2 * x2
-            r[0] += q * vals[i]
-            r[1] += q * x1 * vals[i]
-            r[2] += q * x2 * vals[i]
+            _add_normal(G, r, wts[i], marrow[i], inside[i] - marrow[i], vals[i])
         G[1, 0], G[2, 0], G[2, 1] = G[0, 1], G[0, 2], G[1, 2]
         return G, r
 
@@ -503,6 +499,7 @@ else:
             out[k] = vv2 - 2.0 * (b[0] * r[0] + b[1] * r[1] + b[2] * r[2]) + bGb
         return out
 
+    _add_normal = njit(cache=True, nogil=True, fastmath=True, inline="always")(_py_add_normal)
     normal_fast = njit(cache=True, nogil=True, fastmath=True)(_py_normal_fast)
     tilted = njit(cache=True, nogil=True)(_py_tilted)
     pv_rss = njit(cache=True, nogil=True)(_py_pv_rss)
