@@ -132,15 +132,11 @@ def body_path(hu: np.ndarray, spacing, body: np.ndarray, fbone: np.ndarray):
     return out, bone_at, canal_at
 
 
-def _dp_path(cs: np.ndarray, shifts: np.ndarray, pen: np.ndarray):
-    """The body path's dynamic programme over the slices (axis 2) of the coarse score ``cs``:
-    V[x, y] after the last slice and, per slice, the in-plane shift (dx, dy) from the previous
-    slice's best predecessor (ties: the first shift in ``shifts``). Compiled with numba."""
-    return _dp_path_nb(cs, shifts, pen)
-
-
 @njit(cache=True)
-def _dp_path_nb(cs, shifts, pen):
+def _dp_path(cs, shifts, pen):
+    """The body path's dynamic programme over the slices (axis 2) of the coarse score ``cs``
+    (compiled): V[x, y] after the last slice and, per slice, the in-plane shift (dx, dy) from the
+    previous slice's best predecessor (ties: the first shift in ``shifts``)."""
     cx, cy, nz = cs.shape
     ns = shifts.shape[0]
     V = cs[:, :, 0].copy()
