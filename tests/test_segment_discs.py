@@ -295,3 +295,66 @@ def test_fill_holes_equals_scipy():
         m = rng.random(shape) < rng.uniform(0.3, 0.8)
         for st in (None, _bone._PLANE, ndi.generate_binary_structure(3, 3)):
             assert np.array_equal(_bone.fill_holes(m, structure=st), ndi.binary_fill_holes(m, structure=st)), shape
+
+
+def _straight_curve(z0: float = -40.0, z1: float = 40.0) -> _discs.Curve:
+    """A curve along +z through x = y = 0 every 1 mm, posterior +y (lateral then +x)."""
+    z = np.arange(z0, z1 + 0.5, 1.0)
+    pts = np.column_stack([np.zeros_like(z), np.zeros_like(z), z])
+    tan = np.tile([0.0, 0.0, 1.0], (len(z), 1))
+    post = np.tile([0.0, 1.0, 0.0], (len(z), 1))
+    return _discs._curve(pts, tan, post, z - z0)
+
+
+#: The tilted disc of the synthetic column: its mid-plane is z = TILT_A x + TILT_B y.
+TILT_A, TILT_B = 0.2, 0.1
+
+
+def _tilted_disc_hu(p: np.ndarray) -> np.ndarray:
+    """HU at LPS points (M, 3) of a column of bodies (marrow 250 HU) with a thin disc (90 HU, 4 mm)
+    and its endplates (500 HU, 1.5 mm) tilted about 12.6 deg against the axial plane, and two
+    flat discs at z = -25 and +25 mm."""
+    v = np.full(len(p), 250.0)
+    for d in (p[:, 2] - (TILT_A * p[:, 0] + TILT_B * p[:, 1]), p[:, 2] - 25.0, p[:, 2] + 25.0):
+        v[np.abs(d) < 3.5] = 500.0
+        v[np.abs(d) < 2.0] = 90.0
+    return v
+
+
+def test_disc_plane_fit_recovers_a_tilted_disc():
+    curve = _straight_curve()
+    discs = np.array([15, 40, 65])  # z = -25, 0, +25: period 25 mm (thoracic)
+    width = np.full(len(curve.s), 30.0)
+    planes = _discs.fit_disc_planes(_tilted_disc_hu, curve, discs, width, 0.85, max_period=35.0)
+    c, a, b = planes[1]
+    # lateral (x) and posterior (y) slopes of the disc's mid-plane within 0.03 (1.7 deg), centre 0.5 mm
+    assert abs(a - TILT_A) < 0.03 and abs(b - TILT_B) < 0.03 and abs(c) < 0.5, planes[1]
+    assert np.all(np.abs(planes[[0, 2]]) < [0.5, 0.03, 0.03]), planes
+    # lumbar spacing: no plane is fitted (the flooding's cut stays)
+    none = _discs.fit_disc_planes(_tilted_disc_hu, curve, discs, width, 0.85, max_period=20.0)
+    assert not none.any(), none
+
+
+def test_body_cut_follows_the_disc_plane_posterior_elements_keep_theirs():
+    from spineplan.anatomy import _instances
+
+    curve = _straight_curve()
+    discs = np.array([15, 40, 65])
+    # a 1 mm grid x, y in [-30, 30], z in [-20, 20]; two vertebrae cut flat at z = 0 (the flooding's cut)
+    ax = np.arange(-30.0, 30.5, 1.0)
+    az = np.arange(-20.0, 20.5, 1.0)
+    X, Y, Z = np.meshgrid(ax, ax, az, indexing="ij")
+    inst = np.where(Z > 0, 1, 2).astype(np.int32)
+    nz = np.nonzero(np.ones(inst.shape, bool))
+    xyz = np.column_stack([X[nz], Y[nz], Z[nz]])
+    segs = [_instances.Segment(40.0, 65.0, label=1), _instances.Segment(15.0, 40.0, label=2)]
+    planes = np.array([[0.0, 0.0, 0.0], [0.0, TILT_A, TILT_B], [0.0, 0.0, 0.0]])
+    half = np.full(len(curve.s), 15.0)
+    _instances.cut_at_disc_planes(inst, nz, xyz, segs, curve, discs, planes, half)
+    plane_z = TILT_A * X + TILT_B * Y
+    body = (np.abs(X) < 15.0) & (Y < _instances.DEPTH_PER_WIDTH * 15.0)
+    off = np.abs(Z - plane_z) > 0.01
+    want = np.where(Z > plane_z, 1, 2)
+    assert np.array_equal(inst[body & off], want[body & off])
+    # behind the body's posterior wall and lateral of it the flooding's cut (z = 0) stays
+    assert np.array_equal(inst[~body], np.where(Z > 0, 1, 2)[~body])

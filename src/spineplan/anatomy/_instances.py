@@ -265,3 +265,39 @@ def _dijkstra(cost, mask, lab, offs, steps):
 
     return dijkstra_labels(cost, mask, lab, offs, steps)
 
+
+
+#: The cut between two bodies follows the fitted disc plane (``_discs.fit_disc_planes``) in the
+#: body column (within the body's half width of the curve left and right, in front of its
+#: posterior wall, DEPTH_PER_WIDTH x the half width behind the curve) and up to this fraction
+#: of each neighbour's disc-to-disc span from the plane. The posterior elements keep their
+#: flooding: their level is set by the pedicles and the facet joints, not by the disc.
+PLANE_CUT_REACH = 0.5
+
+
+def cut_at_disc_planes(inst: np.ndarray, nz, xyz: np.ndarray, segs: list[Segment], curve: Curve,
+                       discs: np.ndarray, planes: np.ndarray, half_width: np.ndarray) -> None:
+    """In place on ``inst`` (instance labels of the box): bone voxels ``nz`` (indices, with LPS
+    points ``xyz``) of the body column labelled with one of the two vertebrae next to a disc
+    take the upper one's label above that disc's fitted plane and the lower one's below it."""
+    cur = inst[nz]
+    by_s0 = {round(sg.s0, 6): sg for sg in segs}
+    by_s1 = {round(sg.s1, 6): sg for sg in segs}
+    for di, (c, a, b) in zip(np.asarray(discs, dtype=int), planes):
+        sd = round(float(curve.s[di]), 6)
+        up, lo = by_s0.get(sd), by_s1.get(sd)  # s grows cranially: the upper vertebra starts at the disc
+        if up is None or lo is None or (a == 0.0 and b == 0.0 and c == 0.0):
+            continue
+        sel = np.nonzero((cur == up.label) | (cur == lo.label))[0]
+        if not len(sel):
+            continue
+        d = xyz[sel] - curve.points[di]
+        t = d @ curve.tangent[di]
+        lat = d @ curve.lateral[di]
+        post = d @ curve.posterior[di]
+        hw = float(half_width[di])
+        off = t - (c + a * lat + b * post)
+        near = (off < PLANE_CUT_REACH * (up.s1 - up.s0)) & (off > -PLANE_CUT_REACH * (lo.s1 - lo.s0))
+        col = near & (np.abs(lat) < hw) & (post < DEPTH_PER_WIDTH * hw)
+        cur[sel[col]] = np.where(off[col] > 0, up.label, lo.label)
+    inst[nz] = cur

@@ -216,6 +216,13 @@ def _segment_builtin(ct: Volume, anchor: str | None) -> Segmentation:
     if rib_labels:
         inst = _instances.watershed_instances(hub, boneb, coords, segs, sp, rib_labels=rib_labels,
                                               rib_head_labels=head_labels, sloped_labels=sloped)
+    # between the bodies, the cut follows each thin disc's fitted plane where slices are coarse
+    # (THIN_DISC_MAX_PERIOD_MM; after naming, which keeps the flooding's cut)
+    if sp[2] > _discs.MERGED_BAND_MIN_SLICE_MM:
+        planes = _discs.fit_disc_planes(sample, curve, discs, width, _instances.DEPTH_PER_WIDTH,
+                                        max_period=THIN_DISC_MAX_PERIOD_MM)
+        _instances.cut_at_disc_planes(inst, nzb, xyz, segs, curve, discs, planes,
+                                      0.5 * _discs.capped_width(width))
     next(steps, None)
 
     # to VerSe codes on the CT grid
@@ -335,6 +342,17 @@ def _axial_below_end(curve, xyz: np.ndarray, s: np.ndarray, lat: np.ndarray, pos
     return below
 
 
+#: The cut between two bodies follows the disc's fitted plane (``_discs.fit_disc_planes``,
+#: ``_instances.cut_at_disc_planes``) only at thin discs in coarse slices (coarser than
+#: ``_discs.MERGED_BAND_MIN_SLICE_MM``): there the disc merges with its endplates into a band as
+#: bright as marrow, the flooding's fronts have no dark gap to meet in, and they met up to a slice
+#: off the disc, tilted against it. A thin (thoracic) disc is one whose distance to the nearest
+#: other disc is below this (mm): thoracic periods are 17-30 mm, lumbar ones 35-52 mm (Panjabi et
+#: al., Spine 1991, 1992). Reference-label Dice, chest CT (2.5 mm slices): T7-T10
+#: .827/.806/.833/.858 -> .839/.841/.859/.881, mean .812 -> .822, no level lower. At the resolved
+#: lumbar discs the fronts already meet in the dark disc, and the fit (a flat-bottomed 8-14 mm dip,
+#: osteoporotic marrow as dark as the disc) cost the abdomen's L4/L5 .015/.021 and the L3 crop .04.
+THIN_DISC_MAX_PERIOD_MM = 35.0
 #: VerSe codes of T1-T12 (spineplan.levels.VERSE_CODES), the rib-bearing vertebrae.
 THORACIC_CODES = frozenset(range(8, 20))
 #: VerSe codes of T1-T11, whose rib heads are marked as "other bone" (see ``_instances.RIB_HEAD_*``).
