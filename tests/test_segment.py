@@ -78,9 +78,17 @@ def test_abdomen_dice(abdomen):
     # (less than half bone) are trimmed
     # 0.855-0.907 today, mean 0.885 over L1-L5, since the curve's tangent is smoothed over a
     # quarter of the disc spacing (L1 0.864 -> 0.878, L2 0.879 -> 0.896)
-    assert min(d.values()) >= 0.85, d
-    assert d["L1"] >= 0.87 and d["L2"] >= 0.885, d
-    assert np.mean(list(d.values())) >= 0.88, d
+    # 0.870-0.920 today, mean 0.902 over L1-L5, since the bodies' dark marrow pockets enclosed in
+    # sagittal / coronal slices are filled (L1 0.878 -> 0.907, L4 0.888 -> 0.920: L4's 27-96 HU
+    # pocket, which opens towards the outside in every axial slice)
+    assert min(d.values()) >= 0.865, d
+    assert d["L1"] >= 0.90 and d["L2"] >= 0.90 and d["L4"] >= 0.91, d
+    assert np.mean(list(d.values())) >= 0.895, d
+    # that pocket: the reference L4's voxels 2 voxels or more inside its surface are all labelled
+    from scipy.ndimage import binary_erosion
+
+    inner = binary_erosion(ref["L4"], iterations=2)
+    assert (lab[inner] == VERSE_CODES["L4"]).mean() >= 0.99, (lab[inner] == VERSE_CODES["L4"]).mean()
 
 
 #: TotalSegmentator's full label map of the abdomen CT: 25 sacrum, 26 S1, 77/78 left/right hip.

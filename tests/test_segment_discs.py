@@ -358,3 +358,37 @@ def test_body_cut_follows_the_disc_plane_posterior_elements_keep_theirs():
     assert np.array_equal(inst[body & off], want[body & off])
     # behind the body's posterior wall and lateral of it the flooding's cut (z = 0) stays
     assert np.array_equal(inst[~body], np.where(Z > 0, 1, 2)[~body])
+
+
+def test_body_pocket_open_in_axial_slices_is_filled_in_sagittal_ones():
+    from spineplan.anatomy import segment
+
+    # one body (code 20, 1 mm voxels, L,P,S axes) with a 10 x 10 x 10 mm dark pocket that opens
+    # through the left wall by a 4 mm high channel: open in every axial slice it spans, and in
+    # coronal ones, enclosed in sagittal ones; behind the body (y >= 30) a second one, in the canal
+    lab = np.zeros((40, 50, 30), np.uint8)
+    lab[5:35, 5:45, 5:25] = 20
+    hu = np.full(lab.shape, 300.0)
+    pocket = (slice(15, 25), slice(10, 20), slice(10, 20))
+    channel = (slice(25, 40), slice(12, 18), slice(13, 17))
+    canal = (slice(15, 25), slice(32, 42), slice(10, 20))
+    canal_ch = (slice(25, 40), slice(34, 40), slice(13, 17))
+    for sl in (pocket, channel, canal, canal_ch):
+        lab[sl] = 0
+    hu[pocket] = 60.0  # fatty marrow
+    hu[canal] = 60.0
+    old = lab.copy()
+    segment.fill_enclosed_holes(old)
+    segment.fill_slice_pockets(old, np.zeros(lab.shape, bool), (1.0, 1.0, 1.0))
+    assert not old[pocket].any()  # the 3-D and axial fills leave it open
+    in_body = lambda idx: idx[:, 1] < 30  # noqa: E731 - in front of the posterior wall
+    a = lab.copy()
+    segment.fill_body_pockets(a, hu, in_body)
+    assert (a[pocket] == 20).all()
+    assert not a[canal].any()  # behind the posterior wall
+    assert not a[35:40, 12:18, 13:17].any()  # the channel outside the body stays open
+    # a CSF-dark pocket (below POCKET_MIN_HU) stays open
+    b = lab.copy()
+    hu[pocket] = 10.0
+    segment.fill_body_pockets(b, hu, in_body)
+    assert not b[pocket].any()

@@ -241,15 +241,18 @@ def _segment_builtin(ct: Volume, anchor: str | None) -> Segmentation:
     fill_enclosed_holes(lab_b)
     # ... and dark pockets enclosed in one axial slice (open to the canal in another)
     fill_slice_pockets(lab_b, _canal_points_full(labels_full.shape, grid, canal_idx)[lb], sp_full)
+    # ... and dark marrow pockets of a body that open to the outside in every axial slice but are
+    # enclosed in sagittal / coronal ones
+    in_body = _body_column_test(grid, curve, width)
+    off_b = np.array([s.start for s in lb])
+    fill_body_pockets(lab_b, hu_b, lambda idx: in_body(idx + off_b))
     # (on a noisy CT one voxel's HU says little about its bone fraction: a voxel is trimmed only
     # if it is also below the limit smoothed, NOISY_TRIM_SIGMA_VOX)
     trim_partial_volume(lab_b, hu_b, noisy_sigma=NOISY_TRIM_SIGMA_VOX if noisy else None)
     if sp[2] > _discs.MERGED_BAND_MIN_SLICE_MM:
         # two vertebral bodies never touch: where their labels do, along z, a thin disc in
         # partial volume lies in between (at finer slices discs are resolved and dark)
-        in_body = _body_column_test(grid, curve, width)
-        off = np.array([s.start for s in lb])
-        open_disc_contacts(lab_b, hu_b, lambda idx: in_body(idx + off))
+        open_disc_contacts(lab_b, hu_b, lambda idx: in_body(idx + off_b))
     smooth_outlines(lab_b, sp_full)
     labels_ct = grid.work_axes_to_ct(labels_full)
     out = ct.with_array(np.ascontiguousarray(labels_ct, dtype=np.uint8), modality="SEG",
@@ -566,6 +569,45 @@ def fill_slice_pockets(lab: np.ndarray, canal: np.ndarray, spacing) -> None:
         fill[0] = False
         fill[np.unique(cc[canal[sl]])] = False
         sub[fill[cc]] = code
+
+
+#: A vertebral body's dark marrow (fatty marrow, a haemangioma, a basivertebral venous plexus:
+#: 27-96 HU in the example abdomen CT's L4, 72-77 HU in its L1) can stay below the bone threshold
+#: in a pocket that opens towards the canal or the front in every axial slice, so neither the 3-D
+#: nor the axial pocket fill reaches it. In sagittal and coronal slices the body's cortex and
+#: endplates enclose it: there unlabelled voxels enclosed by one vertebra's label, in the body
+#: column (``_body_column_test``: not the canal behind the posterior wall) and brighter than
+#: POCKET_MIN_HU, join that vertebra. Cerebrospinal fluid is 0-15 HU and fat below 0 (so an
+#: enclosed canal or fat stays out). Abdomen CT: the L4 pocket's 143 voxels (3.9 mL) and L1's 97
+#: filled, Dice L1/L4 .878/.888 -> see bench_segment.
+POCKET_MIN_HU = 20.0
+
+
+def fill_body_pockets(lab: np.ndarray, hu: np.ndarray, in_body) -> None:
+    """In place: unlabelled voxels enclosed by one vertebra's label in a sagittal (axis 0) or
+    coronal (axis 1) slice that ``in_body(idx)`` ((M, 3) indices -> bool) puts in the body column
+    and whose HU is above ``POCKET_MIN_HU`` join that vertebra."""
+    from scipy.ndimage import find_objects
+
+    from spineplan.anatomy import _bone
+
+    sag = np.zeros((3, 3, 3), bool)
+    sag[1, :, 1] = sag[1, 1, :] = True
+    cor = np.zeros((3, 3, 3), bool)
+    cor[:, 1, 1] = cor[1, 1, :] = True
+    for code, sl in enumerate(find_objects(lab), start=1):
+        if sl is None:
+            continue
+        sl = tuple(slice(max(0, a.start - 1), a.stop + 1) for a in sl)
+        sub = lab[sl]
+        m = sub == code
+        cand = (_bone.fill_holes(m, structure=sag) | _bone.fill_holes(m, structure=cor)) & (sub == 0)
+        cand &= np.asarray(hu[sl]) > POCKET_MIN_HU
+        if not cand.any():
+            continue
+        idx = np.argwhere(cand)
+        ok = in_body(idx + np.array([a.start for a in sl]))
+        sub[tuple(idx[ok].T)] = code
 
 
 def _body_column_test(grid, curve, width):
