@@ -15,7 +15,7 @@ wrong, a fracture missed or a false one graded), then:
   measured) / missed (graded 0), with the confusion of true vs measured grade;
 - unfractured complete vertebrae: graded 0 / false fracture (grade >= 1) / not graded;
 - how many wrong grades carry the "uncertain" mark (the report then says so);
-- the height-loss error (measured - truth, percentage points) of the graded fractures.
+- the height-loss error (measured - truth, percentage points) of every graded level, per voxel size.
 """
 
 from __future__ import annotations
@@ -97,6 +97,9 @@ def main() -> None:
             tg = int(tv["fracture"]["grade"])
             g = None if v is None else v.fracture.get("grade")
             unc = bool(v is not None and v.fracture.get("uncertain"))
+            if g is not None and v.fracture.get("height_loss_pct") is not None:
+                loss_err.append((kw["spacing"], bool(tg), float(v.fracture["height_loss_pct"])
+                                 - float(tv["fracture"]["height_loss_pct"])))
             if tg:
                 if g is None:
                     fx["not graded"] += 1
@@ -112,8 +115,6 @@ def main() -> None:
                                  f"-> {g} {v.fracture.get('type')} {v.fracture.get('height_loss_pct')} %"
                                  + (" (uncertain)" if unc else ""))
                 confusion[(tg, g)] += 1
-                if g is not None and v.fracture.get("height_loss_pct") is not None:
-                    loss_err.append(float(v.fracture["height_loss_pct"]) - float(tv["fracture"]["height_loss_pct"]))
             else:
                 if g is None:
                     un["not graded"] += 1
@@ -141,9 +142,14 @@ def main() -> None:
           f"not graded {un['not graded']}")
     print(f"  wrong grades (incl. false and missed) marked uncertain: {wrong_uncertain}/{wrong_total}")
     if loss_err:
-        e = np.asarray(loss_err)
-        print(f"  height loss error of the graded fractures (points): median {np.median(e):+.1f}, "
-              f"|error| p95 {np.percentile(np.abs(e), 95):.1f}, max {np.abs(e).max():.1f}")
+        sp, fxd, e = (np.asarray(x) for x in zip(*loss_err))
+        print("  height loss error, measured - truth (percentage points), of every graded level:")
+        for s_ in sorted(set(sp.tolist())):
+            for lab, sel in (("fractured", fxd), ("unfractured", ~fxd)):
+                k = e[(sp == s_) & sel]
+                if len(k):
+                    print(f"    {s_:.1f} mm {lab:11s} n {len(k):3d}: median {np.median(k):+5.1f}, |error| p95 "
+                          f"{np.percentile(np.abs(k), 95):4.1f}, max {np.abs(k).max():4.1f}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ def configure(parser) -> None:
 def run(args) -> int:
     from pathlib import Path
 
+    from spineplan.anatomy.fracture import grade_text
     from spineplan.anatomy.pipeline import analyse
     from spineplan.anatomy.spine import write_spine_json
     from spineplan.io import read_ct, read_labels, write_labels
@@ -54,11 +55,8 @@ def run(args) -> int:
                 bits.append(f"{side[0].upper()} pedicle {p.isthmus_width_mm:.1f} mm")
         if "cancellous_hu" in m:
             bits.append(f"{m['cancellous_hu']:.0f} HU")
-        if fr.get("grade"):
-            bits.append(f"Genant {fr['grade']} {fr['type']} ({fr['height_loss_pct']:.0f} %"
-                        + (", uncertain)" if fr.get("uncertain") else ")"))
-        elif str(fr.get("reason", "")).startswith("heights implausible"):
-            bits.append("fracture not graded (heights implausible)")
+        if grade_text(fr):
+            bits.append(grade_text(fr))
         print("  ".join(bits))
     for w in spine.warnings:
         print(f"warning: {w}")

@@ -86,6 +86,7 @@ def _count(n: int, word: str) -> str:
 
 
 def _summary_rows(plan, ct, spine) -> list[list[str]]:
+    from spineplan.anatomy.fracture import grade_text
     from spineplan.levels import sort_levels
 
     screw_levels = sort_levels({s.level for s in plan.screws})
@@ -114,10 +115,7 @@ def _summary_rows(plan, ct, spine) -> list[list[str]]:
     if spine is not None:
         rows.append(["Vertebrae in the scan", ", ".join(spine.names) + (
             f" (naming: {spine.naming_method}, confidence {spine.naming_confidence:.2f})" if spine.naming_method else "")])
-        fr = [f"{v.name} grade {v.fracture['grade']} {v.fracture.get('type', '')} "
-              f"({_f(v.fracture.get('height_loss_pct'), 0)} % height loss"
-              + ("; uncertain at this voxel size)" if v.fracture.get("uncertain") else ")")
-              for v in spine.vertebrae if (v.fracture or {}).get("grade")]
+        fr = [f"{v.name} {t}" for v in spine.vertebrae if (t := grade_text(v.fracture))]
         rows.append(["Compression fractures (Genant)", "; ".join(fr) if fr else "none graded >= 1"])
     if ct is not None:
         sp = " x ".join(f"{s:.2f}" for s in ct.spacing)
