@@ -10,7 +10,7 @@ import numpy as np
 
 from spineplan import DISCLAIMER
 from spineplan._atomic import atomic_path
-from spineplan.anatomy.fracture import possible_grade
+from spineplan.anatomy.fracture import borderline
 from spineplan.anatomy.model import Spine
 from spineplan.typing import TypePath
 from spineplan.volume import Volume
@@ -92,8 +92,8 @@ def render_anatomy(ct: Volume, spine: Spine, path: TypePath, *, dpi: int = 110):
             if fr.get("grade"):
                 txt += f"  Genant {fr['grade']} {fr.get('type', '')}" + (" (uncertain)" if fr.get("uncertain") else "")
                 box = (0.85, 0.05, 0.05)  # fractures stand out in red
-            elif possible_grade(fr):
-                txt += f"  possible Genant {possible_grade(fr)}"
+            elif borderline(fr):
+                txt += "  borderline (Genant 0-1)"
                 box = (0.85, 0.45, 0.05)  # a possible fracture in orange
             if not v.complete:
                 txt += " (partial)"

@@ -20,8 +20,8 @@ and the middle one (not a Genant pattern; an endplate read inside the body). Suc
 grade and a warning to check it, rather than a false "severe fracture" or a false "normal". A
 grade measured in a frame that is out of line with a neighbour's is marked uncertain, and so is a
 grade whose height loss lies within the measurement error (one voxel's share of the height) of a
-Genant boundary: the grades the error spans are reported, and a grade 0 within reach of grade 1 is
-reported as a possible fracture.
+Genant boundary: the grades the error spans are reported, and a grade 0 of at least 15 % loss within
+reach of grade 1 is reported as borderline.
 """
 
 from __future__ import annotations
@@ -57,6 +57,13 @@ SINGLE_NEIGHBOUR_EXTRA_PCT = 10.0
 #: spans only 5 points: at 1 mm voxels, ~4 points, every grade 1 is marked uncertain - Genant grade
 #: 1 is also the least reproducible between readers, Genant et al. 1993.)
 LOSS_ERROR_VOXELS = 1.0
+#: A grade-0 reading is reported as borderline (a possible grade 1) only from this height loss (%)
+#: up: Genant's "grade 0.5", a questionable deformity short of 20 % (Genant et al. 1993, as
+#: described by Wang, Quant Imaging Med Surg 2019;9:146-150), and the 15 % height reduction from
+#: which visual semiquantitative methods call a deformity (Eur Spine J 2003;12 Suppl 2:S104-S112).
+#: Below it, normal bodies (their natural wedge and concavity) at 2-3 mm voxels would all be
+#: flagged: the real abdomen CT's intact L2-L4 read 10-11 % +- 12 points.
+BORDERLINE_MIN_LOSS_PCT = 15.0
 #: Heights are implausible when the posterior height exceeds that of every gradable neighbour within
 #: :data:`MAX_NEIGHBOUR_GAP` levels by more than this (%): adjacent bodies differ by ~3-5 % per level
 #: (Panjabi 1991, 1992), heights are measured to ~5 % at 3 mm voxels (benchmarks/bench_measure.py),
@@ -104,13 +111,12 @@ def genant_grade(height_loss_pct: float) -> int:
     return 3
 
 
-def possible_grade(fracture: dict | None) -> int:
-    """The highest Genant grade within the measurement error of a grade-0 reading (0: none, or
-    the vertebra is graded >= 1 or not graded)."""
+def borderline(fracture: dict | None) -> bool:
+    """A grade-0 reading that may be a grade 1: its height loss is at least
+    :data:`BORDERLINE_MIN_LOSS_PCT` and its error band reaches 20 %."""
     fr = fracture or {}
-    if fr.get("grade") != 0:
-        return 0
-    return int((fr.get("grade_range") or [0, 0])[1])
+    return (fr.get("grade") == 0 and float(fr.get("height_loss_pct") or 0.0) >= BORDERLINE_MIN_LOSS_PCT
+            and (fr.get("grade_range") or [0, 0])[1] >= 1)
 
 
 def grade_text(fracture: dict | None) -> str | None:
@@ -123,8 +129,8 @@ def grade_text(fracture: dict | None) -> str | None:
         return "fracture not graded (heights implausible)" if str(fr.get("reason", "")).startswith(
             "heights implausible") else None
     if g == 0:
-        p = possible_grade(fr)
-        return f"possible Genant {p} ({loss:.0f} % height loss, within the measurement error)" if p else None
+        return (f"borderline, possible Genant 1 ({loss:.0f} % height loss, within the measurement error)"
+                if borderline(fr) else None)
     why = []
     if rng[0] != rng[1]:
         why.append(f"grades {rng[0]}-{rng[1]} within the measurement error")
@@ -301,10 +307,10 @@ def grade_fractures(spine: Spine) -> None:
             note = f"; uncertain: {'; '.join(reasons)}. Confirm on the images." if reasons else "."
             v.warnings.append(f"{v.name}: Genant grade {g['grade']} {g['type']} deformity "
                               f"({g['height_loss_pct']:.0f} % height loss vs. {g['reference']}){note}")
-        elif possible_grade(g):
-            v.warnings.append(f"{v.name}: no fracture graded, but its height loss ({g['height_loss_pct']:.0f} % vs. "
-                              f"{g['reference']}) is within the measurement error of a Genant grade "
-                              f"{possible_grade(g)} deformity ({'; '.join(reasons)}). Confirm on the images.")
+        elif borderline(g):
+            v.warnings.append(f"{v.name}: no fracture graded, but a borderline deformity: its height loss "
+                              f"({g['height_loss_pct']:.0f} % vs. {g['reference']}) is within the measurement error "
+                              f"of a Genant grade 1 ({'; '.join(reasons)}). Confirm on the images.")
     _warn_misread_endplates(spine)
 
 
