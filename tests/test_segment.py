@@ -379,11 +379,22 @@ def test_tight_crop_l3_dice(data_file):
     # voxels that are cortex-bright in the raw CT
     # 0.793 since the labels' partial-volume surface layer is trimmed on noisy CTs too (a voxel
     # below the limit both raw and smoothed); 0.779 before
-    assert d >= 0.786, d
+    # 0.850 since the tangent of the short caudal end (the 28 mm L4 piece, no sacrum) follows
+    # L3's body instead of the path's drift in it (25 deg off at L3/L4); 0.798 before
+    assert d >= 0.845, d
     # of what the trim removes, most lies outside the reference's vertebrae: the label's volume
     # over the reference's was 1.00 with the extra outer layer and the missed neural-arch parts
-    # balancing; now our L3 is smaller than the reference (measured 0.94)
-    assert (lab == VERSE_CODES["L3"]).sum() < 0.97 * ref.sum()
+    # balancing; after the trim 0.94; since L3 keeps most of its inferior articular processes
+    # (left/right 0.33/0.03 -> 0.70/0.48 of the VerSe subregions) 1.08: what lies outside every
+    # reference vertebra is mostly the one-voxel layer over the VerSe surface; two voxels or more
+    # out, 0.044 of the reference volume
+    from scipy.ndimage import distance_transform_edt
+
+    any_ref = np.asarray(read_nifti(data_file(CROP_REF), modality="SEG").array) > 0
+    out = (lab == VERSE_CODES["L3"]) & ~any_ref
+    far = out & (distance_transform_edt(~any_ref) >= 1.5)
+    assert (lab == VERSE_CODES["L3"]).sum() < 1.12 * ref.sum()
+    assert far.sum() < 0.06 * ref.sum(), far.sum() / ref.sum()
     # the dark (fatty-marrow, < 100 HU) part of the reference more than 3 mm inside its surface
     # is labelled: 0.958 of it (0.91 as L3) today; with hollow bodies it was not. (Its outer
     # 3 mm hold noisy cortex that the rim rule above drops where our surface lies inside the

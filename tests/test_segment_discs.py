@@ -168,6 +168,26 @@ def test_tangent_resmoothing_follows_the_disc_spacing():
     assert np.allclose(np.linalg.norm(new.lateral, axis=1), 1.0)
 
 
+def test_short_caudal_end_takes_the_direction_of_the_body_above():
+    """A straight vertical spine cut by the scan 28 mm below its lowest disc (a vertebra cut by
+    the scan's edge, no sacrum: the L3 crop's L4 piece), whose path drifts 8 mm to the left over
+    that piece: the tangent at and below the lowest disc follows the body above (within 2 deg),
+    not the drift (5 mm smoothing there followed it: 25 deg at the L3 crop's L3/L4 disc)."""
+    z = np.arange(0.0, 200.0, 3.0)
+    x = np.where(z < 28.0, 8.0 * (28.0 - z) / 28.0, 0.0)
+    body = np.column_stack([x, np.zeros_like(z), z])
+    curve = _discs.build_curve(body, body + np.array([0.0, 25.0, 0.0]))
+    discs = np.array([np.argmin(np.abs(curve.points[:, 2] - zd)) for zd in (28.0, 68.0, 108.0, 148.0)])
+    new = _discs.resmooth_tangent(curve, discs)
+
+    def tilt(c, sel):
+        return np.degrees(np.arccos(np.clip(c.tangent[sel, 2], -1.0, 1.0))).max()
+
+    end = curve.s <= curve.s[discs[0]] + 2.0
+    assert tilt(curve, end) > 8.0  # the drift as built
+    assert tilt(new, end) < 2.0, tilt(new, end)
+
+
 def _lumbar_profile(period_mm: float = 34.0, n_discs: int = 5) -> tuple[np.ndarray, list[float]]:
     """Core HU every 1 mm at fine slices: marrow 205 HU, resolved 9 mm discs at 70 HU every
     ``period_mm``, each edged by a 2 mm endplate at 420 HU, flat body middles."""

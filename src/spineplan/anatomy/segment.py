@@ -579,7 +579,7 @@ def fill_slice_pockets(lab: np.ndarray, canal: np.ndarray, spacing) -> None:
 #: column (``_body_column_test``: not the canal behind the posterior wall) and brighter than
 #: POCKET_MIN_HU, join that vertebra. Cerebrospinal fluid is 0-15 HU and fat below 0 (so an
 #: enclosed canal or fat stays out). Abdomen CT: the L4 pocket's 143 voxels (3.9 mL) and L1's 97
-#: filled, Dice L1/L4 .878/.888 -> see bench_segment.
+#: filled; Dice L1/L4/L5 .878/.888/.855 -> .907/.920/.870, L3 crop .793 -> .798, chest +.001.
 POCKET_MIN_HU = 20.0
 
 
