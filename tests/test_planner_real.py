@@ -71,10 +71,18 @@ def test_abdomen_l1_l5_from_reference_labels(data_file):
     # and half a 3 mm voxel of label staircase at each wall leaves 5.6 mm: floor 5.0 mm (one 0.5 mm
     # catalogue step below). Lumbar screws: median >= 5.0 mm and at least 6 of 10 >= 5.5 mm (7 when
     # written, 2 before), median length >= 40 mm (45 when written).
-    assert np.median([s.diameter_mm for s in plan.screws]) >= 5.0
-    assert sum(s.diameter_mm >= 5.5 for s in plan.screws) >= 6
+    # Session 7: the fit judges the screw surface all along the pedicle (the inscribed ball on the
+    # axis, stricter wherever the wall is inclined to the screw, only with a bounded relief) and
+    # each surface line's margin from its own entry: L3-L4 went from 5.0-6.5 mm to 6.0-7.5 mm
+    # (3 of 4 at 7.5 mm when written). L5 left is 4.5 x 45 mm when written (5 x 35 mm before): on
+    # its axes thicker screws meet fat the label calls bone (rule ct-bone: 2785 -> 437 candidates)
+    # or a skin entry beyond 80 mm from the midline (331 -> 19), and 4.5 x 45 mm holds more than
+    # 5 x 35 mm; L4/L5 floor 4.5 mm.
+    assert np.median([s.diameter_mm for s in plan.screws]) >= 5.5
+    assert sum(s.diameter_mm >= 5.5 for s in plan.screws) >= 7
+    assert sum(s.diameter_mm >= 7.0 for s in plan.screws if s.level in ("L3", "L4")) >= 2
     assert np.median([s.length_mm for s in plan.screws]) >= 40.0
-    assert min(s.diameter_mm for s in plan.screws if s.level in ("L4", "L5")) >= 5.0
+    assert min(s.diameter_mm for s in plan.screws if s.level in ("L4", "L5")) >= 4.5
     # Depth: no screw ending in the posterior half of its body unless the plan says so (before the
     # depth preference, L2 right was 5.5 x 25 mm, its tip in the body's posterior third). Checked
     # from the reference label: bone left in front of the tip, along the vertebra's AP axis,

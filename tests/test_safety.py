@@ -122,3 +122,78 @@ def test_check_plan_grades_needles_as_thin_screws(bone):
     (res,) = check_plan(plan, grid, labels)
     assert res.kind == "needle" and res.grade == "B"
     assert res.breach_mm == pytest.approx(1.0, abs=0.2) and res.breach_direction == "posterior"
+
+
+# ----------------------------------------------------------------------------- per-line entry zone
+def _oblique_rod(bone, tilt_deg: float, slot: tuple[float, float] | None = None):
+    """The bone cylinder of ``bone`` with its lower end cut by a plane through (0, 0, -8) tilted by
+    ``tilt_deg`` about y: bone where z >= -8 + x tan(tilt). A screw along +z entering on the axis at
+    z = -8 has its surface line at x = +r entering r tan(tilt) mm later than the axis. ``slot``
+    (z0, z1): bone removed for x > 1 mm between those heights (a gap the +x line crosses)."""
+    grid, mask = bone
+    xyz = grid.index_to_world(np.indices(grid.shape).reshape(3, -1).T).reshape(*grid.shape, 3)
+    m = mask & (xyz[..., 2] >= -8.0 + xyz[..., 0] * np.tan(np.radians(tilt_deg)))
+    if slot is not None:
+        m &= ~((xyz[..., 0] > 1.0) & (xyz[..., 2] >= slot[0]) & (xyz[..., 2] <= slot[1]))
+    return grid, m
+
+
+def test_margin_starts_past_each_surface_lines_own_entry(bone):
+    """Entry face tilted 50 deg: the 4 mm screw's +x line enters 2 tan 50 = 2.38 mm after the axis.
+    The margin is each line's depth 5 mm past its own entry, 5 cos 50 = 3.21 mm (the rod's wall is
+    4 mm away); judged 5 mm along the axis for every line (before session 7) it was
+    (5 - 2.38) cos 50 = 1.68 mm. The grade is A either way."""
+    grid, mask = _oblique_rod(bone, 50.0)
+    s = Screw(level="L4", side="left", entry=[0, 0, -8.0], tip=[0, 0, 6.0], diameter_mm=4.0, length_mm=14.0)
+    res = grade_screw(s, mask, grid, frame=FRAME, pad_mm=8.0)  # wall 4 mm, top end 6 mm away
+    assert res.grade == "A" and res.breach_mm == 0.0
+    assert res.min_margin_mm == pytest.approx(5.0 * np.cos(np.radians(50.0)), abs=0.2)
+    assert any("own entry into the bone" in n for n in res.notes)
+
+
+def test_line_lag_is_capped_and_a_line_outside_the_bone_past_the_axis_zone_is_a_breach(bone):
+    """Entry face tilted 75 deg: the +x line of a 4 mm screw would enter 2 tan 75 = 7.46 mm after the
+    axis; 5 mm along the axis it still lies (7.46 - 5) cos 75 = 0.64 mm outside the bone: a breach
+    (grade B), whatever its own entry zone. Its margin zone is capped at r tan 60 deg = 3.46 mm past
+    the axis's, so the per-line rule cannot reach the pedicle."""
+    from spineplan.geometry import cylinder_surface
+    from spineplan.safety import line_zone_ends
+
+    grid, mask = _oblique_rod(bone, 75.0)
+    s = Screw(level="L4", side="left", entry=[0, 0, -8.0], tip=[0, 0, 10.0], diameter_mm=4.0, length_mm=18.0)
+    res = grade_screw(s, mask, grid, frame=FRAME, pad_mm=8.0)
+    assert res.grade == "B"
+    assert res.breach_mm == pytest.approx((2.0 * np.tan(np.radians(75.0)) - 5.0) * np.cos(np.radians(75.0)), abs=0.2)
+    assert res.min_margin_mm == pytest.approx(-res.breach_mm, abs=1e-6)
+    # the zone ends per line: 5 mm for lines entering at or before the axis, at most 5 + 3.46 mm
+    surf = cylinder_surface([0, 0, -8.0], [0, 0, 10.0], 2.0, step_mm=0.4)
+    sdf = np.where(surf.points[:, 2] >= -8.0 + surf.points[:, 0] * np.tan(np.radians(75.0)), -1.0, 1.0)
+    ends = line_zone_ends(surf.t_mm, surf.on_cap, sdf, 2.0, 5.0)
+    assert ends.min() == pytest.approx(5.0) and ends.max() == pytest.approx(5.0 + 2.0 * np.tan(np.radians(60.0)), abs=1e-6)
+
+
+def test_a_gap_inside_a_lines_own_entry_zone_is_still_a_breach(bone):
+    """Entry face tilted 50 deg (the +x line enters 2.38 mm after the axis, its margin judged from
+    7.38 mm) with a 1 mm slot cut from x = 1 mm outward 5.5-6.5 mm along the axis: the +x line
+    crosses the slot 0.5 mm from its walls, inside its own margin zone but past the axis's 5 mm, so
+    it is a breach (~0.5 mm, grade B) exactly as before the per-line rule."""
+    grid, mask = _oblique_rod(bone, 50.0, slot=(-8.0 + 5.5, -8.0 + 6.5))
+    s = Screw(level="L4", side="left", entry=[0, 0, -8.0], tip=[0, 0, 10.0], diameter_mm=4.0, length_mm=18.0)
+    res = grade_screw(s, mask, grid, frame=FRAME, pad_mm=8.0)
+    assert res.grade == "B" and res.breach_mm == pytest.approx(0.5, abs=0.2)
+    assert res.min_margin_mm < 0
+
+
+def test_a_screw_running_beside_the_rod_is_graded_by_its_breach_under_the_per_line_rule(bone):
+    """A 4 mm screw 2.5 mm lateral of the rod's wall (its +x lines never enter the bone) behind an
+    oblique (50 deg) entry: graded C with the lateral breach, as with the axis-only zone; and the
+    same screw pushed medially (-x) is a medial breach."""
+    grid, mask = _oblique_rod(bone, 50.0)
+    x0 = R_BONE - 2.0 + 2.5
+    s = Screw(level="L4", side="left", entry=[x0, 0, 0.0], tip=[x0, 0, 10.0], diameter_mm=4.0, length_mm=10.0)
+    res = grade_screw(s, mask, grid, frame=FRAME, pad_mm=8.0)
+    assert res.grade == "C" and res.breach_direction == "lateral"
+    assert res.breach_mm == pytest.approx(2.5, abs=0.2)
+    s = Screw(level="L4", side="left", entry=[-x0, 0, 0.0], tip=[-x0, 0, 10.0], diameter_mm=4.0, length_mm=10.0)
+    res = grade_screw(s, mask, grid, frame=FRAME, pad_mm=8.0)
+    assert res.grade == "C" and res.breach_direction == "medial" and res.breach_mm == pytest.approx(2.5, abs=0.2)

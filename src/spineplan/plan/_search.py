@@ -8,15 +8,18 @@ Method (per vertebra, then per side):
    directions in a cone around the expected pedicle direction (thousands of axes).
 3. For every axis, the SDF is sampled along it (sub-voxel, trilinear): backwards from the
    isthmus to find the **entry** (where the axis enters bone coming from the skin), and forwards
-   from the entry. A screw of radius r fits with margin m wherever ``SDF(axis) <= -(r + m)``:
-   the ball of radius r + m around every axis point is then inside the bone, so the whole
-   cylinder is (the "inscribed ball" test, exact for a tube). The margin m is ``margin_mm``
+   from the entry. A screw of radius r fits with margin m where every point of its surface lies
+   at least m inside the bone (``SDF <= -m``, the rule :mod:`spineplan.safety` grades), sampled in
+   rings along the axis (:func:`_surface_fail`). Where ``SDF(axis) <= -(r + m)`` (the ball of
+   radius r + m around the axis point is inside the bone, the "inscribed ball" test) the ring
+   there is inside too and is not sampled; the ball alone is stricter than the surface wherever
+   the wall is inclined to the screw. The margin m is ``margin_mm``
    along the **pedicle** (after the entry zone, until the whole screw cross-section lies
    anterior to the posterior wall of the vertebral body, found per vertebra by
    :func:`posterior_wall_y`) and the smaller ``body_margin_mm`` in the **body** (never 0: the
    body cortex is never breached). The canal and the roots only border the pedicle segment. The
-   ball test starts r + m after the entry zone: nearer, a ball would reach back into the entry
-   zone, which the rule exempts, so there the screw surface itself is sampled (rings; see
+   ball shortcut starts r + m after the entry zone: nearer, a ball would reach back into the entry
+   zone, which the rule exempts (see
    :func:`evaluate`). The tip must also be ``anterior_cortex_clearance_mm`` inside bone along the
    axis. Endplates are the mask's cranial and caudal boundaries, so a screw that keeps its margin
    never crosses an endplate.
@@ -52,6 +55,7 @@ import numpy as np
 from spineplan.geometry import BoxMask, DistanceField, mask_box, orthonormal_basis
 from spineplan.levels import region
 from spineplan.plan.settings import PlannerSettings
+from spineplan.safety._grade import ENTRY_OBLIQUITY_MAX_DEG
 from spineplan.volume import Volume
 
 #: Default medial (transverse) angles of the pedicle axis by region, used to centre the search
@@ -115,6 +119,10 @@ ENTRY_DEFAULT_HALF_HEIGHT_MM = 6.0
 #: it; or 6.4 mm from the axis 5.4 mm in): those screws enter 15-17 mm / 9 mm behind the body's
 #: posterior wall and are grade A against the reference labels. A measured pedicle too narrow for the
 #: smallest catalogue screw with its margins is refused, with the numbers, never bypassed.
+#: The zone here is the axis's (``entry_zone_mm``), where the breach is exempt: the per-line entry
+#: zone of the margin (session 7, ENTRY_ZONE_RULE) only lowers a late-entering line's margin to the
+#: body margin, never past the measured isthmus centre (:func:`isthmus_along`), so it needs no
+#: change here.
 RULES = ("bone-corridor", "margin", "isthmus-80", "length", "ct-bone", "sap-entry", "pedicle-bypass", "facet",
          "corridor-bone", "skin-offset", "verified-grade")
 RULE_TEXT = {
@@ -563,20 +571,28 @@ def body_start(ctx: VertebraContext, entry: np.ndarray, dirs: np.ndarray, radius
 
 
 def zone_margins(ctx: VertebraContext, entry, tip, diameter_mm: float, start_body: float,
-                 entry_zone_mm: float) -> tuple[float, float]:
+                 entry_zone_mm: float, end_cap: float = float("inf")) -> tuple[float, float, float]:
     """Smallest surface margin (mm, SDF sampled on the screw surface like :mod:`spineplan.safety`)
     along the pedicle segment [entry zone, ``start_body``) and in the body segment (from
-    ``start_body``, tip cap included); inf for an empty segment."""
+    ``start_body``, tip cap included), each surface line judged from its own entry zone
+    (:func:`spineplan.safety.line_zone_ends`, ended at ``end_cap`` mm: the isthmus), and the
+    smallest margin of the lines still inside their own entry zone after the axis's; inf for an
+    empty segment."""
     from spineplan.geometry import cylinder_surface
-    from spineplan.safety._grade import SURFACE_STEP_MM
+    from spineplan.safety._grade import SURFACE_STEP_MM, line_zone_ends
 
-    s = cylinder_surface(entry, tip, 0.5 * diameter_mm, step_mm=SURFACE_STEP_MM)
+    r = 0.5 * diameter_mm
+    s = cylinder_surface(entry, tip, r, step_mm=SURFACE_STEP_MM)
     sdf = ctx.field.sample(s.points)
-    ped = (s.t_mm >= entry_zone_mm) & (s.t_mm < start_body)
-    body = s.t_mm >= start_body
+    judged = s.t_mm >= entry_zone_mm
+    own = s.t_mm >= line_zone_ends(s.t_mm, s.on_cap, sdf, r, entry_zone_mm, max_end_mm=end_cap) - 1e-9
+    ped = judged & own & (s.t_mm < start_body)
+    body = judged & own & (s.t_mm >= start_body)
+    ext = judged & ~own
     mp = float(-sdf[ped].max()) if ped.any() else float("inf")
     mb = float(-sdf[body].max()) if body.any() else float("inf")
-    return mp, mb
+    me = float(-sdf[ext].max()) if ext.any() else float("inf")
+    return mp, mb, me
 
 
 # --------------------------------------------------------------------------- seeds
@@ -729,47 +745,121 @@ def recentre(ctx: VertebraContext, side: str, centre, med0: float, cra0: float, 
     return c, float(med), float(cra)
 
 
-def _ring_worst(ctx: VertebraContext, entry: np.ndarray, dirs: np.ndarray, radius: float, ts: np.ndarray) -> np.ndarray:
-    """Largest SDF (mm; > 0 outside the bone) on the screw surface of ``radius`` at each distance
-    ``ts`` from each entry along its axis (N, T): rings of :data:`RING_POINTS` points."""
-    worst = np.full((len(entry), len(ts)), -np.inf)
-    for off in _ring_offsets(dirs, np.full(len(entry), radius), RING_POINTS)[1:]:
-        worst = np.maximum(worst, ctx.field.sample_rays(entry + off, dirs, ts))
-    return worst
-
-
-def _ring_margin_ok(ctx: VertebraContext, entry: np.ndarray, dirs: np.ndarray, radius: float, margin: float,
-                    s0: float, s1: float, step: float) -> np.ndarray:
-    """Whether the screw surface (radius ``radius``) keeps ``margin`` from the bone boundary at
-    every sampled point between ``s0`` and ``s1`` mm along each axis (N,): rings every ``step`` mm
-    (:func:`_ring_worst`), the SDF sampled as :mod:`spineplan.safety` samples it,
-    :data:`PROFILE_SLACK_MM` of slack for the gaps between samples."""
-    if len(entry) == 0:
-        return np.zeros(0, bool)
-    ts = np.arange(s0, s1 + 1e-9, step)
-    return _ring_worst(ctx, entry, dirs, radius, ts).max(axis=1) <= -(margin + PROFILE_SLACK_MM)
-
-
-#: Points per ring of :func:`_ring_margin_ok` (about every 1.5 mm around a 7.5 mm screw).
+#: Points per ring of :func:`_surface_fail` (about every 1.5 mm around a 7.5 mm screw).
 RING_POINTS = 16
 
 
-def _ball_fail(ctx: VertebraContext, st: PlannerSettings, entry, dirs, te, prof, ss, dmm: float):
-    """Inscribed-ball test of diameter ``dmm`` on the axis profiles ``prof`` (inscribed radius at
-    ``ss`` mm from each entry): the first distance (mm, inf: none) from ``s_ball`` = entry zone +
-    r + margin on where the ball of radius r + margin (pedicle segment) or r + body margin (body
-    segment) leaves the bone; also the body segment's start per axis and ``s_ball``."""
+def isthmus_along(ctx: VertebraContext, side: str, entry: np.ndarray, dirs: np.ndarray) -> np.ndarray:
+    """Distance (mm) from each entry along its axis to the measured pedicle isthmus centre's
+    projection (N,): where a surface line's own entry zone must end at the latest, so the isthmus
+    always keeps the full margin; inf when the pedicle is not measured."""
+    ped = ctx.pedicles.get(side)
+    c = None if ped is None else np.asarray(getattr(ped, "isthmus_center", None), float)
+    if c is None or c.shape != (3,) or not np.all(np.isfinite(c)):
+        return np.full(len(entry), np.inf)
+    return np.einsum("ij,ij->i", c[None, :] - np.asarray(entry, float), np.asarray(dirs, float))
+
+
+#: Relief (deg) of the inscribed-ball test along the pedicle in :func:`_surface_fail`: besides its
+#: surface keeping the margin, a screw fits only where the ball of radius r + margin -
+#: r (1 - cos BALL_RELIEF_DEG) around its axis lies in bone (the ball with its full radius in the
+#: body). For a wall inclined by b to the screw the surface keeps r (1 - cos b) more than the plain
+#: ball, so the relief admits walls inclined by up to BALL_RELIEF_DEG and stays stricter than the
+#: surface rule beyond. The surface rule alone (90 deg) is what the grader judges, but it lets the
+#: planner follow a wrong automatic label to its last millimetre. Measured on the abdomen CT
+#: (session 7, diameters of the 10 screws from the reference labels / own-segmentation plans
+#: graded against the reference labels): 0 deg (plain ball, before) median 6.0 [4.5-6.5] mm /
+#: 7 of 10 placed, all A; 35 deg 6.0 [4.5-7.5] with L3-L4 at 7.5 mm / 8 of 10, all A; 90 deg 6.0
+#: [4.5-7.5] / 9 of 10 with L5 right 4 x 55 mm grade C, 2.4 mm medial (the own L5 label holds L4's
+#: inferior articular process; the plain ball was 0.65 mm short on that screw, the 35 deg relief
+#: lowers a 4 mm screw's ball by 0.36 mm).
+BALL_RELIEF_DEG = 35.0
+#: The surface fit of :func:`_surface_fail` runs compiled (numba) when available; the numpy
+#: version is the reference.
+SURFACE_COMPILED = True
+
+
+def _surface_fail(ctx: VertebraContext, st: PlannerSettings, entry, dirs, te, prof, ss, dmm: float, stop,
+                  end_cap=None):
+    """Where a screw of diameter ``dmm`` stops fitting each axis: the first profile distance ``ss``
+    (mm from the entry, from the end of the entry zone on, up to ``stop`` per axis; inf: none) at
+    which the screw's surface, sampled as a ring of :data:`RING_POINTS` points, comes nearer than
+    ``margin_mm`` (pedicle segment) or the body margin (body segment, from :func:`body_start`) to
+    the bone boundary (+ :data:`PROFILE_SLACK_MM`): the rule of :mod:`spineplan.safety`, which
+    samples the same distance field on the screw surface. Also returns the body start per axis.
+
+    Entry zone per surface line (:data:`spineplan.safety.ENTRY_ZONE_RULE`): a ring point whose
+    surface line entered the bone later than the axis (by at most r tan 60 deg and the entry zone's
+    length, :func:`spineplan.safety.line_zone_ends`) keeps only the body margin until the entry zone
+    has passed on its own line; ``end_cap`` (per axis, mm from the entry; the measured isthmus
+    centre) ends that exemption early, so the pedicle isthmus always keeps the full margin.
+
+    The inscribed-ball test is used as a shortcut: where the ball of radius
+    r + margin around the axis point lies in bone (from ``s_ball`` = entry zone + r + margin on,
+    so that it does not reach back into the exempt entry zone), the ring there does too, and only
+    where the ball fails is the ring sampled. Where the ball with the relief of
+    :data:`BALL_RELIEF_DEG` fails (from ``s_ball`` + the largest per-line lag on, so that it does
+    not reach into any line's own entry zone) the screw does not fit. The ball alone is stricter than the surface rule
+    wherever the wall is not parallel to the screw (a wall inclined by b to the axis: the surface
+    keeps r (1 - cos b) more than the ball; the trilinear field on a coarse grid adds to it).
+    Measured before this change on the abdomen CT's reference labels (3 mm voxels, session 7): the
+    next catalogue diameter on 6 of the 10 chosen axes (L3-L5) failed the ball 10-13 mm from the
+    entry with a surface margin of 1.07-1.37 mm (L3 left 7.0 mm: ball margin 0.94 mm at 11 mm,
+    surface 1.32 mm); on the 1 mm phantom (seed 0) the ball was 0.25-0.4 mm stricter (L1 5.5 mm:
+    ball 0.74, surface 1.09 mm)."""
     r = 0.5 * dmm
+    n = len(entry)
     sb = body_start(ctx, entry, dirs, r, te)
+    if n == 0:
+        return np.zeros(0), sb
     s_ball = st.entry_zone_mm + r + st.margin_mm
     need_p, need_b = r + st.margin_mm + PROFILE_SLACK_MM, r + st.body_margin + PROFILE_SLACK_MM
-    if _first_fail_nb is not None and len(entry):
-        fail = _first_fail_nb(np.ascontiguousarray(prof, np.float64), np.asarray(ss, np.float64),
-                              np.asarray(sb, np.float64), need_p, need_b, s_ball - 1e-9)
-        return fail, sb, s_ball
-    need = np.where(ss[None, :] < sb[:, None], need_p, need_b)
-    bad = (ss[None, :] >= s_ball - 1e-9) & (prof < need)
-    return np.where(bad.any(axis=1), ss[np.argmax(bad, axis=1)], np.inf), sb, s_ball
+    lim_p, lim_b = -(st.margin_mm + PROFILE_SLACK_MM), -(st.body_margin + PROFILE_SLACK_MM)
+    relief = r * (1.0 - np.cos(np.radians(BALL_RELIEF_DEG)))
+    lag = min(st.entry_zone_mm, r * float(np.tan(np.radians(ENTRY_OBLIQUITY_MAX_DEG))))
+    lim_e = -(st.body_margin + PROFILE_SLACK_MM)  # a surface line inside its own entry zone
+    stop = np.broadcast_to(np.asarray(stop, np.float64), (n,))
+    cap = np.full(n, np.inf) if end_cap is None else np.broadcast_to(np.asarray(end_cap, np.float64), (n,))
+    cap = np.ascontiguousarray(np.maximum(cap, st.entry_zone_mm))
+    fld = ctx.field
+    helper = np.where(np.abs(dirs[:, :1]) < 0.9, np.array([[1.0, 0, 0]]), np.array([[0, 1.0, 0]]))
+    u = np.cross(dirs, helper)
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    v = np.cross(dirs, u)
+    ang = np.linspace(0, 2 * np.pi, RING_POINTS, endpoint=False)
+    if _surface_fail_nb is not None and SURFACE_COMPILED:
+        from spineplan.geometry import affine_apply
+
+        return _surface_fail_nb(fld.sdf, np.float32(fld.outside_value), np.ascontiguousarray(fld.to_index(entry)),
+                                np.ascontiguousarray(affine_apply(fld.inv, dirs, linear_only=True)),
+                                np.ascontiguousarray(affine_apply(fld.inv, r * u, linear_only=True)),
+                                np.ascontiguousarray(affine_apply(fld.inv, r * v, linear_only=True)),
+                                np.cos(ang), np.sin(ang), np.ascontiguousarray(prof, np.float64),
+                                np.asarray(ss, np.float64), np.ascontiguousarray(sb, np.float64),
+                                np.ascontiguousarray(stop), need_p, need_b, lim_p, lim_b,
+                                float(st.entry_zone_mm), s_ball - 1e-9, relief, lag, lim_e, cap), sb
+    # numpy reference: every ring from the entry zone on, each ring point with its line's own zone
+    ez = float(st.entry_zone_mm)
+    body = ss[None, :] >= sb[:, None]
+    lim = np.where(body, lim_b, lim_p)
+    ring_bad = np.zeros((n, len(ss)), bool)
+    for a in ang:
+        val = fld.sample_rays(entry + r * (np.cos(a) * u + np.sin(a) * v), dirs, ss)
+        inside = (val <= 0) & (ss[None, :] <= ez + lag)
+        k = np.argmax(inside, axis=1)
+        kk = np.maximum(k - 1, 0)
+        rows = np.arange(n)
+        f0, f1 = val[rows, kk], val[rows, k]
+        tc = np.where(k > 0, ss[kk] + (ss[k] - ss[kk]) * f0 / np.maximum(f0 - f1, 1e-9), 0.0)
+        tc = np.where(inside.any(axis=1), tc, lag)
+        end = np.minimum(ez + np.clip(tc, 0.0, lag), cap)
+        ring_bad |= val > np.where(ss[None, :] < end[:, None], lim_e, lim)
+    need = np.where(body, need_b, need_p)
+    after = ss[None, :] >= s_ball - 1e-9
+    bad = ((ss[None, :] >= ez - 1e-9) & (ss[None, :] <= stop[:, None])
+           & (((ss[None, :] >= s_ball + lag - 1e-9) & (prof < need - np.where(body, 0.0, relief)))
+              | (~(after & (prof >= need)) & ring_bad)))
+    return np.where(bad.any(axis=1), ss[np.argmax(bad, axis=1)], np.inf), sb
 
 
 def evaluate(ctx: VertebraContext, side: str, pts: np.ndarray, dirs: np.ndarray, st: PlannerSettings,
@@ -777,12 +867,9 @@ def evaluate(ctx: VertebraContext, side: str, pts: np.ndarray, dirs: np.ndarray,
     """Entries, best size and purchase for every candidate axis. Returns a dict of arrays and counts.
 
     The fit of a diameter along an axis: from the end of the entry zone ``ez`` the screw surface
-    keeps ``margin_mm`` (pedicle) or the body margin (body) from the bone boundary. Beyond
-    ``ez + r + margin`` this is the inscribed-ball test on the axis profile (a ball of radius
-    r + margin around every axis point inside bone), exact for a tube. Nearer the entry zone the
-    ball would reach back into the entry zone, which the rule (and the grader of
-    :mod:`spineplan.safety`) exempts: there the surface itself is sampled (:func:`_ring_margin_ok`).
-    (Measured on the abdomen CT's reference labels, session 5: with the ball test from ``ez`` on,
+    keeps ``margin_mm`` (pedicle) or the body margin (body) from the bone boundary, tested on the
+    screw surface as :mod:`spineplan.safety` grades it (:func:`_surface_fail`; the inscribed-ball
+    test on the axis profile only as a shortcut where it passes). (Measured on the abdomen CT's reference labels, session 5: with the ball test from ``ez`` on,
     the widest admissible corridor of L1-L5 was limited at the entry zone's end in 6 of 10
     pedicles, and the screws were 4.0-6.5 mm in isthmuses of 6-20 mm.)"""
     step = st.profile_step_mm
@@ -796,16 +883,19 @@ def evaluate(ctx: VertebraContext, side: str, pts: np.ndarray, dirs: np.ndarray,
     nfit = np.zeros(n, int)
     lmin = min(l for _, l in sizes)
     fit_l = np.zeros((n, len(diam)))  # longest catalogue length per diameter (0: none)
+    tipmax = s_exit - st.anterior_cortex_clearance_mm
+    end_cap = isthmus_along(ctx, side, entry, dirs)
     for kd in range(len(diam) - 1, -1, -1):
         dmm = float(diam[kd])
-        r = 0.5 * dmm
-        fail, _, s_ball = _ball_fail(ctx, st, entry, dirs, te, prof, ss, dmm)
-        lmax = np.minimum(fail - step, s_exit - st.anterior_cortex_clearance_mm - step)
         lens = np.sort(np.array([l_ for d_, l_ in sizes if abs(d_ - dmm) < 1e-6]))
-        test = (lmax >= max(lens.min(), s_ball)) & (nfit < SIZE_VARIANTS)
-        if test.any():  # the surface between the entry zone and s_ball
-            test[test] = _ring_margin_ok(ctx, entry[test], dirs[test], r, st.margin_mm, st.entry_zone_mm,
-                                         s_ball, step)
+        # only axes that could hold this diameter's shortest screw and still need sizes
+        test = (tipmax - step >= lens.min()) & (nfit < SIZE_VARIANTS)
+        fail = np.full(n, -np.inf)
+        if test.any():
+            fail[test] = _surface_fail(ctx, st, entry[test], dirs[test], te[test], prof[test], ss, dmm,
+                                       np.minimum(tipmax[test], lens.max()), end_cap[test])[0]
+        lmax = np.minimum(fail - step, tipmax - step)
+        test &= lmax >= lens.min()
         fits_any |= test & (lmax >= lmin)
         if width_for_rule is not None and dmm > st.max_diameter_fraction * width_for_rule + 1e-6:
             continue
@@ -825,7 +915,7 @@ def evaluate(ctx: VertebraContext, side: str, pts: np.ndarray, dirs: np.ndarray,
     d_p = diam[kd_idx]
     l_p = fit_l[ax_idx, kd_idx]
     e_p, dir_p = entry[ax_idx], dirs[ax_idx]
-    # inscribed-ball margin over [entry zone + r + margin, L] (the ring test covers the rest)
+    # inscribed-ball margin over [entry zone + r + margin, L] (a lower bound of the surface margin)
     s_b = st.entry_zone_mm + 0.5 * d_p + st.margin_mm
     win = (ss[None, :] >= s_b[:, None] - 1e-9) & (ss[None, :] <= l_p[:, None])
     clear = np.where(win, prof[ax_idx], np.inf).min(axis=1) - 0.5 * d_p
@@ -1146,25 +1236,73 @@ if _njit is not None:
                     return True
         return False
 
+    from spineplan.geometry import _tri1 as _tri1_g
+
     @_njit(cache=True)
-    def _first_fail_nb(prof, ss, sb, need_p, need_b, s0):  # pragma: no cover - compiled
-        """Compiled core of :func:`_ball_fail`: per axis, the first ``ss`` >= ``s0`` where the
-        inscribed radius ``prof`` is below ``need_p`` (before the body start ``sb``) or ``need_b``
-        (from it); inf when none."""
+    def _surface_fail_nb(sdf, cval, e, d, u, v, ca, sa, prof, ss, sb, stop, need_p, need_b, lim_p, lim_b,
+                         ez, s_ball, relief, lag, lim_e, cap):  # pragma: no cover - compiled
+        """Compiled :func:`_surface_fail` (index space: ``e`` entries, ``d`` direction per mm,
+        ``u``/``v`` ring radius vectors): per axis, the first ``ss`` in [ez, stop] where the ring
+        is nearer the boundary than its limit, the ring sampled only where the ball test fails;
+        a ring point keeps ``lim_e`` until its own surface line's entry zone has passed."""
         n, m = prof.shape
+        nk = ca.shape[0]
         out = np.full(n, np.inf)
+        ends = np.empty(nk)
         j0 = 0
-        while j0 < m and ss[j0] < s0:
+        while j0 < m and ss[j0] < ez - 1e-9:
             j0 += 1
         for i in range(n):
+            have_ends = False
             for j in range(j0, m):
-                need = need_p if ss[j] < sb[i] else need_b
-                if prof[i, j] < need:
-                    out[i] = ss[j]
+                s = ss[j]
+                if s > stop[i]:
+                    break
+                body = s >= sb[i]
+                if s >= s_ball:
+                    need = need_b if body else need_p
+                    if prof[i, j] >= need:
+                        continue
+                    if s >= s_ball + lag and prof[i, j] < need - (0.0 if body else relief):
+                        out[i] = s
+                        break
+                lim = lim_b if body else lim_p
+                if s < ez + lag and not have_ends:
+                    # each ring line's own entry into the bone (first sample inside, interpolated)
+                    for k in range(nk):
+                        ox, oy, oz = ca[k] * u[i, 0] + sa[k] * v[i, 0], ca[k] * u[i, 1] + sa[k] * v[i, 1], \
+                            ca[k] * u[i, 2] + sa[k] * v[i, 2]
+                        tc = lag
+                        prev = 0.0
+                        for q in range(m):
+                            t = ss[q]
+                            if t > ez + lag:
+                                break
+                            val = _tri1_g(sdf, e[i, 0] + t * d[i, 0] + ox, e[i, 1] + t * d[i, 1] + oy,
+                                          e[i, 2] + t * d[i, 2] + oz, cval)
+                            if val <= 0:
+                                if q == 0:
+                                    tc = 0.0
+                                else:
+                                    tc = ss[q - 1] + (t - ss[q - 1]) * prev / max(prev - val, 1e-9)
+                                break
+                            prev = val
+                        ends[k] = min(ez + min(max(tc, 0.0), lag), cap[i])
+                    have_ends = True
+                x, y, z = e[i, 0] + s * d[i, 0], e[i, 1] + s * d[i, 1], e[i, 2] + s * d[i, 2]
+                bad = False
+                for k in range(nk):
+                    val = _tri1_g(sdf, x + ca[k] * u[i, 0] + sa[k] * v[i, 0], y + ca[k] * u[i, 1] + sa[k] * v[i, 1],
+                                  z + ca[k] * u[i, 2] + sa[k] * v[i, 2], cval)
+                    if val > (lim_e if (s < ez + lag and s < ends[k]) else lim):
+                        bad = True
+                        break
+                if bad:
+                    out[i] = s
                     break
         return out
 else:  # pragma: no cover
-    _first_fail_nb = _facet_kernel = None
+    _facet_kernel = _surface_fail_nb = None
 
 
 def corridor_of_vertebra(ctx: VertebraContext, cor: Corridor) -> Corridor:
@@ -1289,7 +1427,8 @@ LIMIT_TEXT = {
 }
 
 
-def _fit_limit(ctx: VertebraContext, st: PlannerSettings, entry, dirn, te: float, dmm: float, lmin: float) -> dict:
+def _fit_limit(ctx: VertebraContext, st: PlannerSettings, entry, dirn, te: float, dmm: float, lmin: float,
+               side: str = "left") -> dict:
     """Where one axis (entry, unit direction, ``te``: distance from the entry to its search point,
     where the body segment may start at the earliest) stops fitting a screw of ``dmm`` (see
     :func:`evaluate`): {"rule": "pedicle-margin" | "body-margin" | "tip-clearance", "at_mm": distance
@@ -1301,16 +1440,9 @@ def _fit_limit(ctx: VertebraContext, st: PlannerSettings, entry, dirn, te: float
     prof = -ctx.field.sample_rays(entry, dirs, ss)
     out = (ss >= st.entry_zone_mm - 1e-9) & (prof[0] <= 0)  # the axis leaves the bone
     s_exit = float(ss[np.argmax(out)]) if out.any() else float(ss[-1])
-    r = 0.5 * dmm
-    s_ball = st.entry_zone_mm + r + st.margin_mm
-    # the surface between the entry zone and s_ball, ring by ring
-    ts = np.arange(st.entry_zone_mm, s_ball + 1e-9, step)
-    bad = _ring_worst(ctx, entry, dirs, r, ts)[0] > -(st.margin_mm + PROFILE_SLACK_MM)
-    if bad.any():
-        t = float(ts[np.argmax(bad)])
-        return {"rule": "pedicle-margin", "at_mm": round(t, 1), "text": f"pedicle margin {t:.0f} mm from entry"}
     prof[:, ss < st.entry_zone_mm - 1e-9] = np.inf
-    fail, sb, _ = _ball_fail(ctx, st, entry, dirs, np.full(1, te), prof, ss, dmm)
+    fail, sb = _surface_fail(ctx, st, entry, dirs, np.full(1, te), prof, ss, dmm, float(ss[-1]),
+                             isthmus_along(ctx, side, entry, dirs))
     f, tipmax = float(fail[0]), s_exit - st.anterior_cortex_clearance_mm
     if min(f, tipmax) - step >= lmin:
         return {"rule": "fits", "at_mm": None, "text": "fits"}
@@ -1343,7 +1475,7 @@ def size_limit(ctx: VertebraContext, side: str, st: PlannerSettings, sizes, res:
             out["diameter"] = {"rule": "isthmus-80", "at_mm": None,
                                "text": f"{100 * st.max_diameter_fraction:.0f} % of isthmus ({width:.1f} mm)"}
         elif res["fit_l"][ax, kd + 1] <= 0:
-            out["diameter"] = _fit_limit(ctx, st, e, dirn, te, nxt, min(lens_n))
+            out["diameter"] = _fit_limit(ctx, st, e, dirn, te, nxt, min(lens_n), side)
             if out["diameter"]["rule"] == "fits":  # sampling differences: name the margin anyway
                 out["diameter"] = {"rule": "pedicle-margin", "at_mm": None, "text": "pedicle margin"}
         else:
@@ -1361,7 +1493,7 @@ def size_limit(ctx: VertebraContext, side: str, st: PlannerSettings, sizes, res:
     if not longer:
         out["length"] = {"rule": "catalogue-max", "at_mm": None, "text": f"catalogue max ({lmm:g} mm)"}
     else:
-        lim = _fit_limit(ctx, st, e, dirn, te, dmm, longer[0])
+        lim = _fit_limit(ctx, st, e, dirn, te, dmm, longer[0], side)
         out["length"] = lim if lim["rule"] != "fits" else {"rule": "margin", "at_mm": None, "text": "margin"}
     return out
 
@@ -1492,11 +1624,13 @@ def search_pedicle(ctx: VertebraContext, side: str, st: PlannerSettings, sizes: 
                          skin_offset_mm=None if np.isnan(off[j]) else float(off[j]),
                          entry_sap_mm=None if np.isnan(sap[j]) else float(sap[j]), head=e[j] - st.rod_seat_mm * d[j],
                          body_start_mm=float(res["body_start"][i]), ct_soft_fraction=float(soft[j]))
-            opt.pedicle_margin_mm, opt.body_margin_mm = zone_margins(ctx, opt.entry, opt.tip, opt.diameter_mm,
-                                                                     opt.body_start_mm, st.entry_zone_mm)
+            opt.pedicle_margin_mm, opt.body_margin_mm, m_ext = zone_margins(
+                ctx, opt.entry, opt.tip, opt.diameter_mm, opt.body_start_mm, st.entry_zone_mm,
+                float(isthmus_along(ctx, side, opt.entry[None], opt.direction[None])[0]))
             fate_b[j] = RULES.index("verified-grade")
             if (opt.pedicle_margin_mm < st.margin_mm - VERIFY_TOLERANCE_MM
-                    or opt.body_margin_mm < st.body_margin - VERIFY_TOLERANCE_MM):
+                    or opt.body_margin_mm < st.body_margin - VERIFY_TOLERANCE_MM
+                    or m_ext < st.body_margin - VERIFY_TOLERANCE_MM):
                 continue
             if grade_fn is not None:
                 opt.safety = grade_fn(opt, side)

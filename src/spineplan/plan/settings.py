@@ -63,7 +63,11 @@ class PlannerSettings:
     #: Entry zone: the first ``entry_zone_mm`` of the screw behind its entry point, measured
     #: along the axis, lie in the dorsal cortex of the posterior elements (lateral to the
     #: superior articular process, outside the pedicle) and cross it by design: they are
-    #: excluded from the breach and margin checks. The same rule is used by spineplan.safety.
+    #: excluded from the breach check. The margin is judged on each surface line from
+    #: ``entry_zone_mm`` past that line's own entry into the bone (the dorsal surface is oblique to
+    #: the screw; at most r tan 60 deg and ``entry_zone_mm`` later than the axis's zone); until then
+    #: the planner keeps the line ``body_margin_mm`` inside the bone, and never past the measured
+    #: isthmus centre. The same rule is used by spineplan.safety (``ENTRY_ZONE_RULE``).
     entry_zone_mm: float = 5.0
     #: Entry lateral to the superior articular process (Weinstein et al. 1988): the entry's
     #: lateral coordinate in the vertebra frame must be at least the SAP's centre line (median

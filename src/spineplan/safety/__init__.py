@@ -12,7 +12,9 @@ Breach (DESIGN.md): the largest distance by which the screw's surface lies outsi
 vertebra's bone, measured with a sub-voxel signed distance field of the mask; grades A no
 breach, B < 2 mm, C 2 to < 4 mm, D 4 to < 6 mm, E >= 6 mm (Gertzbein & Robbins, Spine 1990).
 The entry zone is excluded as stated in :data:`ENTRY_ZONE_RULE` (default: the first 5 mm
-behind the entry point along the axis). Research software, not a certified medical device.
+behind the entry point along the axis for the breach; for the margin, 5 mm past each surface
+line's own entry into the bone, at most r tan 60 deg and 5 mm later, :func:`line_zone_ends`).
+Research software, not a certified medical device.
 """
 
 from __future__ import annotations
@@ -32,11 +34,12 @@ from spineplan.safety._grade import (
     facet_zone,
     gr_grade,
     grade_segment,
+    line_zone_ends,
     patient_axes_frame,
 )
 
 __all__ = ["grade_screw", "check_plan", "ScrewSafety", "gr_grade", "ENTRY_ZONE_RULE", "ENTRY_ZONE_MM",
-           "GR_LIMITS_MM", "facet_zone", "direction_name", "NEEDLE_OD_MM", "screw_field"]
+           "GR_LIMITS_MM", "facet_zone", "direction_name", "NEEDLE_OD_MM", "screw_field", "line_zone_ends"]
 
 #: Padding (mm) of the distance-field box around a graded screw: margins and breaches up to this
 #: size are exact; larger ones are reported as at least this.

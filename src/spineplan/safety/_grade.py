@@ -17,6 +17,14 @@ GR_LIMITS_MM: tuple[tuple[str, float], ...] = (("B", 2.0), ("C", 4.0), ("D", 6.0
 BREACH_TOLERANCE_MM = 0.0
 #: Default entry zone (mm behind the entry point, along the axis): see ENTRY_ZONE_RULE.
 ENTRY_ZONE_MM = 5.0
+#: Largest angle (deg) between the screw axis and the normal of the dorsal bone surface at the
+#: entry that the margin's per-line entry zone follows (ENTRY_ZONE_RULE): a surface line of a screw
+#: of radius r entering the bone up to r tan(ENTRY_OBLIQUITY_MAX_DEG) after the axis (never more than
+#: the entry zone's length) starts its margin that much later. Measured on the screws planned from
+#: the abdomen CT's reference labels (session 7): the dorsal surface's normal at the entry lies
+#: 9-71 deg (median 59 deg) from the axis, and the surface lines of the next larger screw entered
+#: the bone up to 4.2 mm after the axis (7.0 mm screw: r tan 50 deg).
+ENTRY_OBLIQUITY_MAX_DEG = 60.0
 #: Surface sampling step (mm) along and around the screw.
 SURFACE_STEP_MM = 0.4
 #: Facet joint zone distance (mm); the planner uses PlannerSettings.facet_zone_mm (same default).
@@ -30,12 +38,52 @@ NEEDLE_OD_MM: dict[int, float] = {8: 4.19, 10: 3.40, 11: 3.05, 12: 2.77, 13: 2.4
                                   16: 1.65, 17: 1.47, 18: 1.27}
 
 ENTRY_ZONE_RULE = (
-    "Entry-zone rule: a screw crosses the dorsal cortex at its entry point by design, so the surface "
-    "points within the first {zone:g} mm behind the entry point, measured along the screw axis (the "
-    "part lying in the posterior elements lateral to the superior articular process, outside the "
-    "pedicle), are excluded from the breach and margin; a spinal-canal mask, when given, is checked "
-    "over the whole screw including the entry zone."
+    "Entry-zone rule: a screw crosses the dorsal cortex at its entry point by design. Breach: the "
+    "surface points within the first {zone:g} mm behind the entry point, measured along the screw "
+    "axis (the part lying in the posterior elements lateral to the superior articular process, "
+    "outside the pedicle), are excluded; any other surface point outside the bone is a breach. "
+    "Margin: the dorsal surface is oblique to the screw, so each surface line of the screw (parallel "
+    "to its axis) is judged from {zone:g} mm past its own entry into the bone; a line entering later "
+    "than the axis gains at most r tan 60 deg (r: the screw's radius) and never more than {zone:g} mm, "
+    "and until then it must still lie in the bone (breach rule above). A spinal-canal mask, when "
+    "given, is checked over the whole screw including the entry zone."
 )
+
+
+def line_zone_ends(t_mm: np.ndarray, on_cap: np.ndarray, sdf: np.ndarray, radius_mm: float, zone_mm: float,
+                   max_end_mm: float | None = None) -> np.ndarray:
+    """Per surface sample of :func:`spineplan.geometry.cylinder_surface` (``t_mm``, ``on_cap``) with
+    its signed distance ``sdf``: the distance along the axis from which its margin is judged
+    (ENTRY_ZONE_RULE). A surface line's own entry into the bone is its first sample inside
+    (``sdf <= 0``, zero crossing interpolated) within ``zone_mm`` + the largest lag, the lag being
+    ``radius_mm`` tan(ENTRY_OBLIQUITY_MAX_DEG) and at most ``zone_mm``; the line is judged from
+    ``zone_mm`` + its lag (0 for a line inside at the entry point, the largest lag for one that does
+    not enter). ``max_end_mm`` caps the result (the planner keeps the pedicle isthmus judged). The
+    flat tip cap keeps ``zone_mm``."""
+    t_mm = np.asarray(t_mm, float)
+    out = np.full(len(t_mm), float(zone_mm))
+    lat = ~np.asarray(on_cap, bool)
+    if not lat.any() or zone_mm <= 0:
+        return out
+    tl = t_mm[lat]
+    n_around = int(np.sum(tl == tl[0]))
+    ts = tl[::n_around]
+    f = np.asarray(sdf, float)[lat].reshape(len(ts), n_around)
+    lag_max = min(float(zone_mm), float(radius_mm) * float(np.tan(np.radians(ENTRY_OBLIQUITY_MAX_DEG))))
+    inside = (f <= 0) & (ts <= zone_mm + lag_max)[:, None]
+    has = inside.any(axis=0)
+    k = np.argmax(inside, axis=0)
+    tc = np.where(has, ts[k], lag_max)
+    kk = np.maximum(k - 1, 0)
+    cols = np.arange(n_around)
+    f0, f1 = f[kk, cols], f[k, cols]
+    frac = np.where((k > 0) & (f0 > 0), f0 / np.maximum(f0 - f1, 1e-9), 0.0)
+    tc = np.where(has & (k > 0), ts[kk] + frac * (ts[k] - ts[kk]), tc)
+    end = zone_mm + np.clip(tc, 0.0, lag_max)
+    if max_end_mm is not None:
+        end = np.minimum(end, max(float(max_end_mm), float(zone_mm)))
+    out[lat] = np.tile(end, len(ts))
+    return out
 
 
 def gr_grade(breach_mm: float) -> str:
@@ -187,7 +235,11 @@ def grade_segment(entry, tip, diameter_mm: float, field_: DistanceField, frame, 
     sj = sdf[judged]
     worst = int(np.argmax(sj))
     breach = max(float(sj[worst]), 0.0)
-    margin = float(-sj.max())
+    # the margin: each surface line from the entry zone past its own entry into the bone
+    margin_judged = judged & (s.t_mm >= line_zone_ends(s.t_mm, s.on_cap, sdf, r, entry_zone_mm) - 1e-9)
+    margin = float(-sdf[margin_judged].max()) if margin_judged.any() else float(-sj.max())
+    if breach > 0:
+        margin = min(margin, -breach)
     wpt_radial = s.radial[judged][worst]
     wpt = s.points[judged][worst]
     # Spinal canal: any intrusion counts, entry zone included.
