@@ -90,11 +90,13 @@ def render_anatomy(ct: Volume, spine: Spine, path: TypePath, *, dpi: int = 110):
             txt = v.name
             box = colours.get(v.label, (0, 0, 0))[:3]
             if fr.get("grade"):
-                txt += f"  Genant {fr['grade']} {fr.get('type', '')}" + (" (uncertain)" if fr.get("uncertain") else "")
                 box = (0.85, 0.05, 0.05)  # fractures stand out in red
+                if kind == "sag":  # (the grade once, where the heights are seen)
+                    txt += f"  Genant {fr['grade']} {fr.get('type', '')}" + (" (uncertain)" if fr.get("uncertain") else "")
             elif borderline(fr):
-                txt += "  borderline (Genant 0-1)"
-                box = (0.85, 0.45, 0.05)  # a possible fracture in orange
+                box = (0.2, 0.2, 0.2)  # a possible grade 1: not a label colour
+                if kind == "sag":
+                    txt += "  borderline (Genant 0-1)"
             if not v.complete:
                 txt += " (partial)"
             i = int(np.argmin(np.abs(z - zc)))

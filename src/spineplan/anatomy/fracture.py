@@ -129,7 +129,7 @@ def grade_text(fracture: dict | None) -> str | None:
         return "fracture not graded (heights implausible)" if str(fr.get("reason", "")).startswith(
             "heights implausible") else None
     if g == 0:
-        return (f"borderline, possible Genant 1 ({loss:.0f} % height loss, within the measurement error)"
+        return (f"borderline, possible Genant 1 ({loss:.1f} % height loss, within the measurement error)"
                 if borderline(fr) else None)
     why = []
     if rng[0] != rng[1]:
@@ -237,7 +237,7 @@ def grade_vertebra(v: Vertebra, expected: float | None, neighbours: list[str]) -
     else:
         ref, used = hp, "own posterior height"
     loss = 100.0 * (1.0 - min(ha, hm) / ref)
-    loss = max(loss, 0.0)
+    loss = round(max(loss, 0.0), 1)  # (graded as reported: a 19.96 % shown as 20.0 is a grade 1)
     grade = genant_grade(loss)
     if grade == 0:
         kind = "none"
@@ -309,7 +309,7 @@ def grade_fractures(spine: Spine) -> None:
                               f"({g['height_loss_pct']:.0f} % height loss vs. {g['reference']}){note}")
         elif borderline(g):
             v.warnings.append(f"{v.name}: no fracture graded, but a borderline deformity: its height loss "
-                              f"({g['height_loss_pct']:.0f} % vs. {g['reference']}) is within the measurement error "
+                              f"({g['height_loss_pct']:.1f} % vs. {g['reference']}) is within the measurement error "
                               f"of a Genant grade 1 ({'; '.join(reasons)}). Confirm on the images.")
     _warn_misread_endplates(spine)
 
