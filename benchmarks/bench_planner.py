@@ -97,6 +97,16 @@ def summarise(name: str, plan, results, requested: int, widths: dict | None = No
         widths_all = [w for s in plan.screws
                       if (w := (widths or {}).get((s.level, s.side), s.extra.get("isthmus_width_mm")))]
         print(f"    isthmus widths of the screwed pedicles {_dist(widths_all)} mm")
+        from spineplan.levels import region
+
+        for reg in ("thoracic", "lumbar", "sacral"):
+            sel = [s for s in plan.screws if region(s.level) == reg]
+            if not sel:
+                continue
+            w_r = [(widths or {}).get((s.level, s.side), s.extra.get("isthmus_width_mm")) for s in sel]
+            print(f"    {reg} ({len(sel)}): diameter {_dist([s.diameter_mm for s in sel])} mm, length "
+                  f"{_dist([s.length_mm for s in sel])} mm, isthmus {_dist([w for w in w_r if w])} mm, diameter/isthmus "
+                  f"{_dist([s.diameter_mm / w for s, w in zip(sel, w_r) if w], 2)}")
     if clear:
         print(f"    tip to the anterior cortex along the axis (reference label): {_dist(clear)} mm "
               f"(rule: >= 4 mm; larger = length limited by endplates, margins or 5 mm length steps)")

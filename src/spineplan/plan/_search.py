@@ -780,7 +780,7 @@ SURFACE_COMPILED = True
 
 
 def _surface_fail(ctx: VertebraContext, st: PlannerSettings, entry, dirs, te, prof, ss, dmm: float, stop,
-                  end_cap=None):
+                  end_cap=None, skip_below: float = 0.0):
     """Where a screw of diameter ``dmm`` stops fitting each axis: the first profile distance ``ss``
     (mm from the entry, from the end of the entry zone on, up to ``stop`` per axis; inf: none) at
     which the screw's surface, sampled as a ring of :data:`RING_POINTS` points, comes nearer than
@@ -793,6 +793,8 @@ def _surface_fail(ctx: VertebraContext, st: PlannerSettings, entry, dirs, te, pr
     length, :func:`spineplan.safety.line_zone_ends`) keeps only the body margin until the entry zone
     has passed on its own line; ``end_cap`` (per axis, mm from the entry; the measured isthmus
     centre) ends that exemption early, so the pedicle isthmus always keeps the full margin.
+    ``skip_below``: an axis whose relief-ball test already fails before this distance gets that
+    distance without sampling its rings (the search only needs to know the screw is too short).
 
     The inscribed-ball test is used as a shortcut: where the ball of radius
     r + margin around the axis point lies in bone (from ``s_ball`` = entry zone + r + margin on,
@@ -837,7 +839,8 @@ def _surface_fail(ctx: VertebraContext, st: PlannerSettings, entry, dirs, te, pr
                                 np.cos(ang), np.sin(ang), np.ascontiguousarray(prof, np.float64),
                                 np.asarray(ss, np.float64), np.ascontiguousarray(sb, np.float64),
                                 np.ascontiguousarray(stop), need_p, need_b, lim_p, lim_b,
-                                float(st.entry_zone_mm), s_ball - 1e-9, relief, lag, lim_e, cap), sb
+                                float(st.entry_zone_mm), s_ball - 1e-9, relief, lag, lim_e, cap,
+                                float(skip_below)), sb
     # numpy reference: every ring from the entry zone on, each ring point with its line's own zone
     ez = float(st.entry_zone_mm)
     body = ss[None, :] >= sb[:, None]
@@ -856,10 +859,12 @@ def _surface_fail(ctx: VertebraContext, st: PlannerSettings, entry, dirs, te, pr
         ring_bad |= val > np.where(ss[None, :] < end[:, None], lim_e, lim)
     need = np.where(body, need_b, need_p)
     after = ss[None, :] >= s_ball - 1e-9
-    bad = ((ss[None, :] >= ez - 1e-9) & (ss[None, :] <= stop[:, None])
-           & (((ss[None, :] >= s_ball + lag - 1e-9) & (prof < need - np.where(body, 0.0, relief)))
-              | (~(after & (prof >= need)) & ring_bad)))
-    return np.where(bad.any(axis=1), ss[np.argmax(bad, axis=1)], np.inf), sb
+    in_range = (ss[None, :] >= ez - 1e-9) & (ss[None, :] <= stop[:, None])
+    ball_bad = in_range & (ss[None, :] >= s_ball + lag - 1e-9) & (prof < need - np.where(body, 0.0, relief))
+    bad = ball_bad | (in_range & ~(after & (prof >= need)) & ring_bad)
+    first = np.where(bad.any(axis=1), ss[np.argmax(bad, axis=1)], np.inf)
+    ball_first = np.where(ball_bad.any(axis=1), ss[np.argmax(ball_bad, axis=1)], np.inf)
+    return np.where(ball_first < skip_below, ball_first, first), sb
 
 
 def evaluate(ctx: VertebraContext, side: str, pts: np.ndarray, dirs: np.ndarray, st: PlannerSettings,
@@ -893,7 +898,8 @@ def evaluate(ctx: VertebraContext, side: str, pts: np.ndarray, dirs: np.ndarray,
         fail = np.full(n, -np.inf)
         if test.any():
             fail[test] = _surface_fail(ctx, st, entry[test], dirs[test], te[test], prof[test], ss, dmm,
-                                       np.minimum(tipmax[test], lens.max()), end_cap[test])[0]
+                                       np.minimum(tipmax[test], lens.max()), end_cap[test],
+                                       skip_below=float(lens.min()) + step)[0]
         lmax = np.minimum(fail - step, tipmax - step)
         test &= lmax >= lens.min()
         fits_any |= test & (lmax >= lmin)
@@ -1240,7 +1246,7 @@ if _njit is not None:
 
     @_njit(cache=True)
     def _surface_fail_nb(sdf, cval, e, d, u, v, ca, sa, prof, ss, sb, stop, need_p, need_b, lim_p, lim_b,
-                         ez, s_ball, relief, lag, lim_e, cap):  # pragma: no cover - compiled
+                         ez, s_ball, relief, lag, lim_e, cap, skip_below):  # pragma: no cover - compiled
         """Compiled :func:`_surface_fail` (index space: ``e`` entries, ``d`` direction per mm,
         ``u``/``v`` ring radius vectors): per axis, the first ``ss`` in [ez, stop] where the ring
         is nearer the boundary than its limit, the ring sampled only where the ball test fails;
@@ -1253,6 +1259,20 @@ if _njit is not None:
         while j0 < m and ss[j0] < ez - 1e-9:
             j0 += 1
         for i in range(n):
+            # the relief-ball test first: a screw it already stops short needs no rings
+            fc = np.inf
+            for j in range(j0, m):
+                s = ss[j]
+                if s > stop[i]:
+                    break
+                if s >= s_ball + lag:
+                    body = s >= sb[i]
+                    if prof[i, j] < (need_b if body else need_p - relief):
+                        fc = s
+                        break
+            if fc < skip_below:
+                out[i] = fc
+                continue
             have_ends = False
             for j in range(j0, m):
                 s = ss[j]
