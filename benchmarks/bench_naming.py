@@ -4,7 +4,8 @@ names say so (confidence below the plan's limit)?
 Run:  SPINEPLAN_PROGRESS=0 python benchmarks/bench_naming.py [--n 40] [--seed 1]
 
 Each case draws a level range (T10-L2 ... T11-S1, with and without the sacrum or ribs), a voxel
-size (0.8-3 mm), lordosis (20-60 deg), scoliosis (0-25 deg) and axial rotation (0-15 deg), builds
+size (0.8-3 mm), lordosis (20-60 deg), scoliosis (0-25 deg), axial rotation (0-15 deg) and, in 30 % of the
+cases (``--osteoporotic``), osteoporotic bone, builds
 the phantom, segments and names it, and compares with the phantom's truth labels: a true level
 is named right when the own label holding most of its voxels has its name. A case is right when
 every true level is named right and no extra vertebra is named. Prints one line per case, then:
@@ -27,6 +28,8 @@ import numpy as np
 os.environ.setdefault("SPINEPLAN_PROGRESS", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # (tests/_phantoms.py)
 
+#: Share of the cases drawn with osteoporotic bone (issue 3: the segmentation must cope with it).
+OSTEOPOROTIC_FRACTION = 0.3
 RANGES = ["T12-S1", "T11-L5", "L1-L5", "L2-L4", "L3-S1", "T10-L2", "L1-S1", "T11-S1"]
 
 
@@ -48,12 +51,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=40, help="number of random phantoms")
     ap.add_argument("--seed", type=int, default=1, help="seed of the random draw of cases")
+    ap.add_argument("--osteoporotic", type=float, default=OSTEOPOROTIC_FRACTION,
+                    help=f"fraction of the cases with osteoporotic bone (default {OSTEOPOROTIC_FRACTION})")
     a = ap.parse_args()
     rng = np.random.default_rng(a.seed)
+    # osteoporosis from a stream of its own: every other parameter of a case is the same as
+    # without it (the figures of earlier sessions, osteoporosis never drawn, stay comparable
+    # with --osteoporotic 0)
+    rng_op = np.random.default_rng([a.seed, 1])
     right, wrong, wrong_flagged, errors = [], 0, 0, 0
     t0 = time.time()
     for _ in range(a.n):
         kw = draw(rng)
+        if rng_op.random() < a.osteoporotic:
+            kw["osteoporosis"] = True
         try:
             ph = make_phantom(**kw)
             seg = segment_spine(ph.ct)
