@@ -213,21 +213,65 @@ MAX_HOLE_MM2 = 2500.0
 HOLE_MIN_HU = 50.0
 
 
+#: An endplate depression (a biconcave fracture, a Schmorl node) is a bowl of disc tissue (70-120
+#: HU, as bright as marrow) ringed by the endplate's rim in each axial slice through it, so the
+#: per-slice hole fill took it for marrow and the vertebra's label filled the bowl: the middle
+#: height then spanned the whole body and the fracture was not graded. Such a hole opens along z
+#: onto the disc: more than ``CONCAVITY_OPEN_SHARE`` of its voxels lie above or below a voxel
+#: outside the bone in its slice, or in a hole already found open that way (a bowl: each slice's
+#: hole lies within the next one's towards the disc); it stays open. Marrow under an endplate
+#: broken at the threshold in places (noisy, osteoporotic CT) has bone over much of it: at 0.5
+#: the L3 crop lost Dice .850 -> .845, at 0.9 .854 (abdomen .902, chest mean .823 unchanged).
+#: Followed up to ``CONCAVITY_MAX_MM`` deep: Genant grade 3 biconcave (> 40 % loss of the middle
+#: height, Genant et al., J Bone Miner Res 1993) of a 25-30 mm lumbar body (Zhou et al., Eur Spine
+#: J 2000) is 5-8 mm per endplate.
+CONCAVITY_OPEN_SHARE = 0.9
+CONCAVITY_MAX_MM = 10.0
+
+
+def open_along_z(lab: np.ndarray, n: int, outside: np.ndarray, spacing) -> np.ndarray:
+    """Which of the ``n`` per-slice hole components ``lab`` (labelled with ``_PLANE``, 0 = none)
+    open along z onto ``outside`` (voxels outside the bone in their own slice), directly or
+    through other open holes, within ``CONCAVITY_MAX_MM`` (see ``CONCAVITY_OPEN_SHARE``).
+    Returns a boolean array of length ``n + 1`` (index 0 False)."""
+    is_open = np.zeros(n + 1, bool)
+    if n == 0 or lab.shape[2] < 2:
+        return is_open
+    sizes = np.maximum(np.bincount(lab.ravel(), minlength=n + 1), 1)
+    flat = lab.ravel()
+    for _ in range(max(1, int(round(CONCAVITY_MAX_MM / float(spacing[2]))))):
+        op = outside | is_open[lab]
+        nb = np.zeros(lab.shape, np.float32)
+        nb[:, :, :-1] = op[:, :, 1:]
+        up = np.bincount(flat, weights=nb.ravel(), minlength=n + 1)
+        nb[:] = 0
+        nb[:, :, 1:] = op[:, :, :-1]
+        dn = np.bincount(flat, weights=nb.ravel(), minlength=n + 1)
+        new = (np.maximum(up, dn) > CONCAVITY_OPEN_SHARE * sizes) | is_open
+        new[0] = False
+        if np.array_equal(new, is_open):
+            break
+        is_open = new
+    return is_open
+
+
 def filled_bone(hu: np.ndarray, spacing, threshold: float = BONE_HU, keep_open=None,
-                enclosed: bool = False, plate_gap: bool = False) -> np.ndarray:
+                enclosed: bool = False, plate_gap: bool = False, concave_open: bool = False) -> np.ndarray:
     """Bone above ``threshold`` with marrow holes filled per axial slice.
 
     Holes are filled when they are smaller than ``MAX_HOLE_MM2`` and not dark (mean HU above
     ``HOLE_MIN_HU``: the canal stays open). Holes that touch ``keep_open`` stay open too.
     ``enclosed`` (bodies whose cortical shell is broken at this threshold) adds the marrow found
     by :func:`enclosed_marrow` (``plate_gap``: not between bone plates closer than a body's
-    height) and the pockets it then encloses.
+    height) and the pockets it then encloses. ``concave_open``: holes that open along z onto
+    the outside (endplate depressions, :func:`open_along_z`) stay open.
     """
     from scipy import ndimage as ndi
 
     b = hu > threshold
     max_px = MAX_HOLE_MM2 / float(spacing[0] * spacing[1])
-    holes = fill_holes(b, structure=_PLANE) & ~b
+    solid = fill_holes(b, structure=_PLANE)
+    holes = solid & ~b
     if not holes.any() and not enclosed:
         return b
     lab, n = ndi.label(holes, structure=_PLANE)
@@ -237,6 +281,8 @@ def filled_bone(hu: np.ndarray, spacing, threshold: float = BONE_HU, keep_open=N
     keep[0] = False
     if keep_open is not None:
         keep[np.unique(lab[keep_open])] = False
+    if concave_open:
+        keep &= ~open_along_z(lab, n, ~solid, spacing)
     keep[0] = False
     out = b | keep[lab]
     if enclosed:
@@ -250,6 +296,8 @@ def filled_bone(hu: np.ndarray, spacing, threshold: float = BONE_HU, keep_open=N
             keep = (sizes <= max_px) & (mean_hu > MARROW_GAP_HU)
             if keep_open is not None:
                 keep[np.unique(lab[keep_open])] = False
+            if concave_open:
+                keep &= ~open_along_z(lab, n, ~fill_holes(out, structure=_PLANE), spacing)
             keep[0] = False
             out |= keep[lab]
     return out

@@ -184,7 +184,7 @@ def _segment_builtin(ct: Volume, anchor: str | None) -> Segmentation:
     hub_d = _bone.denoised(hub)
     noisy = hub_d is not hub
     boneb = _bone.filled_bone(hub_d, sp, bone_thr, keep_open=_point_mask(hub.shape, canal_work - off),
-                              enclosed=broken_shells, plate_gap=True)
+                              enclosed=broken_shells, plate_gap=True, concave_open=True)
     if noisy:
         # the smoothing spreads the cortex outwards by about a voxel: on the mask's outer layer
         # (in-plane) only voxels that are cortex-bright in the unsmoothed CT stay (as at
@@ -455,14 +455,15 @@ def _to_full_resolution(work_lab: np.ndarray, grid, full: np.ndarray, box, bone_
     if canal_idx is not None and len(canal_idx):
         fi = np.round(canal_idx * np.asarray(f) + (np.asarray(f) - 1) / 2.0).astype(int)
         keep_open = _point_mask(sub.shape, fi - np.array([b.start for b in fb]))
-    bone = _bone.filled_bone(sub, sp_full, bone_thr, keep_open=keep_open)
+    bone = _bone.filled_bone(sub, sp_full, bone_thr, keep_open=keep_open, concave_open=True)
     # at sub-millimetre voxels the outermost layer between the low threshold and the cortex is
     # partial volume with soft tissue (and the thin discs); keep it only where it is cortex
     from scipy.ndimage import binary_erosion
 
     plane = np.zeros((3, 3, 3), bool)
     plane[:, :, 1] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]
-    bone = binary_erosion(bone, structure=plane) | _bone.filled_bone(sub, sp_full, max(bone_thr, RIM_HU), keep_open=keep_open)
+    bone = binary_erosion(bone, structure=plane) | _bone.filled_bone(sub, sp_full, max(bone_thr, RIM_HU), keep_open=keep_open,
+                                                                       concave_open=True)
     lab = np.where(bone, up, 0).astype(np.uint8)
     # bone voxels left unlabelled next to a label (thin edges lost by block averaging) grow in
     foot = np.ones((3, 3, 1), bool)

@@ -1,0 +1,70 @@
+"""Built-in segmentation of fractured vertebrae (spineplan.phantom with fractures): the own label
+must follow the collapsed body so that its heights, hence its Genant grade, can be measured.
+
+Expected geometry comes from the phantom's own label map, not from the code under test.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spineplan.anatomy.segment import segment_spine
+from spineplan.levels import VERSE_CODES
+
+phantom = pytest.importorskip("spineplan.phantom")
+
+#: A grade-3 biconcave L1 (50 % middle-height loss): both endplates dip ~6 mm into the body and
+#: the disc tissue fills the bowls (as bright as marrow, ringed by the endplate rim in each axial
+#: slice). Before the fix the own L1 label filled both bowls (middle height = the full body).
+BICONCAVE = dict(fov="spine", levels="T12-L2", spacing=1.0, seed=760, lordosis_deg=21.0,
+                 fracture=[("L1", 3, "biconcave")])
+
+
+@pytest.fixture(scope="session")
+def biconcave():
+    ph = phantom.make_phantom(**BICONCAVE)
+    return ph, segment_spine(ph.ct)
+
+
+def _middle_heights(lab: np.ndarray, ref: np.ndarray, code: int, own: int) -> tuple[float, float]:
+    """Labelled length (voxels) along k of the truth's and our label in the 5 x 5 columns around
+    the truth body's centre (i, j: the centroid of the truth label's front half, the body)."""
+    m = ref == code
+    ij = np.argwhere(m)
+    j_mid = np.median(ij[:, 1])
+    front = ij[ij[:, 1] < j_mid] if ij[:, 1].min() < j_mid else ij  # LPS: +j is posterior
+    ci, cj = np.round(front[:, :2].mean(axis=0)).astype(int)
+    cols = (slice(ci - 2, ci + 3), slice(cj - 2, cj + 3))
+    t = m[cols].sum(axis=2).mean()
+    o = (lab[cols] == own).sum(axis=2).mean()
+    return float(t), float(o)
+
+
+def test_biconcave_bowls_stay_out_of_the_label(biconcave):
+    ph, seg = biconcave
+    lab, ref = np.asarray(seg.labels.array), np.asarray(ph.labels.array)
+    for level in ("T12", "L1", "L2"):
+        code = VERSE_CODES[level]
+        vals, cnt = np.unique(lab[ref == code], return_counts=True)
+        own = int(vals[vals > 0][np.argmax(cnt[vals > 0])])
+        t, o = _middle_heights(lab, ref, code, own)
+        # the own label's middle height within 2 voxels (1 mm each) of the truth's: the bowls of
+        # the fractured L1 (~6 mm each) are not filled, the intact neighbours are not hollowed
+        assert abs(o - t) <= 2.0, f"{level}: middle height {o:.1f} vs truth {t:.1f} voxels"
+
+
+def test_biconcave_fracture_graded_from_own_labels(biconcave):
+    from spineplan.anatomy.spine import build_spine
+
+    ph, seg = biconcave
+    spine = build_spine(ph.ct, seg.labels, names_confidence=seg.confidence, method=seg.method)
+    lab, ref = np.asarray(seg.labels.array), np.asarray(ph.labels.array)
+    vals, cnt = np.unique(lab[ref == VERSE_CODES["L1"]], return_counts=True)
+    own = int(vals[vals > 0][np.argmax(cnt[vals > 0])])
+    name = next(n for n, c in VERSE_CODES.items() if c == own)
+    truth = ph.truth["vertebrae"]["L1"]["fracture"]
+    fx = spine[name].fracture
+    assert fx.get("grade") == truth["grade"] == 3, fx
+    # measured height loss within 10 percentage points of the phantom's
+    assert abs(float(fx["height_loss_pct"]) - float(truth["height_loss_pct"])) < 10.0, fx
