@@ -37,8 +37,10 @@ How (sub-voxel where it matters):
    centres of such sections every mm from 7 mm behind to 2 mm in front of the isthmus, those of
    the pedicle proper (two passes, :func:`_pv_axis`); from 1.5 mm on, the same line where the
    pedicle proper is long enough to carry its direction (:func:`_line_gate`), else the same model
-   over +-5 mm of the tube fits the axis direction (blended in between). The frame's z axis comes from endplate planes fitted to
-   sub-voxel CT edges.
+   over +-5 mm of the tube fits the axis direction (blended in between). The frame's z axis comes from endplate planes
+   placed by the bone mass along lines across each endplate (:func:`_mass_endplate`; free of the
+   sub-voxel phase errors of profile edges) where that is precise, else fitted to sub-voxel CT
+   edges (:func:`_edge_endplate_normals`).
    Conditioning: a pedicle a few voxels across is a weakly determined fit, and every hard choice
    (a point dropped from a line fit, one of two nearly equal optima, a result rejected at a
    tolerance) turned last-digit changes of the CT into different axes (up to 25 deg at 3 mm
@@ -144,9 +146,31 @@ _FIT_IN_MM, _FIT_OUT_MM = 4.0, 5.0
 #: or the lamina).
 _AXIS_RUN_W = (1.15, 0.3)
 _AXIS_RUN_H = (1.06, 0.3)
-#: The endplate normals (and so the frame's z axis) are refined from sub-voxel CT edges when both
-#: agree with the mask's planes within this (deg).
-_CT_ENDPLATE_TOL_DEG = 5.0
+#: The frame's z axis is refined from the endplates measured on the CT (:func:`_mass_endplate`)
+#: while their mean normal agrees with the mask's within this (deg), in _EP_ROUNDS rounds (the
+#: lines follow the axis; always all rounds: a convergence threshold made the number of rounds,
+#: and so the axis, switch with last-digit changes of the CT).
+_CT_ENDPLATE_TOL_DEG = 8.0
+_EP_ROUNDS = 3
+#: The mass planes are used where the lengths' robust spread about the plane (mm) is below the
+#: first value, blended into the edge planes up to the second (phantoms at 1-3 mm voxels with
+#: 10 HU of noise: 0.25-0.6 mm; the real 3 mm abdomen CT, ~20 HU of noise over 100-150 HU of
+#: bone contrast and irregular endplates: 1.7-5 mm, where its planes tilted by up to 20 deg).
+_EP_SPREAD_MM = (1.1, 1.6)
+#: The edge planes are used when both agree with the mask's within this (deg).
+_EDGE_ENDPLATE_TOL_DEG = 5.0
+#: The endplate planes from bone mass (:func:`_mass_endplate`): the central part of the body
+#: used (fraction of its half width and half depth: the rim is rounded and carries osteophytes),
+#: lines per side of its grid (and the fewest usable lines), and the windows beyond a voxel (and
+#: the cortex): this far inside and outside the mask's surface (mm).
+_EP_REGION = 0.6
+_EP_LINES = 9
+_EP_MIN_LINES = 12
+_EP_IN_MM, _EP_OUT_MM = 2.0, 3.0
+#: ... a profile that rises past the surface by this fraction of the bone's contrast over the
+#: background reaches the neighbour's endplate (across a thin disc); a ramp of this width
+#: (fraction) blends the two windows.
+_EP_RISE_FRAC, _EP_RISE_RAMP = 0.5, 0.2
 #: The isthmus is measured by the partial-volume model fit of :func:`_fit_section_pv`: its slab
 #: along the axis (half length, mm), its supersampling step (mm; each sub-sample covered by an
 #: edge ramp, see _pv.py) and the HU above soft tissue from which a voxel outside the label is
@@ -457,19 +481,9 @@ def _body_points(g: _Grid, canal: _Canal) -> np.ndarray:
 
 
 def _fit_plane_z(pts: np.ndarray) -> np.ndarray:
-    """Robust fit z = a x + b y + c; returns the unit normal (-a, -b, 1)/|.| (pointing +z)."""
-    sel = np.ones(len(pts), bool)
-    coef = np.zeros(3)
-    for _ in range(3):
-        A = np.c_[pts[sel, 0], pts[sel, 1], np.ones(sel.sum())]
-        coef, *_ = np.linalg.lstsq(A, pts[sel, 2], rcond=None)
-        res = pts[:, 2] - np.c_[pts[:, 0], pts[:, 1], np.ones(len(pts))] @ coef
-        mad = np.median(np.abs(res[sel])) + 0.5
-        new = np.abs(res) < 3.0 * mad
-        if new.sum() < 10 or np.array_equal(new, sel):
-            break
-        sel = new
-    return _unit([-coef[0], -coef[1], 1.0])
+    """Robust fit z = a x + b y + c (:func:`_plane_coef`); returns the unit normal (-a, -b, 1)/|.| (pointing +z)."""
+    a, b, _ = _plane_coef(pts)
+    return _unit([-a, -b, 1.0])
 
 
 def _endplate_normals(body: np.ndarray, res: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -648,25 +662,220 @@ def _fit_frame(crop: _Crop, neighbours=None, rounds: int = 3, sacrum: bool = Fal
     if sacrum:  # (the mask's top plane; the CT refinement below fits both endplates)
         frame = VertebraFrame(origin, axes)
         return _FrameFit(frame, g, canal, body, n_sup, n_inf, frame.to_world(sup_l), frame.to_world(inf_l))
-    ct_fit = _ct_endplate_normals(crop, VertebraFrame(origin, axes), g, body)
-    # kept when both agree with the mask's planes within _CT_ENDPLATE_TOL_DEG (a line that
-    # crossed a thin disc into the neighbour, or an endplate cut by the scan, tilts a plane more)
-    if ct_fit is not None and all(np.degrees(np.arccos(np.clip(np.dot(a, b), -1, 1))) < _CT_ENDPLATE_TOL_DEG
-                                  for a, b in zip(ct_fit, (n_sup, n_inf))):
-        n_sup, n_inf = ct_fit
-        z_new = _unit(n_sup + n_inf)
-        if np.degrees(np.arccos(np.clip(np.dot(z_new, axes[2]), -1, 1))) < 10.0:
-            axes = _axes(axes[0], z_new)
-            g = _Grid(crop, origin, axes)
-            canal = _find_canal(g)
-            body = _body_points(g, canal)
-            _, _, sup_l, inf_l = _endplate_normals(body, g.res)
+    # Refined from the CT: each endplate from its bone mass (:func:`_mass_endplate`) where that is
+    # precise (the lengths' spread about the plane below _EP_SPREAD_MM, blended out over it),
+    # else from sub-voxel edges (:func:`_edge_endplate_normals`, kept when both planes agree with
+    # the mask's within _EDGE_ENDPLATE_TOL_DEG; one round, as before); the mean axis is kept
+    # while it agrees with the mask's within _CT_ENDPLATE_TOL_DEG (an endplate cut by the scan,
+    # or lines that reached into the neighbour, tilt a plane more).
+    n_mask = (n_sup, n_inf)
+    z_mask = _unit(n_sup + n_inf)
+    lo, hi = _EP_SPREAD_MM
+    for r in range(_EP_ROUNDS):
+        fr = VertebraFrame(origin, axes)
+        fits = [_mass_endplate(crop, fr, body, top) for top in (True, False)]
+        w = [0.0 if f is None else float(np.clip((hi - f[2]) / (hi - lo), 0.0, 1.0)) for f in fits]
+        if r > 0 and max(w) == 0.0:
+            break
+        edge = _edge_endplate_normals(crop, fr, g, body) if min(w) < 1.0 else None
+        if edge is not None and not all(np.degrees(np.arccos(np.clip(np.dot(a, b), -1, 1))) < _EDGE_ENDPLATE_TOL_DEG
+                                        for a, b in zip(edge, n_mask)):
+            edge = None
+        if max(w) == 0.0 and edge is None:
+            break  # the mask's planes
+        ns = []
+        for k in range(2):
+            alt = edge[k] if edge is not None else n_mask[k]
+            ns.append(_unit(w[k] * (fits[k][0] @ axes) + (1.0 - w[k]) * alt) if w[k] > 0 else alt)
+        z_new = _unit(ns[0] + ns[1])
+        if np.degrees(np.arccos(np.clip(z_new @ z_mask, -1, 1))) >= _CT_ENDPLATE_TOL_DEG:
+            break
+        n_sup, n_inf = ns
+        if max(w) == 0.0 and np.degrees(np.arccos(np.clip(z_new @ axes[2], -1, 1))) >= 10.0:
+            break
+        if r > 0:  # (the lines follow the axis and the fits swing about it by a few tenths: damped)
+            z_new = _unit(z_new + axes[2])
+        axes = _axes(axes[0], z_new)
+        g = _Grid(crop, origin, axes)
+        canal = _find_canal(g)
+        body = _body_points(g, canal)
+        _, _, sup_l, inf_l = _endplate_normals(body, g.res)
+        if max(w) == 0.0:
+            break
     frame = VertebraFrame(origin, axes)
     return _FrameFit(frame, g, canal, body, n_sup, n_inf, frame.to_world(sup_l), frame.to_world(inf_l))
 
 
-def _ct_endplate_normals(crop: _Crop, frame: VertebraFrame, g: _Grid, body: np.ndarray):
-    """Superior and inferior endplate normals (world) from sub-voxel CT edges: the top and
+def _plane_coef(pts: np.ndarray) -> np.ndarray:
+    """Robust least-squares coefficients (a, b, c) of z = a x + b y + c: three rounds, each
+    dropping points beyond 3 x (median absolute residual + 0.5 mm)."""
+    X = np.c_[pts[:, 0], pts[:, 1], np.ones(len(pts))]
+    sel = np.ones(len(pts), bool)
+    coef = np.zeros(3)
+    for _ in range(3):
+        coef, *_ = np.linalg.lstsq(X[sel], pts[sel, 2], rcond=None)
+        res = pts[:, 2] - X @ coef
+        mad = np.median(np.abs(res[sel])) + 0.5
+        new = np.abs(res) < 3.0 * mad
+        if new.sum() < 10 or np.array_equal(new, sel):
+            break
+        sel = new
+    return coef
+
+
+def _soft_plane_coef(pts: np.ndarray, iters: int = 6) -> np.ndarray:
+    """(a, b, c) of z = a x + b y + c by iteratively reweighted least squares with Cauchy
+    weights (scale 2.5 x the weighted median absolute residual + 0.1 mm): no point is dropped
+    at a threshold, so a last-digit change of the data does not switch the plane."""
+    X = np.c_[pts[:, 0], pts[:, 1], np.ones(len(pts))]
+    w = np.ones(len(pts))
+    coef = np.zeros(3)
+    for _ in range(iters):
+        sw = np.sqrt(w)
+        coef, *_ = np.linalg.lstsq(X * sw[:, None], pts[:, 2] * sw, rcond=None)
+        res = pts[:, 2] - X @ coef
+        scale = 2.5 * 1.4826 * np.median(np.abs(res)) + 0.1
+        w = 1.0 / (1.0 + (res / scale) ** 2)
+    return coef
+
+
+def _mass_endplate(crop: _Crop, frame: VertebraFrame, body: np.ndarray, top: bool, passes: int = 2):
+    """One endplate plane (local frame) from the bone mass along lines across it: (unit normal
+    pointing +z, point on the plane near the surface) or None.
+
+    Lines parallel to the frame's z run through a grid of _EP_LINES x _EP_LINES points over the
+    body's central part (the inner _EP_REGION of its width and depth: the rim is rounded and
+    carries osteophytes), each over a window from inside the interior, across the cortex, to
+    past the surface, centred on the mask's surface (a plane fit of its columns' ends). Along
+    each, the integral of (CT - background) is (interior - background) x (the length of bone in
+    the window) + the cortex's excess mass: the surface lies where that length ends. The
+    interior level is the median over all lines; the background is each line's own (smoothed
+    over the lines), see the comments; the cortex's excess mass, the same on every line, only
+    shifts the plane and is left out. Where a line reaches the neighbour's endplate across a
+    thin disc, it ends at the disc's least value. A robust (Cauchy) plane fit of the lengths
+    gives the tilt; a second pass re-centres the windows on the surface.
+
+    Why mass: blur and partial volume move bone intensity but keep its integral (a voxel's box
+    average, summed over voxels, is the integral), so the length does not depend on where the
+    surface lies between two voxel centres. Edges found on trilinearly interpolated profiles
+    (half maximum, even a blurred-edge model) err by a function of that phase (+-0.5-1 mm at
+    2-3 mm voxels); over an endplate a few degrees off the grid the phase changes steadily, and
+    a plane through such edges tilted by 2-4 deg (phantoms at 2-3 mm voxels: the frame's z,
+    and every sagittal pedicle angle and C-arm true AP with it). A model of the voxels' box
+    average fitted to the voxels themselves has no interpolation error, but when the surface is
+    nearly parallel to the grid all voxels sample the edge at about the same phase and the fit
+    then depends on the exact shape of the edge (a Gaussian edge in place of the box moved the
+    plane by 2 deg); the mass does not.
+    """
+    import warnings
+
+    cx, cy = np.median(body[:, 0]), 0.5 * sum(np.percentile(body[:, 1], [3, 97]))
+    hx = _EP_REGION * np.percentile(np.abs(body[:, 0] - cx), 95)
+    hy = _EP_REGION * 0.5 * np.subtract(*np.percentile(body[:, 1], [97, 3]))
+    sgn = 1.0 if top else -1.0
+    # the mask's surface over the region (its columns' ends): the windows' centre
+    ij = np.rint(body[:, :2]).astype(np.int64)
+    key = (ij[:, 0] - ij[:, 0].min()) * (np.ptp(ij[:, 1]) + 1) + (ij[:, 1] - ij[:, 1].min())
+    uniq, inv = np.unique(key, return_inverse=True)
+    end = np.full(len(uniq), -np.inf)
+    np.maximum.at(end, inv, sgn * body[:, 2])
+    xy = np.zeros((len(uniq), 2))
+    np.add.at(xy, inv, body[:, :2])
+    xy /= np.bincount(inv)[:, None]
+    inner = (np.abs(xy[:, 0] - cx) < hx) & (np.abs(xy[:, 1] - cy) < hy)
+    if inner.sum() < 10:
+        return None
+    a, b, c = _plane_coef(np.c_[xy[inner, 0] - cx, xy[inner, 1] - cy, end[inner]])
+    sp = float(np.max(crop.ct.spacing))
+    g = np.linspace(-1.0, 1.0, _EP_LINES)
+    u, v = (w.ravel() for w in np.meshgrid(g * hx, g * hy, indexing="ij"))
+    w_in = _CORTEX_MM + 1.5 * sp + _EP_IN_MM  # inside: past the cortex and its blur
+    w_out = sp + _EP_OUT_MM  # outside: past the surface's blur
+    s = np.arange(-w_in, w_out + sp + 0.5 * _STEP_MM, _STEP_MM)  # (and a voxel further: is there a neighbour?)
+    D = sgn * frame.axes[2]
+    for _ in range(passes):
+        P = frame.to_world(np.c_[u + cx, v + cy, sgn * (a * u + b * v + c)])
+        pts = P[:, None, :] + s[None, :, None] * D[None, None, :]
+        val = crop.ct.sample(pts, order=1, fill=2.0 * _OUT_OF_FIELD_HU)  # off the grid: out of field
+        # out of the field of view: a line ends before it (past the surface), or is not used
+        out = val <= _OUT_OF_FIELD_HU
+        first_out = np.where(out.any(axis=1), s[np.argmax(out, axis=1)], np.inf)
+        ok = first_out > 0.5 * sp
+        val = np.where(out, np.nan, val)
+        if ok.sum() < _EP_MIN_LINES:
+            return None
+        I = float(np.median(val[ok][:, s < -(_CORTEX_MM + 1.5 * sp)]))
+        # Past the surface: where the profile rises again (the neighbour's endplate across a thin
+        # disc), the window ends at its least value between the two, the disc's one clean voxel
+        # (there this edge's blur has ended and the neighbour's not begun). The background is
+        # the median of the lines' least values to find that rise, then of the disc's values on
+        # the lines without a neighbour (their least value is biased low by the noise).
+        beyond = s >= 0.5 * sp
+        k_min = np.flatnonzero(beyond)[0] + np.argmin(np.where(np.isnan(val), np.inf, val)[:, beyond], axis=1)
+        v_min = val[np.arange(len(val)), k_min]
+        B = float(np.median(v_min[ok]))
+        if I - B < _MIN_EDGE_HU:
+            return None
+        after = np.where(s[None, :] > s[k_min][:, None], np.nan_to_num(val, nan=-np.inf), -np.inf).max(axis=1)
+        # (a ramp, not a threshold: a line near it must not jump between the two windows)
+        rise = np.clip(((after - B) / (I - B) - _EP_RISE_FRAC) / _EP_RISE_RAMP + 0.5, 0.0, 1.0)
+        end_full = np.minimum(w_out, first_out - _STEP_MM)
+        end_cut = np.minimum(np.minimum(s[k_min], w_out), first_out - _STEP_MM)
+        ok &= end_cut > 0.5 * sp
+        if ok.sum() < _EP_MIN_LINES:
+            return None
+        end = rise * end_cut + (1.0 - rise) * end_full
+        inwin = s[None, :] <= end[:, None]
+        # each line's own background past the surface's blur (the disc's nucleus and annulus
+        # differ by ~20 HU), or its least value where that part is short: the mass is taken over
+        # one background B for all lines (a line's own, in the division, would make the cortex's
+        # mass / (I - B) differ between lines) and corrected by the line's excess over it beyond
+        # the surface, (B_line - B) x (window end - surface), with the surface at the window's
+        # centre (a voxel's error there moves the length by ~(B_line - B) / (I - B) voxels).
+        plateau = inwin & (s[None, :] > sp)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            b_line = np.nanmedian(np.where(plateau, val, np.nan), axis=1)
+        short = plateau.sum(axis=1) * _STEP_MM < 0.5 * sp
+        b_line = np.where(short | np.isnan(b_line), v_min, b_line)
+        # (smoothed over the lines by a robust quadratic in u, v: one voxel's noise moved a
+        # line's length by ~0.4 mm at 3 mm voxels)
+        Q = np.c_[np.ones(len(u)), u, v, u * u, v * v, u * v] / np.array([1.0, hx, hy, hx * hx, hy * hy, hx * hy])
+        keep = ok.copy()
+        for _ in range(3):
+            q, *_ = np.linalg.lstsq(Q[keep], b_line[keep], rcond=None)
+            res = b_line - Q @ q
+            keep = ok & (np.abs(res) <= 3.0 * (1.4826 * np.median(np.abs(res[keep])) + 1.0))
+        b_line = Q @ q
+        B = float(np.median(b_line[ok]))
+        if I - B < _MIN_EDGE_HU:
+            return None
+        # length of bone in the window (+ the cortex's excess mass / (I - B), the same on every line)
+        excess = np.nan_to_num(val - B)
+        mass_full = np.sum(np.where(s[None, :] <= end_full[:, None], excess, 0.0), axis=1)
+        mass_cut = np.sum(np.where(s[None, :] <= end_cut[:, None], excess, 0.0), axis=1)
+        mass = (rise * mass_cut + (1.0 - rise) * mass_full) * _STEP_MM
+        ln = ((mass - (b_line - B) * end) / (I - B))[ok]
+        e = ln - w_in
+        # the windows of the next pass are centred on the surface: the median profile's
+        # half-maximum crossing past its peak (a rough edge, only for where the windows lie)
+        with warnings.catch_warnings():  # (the samples out of the field are NaN)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            med = np.nanmedian(val[ok], axis=0)
+        k_pk = int(np.argmax(np.where(s < sp, np.nan_to_num(med, nan=-np.inf), -np.inf)))
+        below = np.flatnonzero(med[k_pk:] < 0.5 * (med[k_pk] + B))
+        shift = float(np.clip(s[k_pk + below[0]], -sp, sp)) if below.size else 0.0
+        a, b, c = _soft_plane_coef(np.c_[u[ok], v[ok], a * u[ok] + b * v[ok] + c + e - np.median(e)])
+        c += shift
+        spread = float(1.4826 * np.median(np.abs(e - np.median(e) - a * u[ok] - b * v[ok]
+                                                 + np.median(a * u[ok] + b * v[ok]))))
+    n = _unit([-a, -b, 1.0]) if top else _unit([a, b, 1.0])
+    return n, np.array([cx, cy, sgn * c]), spread
+
+
+def _edge_endplate_normals(crop: _Crop, frame: VertebraFrame, g: _Grid, body: np.ndarray):
+    """Superior and inferior endplate normals (world) from sub-voxel CT edges (the frame's
+    refinement where :func:`_mass_endplate` is too noisy; see _EP_SPREAD_MM): the top and
     bottom edges of the body along lines parallel to the current z axis through its central
     columns (the inner 60 % of its width and depth, where the rim's rounding and osteophytes do
     not reach), each a robust plane fit. The mask's staircase surfaces tilt a plane fit by
