@@ -126,6 +126,23 @@ def test_split_vertebra_is_reported(vols, edge, expect):
 
 
 @pytest.mark.parametrize("vols,edge,expect", [
+    ([50, 55, 118, 62, 65], (), ["vertebra 3 from the top is 2.0 x"]),   # two vertebrae in one label
+    ([50, 55, 60, 130], (3,), ["vertebra 4 from the top is 2.2 x"]),      # ... cut by the scan: still too big
+    ([50, 55, 33, 75, 65], (), []),             # next to a grade-3 crush (33 mL): 1.6 x, normal
+    ([12, 50, 55, 60], (0,), []),               # a neighbour cut by the scan is not a reference
+    ([50, 140], (0, 1), []),                    # ... nor is there one when both are at the edge
+])
+def test_merged_vertebrae_are_reported(vols, edge, expect):
+    """A label much larger than the vertebrae around it holds two vertebrae (a disc not found, as in
+    osteoporotic phantoms): the count, and every name counted across it, may be wrong. Normal size
+    changes, a crushed neighbour and a vertebra cut by the scan are not reported."""
+    from spineplan.anatomy.naming import _merged
+
+    got = _merged(_feats(vols, edge), list(range(len(vols))))
+    assert len(got) == len(expect) and all(e in g for e, g in zip(expect, got)), got
+
+
+@pytest.mark.parametrize("vols,edge,expect", [
     ([5, 50, 55, 60, 62], (), {0: 1}),       # a fragment past the top disc joins its neighbour
     ([50, 55, 60, 62, 6], (), {4: 3}),       # ... past the bottom disc
     ([5, 50, 55, 60, 62], (0,), {}),         # a vertebra cut by the scan's edge stays a vertebra

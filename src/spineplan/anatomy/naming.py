@@ -156,6 +156,13 @@ FRAGMENT_VOLUME_FRACTION = 0.35
 #: halves were 0.45-0.55 on the phantoms; a crushed vertebra keeps its posterior elements).
 SPLIT_HALF_FRACTION = 0.65
 SPLIT_SUM_RANGE = (0.7, 1.4)
+#: A vertebra more than this many times the mean volume of the vertebrae just above and below it is
+#: likely two (or more) vertebrae in one label (a disc not found: osteoporotic marrow is as dark as a
+#: disc, benchmarks/bench_naming.py): a missing vertebra shifts every name counted across it.
+#: Adjacent vertebrae differ by ~10-20 % in volume per level (Limthongkul et al., Spine 2010), and a
+#: vertebra next to a grade-3 crush (~55 % of a body) is ~1.25 x the mean of its neighbours; two
+#: vertebrae in one label are ~2 x.
+MERGED_FRACTION = 1.7
 
 
 def _end_fragments(feats, keep) -> dict[int, int]:
@@ -188,6 +195,24 @@ def _split_pairs(feats, idx) -> list[str]:
         if a < SPLIT_HALF_FRACTION and b < SPLIT_HALF_FRACTION and SPLIT_SUM_RANGE[0] <= a + b <= SPLIT_SUM_RANGE[1]:
             out.append(f"vertebrae {k + 1} and {k + 2} from the top are {a:.0%} and {b:.0%} of the vertebrae around "
                        "them (one vertebra cut in two?)")
+    return out
+
+
+def _merged(feats, idx) -> list[str]:
+    """Segments of ``idx`` (cranial first, sacrum excluded) that look like several vertebrae in
+    one label: more than :data:`MERGED_FRACTION` x the mean of the vertebrae just around them that
+    are not cut by the scan (a cut one is small for other reasons). One cut by the scan itself is
+    judged too: cut, it can only be smaller than a whole vertebra."""
+    out = []
+    for k, i in enumerate(idx):
+        around = [feats[idx[j]]["vol_ml"] for j in (k - 1, k + 1)
+                  if 0 <= j < len(idx) and not feats[idx[j]].get("at_scan_edge", True)]
+        if not around:
+            continue
+        r = feats[i]["vol_ml"] / float(np.mean(around))
+        if r > MERGED_FRACTION:
+            out.append(f"vertebra {k + 1} from the top is {r:.1f} x the size of the vertebrae around it "
+                       "(two vertebrae in one label?)")
     return out
 
 
@@ -413,7 +438,8 @@ def name_segments(segs, inst, bone, coords, curve, grid, box, *, anchor=None, ct
                         "assumed, " + ("the middle vertebra named L3" if n <= 5 else "ending at L5") + "). Confirm "
                         "one level and give it with --anchor" + _anchor_example(segs, order, auto_names, curve) + ".")
     names = auto_names
-    split = _split_pairs(feats, order if sacrum_i is None else order[:-1])
+    row = order if sacrum_i is None else order[:-1]
+    split = _split_pairs(feats, row) + _merged(feats, row)
     if split and not anchor:
         conf = min(conf, CONF_DISAGREE)
     if split:
