@@ -412,3 +412,52 @@ def test_body_pocket_open_in_axial_slices_is_filled_in_sagittal_ones():
     hu[pocket] = 10.0
     segment.fill_body_pockets(b, hu, in_body)
     assert not b[pocket].any()
+
+
+def _osteoporotic_profile(weak_peak: float, weak_at=(100, 140), extra_dip=None):
+    """A 0.8 mm-like core profile (1 mm steps): osteoporotic marrow 77 HU, discs 70 HU over 9 mm
+    with thin endplate peaks 6 mm either side; one disc with dense endplates (250 HU) at 58,
+    weak ones (endplates ``weak_peak`` HU) at ``weak_at``; soft tissue (50 HU) past both ends."""
+    n = 190
+    p = np.full(n, 77.0)
+    p[:8] = p[182:] = 50.0
+
+    def disc(c, peak):
+        p[c - 4 : c + 5] = 70.0
+        for e in (c - 6, c + 6):
+            p[e - 1 : e + 2] = [0.6 * peak + 0.4 * 77, peak, 0.6 * peak + 0.4 * 77]
+
+    disc(58, 250.0)
+    for c in weak_at:
+        disc(c, weak_peak)
+    if extra_dip is not None:
+        disc(extra_dip, weak_peak)
+    return p, np.full(n, 45.0)  # body width 45 mm: period ~38 mm
+
+
+def test_weak_discs_fill_a_stretch_longer_than_the_period():
+    p, w = _osteoporotic_profile(95.0)
+    period = np.clip(_discs.capped_width(w) * _discs.PERIOD_PER_WIDTH, *_discs.PERIOD_MM)
+    d = _discs.disc_score(p, period, slice_mm=0.8)
+    # the weak dips score below the chain's bar on their own (else this test tests nothing)
+    assert 0.5 * _discs.DISC_MIN_SCORE < d[100] < _discs.DISC_MIN_SCORE
+    found = _discs.find_discs(p, w, slice_mm=0.8)
+    # 58 -> 100 -> 140 -> end: gaps 42, 40, 42 mm against a 38 mm period; 1 mm tolerance
+    assert len(found) == 3 and np.all(np.abs(found - [58, 100, 140]) <= 1), found
+
+
+def test_weak_dip_not_added_where_the_spacing_is_already_complete():
+    # dense discs every 40 mm with no missing one; a weak dip in a body's middle (20 mm from both
+    # neighbours, half a period) must not become a disc
+    n = 200
+    p = np.full(n, 77.0)
+    p[:6] = p[194:] = 50.0
+    for c in (20, 60, 100, 140, 180):
+        p[c - 4 : c + 5] = 70.0
+        for e in (c - 6, c + 6):
+            p[e - 1 : e + 2] = [180.0, 250.0, 180.0]
+    p[116:125] = 70.0
+    p[113:116] = p[125:128] = [83.0, 95.0, 83.0]
+    w = np.full(n, 47.0)  # period 40 mm
+    found = _discs.find_discs(p, w, slice_mm=0.8)
+    assert np.all(np.abs(found - [20, 60, 100, 140, 180]) <= 1) and len(found) == 5, found

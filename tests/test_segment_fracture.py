@@ -68,3 +68,25 @@ def test_biconcave_fracture_graded_from_own_labels(biconcave):
     assert fx.get("grade") == truth["grade"] == 3, fx
     # measured height loss within 10 percentage points of the phantom's
     assert abs(float(fx["height_loss_pct"]) - float(truth["height_loss_pct"])) < 10.0, fx
+
+
+#: 0.8 mm osteoporotic L1-L4 with a grade-2 wedge L2: marrow as dark as the discs, the L1/L2 and
+#: L2/L3 dips too shallow for the periodic disc chain; L1 and L2 were one label.
+OSTEOPOROTIC_WEDGE = dict(fov="spine", levels="L1-L4", spacing=0.8, seed=203, osteoporosis=True,
+                          fracture=[("L2", 2, "wedge")])
+
+
+def test_osteoporotic_fractured_levels_keep_their_own_labels():
+    ph = phantom.make_phantom(**OSTEOPOROTIC_WEDGE)
+    seg = segment_spine(ph.ct)
+    lab, ref = np.asarray(seg.labels.array), np.asarray(ph.labels.array)
+    owners = []
+    for level in ("L1", "L2", "L3", "L4"):
+        m = ref == VERSE_CODES[level]
+        vals, cnt = np.unique(lab[m], return_counts=True)
+        cnt, vals = cnt[vals > 0], vals[vals > 0]
+        own = int(vals[np.argmax(cnt)])
+        owners.append(own)
+        # the owning label holds most of the true vertebra and little of its neighbours
+        assert cnt.max() > 0.8 * m.sum(), level
+    assert len(set(owners)) == 4, f"true L1-L4 in own labels {owners}"

@@ -472,14 +472,82 @@ def find_discs(profile: np.ndarray, width: np.ndarray, step: float = STEP_MM,
                     V[j, k] = v
                     back[j, k] = i
     if not np.isfinite(V).any() or V.max() < sc[best_single]:
-        return np.asarray([cand[best_single]]) if sc[best_single] > 0 else np.zeros(0, int)
+        if sc[best_single] <= 0:
+            return np.zeros(0, int)
+        picks = fill_long_gaps([int(cand[best_single])], cand, d, period, step, profile)
+        return refine_to_dip(profile, np.asarray(picks, dtype=int), step) if len(picks) > 1 else np.asarray(picks)
     j, k = np.unravel_index(int(np.argmax(V)), V.shape)
     chain = [k, j]
     while back[j, k] >= 0:
         i = back[j, k]
         chain.append(i)
         j, k = i, j
-    return refine_to_dip(profile, np.asarray(sorted(cand[c] for c in chain), dtype=int), step)
+    picks = fill_long_gaps(sorted(int(cand[c]) for c in chain), cand, d, period, step, profile)
+    return refine_to_dip(profile, np.asarray(picks, dtype=int), step)
+
+
+#: Towards a curve's end (past the last body lie soft tissue, 0-60 HU, or the top endplate's band)
+#: a weak dip is a disc only with a body beyond it: over at least ``GAP_RANGE[0]`` periods the
+#: (lightly smoothed) core there is brighter than the dip by this much (HU; osteoporotic marrow
+#: 77-81 HU against the disc's 70 in the phantoms).
+BODY_BEYOND_HU = 5.0
+
+
+def fill_long_gaps(picks: list[int], cand: np.ndarray, score: np.ndarray, period: np.ndarray,
+                   step: float, profile: np.ndarray) -> list[int]:
+    """``picks`` (sorted curve indices) with weak candidate dips added where a stretch between two
+    picks, or from a pick to the curve's end, is longer than ``GAP_RANGE[1]`` periods: a disc is
+    missing there. The best-scoring candidate (of ``cand``, local maxima of ``score`` above half
+    ``DISC_MIN_SCORE``) that leaves every gap at or above ``GAP_RANGE[0]`` periods and, towards
+    a pick, at most ``GAP_RANGE[1]`` periods (towards a curve end: with a body beyond it,
+    ``BODY_BEYOND_HU``) is added, until no stretch is too long or no candidate fits. ``profile``:
+    the core HU profile the scores come from.
+
+    Osteoporotic marrow is as dark as a disc (70-80 HU against the disc's 70 in the phantoms):
+    a disc's dip is then only as deep as its thin endplates are bright, and next to a collapsed
+    body (0.8 mm osteoporotic L1-L4 phantoms with a crushed L2) two discs scored 18-20 against
+    DISC_MIN_SCORE's 25; the chain left them out and L1-L3 became one label."""
+    from scipy.ndimage import gaussian_filter1d
+
+    picks = list(picks)
+    lo_f, hi_f = GAP_RANGE
+    n = len(profile)
+    p = gaussian_filter1d(profile.astype(float), 1.0 / step, mode="nearest")
+
+    def body_beyond(c: int, end: int) -> bool:
+        seg = p[c + 1 :] if end > c else p[:c]
+        return (seg > p[c] + BODY_BEYOND_HU).sum() * step >= lo_f * float(period[c])
+
+    for _ in range(len(cand)):
+        bounds = [None] + picks + [None]
+        best = None
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            if a is None and b is None:
+                continue
+            a_pos = 0 if a is None else a
+            b_pos = n - 1 if b is None else b
+            per = float(period[(a_pos + b_pos) // 2])
+            if (b_pos - a_pos) * step <= hi_f * per:
+                continue
+            for c in cand:
+                if not a_pos < c < b_pos or c in picks:
+                    continue
+                ok = True
+                for q in (a, b):
+                    if q is None:
+                        continue
+                    g = abs(c - q) * step
+                    pm = 0.5 * (float(period[c]) + float(period[q]))
+                    ok &= lo_f * pm <= g <= hi_f * pm
+                # towards a curve end only the gap to the pick is bounded, and a body lies beyond
+                if ok and (a is None or b is None):
+                    ok = body_beyond(int(c), 0 if a is None else n - 1)
+                if ok and (best is None or score[c] > score[best]):
+                    best = int(c)
+        if best is None:
+            break
+        picks = sorted(picks + [best])
+    return picks
 
 
 #: A thin disc merged with its endplates into one bright band (2-3 mm slices) still shows as a
