@@ -491,6 +491,11 @@ def find_discs(profile: np.ndarray, width: np.ndarray, step: float = STEP_MM,
 #: (lightly smoothed) core there is brighter than the dip by this much (HU; osteoporotic marrow
 #: 77-81 HU against the disc's 70 in the phantoms).
 BODY_BEYOND_HU = 5.0
+#: Largest gap (in periods) from an added weak dip to its neighbouring pick. Above the chain's
+#: GAP_RANGE[1]: the period comes from the body width and ran 38 mm against 51 mm between the
+#: L1/L2 dip and the T12/L1 disc of a 1 mm osteoporotic T10-L2 phantom (lordosis lengthens the
+#: curve through the lumbar bodies), whose L1 and L2 stayed one label at 1.35.
+RESCUE_GAP_MAX = 1.5
 
 
 def fill_long_gaps(picks: list[int], cand: np.ndarray, score: np.ndarray, period: np.ndarray,
@@ -499,7 +504,7 @@ def fill_long_gaps(picks: list[int], cand: np.ndarray, score: np.ndarray, period
     picks, or from a pick to the curve's end, is longer than ``GAP_RANGE[1]`` periods: a disc is
     missing there. The best-scoring candidate (of ``cand``, local maxima of ``score`` above half
     ``DISC_MIN_SCORE``) that leaves every gap at or above ``GAP_RANGE[0]`` periods and, towards
-    a pick, at most ``GAP_RANGE[1]`` periods (towards a curve end: with a body beyond it,
+    a pick, at most ``RESCUE_GAP_MAX`` periods (towards a curve end: with a body beyond it,
     ``BODY_BEYOND_HU``) is added, until no stretch is too long or no candidate fits. ``profile``:
     the core HU profile the scores come from.
 
@@ -538,7 +543,7 @@ def fill_long_gaps(picks: list[int], cand: np.ndarray, score: np.ndarray, period
                         continue
                     g = abs(c - q) * step
                     pm = 0.5 * (float(period[c]) + float(period[q]))
-                    ok &= lo_f * pm <= g <= hi_f * pm
+                    ok &= lo_f * pm <= g <= RESCUE_GAP_MAX * pm
                 # towards a curve end only the gap to the pick is bounded, and a body lies beyond
                 if ok and (a is None or b is None):
                     ok = body_beyond(int(c), 0 if a is None else n - 1)
