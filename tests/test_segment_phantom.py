@@ -125,6 +125,9 @@ SPLIT_CASES = {
     "2.5mm-L2-L4-top-band": dict(levels="L2-L4", spacing=2.5, seed=974, lordosis_deg=44.2, rotation_deg=15.0),
     "3mm-L3-S1-top-band": dict(levels="L3-S1", spacing=3.0, seed=617, lordosis_deg=40.3, scoliosis_deg=10.0,
                                rotation_deg=15.0),
+    # osteoporotic: a weak dip on the top band's flank, added as a missing disc towards the end
+    "2mm-L3-S1-osteoporotic-top-band": dict(levels="L3-S1", spacing=2.0, seed=692, lordosis_deg=51.022557698907576,
+                                            scoliosis_deg=25.0, rotation_deg=15.0, osteoporosis=True),
 }
 
 

@@ -474,7 +474,7 @@ def find_discs(profile: np.ndarray, width: np.ndarray, step: float = STEP_MM,
     if not np.isfinite(V).any() or V.max() < sc[best_single]:
         if sc[best_single] <= 0:
             return np.zeros(0, int)
-        picks = fill_long_gaps([int(cand[best_single])], cand, d, period, step, profile)
+        picks = fill_long_gaps([int(cand[best_single])], cand, d, period, step, profile, slice_mm)
         return refine_to_dip(profile, np.asarray(picks, dtype=int), step) if len(picks) > 1 else np.asarray(picks)
     j, k = np.unravel_index(int(np.argmax(V)), V.shape)
     chain = [k, j]
@@ -482,7 +482,7 @@ def find_discs(profile: np.ndarray, width: np.ndarray, step: float = STEP_MM,
         i = back[j, k]
         chain.append(i)
         j, k = i, j
-    picks = fill_long_gaps(sorted(int(cand[c]) for c in chain), cand, d, period, step, profile)
+    picks = fill_long_gaps(sorted(int(cand[c]) for c in chain), cand, d, period, step, profile, slice_mm)
     return refine_to_dip(profile, np.asarray(picks, dtype=int), step)
 
 
@@ -499,14 +499,17 @@ RESCUE_GAP_MAX = 1.5
 
 
 def fill_long_gaps(picks: list[int], cand: np.ndarray, score: np.ndarray, period: np.ndarray,
-                   step: float, profile: np.ndarray) -> list[int]:
+                   step: float, profile: np.ndarray, slice_mm: float | None = None) -> list[int]:
     """``picks`` (sorted curve indices) with weak candidate dips added where a stretch between two
     picks, or from a pick to the curve's end, is longer than ``GAP_RANGE[1]`` periods: a disc is
     missing there. The best-scoring candidate (of ``cand``, local maxima of ``score`` above half
     ``DISC_MIN_SCORE``) that leaves every gap at or above ``GAP_RANGE[0]`` periods and, towards
     a pick, at most ``RESCUE_GAP_MAX`` periods (towards a curve end: with a body beyond it,
     ``BODY_BEYOND_HU``) is added, until no stretch is too long or no candidate fits. ``profile``:
-    the core HU profile the scores come from.
+    the core HU profile the scores come from. Stretches to a curve end only at slices finer than
+    ``MERGED_BAND_MIN_SLICE_MM`` (``slice_mm``): coarser, the top endplate merges into a bright
+    band whose flanks dip and whose brightness passes for a body beyond (a 2 mm osteoporotic
+    L3-S1 phantom got an "L2" made of L3's top).
 
     Osteoporotic marrow is as dark as a disc (70-80 HU against the disc's 70 in the phantoms):
     a disc's dip is then only as deep as its thin endplates are bright, and next to a collapsed
@@ -528,6 +531,8 @@ def fill_long_gaps(picks: list[int], cand: np.ndarray, score: np.ndarray, period
         best = None
         for a, b in zip(bounds[:-1], bounds[1:]):
             if a is None and b is None:
+                continue
+            if (a is None or b is None) and (slice_mm is None or slice_mm >= MERGED_BAND_MIN_SLICE_MM):
                 continue
             a_pos = 0 if a is None else a
             b_pos = n - 1 if b is None else b
