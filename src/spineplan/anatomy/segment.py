@@ -547,21 +547,30 @@ def _canal_points_full(shape, grid, canal_idx) -> np.ndarray:
     return m
 
 
+def _label_boxes(lab: np.ndarray, skip=()):
+    """(code, box, the label map's view in the box) for each label of ``lab`` present and not in
+    ``skip``, the box grown by one voxel on every side (a hole at the label's edge is then seen
+    closed by it). The boxes are found before the first is yielded: writing into a view does not
+    move the next box."""
+    from scipy.ndimage import find_objects
+
+    for code, sl in enumerate(find_objects(lab), start=1):
+        if sl is None or code in skip:
+            continue
+        sl = tuple(slice(max(0, a.start - 1), a.stop + 1) for a in sl)
+        yield code, sl, lab[sl]
+
+
 def fill_slice_pockets(lab: np.ndarray, canal: np.ndarray, spacing) -> None:
     """Unlabelled pockets enclosed by one vertebra's label within an axial slice (axis 2) join
     that vertebra, in place: not the ones holding a ``canal`` point, not those of
     ``POCKET_MAX_AREA_MM2`` or more, not in cervical labels (``CERVICAL_CODES``)."""
-    from scipy.ndimage import find_objects
     from scipy.ndimage import label as cc_label
 
     from spineplan.anatomy import _bone
 
     max_vox = POCKET_MAX_AREA_MM2 / float(spacing[0] * spacing[1])
-    for code, sl in enumerate(find_objects(lab), start=1):
-        if sl is None or code in CERVICAL_CODES:
-            continue
-        sl = tuple(slice(max(0, a.start - 1), a.stop + 1) for a in sl)
-        sub = lab[sl]
+    for code, sl, sub in _label_boxes(lab, skip=CERVICAL_CODES):
         holes = _bone.fill_holes(sub == code, structure=_bone._PLANE) & (sub == 0)
         if not holes.any():
             continue
@@ -588,19 +597,13 @@ def fill_body_pockets(lab: np.ndarray, hu: np.ndarray, in_body) -> None:
     """In place: unlabelled voxels enclosed by one vertebra's label in a sagittal (axis 0) or
     coronal (axis 1) slice that ``in_body(idx)`` ((M, 3) indices -> bool) puts in the body column
     and whose HU is above ``POCKET_MIN_HU`` join that vertebra."""
-    from scipy.ndimage import find_objects
-
     from spineplan.anatomy import _bone
 
     sag = np.zeros((3, 3, 3), bool)
     sag[1, :, 1] = sag[1, 1, :] = True
     cor = np.zeros((3, 3, 3), bool)
     cor[:, 1, 1] = cor[1, 1, :] = True
-    for code, sl in enumerate(find_objects(lab), start=1):
-        if sl is None:
-            continue
-        sl = tuple(slice(max(0, a.start - 1), a.stop + 1) for a in sl)
-        sub = lab[sl]
+    for code, sl, sub in _label_boxes(lab):
         m = sub == code
         cand = (_bone.fill_holes(m, structure=sag) | _bone.fill_holes(m, structure=cor)) & (sub == 0)
         cand &= np.asarray(hu[sl]) > POCKET_MIN_HU
@@ -704,15 +707,9 @@ def fill_enclosed_holes(lab: np.ndarray) -> None:
     """Unlabelled pockets enclosed in 3-D by one vertebra's label (dark marrow, basivertebral
     veins) join that vertebra, in place. A pocket open to the canal or to soft tissue in any
     direction stays open."""
-    from scipy.ndimage import find_objects
-
     from spineplan.anatomy import _bone
 
-    for code, sl in enumerate(find_objects(lab), start=1):
-        if sl is None:
-            continue
-        sl = tuple(slice(max(0, a.start - 1), a.stop + 1) for a in sl)
-        sub = lab[sl]
+    for code, _sl, sub in _label_boxes(lab):
         m = sub == code
         holes = _bone.fill_holes(m) & (sub == 0)
         if holes.any():
