@@ -24,12 +24,13 @@ def osteoporotic_naming_check(spine: Spine) -> None:
 
     hu = [v.measurements["cancellous_hu"] for v in spine.vertebrae
           if v.complete and v.name != "S1" and "cancellous_hu" in v.measurements]
-    if not hu or float(np.median(hu)) >= OSTEOPOROSIS_HU:
+    med = float(np.median(hu)) if hu else None
+    if med is None or med >= OSTEOPOROSIS_HU:
         return
     if spine.naming_confidence > OSTEOPOROTIC_NAMING_CONFIDENCE_MAX:
         spine.naming_confidence = OSTEOPOROTIC_NAMING_CONFIDENCE_MAX
     spine.warnings.append(
-        f"The bone looks osteoporotic (median cancellous density {float(np.median(hu)):.0f} HU, below "
+        f"The bone looks osteoporotic (median cancellous density {med:.0f} HU, below "
         f"{OSTEOPOROSIS_HU:.0f} HU): its marrow is nearly as dark as the discs, so a disc can be missed and two "
         "vertebrae counted as one, shifting every name. The automatic names' confidence is capped at "
         f"{OSTEOPOROTIC_NAMING_CONFIDENCE_MAX:.1f}: count the levels on the images and confirm one (--anchor) "

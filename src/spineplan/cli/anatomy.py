@@ -55,8 +55,8 @@ def run(args) -> int:
                 bits.append(f"{side[0].upper()} pedicle {p.isthmus_width_mm:.1f} mm")
         if "cancellous_hu" in m:
             bits.append(f"{m['cancellous_hu']:.0f} HU")
-        if grade_text(fr):
-            bits.append(grade_text(fr))
+        if text := grade_text(fr):
+            bits.append(text)
         print("  ".join(bits))
     for w in spine.warnings:
         print(f"warning: {w}")

@@ -55,7 +55,7 @@ import numpy as np
 from spineplan.geometry import BoxMask, DistanceField, mask_box, orthonormal_basis
 from spineplan.levels import region
 from spineplan.plan.settings import PlannerSettings
-from spineplan.safety._grade import ENTRY_OBLIQUITY_MAX_DEG
+from spineplan.safety._grade import ENTRY_OBLIQUITY_MAX_DEG, line_entries
 from spineplan.volume import Volume
 
 #: Default medial (transverse) angles of the pedicle axis by region, used to centre the search
@@ -848,14 +848,7 @@ def _surface_fail(ctx: VertebraContext, st: PlannerSettings, entry, dirs, te, pr
     ring_bad = np.zeros((n, len(ss)), bool)
     for a in ang:
         val = fld.sample_rays(entry + r * (np.cos(a) * u + np.sin(a) * v), dirs, ss)
-        inside = (val <= 0) & (ss[None, :] <= ez + lag)
-        k = np.argmax(inside, axis=1)
-        kk = np.maximum(k - 1, 0)
-        rows = np.arange(n)
-        f0, f1 = val[rows, kk], val[rows, k]
-        tc = np.where(k > 0, ss[kk] + (ss[k] - ss[kk]) * f0 / np.maximum(f0 - f1, 1e-9), 0.0)
-        tc = np.where(inside.any(axis=1), tc, lag)
-        end = np.minimum(ez + np.clip(tc, 0.0, lag), cap)
+        end = np.minimum(ez + np.clip(line_entries(ss, val.T, ez, lag), 0.0, lag), cap)
         ring_bad |= val > np.where(ss[None, :] < end[:, None], lim_e, lim)
     need = np.where(body, need_b, need_p)
     after = ss[None, :] >= s_ball - 1e-9

@@ -50,6 +50,22 @@ ENTRY_ZONE_RULE = (
 )
 
 
+def line_entries(ts: np.ndarray, f: np.ndarray, zone_mm: float, lag_max: float) -> np.ndarray:
+    """Where each surface line enters the bone (mm along the axis): ``f`` (T, L) is the signed
+    distance on L lines at the distances ``ts`` (T,) from the entry; a line's entry is its first
+    sample inside (``f <= 0``) within ``zone_mm + lag_max``, the zero crossing interpolated from
+    the sample before; ``lag_max`` for a line that does not enter there."""
+    inside = (f <= 0) & (ts <= zone_mm + lag_max)[:, None]
+    has = inside.any(axis=0)
+    k = np.argmax(inside, axis=0)
+    tc = np.where(has, ts[k], lag_max)
+    kk = np.maximum(k - 1, 0)
+    cols = np.arange(f.shape[1])
+    f0, f1 = f[kk, cols], f[k, cols]
+    frac = np.where((k > 0) & (f0 > 0), f0 / np.maximum(f0 - f1, 1e-9), 0.0)
+    return np.where(has & (k > 0), ts[kk] + frac * (ts[k] - ts[kk]), tc)
+
+
 def line_zone_ends(t_mm: np.ndarray, on_cap: np.ndarray, sdf: np.ndarray, radius_mm: float, zone_mm: float,
                    max_end_mm: float | None = None) -> np.ndarray:
     """Per surface sample of :func:`spineplan.geometry.cylinder_surface` (``t_mm``, ``on_cap``) with
@@ -70,16 +86,7 @@ def line_zone_ends(t_mm: np.ndarray, on_cap: np.ndarray, sdf: np.ndarray, radius
     ts = tl[::n_around]
     f = np.asarray(sdf, float)[lat].reshape(len(ts), n_around)
     lag_max = min(float(zone_mm), float(radius_mm) * float(np.tan(np.radians(ENTRY_OBLIQUITY_MAX_DEG))))
-    inside = (f <= 0) & (ts <= zone_mm + lag_max)[:, None]
-    has = inside.any(axis=0)
-    k = np.argmax(inside, axis=0)
-    tc = np.where(has, ts[k], lag_max)
-    kk = np.maximum(k - 1, 0)
-    cols = np.arange(n_around)
-    f0, f1 = f[kk, cols], f[k, cols]
-    frac = np.where((k > 0) & (f0 > 0), f0 / np.maximum(f0 - f1, 1e-9), 0.0)
-    tc = np.where(has & (k > 0), ts[kk] + frac * (ts[k] - ts[kk]), tc)
-    end = zone_mm + np.clip(tc, 0.0, lag_max)
+    end = zone_mm + np.clip(line_entries(ts, f, zone_mm, lag_max), 0.0, lag_max)
     if max_end_mm is not None:
         end = np.minimum(end, max(float(max_end_mm), float(zone_mm)))
     out[lat] = np.tile(end, len(ts))
