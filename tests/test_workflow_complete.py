@@ -76,7 +76,12 @@ def test_auto_access_leaves_a_distant_fracture_to_the_surgeon(tmp_path, case):
     assert code == 0 and plan["access"] == []
     warned = [w for w in plan["warnings"] if w["code"] == "fracture-not-planned"]
     assert [w["level"] for w in warned] == ["T12"]
-    assert "--access T12" in warned[0]["message"] and "Genant grade 2" in warned[0]["message"]
+    assert "--access T12" in warned[0]["message"] and "Genant 2 " in warned[0]["message"]
+    # the warning carries the grade's own uncertainty, as the tables do (not a bare "grade 2")
+    spine_t12 = json.loads((tmp_path / "p" / "spine.json").read_text())["vertebrae"]["T12"]["fracture"]
+    lo, hi = spine_t12["grade_range"]
+    assert ("within the measurement error" in warned[0]["message"]) == (lo != hi)
+    assert f"{spine_t12['height_loss_pct']:.0f} % height loss" in warned[0]["message"]
 
 
 def test_check_regrades_the_written_plan_against_its_labels(case):

@@ -126,6 +126,7 @@ def write_carm_csv(rows: list[dict], path: TypePath) -> None:
 def _auto_access_levels(spine, level_list, plan) -> list[str]:
     """The Genant-graded levels within :data:`AUTO_ACCESS_REACH` of the instrumented ``level_list``;
     a warning on ``plan`` for each graded level further away."""
+    from spineplan.anatomy.fracture import grade_text
     from spineplan.levels import level_index
     from spineplan.plan.access import fractured_levels
 
@@ -138,13 +139,9 @@ def _auto_access_levels(spine, level_list, plan) -> list[str]:
         if lo <= order.index(lv) <= hi:
             chosen.append(lv)
             continue
-        f = spine[lv].fracture or {}
-        loss = f.get("height_loss_pct")
-        what = f"Genant grade {f.get('grade')} {f.get('type') or ''}".rstrip()
         plan.warn("fracture-not-planned",
-                  f"{lv}: the scan shows a {what} compression"
-                  + (f" ({loss:.0f} % height loss)" if isinstance(loss, (int, float)) else "")
-                  + f", away from the instrumented levels ({level_list[0]}-{level_list[-1]}); no augmentation "
+                  f"{lv}: the scan shows a compression, {grade_text(spine[lv].fracture)}"
+                  f", away from the instrumented levels ({level_list[0]}-{level_list[-1]}); no augmentation "
                   f"was planned there. Confirm it on the images (an automatic grade can come from a segmentation "
                   f"error; MRI/STIR shows whether it is acute) and plan it with --access {lv} if indicated.",
                   level=lv, severity="warning")
