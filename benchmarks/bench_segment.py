@@ -134,6 +134,7 @@ def iap_report(data: Path) -> None:
             parts.append(f"{lv} {np.mean(lab[tuple(idx[sel].T)] == VERSE_CODES[lv]):.2f} (n={int(sel.sum())})")
     print(f"\n== lumbar IAPs, {name}: share of the reference's posterior elements below each vertebra's caudal "
           "cut in our label of that vertebra: " + ", ".join(parts))
+    facet_report(ct, lab, ref, data)
     ct = read_nifti(data / CASES[2][1])
     lab = np.asarray(segment_spine(ct).labels.array)
     vert = np.asarray(read_nifti(data / CASES[2][2], modality="SEG").array).astype(int) == VERSE_CODES["L3"]
@@ -147,6 +148,38 @@ def iap_report(data: Path) -> None:
         out.append(f"{nm} {np.mean(lab[m] == own):.2f}")
     print("   L3 crop, VerSe subregions of L3 in our L3 label: " + ", ".join(out))
     crop_breakdown(lab, vert, sub, own, np.asarray(read_nifti(data / CASES[2][2], modality="SEG").array) > 0)
+
+
+#: TotalSegmentator per-vertebra BODY masks of the abdomen CT (VerSe codes 19-24).
+ABDOMEN_BODIES = "totalseg_example_abdomen/spine_report_totalseg_vertebrae_pp_refined.nii.gz"
+
+
+def facet_report(ct, lab: np.ndarray, ref: dict[str, np.ndarray], data: Path) -> None:
+    """The abdomen's facet regions on a frame from the reference alone (independent of our curve):
+    per junction, the upper vertebra's posterior elements (outside the dilated reference bodies)
+    below the caudal end of its reference body along the line between the two body centroids
+    (its inferior articular processes and lower laminae) in our label of it / of the vertebra
+    below; and the posterior-element confusion, reference upper -> our lower / reference lower ->
+    our upper (voxels), as tests/test_segment.py checks."""
+    from scipy.ndimage import binary_dilation
+
+    bodies = np.asarray(read_nifti(data / ABDOMEN_BODIES, modality="SEG").array).astype(np.int32)
+    xyz = ct.index_to_world(np.argwhere(np.ones(bodies.shape, bool))).reshape(bodies.shape + (3,))
+    pe = ~binary_dilation(bodies > 0)
+    hang, conf = [], []
+    for up, lo in (("T12", "L1"), ("L1", "L2"), ("L2", "L3"), ("L3", "L4"), ("L4", "L5")):
+        cu = xyz[bodies == VERSE_CODES[up]].mean(axis=0)
+        cl = xyz[bodies == VERSE_CODES[lo]].mean(axis=0)
+        t = (cu - cl) / np.linalg.norm(cu - cl)
+        bottom = ((xyz[bodies == VERSE_CODES[up]] - cu) @ t).min()
+        m = ref[up] & pe & (((xyz - cu) @ t) < bottom)
+        hang.append(f"{up} {np.mean(lab[m] == VERSE_CODES[up]):.2f}/{np.mean(lab[m] == VERSE_CODES[lo]):.2f} "
+                    f"(n={int(m.sum())})")
+        conf.append(f"{up}->{lo} {int((pe & ref[up] & (lab == VERSE_CODES[lo])).sum())}/"
+                    f"{int((pe & ref[lo] & (lab == VERSE_CODES[up])).sum())}")
+    print("   on the reference's frame, each vertebra's posterior elements below its body in our label of it / "
+          "of the one below: " + ", ".join(hang))
+    print("   posterior-element confusion, reference upper -> our lower / lower -> upper (voxels): " + ", ".join(conf))
 
 
 #: VerSe subregion codes (Sekuboyina et al., VerSe 2020 / TPTBox): 41 arcus (laminae), 42 spinous
