@@ -303,3 +303,32 @@ def test_grade_uncertain_when_the_height_error_crosses_a_genant_boundary(spacing
     # the intact neighbours (3.8 % and 3.6 % loss) are far from 20 %: no grade, no possible fracture
     for lv in ("L1", "L3"):
         assert spine[lv].fracture["grade"] == 0 and grade_text(spine[lv].fracture) is None
+
+
+def test_wedge_is_graded_against_its_posterior_wall():
+    """A wedge whose superior endplate slopes down from the posterior wall to the front: heights read
+    3 mm inside the walls (measure.HEIGHT_EDGE_INSET_MM) put the posterior one on the slope too. The
+    reference is the posterior wall's height, found along the line through the anterior and posterior
+    heights; a body without a lower front keeps its own posterior height."""
+    from spineplan.anatomy.measure import HEIGHT_EDGE_INSET_MM as inset
+
+    depth, wall, loss_front = 34.0, 26.0, 6.0  # 26 mm posterior wall; the front 6 mm lower at the wall
+    def h(y):  # height at distance y (mm) in front of the posterior wall
+        return wall - loss_front * y / depth
+    ant, mid, post = h(depth - inset), h(depth / 2), h(inset)
+    rows = [("L1", 26.0, 25.5, 26.0), ("L2", ant, mid, post), ("L3", 26.5, 26.0, 26.5)]
+    spine = _spine(rows)
+    spine["L2"].measurements["body_ap_depth_mm"] = depth
+    grade_fractures(spine)
+    f = spine["L2"].fracture
+    assert f["reference"] == "own posterior height"
+    assert f["reference_height_mm"] == pytest.approx(wall, abs=0.01)
+    assert f["height_loss_pct"] == pytest.approx(100 * (1 - ant / wall), abs=0.06)  # 21.0 %: grade 1
+    assert f["grade"] == 1 and f["type"] == "wedge"
+    # read against the posterior height inside the wall, the same body was a grade 0 (19.4 %)
+    assert 100 * (1 - ant / post) < 20.0
+    # the front taller than the back (lordotic L5): no extension
+    spine = _spine([("L4", 27.0, 26.0, 27.0), ("L5", 30.0, 27.0, 26.0)])
+    spine["L5"].measurements["body_ap_depth_mm"] = depth
+    grade_fractures(spine)
+    assert spine["L5"].fracture["reference_height_mm"] == pytest.approx(26.0, abs=0.01)
