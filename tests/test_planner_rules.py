@@ -613,3 +613,41 @@ def test_over_segmented_label_loses_its_whole_grown_shell_on_oblique_walls(monke
     monkeypatch.setattr(_search, "OVERSEG_PEEL_26", False)  # the old layer: the test can fail
     old, _ = _search.planning_mask(ct, grown, frame, PlannerSettings())
     assert int((old & ~true).sum()) > 0
+
+
+def test_bone_far_lateral_above_the_pedicle_is_not_taken_for_the_sap(lumbar_phantom):
+    """A block of bone (400 HU) added to L4's label above the left pedicle's roof, from the
+    pedicle's lateral wall to 22 mm beyond it (like costotransverse bone or a rib an automatic
+    label holds): the SAP estimate stays within SAP_MAX_BEYOND_PEDICLE_MM of the pedicle's lateral
+    wall (without the cap it moved ~10 mm out, past every entry, and the pedicle was refused under
+    the SAP-entry rule), and the screw is placed, grade A against the true labels."""
+    from types import SimpleNamespace
+
+    ph = lumbar_phantom
+    lv, side = "L4", "left"
+    v = spine_from_truth(ph)[lv]
+    p = ph.truth["vertebrae"][lv]["pedicles"][side]
+    c = v.frame.to_local(np.asarray(p["isthmus_center"], float)[None])[0]
+    wall = c[0] + 0.5 * p["isthmus_width_mm"]  # the left pedicle's lateral wall (frame x, + = left)
+    top = c[2] + 0.5 * p["isthmus_height_mm"]
+    lab = np.asarray(ph.labels.array).copy()
+    hu = np.asarray(ph.ct.array).copy()
+    idx = np.argwhere(np.ones(lab.shape, bool))
+    loc = v.frame.to_local(ph.ct.index_to_world(idx))
+    blk = ((loc[:, 0] > wall - 1.0) & (loc[:, 0] < wall + 22.0) & (loc[:, 2] > top + 3.0) & (loc[:, 2] < top + 11.0)
+           & (loc[:, 1] > c[1]) & (loc[:, 1] < c[1] + 14.0))
+    sel = idx[blk]
+    sel = sel[lab[tuple(sel.T)] == 0]
+    assert len(sel) > 1500
+    lab[tuple(sel.T)] = v.label
+    hu[tuple(sel.T)] = 400
+    ct = ph.ct.with_array(hu)
+    spine = spine_from_truth(SimpleNamespace(truth=ph.truth, labels=ph.labels.with_array(lab)))
+    st = PlannerSettings()
+    ctx = _search.make_context(ct, spine[lv], spine.mask(lv), lab, spine.mask("L3"), st)
+    border = _search.sap_border(ctx, side, np.asarray(p["isthmus_center"], float))
+    assert border is not None and border <= wall + _search.SAP_MAX_BEYOND_PEDICLE_MM + 1e-6, (border, wall)
+    plan = plan_screws(ct, spine, [lv], sides=[side])
+    assert len(plan.screws) == 1, [w.message for w in plan.warnings]
+    res = check_plan(plan, ph.ct, ph.labels)
+    assert res[0].grade == "A" and res[0].vertebra_found == lv, (res[0].grade, res[0].breach_mm)
