@@ -461,3 +461,48 @@ def test_weak_dip_not_added_where_the_spacing_is_already_complete():
     w = np.full(n, 47.0)  # period 40 mm
     found = _discs.find_discs(p, w, slice_mm=0.8)
     assert np.all(np.abs(found - [20, 60, 100, 140, 180]) <= 1) and len(found) == 5, found
+
+
+def _osteoporotic_sacrum_profile(sacral_shell_hu: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Core HU every 1 mm, caudal (index 0) -> cranial, of an osteoporotic L3-S1 at 0.8 mm, like the
+    bench_naming phantoms (seeds 34 / 385): soft tissue, a sacrum whose marrow (69 HU) is as dark
+    as the L5/S1 disc (70 HU) with the sacral endplate dim in the core (100 HU: oblique to the curve
+    at the lumbosacral bend), L5, L4 and L3 with 73-77 HU marrow and bright endplates. Returns
+    (profile, body width, shell profile); the shell over the sacrum is ``sacral_shell_hu``."""
+    n = 215
+    p = np.full(n, 75.0)
+    shell = np.full(n, 250.0)
+    p[:12] = p[205:] = 50.0  # soft tissue past both ends
+    shell[:12] = shell[205:] = 55.0
+    p[12:76] = 69.0  # sacrum
+    shell[12:76] = sacral_shell_hu
+    p[76:79] = [85.0, 100.0, 85.0]  # S1's superior endplate, dim in the core
+    p[79:87] = 70.0  # L5/S1 disc
+    p[87:90] = [150.0, 210.0, 150.0]  # L5's inferior endplate
+    for c in (125, 165):  # L4/L5, L3/L4 discs with bright endplates
+        p[c - 4 : c + 5] = 70.0
+        for e in (c - 6, c + 6):
+            p[e - 1 : e + 2] = [180.0, 280.0, 180.0]
+    p[200:203] = [180.0, 280.0, 180.0]  # L3's superior endplate
+    return p, np.full(n, 48.0), shell  # body width 48 mm: period ~41 mm
+
+
+def test_weak_lumbosacral_disc_found_before_an_osteoporotic_sacrum():
+    """The L5/S1 dip (true centre 83) scores below the chain's bar and the sacrum beyond it is no
+    brighter than the disc: only the sacrum's cortical shell says a body lies there. Without the
+    disc, L5 became part of the sacrum's label and every name above it shifted by one."""
+    p, w, shell = _osteoporotic_sacrum_profile(250.0)
+    period = np.clip(_discs.capped_width(w) * _discs.PERIOD_PER_WIDTH, *_discs.PERIOD_MM)
+    d = _discs.disc_score(p, period, slice_mm=0.8)
+    assert 0.5 * _discs.DISC_MIN_SCORE < d[80:86].max() < _discs.DISC_MIN_SCORE, d[80:86]
+    found = _discs.find_discs(p, w, slice_mm=0.8, shell=shell)
+    # discs at 83, 125, 165; 2 mm tolerance (the L5/S1 dip is a flat 8 mm stretch)
+    assert len(found) == 3 and np.all(np.abs(found - [83, 125, 165]) <= 2), found
+
+
+def test_weak_dip_before_soft_tissue_is_no_disc():
+    """The same profile with soft tissue's shell (no cortex) around the dark stretch below the
+    dip: no body lies beyond it, so the dip is not added (only the two bright discs)."""
+    p, w, shell = _osteoporotic_sacrum_profile(60.0)
+    found = _discs.find_discs(p, w, slice_mm=0.8, shell=shell)
+    assert len(found) == 2 and np.all(np.abs(found - [125, 165]) <= 2), found
