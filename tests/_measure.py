@@ -169,3 +169,22 @@ def pedicle_changes(ref, other) -> dict:
             out["height_mm"] = max(out["height_mm"], abs(p.isthmus_height_mm - q.isthmus_height_mm))
             out["centre_mm"] = max(out["centre_mm"], float(np.linalg.norm(p.isthmus_center - q.isthmus_center)))
     return out
+
+
+# --------------------------------------------------------------------------- shared phantoms
+_SPINES: dict = {}
+
+
+def measured_phantom(**kwargs):
+    """(phantom, build_spine of it with its own labels) for ``make_phantom(**kwargs)``, memoised
+    per session (tests/_phantoms.get_phantom): several measurement test modules measure the same
+    phantom (e.g. the 2 mm T12-L2 of test_measure_pedicle_axes and test_measure_endplates).
+    Treat both as read-only."""
+    from _phantoms import _key, get_phantom
+    from spineplan.anatomy.spine import build_spine
+
+    key = _key(kwargs)
+    if key not in _SPINES:
+        ph = get_phantom(**kwargs)
+        _SPINES[key] = (ph, build_spine(ph.ct, ph.labels))
+    return _SPINES[key]

@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from _phantoms import get_phantom
-from spineplan.anatomy.spine import build_spine
+from _measure import measured_phantom
 
 #: Lordotic, rotated T12-L2 (PEDICLE_CASES seed 12 of benchmarks/bench_measure.py), 2 mm voxels.
-CASE = dict(levels="T12-L2", seed=12, lordosis_deg=55.0, rotation_deg=-8.0, spacing=2.0, fov="spine")
+#: (The same phantom as test_measure_pedicle_axes' 2 mm case, measured once per session.)
+CASE = dict(spacing=2.0, fov="spine", noise_hu=10.0, levels="T12-L2", seed=12, lordosis_deg=55.0, rotation_deg=-8.0)
 
 
 def _tilt(truth_axes: dict, z) -> tuple[float, float]:
@@ -27,8 +27,7 @@ def _tilt(truth_axes: dict, z) -> tuple[float, float]:
 
 @pytest.fixture(scope="module")
 def coarse():
-    ph = get_phantom(**CASE)
-    return ph, build_spine(ph.ct, ph.labels)
+    return measured_phantom(**CASE)
 
 
 def test_frames_follow_the_endplates_at_2mm(coarse):

@@ -18,8 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spineplan.anatomy.spine import build_spine
-from spineplan.phantom import make_phantom
+from _measure import measured_phantom
 
 WIDTH_TOL_MM = 0.5  # issue #3 target
 ANGLE_TOL_DEG = 2.0  # issue #3 target
@@ -36,8 +35,9 @@ AXIS_TOL_2MM_DEG = 1.5
 @pytest.fixture(scope="session", params=sorted(CASES))
 def measured(request):
     sp, kw = CASES[request.param]
-    ph = make_phantom(spacing=sp, fov="spine", noise_hu=10.0, **kw)
-    return sp, ph.truth, build_spine(ph.ct, ph.labels)
+    # (noise_hu: make_phantom's default; the 2 mm case is test_measure_endplates.CASE, measured once)
+    ph, spine = measured_phantom(spacing=sp, fov="spine", noise_hu=10.0, **kw)
+    return sp, ph.truth, spine
 
 
 def _pedicles(truth, spine):
