@@ -403,3 +403,29 @@ def test_rod_alignment_never_trades_diameter_or_much_thread_engagement():
     same = at(_option(6.0, 45.0, 95.0), [0, 0, 20])
     choice, rep = _align([top, [mid_best, thin, short, same], bottom], PlannerSettings())
     assert choice == [0, 3, 0] and rep["total_after"] < rep["total_before"] - 1.0
+
+
+def test_a_pedicle_too_narrow_for_the_screw_with_its_margin_is_refused_for_that_reason():
+    """Half-width pedicles (make_phantom(levels="L1-L5", pedicle_scale=0.5, seed=3)): L3 (isthmus
+    5.1 mm) and L4 (6.4 mm) pass the 80 % rule for a 4 mm screw, but a 4 mm screw needs 6 mm of bone
+    with its 1 mm margin. They are refused under the margin rule, with the corridor through the
+    isthmus stated, not under whichever later rule refused the last axes passing beside the
+    pedicle (before: "pedicle-bypass", "sap-entry", "corridor-bone"). The stated corridor is an
+    inscribed width, so it lies below the true outer isthmus width, and above it minus 2 mm (one
+    1 mm voxel of staircase on each side, and the pedicle's flare)."""
+    import re
+
+    ph = get_phantom(fov="spine", levels="L1-L5", pedicle_scale=0.5, seed=3)
+    plan = plan_screws(ph.ct, spine_from_truth(ph), ["L3", "L4"])
+    assert plan.screws == []
+    warns = [w for w in plan.warnings if w.code == "no-safe-screw"]
+    assert len(warns) == 4
+    for w in warns:
+        width = ph.truth["vertebrae"][w.level]["pedicles"][w.extra["side"]]["isthmus_width_mm"]
+        assert 4.0 <= 0.8 * width + 1e-6 and width < 6.0 + 0.5
+        assert w.extra["rule"] == "margin", (w.level, w.extra["side"], w.extra["rule"])
+        m = re.search(r"corridor of bone through the pedicle's isthmus is ([0-9.]+) mm", w.message)
+        assert m, w.message
+        corr = float(m.group(1))
+        assert width - 2.0 <= corr < min(width, 6.0), (w.level, corr, width)
+        assert "(4 + 2 x 1 = 6 mm)" in w.message

@@ -1680,8 +1680,51 @@ def search_pedicle(ctx: VertebraContext, side: str, st: PlannerSettings, sizes: 
     fate_of = np.full(len(order), NOT_CHECKED, np.int16)
     fate_of[order] = fate
     options = prefer_thicker(options, st)
-    failed = None
+    failed, detail = None, None
     if not options:
         failed = next((r for r in RULES if counts.get(r, 1) == 0), "verified-grade")
+        corr = isthmus_corridor_mm(ctx, side, st, pts, dirs) if src == "spine" else None
+        need = dmin + 2.0 * st.margin_mm
+        if corr is not None and corr < need - 1e-6 and RULES.index(failed) >= RULES.index("margin"):
+            # the rules later in the order only refused what passed beside or around the isthmus
+            failed = "margin"
+            detail = (f"the widest straight corridor of bone through the pedicle's isthmus is {corr:.1f} mm across "
+                      f"(inscribed, within {ISTHMUS_WINDOW_MM:g} mm of the measured isthmus centre), less than the "
+                      f"smallest catalogue screw needs with its margin ({dmin:g} + 2 x {st.margin_mm:g} = {need:g} mm)")
     return PedicleResult(options, width, width_sdf, wsrc, counts, failed, src,
-                         size_limit_of=lambda opt: size_limit(ctx, side, st, sizes, res, fate_of, opt.candidate, width))
+                         size_limit_of=lambda opt: size_limit(ctx, side, st, sizes, res, fate_of, opt.candidate, width),
+                         detail=detail)
+
+
+#: :func:`isthmus_corridor_mm`: an axis passes through the isthmus when the measured isthmus centre
+#: lies within this fraction of the isthmus width of it, beyond the entry zone; its corridor there
+#: is its narrowest inscribed radius within ISTHMUS_WINDOW_MM (along the axis) of the centre. (The
+#: isthmus is the pedicle's narrowest section, Zindrick et al., Spine 1987;12:160-166; a screw
+#: must pass through it, see ``RULES``' comment.)
+ISTHMUS_THROUGH_FRACTION = 0.25
+ISTHMUS_WINDOW_MM = 3.0
+
+
+def isthmus_corridor_mm(ctx: VertebraContext, side: str, st: PlannerSettings, pts: np.ndarray,
+                        dirs: np.ndarray) -> float | None:
+    """Diameter (mm) of the widest straight corridor of bone through the measured pedicle isthmus
+    among the candidate axes ``pts``/``dirs`` of :func:`search_pedicle` (2 x the largest, over the
+    axes through the isthmus, of the narrowest inscribed radius near it); 0 when no axis passes
+    through it, None without a measured pedicle. It states why a pedicle is refused when every
+    axis through it is too narrow and the later rules only refused axes beside it."""
+    ped = ctx.pedicles.get(side)
+    w = float(getattr(ped, "isthmus_width_mm", np.nan)) if ped is not None else np.nan
+    if not np.isfinite(w) or len(pts) == 0:
+        return None
+    _, d_ok, _, _, _, entry, ss, prof = _axis_profiles(ctx, side, pts, dirs, st)
+    if len(entry) == 0:
+        return 0.0
+    tc = isthmus_along(ctx, side, entry, d_ok)
+    rel = np.asarray(ped.isthmus_center, float)[None, :] - entry
+    off = np.linalg.norm(rel - tc[:, None] * d_ok, axis=1)
+    through = (off <= ISTHMUS_THROUGH_FRACTION * w) & (tc >= st.entry_zone_mm + ISTHMUS_WINDOW_MM)
+    if not through.any():
+        return 0.0
+    win = np.abs(ss[None, :] - tc[through, None]) <= ISTHMUS_WINDOW_MM
+    narrow = np.where(win, prof[through], np.inf).min(axis=1)
+    return float(2.0 * max(float(narrow.max()), 0.0))
