@@ -244,3 +244,12 @@ def test_patient_reads_when_the_level_names_are_uncertain(reports):
     i = next(k for k, t in enumerate(blocks) if "not sure which bone" in t)
     j = next(k for k, t in enumerate(blocks) if "small screw" in t)
     assert i == j + 2  # after the screws and the small-cuts paragraphs
+
+
+def test_report_numbers_never_show_a_negative_zero():
+    """A cranial angle of -0.01 deg reads "0.0" in the tables, not "-0.0" (which a reader takes for a
+    real sign); real negatives keep theirs."""
+    from spineplan.report.surgeon import _f, _pt
+
+    assert [_f(-0.01), _f(-0.04), _f(-0.05), _f(-0.2), _f(0.0), _f(-0.004, 2)] == ["0.0", "0.0", "-0.1", "-0.2", "0.0", "0.00"]
+    assert _pt([-0.04, 1.26, -3.3]) == "(0.0, 1.3, -3.3)"

@@ -45,11 +45,17 @@ def _f(x, nd=1, unit="") -> str:
         return str(x)
     if not np.isfinite(v):
         return "-"
-    return f"{v:.{nd}f}{unit}"
+    return f"{_num(v, nd)}{unit}"
+
+
+def _num(v: float, nd: int = 1) -> str:
+    """``v`` to ``nd`` decimals, without the sign of a value that rounds to zero ("0.0", not "-0.0")."""
+    s = f"{v:.{nd}f}"
+    return s[1:] if s.startswith("-") and float(s) == 0.0 else s
 
 
 def _pt(p) -> str:
-    return "(" + ", ".join(f"{float(v):.1f}" for v in p) + ")"
+    return "(" + ", ".join(_num(float(v)) for v in p) + ")"
 
 
 def _levels_text(levels) -> str:
