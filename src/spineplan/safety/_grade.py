@@ -173,13 +173,13 @@ def patient_axes_frame(mask: np.ndarray, grid: Volume):
 
 
 def facet_zone(mask: np.ndarray, above_mask: np.ndarray | None, grid: Volume, frame, *,
-               zone_mm: float = FACET_ZONE_MM, pad_mm: float = 12.0) -> BoxMask | None:
+               zone_mm: float = FACET_ZONE_MM, pad_mm: float = 12.0, box=None) -> BoxMask | None:
     """The facet joint zone between a vertebra and the one above it.
 
     Points within ``zone_mm`` of both vertebrae, plus the cranial vertebra's own bone, restricted
     to the posterior elements (beyond ``FACET_POSTERIOR_FRACTION`` of the vertebra's
     antero-posterior extent in its frame), in the padded bounding box of the vertebra. ``None``
-    when there is no vertebra above.
+    when there is no vertebra above. ``box``: ``mask_box(mask, grid, pad_mm)`` when already known.
 
     ``zone_mm`` is widened to at least one voxel (the largest spacing): the zone is built from
     voxel centres, and the voxels of two vertebrae that touch across the joint are one voxel
@@ -192,7 +192,8 @@ def facet_zone(mask: np.ndarray, above_mask: np.ndarray | None, grid: Volume, fr
 
     if above_mask is None or not np.any(above_mask):
         return None
-    box = mask_box(mask, grid, pad_mm)
+    if box is None:
+        box = mask_box(mask, grid, pad_mm)
     aff = grid.box_affine([b[0] for b in box])
     shape = tuple(b - a for a, b in box)
     zone = np.zeros(shape, bool)
