@@ -167,11 +167,16 @@ _EP_ROUNDS = 3
 _EP_SPREAD_MM = (1.1, 1.6)
 #: The edge planes are used when both agree with the mask's within this (deg).
 _EDGE_ENDPLATE_TOL_DEG = 5.0
-#: ... and from this voxel size (mm) on the edge planes alone: at 3 mm the mass planes' frames
+#: ... and from this voxel size (mm) on the pedicles' frame from the edge planes alone (_fit_frame's
+#: ``mass=False``): at 3 mm the mass planes' frames
 #: were closer to the truth (phantoms: z tilt rms sagittal 1.71 -> 0.92, coronal 1.51 -> 0.71
 #: deg) but the pedicle axis fit, whose line/tube gate is on a knife edge there, moved with
 #: them (frame-free axis error p95 3.32 -> 3.82 deg, one pedicle 4.5 -> 9.8 deg; transverse p95
-#: 2.37 -> 3.35 deg): left as it was until that gate is made robust.
+#: 2.37 -> 3.35 deg). So from this voxel size on the pedicles are fitted in the edge planes' frame
+#: (their axes as before) and the vertebra's frame is then refitted with the mass planes, in which
+#: their angles are given (measure_vertebra; 3 mm phantoms, bench_measure --pedicles: sagittal
+#: p95/max 3.74/4.03 -> 2.85/3.75 deg, axes unchanged; the real CTs' mass planes are too noisy,
+#: so their frames and angles are unchanged).
 _EP_MASS_MAX_VOX_MM = 2.5
 #: The endplate planes from bone mass (:func:`_mass_endplate`): the central part of the body
 #: used (fraction of its half width and half depth: the rim is rounded and carries osteophytes),
@@ -641,9 +646,11 @@ def _frame_endplates(body: np.ndarray, res: float, sacrum: bool, neighbours, ori
     return n_sup, n_inf, sup, inf
 
 
-def _fit_frame(crop: _Crop, neighbours=None, rounds: int = 3, sacrum: bool = False) -> _FrameFit:
+def _fit_frame(crop: _Crop, neighbours=None, rounds: int = 3, sacrum: bool = False,
+               mass: bool | None = None) -> _FrameFit:
     """The vertebra's frame (see :mod:`spineplan.anatomy.model`) from its label crop; ``sacrum``:
-    z from the superior endplate alone (:data:`SACRUM_TOP_MM`)."""
+    z from the superior endplate alone (:data:`SACRUM_TOP_MM`); ``mass``: the endplate planes from
+    bone mass are tried (None: below _EP_MASS_MAX_VOX_MM voxels)."""
     rng = np.random.default_rng(0)
     c = crop.points.mean(axis=0)
     z = _initial_z(c, neighbours)
@@ -685,7 +692,7 @@ def _fit_frame(crop: _Crop, neighbours=None, rounds: int = 3, sacrum: bool = Fal
     n_mask = (n_sup, n_inf)
     z_mask = _unit(n_sup + n_inf)
     lo, hi = _EP_SPREAD_MM
-    coarse = float(np.max(crop.ct.spacing)) >= _EP_MASS_MAX_VOX_MM
+    coarse = float(np.max(crop.ct.spacing)) >= _EP_MASS_MAX_VOX_MM if mass is None else not mass
     for r in range(_EP_ROUNDS):
         fr = VertebraFrame(origin, axes)
         fits = [None, None] if coarse else [_mass_endplate(crop, fr, body, top) for top in (True, False)]
@@ -2068,10 +2075,21 @@ def measure_vertebra(ct: Volume, mask: np.ndarray, name: str, label: int, *, nei
                         measurements={"volume_ml": vol_ml} if not crop.touches_edge else {"volume_in_scan_ml": vol_ml},
                         warnings=[f"{name}: could not fit the vertebra's frame ({exc}); only its volume is given."])
     sub = crop.ct
+    # from _EP_MASS_MAX_VOX_MM on, the pedicles are fitted in the edge planes' frame, and the frame
+    # (heights, endplates, the pedicles' angles) is the mass planes' where they are precise
+    fit_ped = fit
+    if sp >= _EP_MASS_MAX_VOX_MM and name != "S1":
+        try:
+            fit = _fit_frame(crop, neighbours, mass=True)
+        except InputError:
+            pass
     pedicles: dict[str, Pedicle] = {}
     if name not in NO_ISTHMUS_LEVELS:
-        pedicles, w = _checked_pedicles(crop, fit, name, sp)
+        pedicles, w = _checked_pedicles(crop, fit_ped, name, sp)
         warnings.extend(w)
+        if fit is not fit_ped:
+            for side, p in pedicles.items():
+                p.transverse_angle_deg, p.sagittal_angle_deg = fit.frame.angles_of(p.axis, side)
     if name in NO_ISTHMUS_LEVELS:
         warnings.append(f"{name}: its pedicles merge with the sacral ala (no free isthmus); they are not measured.")
     meas: dict[str, float] = {}
