@@ -188,3 +188,18 @@ def measured_phantom(**kwargs):
         ph = get_phantom(**kwargs)
         _SPINES[key] = (ph, build_spine(ph.ct, ph.labels))
     return _SPINES[key]
+
+
+_VERTEBRAE: dict = {}
+
+
+def measured_synthetic(*args, **kwargs):
+    """(ct, mask, truth, measure_vertebra of it as "L3") for ``synthetic_vertebra(*args, **kwargs)``,
+    memoised per session (test_measure and test_measure_stability measure the same poses). Read-only."""
+    from spineplan.anatomy.measure import measure_vertebra
+
+    key = (args, tuple(sorted(kwargs.items())))
+    if key not in _VERTEBRAE:
+        ct, mask, truth = synthetic_vertebra(*args, **kwargs)
+        _VERTEBRAE[key] = (ct, mask, truth, measure_vertebra(ct, mask, "L3", 22))
+    return _VERTEBRAE[key]

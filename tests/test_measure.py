@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from _measure import CANCELLOUS_HU, synthetic_vertebra
+from _measure import CANCELLOUS_HU, measured_synthetic, synthetic_vertebra
 from spineplan.anatomy.measure import OSTEOPOROSIS_HU, measure_vertebra, vertebra_frame
 
 
@@ -22,8 +22,8 @@ POSES = {1.0: (1.0, 15.0, 10.0, 0.0), 2.0: (2.0, -10.0, -8.0, 6.0)}
 @pytest.fixture(scope="session", params=sorted(POSES))
 def case(request):
     sp, rot, lord, sco = POSES[request.param]
-    ct, mask, truth = synthetic_vertebra(sp, rot, lord, sco, ped_w=8.0, ped_h=14.0, trans_deg=14.0)
-    return sp, ct, mask, truth, measure_vertebra(ct, mask, "L3", 22)
+    # (measured once per session: test_measure_stability perturbs the same vertebrae)
+    return (sp, *measured_synthetic(sp, rot, lord, sco, ped_w=8.0, ped_h=14.0, trans_deg=14.0))
 
 
 def test_frame_matches_the_pose(case):
