@@ -128,6 +128,12 @@ SPLIT_CASES = {
     # osteoporotic: a weak dip on the top band's flank, added as a missing disc towards the end
     "2mm-L3-S1-osteoporotic-top-band": dict(levels="L3-S1", spacing=2.0, seed=692, lordosis_deg=51.022557698907576,
                                             scoliosis_deg=25.0, rotation_deg=15.0, osteoporosis=True),
+    # osteoporotic, scoliotic (bench_naming seed 1): the curve leaves the top body (T10) sideways
+    # and runs 20 mm through its thin posterior bone (core 80-150 HU, no shell around it): that
+    # piece, past a dip in the fat beside the body, was a sixth label (every name shifted)
+    "1mm-T10-L2-osteoporotic-side-exit": dict(levels="T10-L2", spacing=1.0, seed=245,
+                                              lordosis_deg=50.740679955850176, scoliosis_deg=25.0,
+                                              osteoporosis=True),
 }
 
 
