@@ -533,7 +533,6 @@ def drop_split_picks(picks: list[int], score: np.ndarray, period: np.ndarray, st
 #: a weak dip is a disc only with a body beyond it: over at least ``GAP_RANGE[0]`` periods the
 #: (lightly smoothed) core there is brighter than the dip by this much (HU; osteoporotic marrow
 #: 77-81 HU against the disc's 70 in the phantoms).
-BODY_BEYOND_HU = 5.0
 #: ... or, where the marrow beyond is as dark as the disc (an osteoporotic sacrum: 68-70 HU
 #: against the disc's 70 in the phantoms), a vertebra's cortical shell surrounds the curve there
 #: (:func:`shell_profile` at least ``BAND_SHELL_HU``) over that length while its core is no soft
@@ -541,6 +540,7 @@ BODY_BEYOND_HU = 5.0
 #: L5/S1 disc of 0.8 mm osteoporotic L3-S1 phantoms (its dip scored 19-53: the sacral endplate
 #: is oblique to the curve at the lumbosacral bend) was never added, and L5 (with L3-L4 above it
 #: counted from the sacrum: a wrong name with confidence 0.8) became part of the sacrum's label.
+BODY_BEYOND_HU = 5.0
 #: Largest gap (in periods) from an added weak dip to its neighbouring pick. Above the chain's
 #: GAP_RANGE[1]: the period comes from the body width and ran 38 mm against 51 mm between the
 #: L1/L2 dip and the T12/L1 disc of a 1 mm osteoporotic T10-L2 phantom (lordosis lengthens the
