@@ -647,10 +647,24 @@ def _frame_endplates(body: np.ndarray, res: float, sacrum: bool, neighbours, ori
 
 
 def _fit_frame(crop: _Crop, neighbours=None, rounds: int = 3, sacrum: bool = False,
-               mass: bool | None = None) -> _FrameFit:
+               mass: bool | None = None, base: tuple | None = None) -> _FrameFit:
     """The vertebra's frame (see :mod:`spineplan.anatomy.model`) from its label crop; ``sacrum``:
     z from the superior endplate alone (:data:`SACRUM_TOP_MM`); ``mass``: the endplate planes from
-    bone mass are tried (None: below _EP_MASS_MAX_VOX_MM voxels)."""
+    bone mass are tried (None: below _EP_MASS_MAX_VOX_MM voxels). ``base``: the frame from the mask
+    alone, :func:`_mask_frame` of the same crop, when it is already at hand (it is the same for
+    either ``mass``)."""
+    if base is None:
+        base = _mask_frame(crop, neighbours, rounds, sacrum)
+    origin, axes, g, canal, body, n_sup, n_inf, sup_l, inf_l = base
+    if sacrum:  # (the mask's top plane; the CT refinement below fits both endplates)
+        frame = VertebraFrame(origin, axes)
+        return _FrameFit(frame, g, canal, body, n_sup, n_inf, frame.to_world(sup_l), frame.to_world(inf_l))
+    return _refine_frame(crop, origin, axes, g, canal, body, n_sup, n_inf, sup_l, inf_l, mass)
+
+
+def _mask_frame(crop: _Crop, neighbours=None, rounds: int = 3, sacrum: bool = False) -> tuple:
+    """The frame from the label mask alone: (origin, axes, grid, canal, body points, superior and
+    inferior endplate normals (world), their points (frame))."""
     rng = np.random.default_rng(0)
     c = crop.points.mean(axis=0)
     z = _initial_z(c, neighbours)
@@ -679,10 +693,12 @@ def _fit_frame(crop: _Crop, neighbours=None, rounds: int = 3, sacrum: bool = Fal
     canal = _find_canal(g)
     body = _body_points(g, canal)
     n_sup_l, n_inf_l, sup_l, inf_l = _frame_endplates(body, g.res, sacrum, neighbours, origin, axes)
-    n_sup, n_inf = n_sup_l @ axes, n_inf_l @ axes
-    if sacrum:  # (the mask's top plane; the CT refinement below fits both endplates)
-        frame = VertebraFrame(origin, axes)
-        return _FrameFit(frame, g, canal, body, n_sup, n_inf, frame.to_world(sup_l), frame.to_world(inf_l))
+    return origin, axes, g, canal, body, n_sup_l @ axes, n_inf_l @ axes, sup_l, inf_l
+
+
+def _refine_frame(crop: _Crop, origin, axes, g, canal, body, n_sup, n_inf, sup_l, inf_l,
+                  mass: bool | None) -> _FrameFit:
+    """The mask's frame (:func:`_mask_frame`) refined from the CT; ``mass`` as in :func:`_fit_frame`."""
     # Refined from the CT: each endplate from its bone mass (:func:`_mass_endplate`) where that is
     # precise (the lengths' spread about the plane below _EP_SPREAD_MM, blended out over it),
     # else from sub-voxel edges (:func:`_edge_endplate_normals`, kept when both planes agree with
@@ -2067,7 +2083,8 @@ def measure_vertebra(ct: Volume, mask: np.ndarray, name: str, label: int, *, nei
     vol_ml = n_vox * float(np.prod(ct.spacing)) / 1000.0
     warnings: list[str] = []
     try:
-        fit = _fit_frame(crop, neighbours, sacrum=name == "S1")
+        base = _mask_frame(crop, neighbours, sacrum=name == "S1")
+        fit = _fit_frame(crop, neighbours, sacrum=name == "S1", base=base)
     except InputError as exc:
         c = crop.points.mean(axis=0)
         frame = VertebraFrame(c, np.eye(3))
@@ -2080,7 +2097,7 @@ def measure_vertebra(ct: Volume, mask: np.ndarray, name: str, label: int, *, nei
     fit_ped = fit
     if sp >= _EP_MASS_MAX_VOX_MM and name != "S1":
         try:
-            fit = _fit_frame(crop, neighbours, mass=True)
+            fit = _fit_frame(crop, neighbours, mass=True, base=base)
         except InputError:
             pass
     pedicles: dict[str, Pedicle] = {}
