@@ -110,3 +110,30 @@ def test_pairs_across_a_missing_transitional_level_are_checked(curved):
     verts = _tilted(spine, i)[0].vertebrae
     out = frames_out_of_line(verts)
     assert any("T12 and L1" in w for w in out), out
+
+
+def test_a_kyphotic_lumbosacral_segment_marks_l5_and_s1():
+    """S1's endplate tilts forward more than L5's (lordosis, ~15-30 deg): not flagged. S1 measured
+    18 deg tilted backwards against L5 (the abdomen CT's own sacrum label did) marks both frames
+    suspect, with a warning; the same 18 deg as lordosis does not."""
+    import numpy as np
+
+    from spineplan.anatomy.model import Spine, Vertebra, VertebraFrame
+    from spineplan.anatomy.spine import frames_out_of_line, frames_suspect, lumbosacral_kyphosis_deg
+    from spineplan.levels import verse_code
+
+    def tilted(deg):  # frame turned about x by deg: z leans posterior (+y, LPS) for deg > 0
+        t = np.radians(deg)
+        return np.array([[1.0, 0, 0], [0, np.cos(t), -np.sin(t)], [0, np.sin(t), np.cos(t)]])
+
+    def spine(l5_deg, s1_deg):
+        return Spine(vertebrae=[Vertebra(name=n, label=verse_code(n), frame=VertebraFrame(np.zeros(3), tilted(d)),
+                                         complete=True) for n, d in (("L5", l5_deg), ("S1", s1_deg))], labels=None)
+
+    lordotic, kyphotic = spine(-30.0, -48.0), spine(-30.0, -12.0)
+    assert lumbosacral_kyphosis_deg(lordotic.vertebrae) == pytest.approx(-18.0, abs=0.01)
+    assert lumbosacral_kyphosis_deg(kyphotic.vertebrae) == pytest.approx(18.0, abs=0.01)
+    assert frames_suspect(lordotic) == set() and not frames_out_of_line(lordotic.vertebrae)
+    assert frames_suspect(kyphotic) == {"L5", "S1"}
+    assert any("18 deg kyphotic" in w for w in frames_out_of_line(kyphotic.vertebrae))
+    assert frames_suspect(spine(-30.0, -22.0)) == set()  # 8 deg kyphotic: within the limit

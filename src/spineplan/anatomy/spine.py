@@ -161,9 +161,34 @@ def frame_pairs_out_of_line(verts) -> list[tuple[str, str, float, float]]:
     return out
 
 
+#: The lumbosacral segment is lordotic: S1's superior endplate is tilted forward more than L5's
+#: (segmental L5-S1 angle -32.4 deg standing, Troyanovich et al., J Spinal Disord 1997;10:380-386;
+#: recumbent lordosis is ~3/4 of standing, L4-S1 29.8 +- 8.0 deg, Yukawa et al., Asian Spine J 2019).
+#: An L5/S1 pair measured kyphotic by more than this (deg) has a misread frame (the abdomen CT's own
+#: S1, the whole sacrum's label: its z 35 deg from the reference S1's, the segment 18 deg kyphotic).
+LUMBOSACRAL_KYPHOSIS_MAX_DEG = 10.0
+
+
+def lumbosacral_kyphosis_deg(verts) -> float | None:
+    """The L5/S1 segment's sagittal angle (deg; positive = kyphotic: S1's z tilted backwards
+    against L5's in L5's mid-sagittal plane), or None without both complete."""
+    by = {v.name: v for v in verts}
+    a, b = by.get("L5"), by.get("S1")
+    if a is None or b is None or not (a.complete and b.complete):
+        return None
+    ax = np.asarray(a.frame.axes, float)
+    zb = np.asarray(b.frame.axes, float)[2]
+    return float(np.degrees(np.arctan2(zb @ ax[1], zb @ ax[2])))
+
+
 def frames_suspect(spine) -> set[str]:
-    """Names of the vertebrae in a pair of :func:`frame_pairs_out_of_line`."""
-    return {n for a, b, _, _ in frame_pairs_out_of_line(spine.vertebrae) for n in (a, b)}
+    """Names of the vertebrae in a pair of :func:`frame_pairs_out_of_line`, and L5 and S1 when
+    their segment is kyphotic (:data:`LUMBOSACRAL_KYPHOSIS_MAX_DEG`)."""
+    out = {n for a, b, _, _ in frame_pairs_out_of_line(spine.vertebrae) for n in (a, b)}
+    k = lumbosacral_kyphosis_deg(spine.vertebrae)
+    if k is not None and k > LUMBOSACRAL_KYPHOSIS_MAX_DEG:
+        out |= {"L5", "S1"}
+    return out
 
 
 def frames_out_of_line(verts) -> list[str]:
@@ -173,7 +198,11 @@ def frames_out_of_line(verts) -> list[str]:
     return [f"{a} and {b}: their cranio-caudal axes differ by {ang:.0f} deg (more than {lim:.0f} deg between "
             "adjacent vertebrae is rare without a fracture or a deformity): the frame of one of them (its "
             "endplates) is probably wrong, and with it its C-arm angles, body heights and fracture grade. "
-            f"Check {a} and {b} on the images." for a, b, ang, lim in frame_pairs_out_of_line(verts)]
+            f"Check {a} and {b} on the images." for a, b, ang, lim in frame_pairs_out_of_line(verts)] + [
+        f"L5 and S1: the lumbosacral segment measures {k:.0f} deg kyphotic (it is lordotic in nearly everyone; "
+        f"more than {LUMBOSACRAL_KYPHOSIS_MAX_DEG:.0f} deg kyphotic is implausible): the frame of one of them, "
+        "likely S1's, is probably wrong, and with it its C-arm angles. Check L5 and S1 on the images."
+        for k in [lumbosacral_kyphosis_deg(verts)] if k is not None and k > LUMBOSACRAL_KYPHOSIS_MAX_DEG]
 
 
 def _check_pedicles_against_neighbours(verts) -> None:
