@@ -247,15 +247,29 @@ class DistanceField:
 
 
 def mask_box(mask: np.ndarray, grid: Volume, pad_mm: float) -> tuple[tuple[int, int], ...]:
-    """Index bounding box (half-open) of a mask, padded by ``pad_mm`` and clipped to the grid."""
+    """Index bounding box (half-open) of a mask, padded by ``pad_mm`` and clipped to the grid
+    (the whole grid for an empty mask)."""
+    tight = tight_box(mask)
+    if tight is None:
+        return tuple((0, n) for n in mask.shape)
+    return pad_box(tight, mask.shape, grid.spacing, pad_mm)
+
+
+def tight_box(mask: np.ndarray) -> tuple[tuple[int, int], ...] | None:
+    """Inclusive index bounds ((lo, hi), ...) of a mask's voxels, or None when it is empty."""
     nz = [np.flatnonzero(np.any(mask, axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+    if any(n.size == 0 for n in nz):
+        return None
+    return tuple((int(n[0]), int(n[-1])) for n in nz)
+
+
+def pad_box(tight, shape, spacing, pad_mm: float) -> tuple[tuple[int, int], ...]:
+    """The half-open box of :func:`mask_box` from a mask's inclusive bounds ``tight``
+    (:func:`tight_box`): padded by ``pad_mm`` (and a voxel) and clipped to ``shape``."""
     out = []
-    for ax in range(3):
-        padv = int(np.ceil(pad_mm / grid.spacing[ax])) + 1
-        if nz[ax].size == 0:
-            out.append((0, mask.shape[ax]))
-            continue
-        out.append((max(int(nz[ax][0]) - padv, 0), min(int(nz[ax][-1]) + 1 + padv, mask.shape[ax])))
+    for ax, (lo, hi) in enumerate(tight):
+        padv = int(np.ceil(pad_mm / spacing[ax])) + 1
+        out.append((max(lo - padv, 0), min(hi + 1 + padv, shape[ax])))
     return tuple(out)
 
 

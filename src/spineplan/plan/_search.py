@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from spineplan.geometry import BoxMask, DistanceField, mask_box, orthonormal_basis
+from spineplan.geometry import BoxMask, DistanceField, mask_box, orthonormal_basis, pad_box, tight_box
 from spineplan.levels import region
 from spineplan.plan.settings import PlannerSettings
 from spineplan.safety._grade import ENTRY_OBLIQUITY_MAX_DEG, line_entries
@@ -226,8 +226,8 @@ def make_context(ct: Volume, vertebra, mask: np.ndarray, labels: np.ndarray | No
     raw = np.asarray(mask, bool)
     # the label's bounding box once (a full-volume pass costs ~15 ms per axis on a 512 x 512 x 300
     # CT): the planning mask, its distance-field box and the facet zone's box all derive from it
-    tight = _tight_box(raw)
-    pm_box = None if tight is None else _pad_box(tight, raw.shape, ct.spacing, 2.0 * float(np.max(ct.spacing)))
+    tight = tight_box(raw)
+    pm_box = None if tight is None else pad_box(tight, raw.shape, ct.spacing, 2.0 * float(np.max(ct.spacing)))
     mask, cleaning = planning_mask(ct, raw, vertebra.frame, settings, labels, box=pm_box)
     box = mask_box(mask, ct, BOX_PAD_MM) if pm_box is None else _box_within(mask, pm_box, ct.spacing, BOX_PAD_MM)
     sl = tuple(slice(a, b) for a, b in box)
@@ -240,7 +240,7 @@ def make_context(ct: Volume, vertebra, mask: np.ndarray, labels: np.ndarray | No
     # the entries outward and the refusals to the corridor and facet rules. Not used.)
     fld = DistanceField.of_mask(mask, ct, pad_mm=BOX_PAD_MM, box=box, exact_outside=False)
     fz = facet_zone(raw, above_mask, ct, vertebra.frame, zone_mm=settings.facet_zone_mm,
-                    box=None if tight is None else _pad_box(tight, raw.shape, ct.spacing, FACET_BOX_PAD_MM)) \
+                    box=None if tight is None else pad_box(tight, raw.shape, ct.spacing, FACET_BOX_PAD_MM)) \
         if above_mask is not None else None
     ctx = VertebraContext(name=vertebra.name, frame=vertebra.frame, mask=mask, field=fld, hu=hu, ct=ct,
                           labels=labels, label=getattr(vertebra, "label", None), facet=fz,
@@ -251,32 +251,14 @@ def make_context(ct: Volume, vertebra, mask: np.ndarray, labels: np.ndarray | No
     return ctx
 
 
-def _tight_box(mask: np.ndarray) -> tuple[tuple[int, int], ...] | None:
-    """Inclusive index bounds ((lo, hi), ...) of a mask's voxels, or None when it is empty."""
-    nz = [np.flatnonzero(np.any(mask, axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
-    if any(n.size == 0 for n in nz):
-        return None
-    return tuple((int(n[0]), int(n[-1])) for n in nz)
-
-
-def _pad_box(tight, shape, spacing, pad_mm: float) -> tuple[tuple[int, int], ...]:
-    """:func:`spineplan.geometry.mask_box` of a mask with inclusive bounds ``tight`` (same padding
-    and clipping, half-open result), without another pass over the volume."""
-    out = []
-    for ax, (lo, hi) in enumerate(tight):
-        padv = int(np.ceil(pad_mm / spacing[ax])) + 1
-        out.append((max(lo - padv, 0), min(hi + 1 + padv, shape[ax])))
-    return tuple(out)
-
-
 def _box_within(mask: np.ndarray, within, spacing, pad_mm: float) -> tuple[tuple[int, int], ...]:
     """:func:`spineplan.geometry.mask_box` of ``mask`` when it has no voxel outside the box
     ``within`` (half-open): only that box is scanned."""
     sl = tuple(slice(a, b) for a, b in within)
-    t = _tight_box(mask[sl])
+    t = tight_box(mask[sl])
     if t is None:
         return tuple((0, n) for n in mask.shape)
-    return _pad_box(tuple((lo + w[0], hi + w[0]) for (lo, hi), w in zip(t, within)), mask.shape, spacing, pad_mm)
+    return pad_box(tuple((lo + w[0], hi + w[0]) for (lo, hi), w in zip(t, within)), mask.shape, spacing, pad_mm)
 
 
 #: Padding of the facet zone's box (the default of :func:`spineplan.safety.facet_zone`).
