@@ -185,10 +185,15 @@ def frames_suspect(spine) -> set[str]:
     """Names of the vertebrae in a pair of :func:`frame_pairs_out_of_line`, and L5 and S1 when
     their segment is kyphotic (:data:`LUMBOSACRAL_KYPHOSIS_MAX_DEG`)."""
     out = {n for a, b, _, _ in frame_pairs_out_of_line(spine.vertebrae) for n in (a, b)}
-    k = lumbosacral_kyphosis_deg(spine.vertebrae)
-    if k is not None and k > LUMBOSACRAL_KYPHOSIS_MAX_DEG:
+    if _lumbosacral_out_of_line(spine.vertebrae) is not None:
         out |= {"L5", "S1"}
     return out
+
+
+def _lumbosacral_out_of_line(verts) -> float | None:
+    """:func:`lumbosacral_kyphosis_deg` when beyond :data:`LUMBOSACRAL_KYPHOSIS_MAX_DEG`, else None."""
+    k = lumbosacral_kyphosis_deg(verts)
+    return k if k is not None and k > LUMBOSACRAL_KYPHOSIS_MAX_DEG else None
 
 
 def frames_out_of_line(verts) -> list[str]:
@@ -202,7 +207,7 @@ def frames_out_of_line(verts) -> list[str]:
         f"L5 and S1: the lumbosacral segment measures {k:.0f} deg kyphotic (it is lordotic in nearly everyone; "
         f"more than {LUMBOSACRAL_KYPHOSIS_MAX_DEG:.0f} deg kyphotic is implausible): the frame of one of them, "
         "likely S1's, is probably wrong, and with it its C-arm angles. Check L5 and S1 on the images."
-        for k in [lumbosacral_kyphosis_deg(verts)] if k is not None and k > LUMBOSACRAL_KYPHOSIS_MAX_DEG]
+        for k in [_lumbosacral_out_of_line(verts)] if k is not None]
 
 
 def _check_pedicles_against_neighbours(verts) -> None:
