@@ -55,7 +55,7 @@ import numpy as np
 from spineplan.geometry import BoxMask, DistanceField, mask_box, orthonormal_basis, pad_box, tight_box
 from spineplan.levels import region
 from spineplan.plan.settings import PlannerSettings
-from spineplan.safety._grade import ENTRY_OBLIQUITY_MAX_DEG, line_entries
+from spineplan.safety._grade import line_entries, line_lag_max
 from spineplan.volume import Volume
 
 #: Default medial (transverse) angles of the pedicle axis by region, used to centre the search
@@ -839,7 +839,7 @@ def _surface_fail(ctx: VertebraContext, st: PlannerSettings, entry, dirs, te, pr
     need_p, need_b = r + st.margin_mm + PROFILE_SLACK_MM, r + st.body_margin + PROFILE_SLACK_MM
     lim_p, lim_b = -(st.margin_mm + PROFILE_SLACK_MM), -(st.body_margin + PROFILE_SLACK_MM)
     relief = r * (1.0 - np.cos(np.radians(BALL_RELIEF_DEG)))
-    lag = min(st.entry_zone_mm, r * float(np.tan(np.radians(ENTRY_OBLIQUITY_MAX_DEG))))
+    lag = line_lag_max(r, st.entry_zone_mm)
     lim_e = -(st.body_margin + PROFILE_SLACK_MM)  # a surface line inside its own entry zone
     stop = np.broadcast_to(np.asarray(stop, np.float64), (n,))
     cap = np.full(n, np.inf) if end_cap is None else np.broadcast_to(np.asarray(end_cap, np.float64), (n,))

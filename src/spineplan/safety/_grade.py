@@ -50,6 +50,13 @@ ENTRY_ZONE_RULE = (
 )
 
 
+def line_lag_max(radius_mm: float, zone_mm: float) -> float:
+    """How much later (mm along the axis) than the axis a surface line may enter the bone and still
+    be judged from its own entry (ENTRY_ZONE_RULE): ``radius_mm`` tan(ENTRY_OBLIQUITY_MAX_DEG), at
+    most ``zone_mm``."""
+    return min(float(zone_mm), float(radius_mm) * float(np.tan(np.radians(ENTRY_OBLIQUITY_MAX_DEG))))
+
+
 def line_entries(ts: np.ndarray, f: np.ndarray, zone_mm: float, lag_max: float) -> np.ndarray:
     """Where each surface line enters the bone (mm along the axis): ``f`` (T, L) is the signed
     distance on L lines at the distances ``ts`` (T,) from the entry; a line's entry is its first
@@ -85,7 +92,7 @@ def line_zone_ends(t_mm: np.ndarray, on_cap: np.ndarray, sdf: np.ndarray, radius
     n_around = int(np.sum(tl == tl[0]))
     ts = tl[::n_around]
     f = np.asarray(sdf, float)[lat].reshape(len(ts), n_around)
-    lag_max = min(float(zone_mm), float(radius_mm) * float(np.tan(np.radians(ENTRY_OBLIQUITY_MAX_DEG))))
+    lag_max = line_lag_max(radius_mm, zone_mm)
     end = zone_mm + np.clip(line_entries(ts, f, zone_mm, lag_max), 0.0, lag_max)
     if max_end_mm is not None:
         end = np.minimum(end, max(float(max_end_mm), float(zone_mm)))
