@@ -142,10 +142,14 @@ def test_metal_screw_chords_by_hand():
     delta = 600 * np.sin(phi)
     assert img[20 + k, 20] == pytest.approx(mu_ti * 2 * np.sqrt(r * r - delta * delta), rel=1e-6)
     assert img[20 + 15, 20] == 0.0  # misses (600 * tan > r)
-    # a screw along the beam: the central ray runs its whole 40 mm length
+    # a screw along the beam: the central ray runs its whole 40 mm length (shaft only) ...
     along = {"screws": [{"entry": (iso - [0, 20, 0]).tolist(), "tip": (iso + [0, 20, 0]).tolist(),
                          "diameter_mm": 6.5}]}
-    assert render(att, carm, mode="fast", metal=along)[20, 20] == pytest.approx(mu_ti * 40.0, rel=1e-6)
+    shaft = as_metal(along, heads=False)
+    assert render(att, carm, mode="fast", metal=shaft)[20, 20] == pytest.approx(mu_ti * 40.0, rel=1e-6)
+    # ... and with its head, 5 mm of neck (solid) and a 15 mm tulip at 60 % of titanium's attenuation
+    assert render(att, carm, mode="fast", metal=along)[20, 20] == pytest.approx(mu_ti * (40.0 + 5.0 + 0.6 * 15.0),
+                                                                                rel=1e-6)
     # a rod (polyline) of two collinear segments = one cylinder, also where the joint is on the ray
     for joint in ([7.0, 0, 0], [0.0, 0, 0]):
         rod = [{"points": [(iso - [20, 0, 0]).tolist(), (iso + joint).tolist(), (iso + [20, 0, 0]).tolist()],
@@ -277,7 +281,7 @@ def test_metal_chords_match_brute_force_on_oblique_rays():
     met = as_metal(cyl)
     p0, p1, r, mu = met.arrays(60.0)
     o, d = carm.rays()
-    t = np.linspace(560.0, 640.0, 80001)  # every cylinder lies within 35 mm of the isocentre
+    t = np.linspace(555.0, 645.0, 90001)  # every cylinder (heads too) lies within 40 mm of the isocentre
     dt = t[1] - t[0]
     hits = 0
     for v in range(2, 41, 6):
@@ -293,3 +297,36 @@ def test_metal_chords_match_brute_force_on_oblique_rays():
             hits += total > 0
             assert img[v, u] == pytest.approx(total, abs=2e-3 + 1e-3 * total)
     assert hits > 10
+
+
+def test_rod_sits_in_the_drawn_tulips_on_a_lateral_view():
+    """The plan's rod runs through the screw heads (spineplan.plan.rods.screw_head, 12 mm above the
+    entry): drawn with their tulips, the metal is continuous from each screw's tip up to the rod
+    and beyond it to the tulip's top; without heads there is a gap between entry and rod."""
+    from spineplan.fluoro.drr import metal_image
+    from spineplan.fluoro.metal import TULIP_TOP_MM
+    from spineplan.plan.model import Screw
+    from spineplan.plan.rods import screw_head
+
+    iso = np.array([0.0, 0.0, 0.0])
+    # two screws pointing anterior (entry posterior, +y), 30 mm apart along z, and the rod through their heads
+    screws = [Screw(level=lvl, side="left", entry=[0.0, 10.0, z], tip=[0.0, -35.0, z], diameter_mm=6.5,
+                    length_mm=45.0) for lvl, z in (("L3", -15.0), ("L4", 15.0))]
+    heads = [screw_head(s) for s in screws]
+    rod = {"points": [(heads[0] - [0, 0, 5.0]).tolist(), (heads[1] + [0, 0, 5.0]).tolist()], "diameter_mm": 5.5}
+    plan = {"screws": [s.to_dict() for s in screws], "rods": [rod]}
+    carm = CArm(Detector(sdd_mm=1000.0, width_px=161, height_px=161, pixel_mm=1.0), Pose.from_carm(iso, 0, 90))
+    from spineplan.fluoro.metal import as_metal
+
+    with_heads = metal_image(carm, plan)
+    shaft_only = metal_image(carm, as_metal(plan, heads=False))
+    for s in screws:
+        entry, tip = np.asarray(s.entry), np.asarray(s.tip)
+        out = (entry - tip) / np.linalg.norm(entry - tip)
+        # pixels along the projected screw axis from the tip (+2 mm) to 1 mm below the tulip's top
+        pts = tip + out * np.linspace(2.0, np.linalg.norm(entry - tip) + TULIP_TOP_MM - 1.0, 200)[:, None]
+        uv = np.rint(carm.project(pts)).astype(int)
+        vals = with_heads[uv[:, 1], uv[:, 0]]
+        assert vals.min() > 0.0  # no gap between bone screw, tulip and rod
+        gap = shaft_only[uv[:, 1], uv[:, 0]]
+        assert (gap == 0.0).sum() > 5  # (without the head the rod floats above the entry)
