@@ -37,6 +37,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"naming confidence: {seg.confidence:.2f} ({seg.method})")
     for w in seg.warnings:
         print(f"warning: {w}")
+    if not args.labels and not args.anchor:
+        print("note: these names are automatic. `spineplan anatomy` / `plan` on the CT also check the bone "
+              "quality (osteoporotic bone lowers this confidence); given this label map with --labels, they take "
+              "the names as confirmed: confirm them on the images first.")
     print(f"wrote {args.output}")
     print(DISCLAIMER)
     return 0
