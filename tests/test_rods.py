@@ -148,3 +148,52 @@ def test_long_construct_is_contoured_and_cut_to_length():
     assert rod.extra["needed_length_mm"] == pytest.approx(span + 10.0, abs=0.2)
     assert rod.length_mm == 5 * np.ceil((span + 10.0) / 5) and rod.length_mm > 120
     assert [w.code for w in plan.warnings] == ["rod-cut-to-length"]
+
+
+class _Frame:
+    def __init__(self, z):
+        z = np.asarray(z, float) / np.linalg.norm(z)
+        x = np.array([1.0, 0.0, 0.0])
+        self.axes = np.array([x, np.cross(z, x), z])
+
+
+class _Vert:
+    def __init__(self, z):
+        self.frame = _Frame(z)
+
+
+def test_rod_bend_is_limited_to_the_spines_curve_plus_ten_degrees():
+    """Three heads 30 mm apart on a straight spine, the middle one 9 mm deeper: the circle through
+    them bends 67 deg between the end heads. Given the vertebrae (no lordosis
+    between the end levels), the rod bends at most 10 deg over the heads (chord angle measured
+    here from the polyline), and the deep head, left off it, is reported."""
+    heads = np.array([[20.0, 30.0, 30.0], [20.0, 21.0, 0.0], [20.0, 30.0, -30.0]])  # +y posterior (outward)
+    free = _plan(heads)
+    (rod,) = plan_rods(free)
+    assert rod.extra["bend_angle_deg"] > 60.0  # (without the spine: through every head)
+    assert max(rod.extra["head_offsets_mm"]) < 0.1  # (5 mm polyline steps on a 55 mm radius: 0.06 mm sagitta)
+    spine = {lv: _Vert([0.0, 0.0, 1.0]) for lv in ("L3", "L4", "L5")}
+    plan = _plan(heads)
+    (rod,) = plan_rods(plan, spine=spine)
+    pts = np.asarray(rod.points)
+    # angle between the rod's tangents at the end heads, from the polyline itself
+    def tangent_at(h):
+        i = int(np.argmin(np.linalg.norm(pts - h, axis=1)))
+        i = min(max(i, 1), len(pts) - 2)
+        t = pts[i + 1] - pts[i - 1]
+        return t / np.linalg.norm(t)
+    t0, t1 = tangent_at(heads[0]), tangent_at(heads[2])
+    bend_heads = math.degrees(math.acos(float(np.clip(t0 @ t1, -1, 1))))
+    assert bend_heads == pytest.approx(10.0, abs=1.0)
+    # circle sagitta over a 60 mm chord at 10 deg: ~1.3 mm, so 7.7 mm are left, which least squares
+    # spreads 2:1:1 over the middle and end heads: the middle ~5.1 mm off, more than a polyaxial head takes up
+    offs = [_dist_to_polyline(h, pts) for h in heads]
+    assert offs[1] > 4.1 and offs[1] == pytest.approx(rod.extra["head_offsets_mm"][1], abs=0.05)
+    assert "L4" in [w.level for w in plan.warnings if w.code == "rod-head-offset"]
+    assert "capped at 10 deg" in rod.extra["contour"]
+    # a spine whose end vertebrae are 60 deg apart lets the rod bend 70 deg: the free arc (67 deg) is kept
+    lordotic = {"L3": _Vert([0.0, math.sin(math.radians(30)), math.cos(math.radians(30))]), "L4": _Vert([0, 0, 1.0]),
+                "L5": _Vert([0.0, -math.sin(math.radians(30)), math.cos(math.radians(30))])}
+    plan = _plan(heads)
+    (rod,) = plan_rods(plan, spine=lordotic)
+    assert max(rod.extra["head_offsets_mm"]) < 0.1 and "capped" not in rod.extra["contour"]

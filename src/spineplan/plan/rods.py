@@ -8,7 +8,9 @@ the heads (cranial to caudal) are fitted with a curve in the rod's sagittal plan
 heads, containing the rod's direction, normal to the patient's left axis): a straight rod for
 two heads; a circular arc (a pre-bent lordotic rod has a constant radius) when one passes within
 :data:`PREBENT_TOLERANCE_MM` of every head; otherwise (four heads or more) a cubic contour, the
-rod being bent to the heads with a rod bender. The rod runs :data:`ROD_OVERHANG_MM` beyond each end
+rod being bent to the heads with a rod bender. Given the vertebrae, the rod bends no more than the
+spine's own curve across the construct plus :data:`ROD_EXTRA_BEND_DEG`; heads that a more bent rod
+would have reached are then left off it and reported. The rod runs :data:`ROD_OVERHANG_MM` beyond each end
 head, and its length is rounded up to the next catalogue length (:data:`ROD_LENGTHS_MM`), the
 extra split equally between the two ends.
 
@@ -65,6 +67,14 @@ CUT_LENGTH_STEP_MM = 5.0
 #: A pre-bent (constant-radius) rod is used when it passes within this distance of every head in
 #: the sagittal plane; otherwise (4+ heads) the rod is contoured to the heads. Engineering default.
 PREBENT_TOLERANCE_MM = 1.0
+#: A rod follows the spine's sagittal curve across the construct: its bend over the heads may exceed
+#: the lordosis (or kyphosis) between the end vertebrae (the angle between their frames' z axes in
+#: the rod's plane) by at most this much. Three heads always lie on some circle, but one through a
+#: head that sits a few mm deeper than its neighbours is a 60 deg bend over 75 mm that no surgeon
+#: would pass percutaneously (segmental lumbar lordosis is ~5-20 deg per level, Damasceno LHF et
+#: al., Eur Spine J 2006;15:1026-1034); such a head is left off the rod and reported (a reduction
+#: screw, or the screw realigned, takes it up). Engineering default.
+ROD_EXTRA_BEND_DEG = 10.0
 #: The dense model curve extends this far beyond the end heads (longer than any overhang).
 _EXTEND_MM = 100.0
 #: Spacing of the points written to ``Rod.points``.
@@ -74,6 +84,15 @@ ROD_POINT_SPACING_MM = 5.0
 def screw_head(screw: Screw, height_mm: float = TULIP_CENTRE_HEIGHT_MM) -> np.ndarray:
     """Centre of the rod seat: ``height_mm`` above the entry, back along the screw axis."""
     return np.asarray(screw.entry, float) - height_mm * screw.direction()
+
+
+def sagittal_angle_deg(z1, z2, left) -> float:
+    """Angle (deg, >= 0) between two vertebrae's superior axes projected on the plane normal to
+    ``left`` (their lordosis or kyphosis in that plane)."""
+    n = np.asarray(left, float) / np.linalg.norm(left)
+    p = [np.asarray(z, float) - (np.asarray(z, float) @ n) * n for z in (z1, z2)]
+    cosang = float(p[0] @ p[1] / (np.linalg.norm(p[0]) * np.linalg.norm(p[1])))
+    return math.degrees(math.acos(max(-1.0, min(1.0, cosang))))
 
 
 def catalogue_length(needed_mm: float, lengths=ROD_LENGTHS_MM) -> float | None:
@@ -108,11 +127,15 @@ def _frame(heads: np.ndarray, outward: np.ndarray, left: np.ndarray) -> tuple[np
     return centre, u, p
 
 
-def fit_rod(heads, outward, *, left=(1.0, 0.0, 0.0), overhang_mm: float = ROD_OVERHANG_MM, lengths=ROD_LENGTHS_MM) -> dict:
+def fit_rod(heads, outward, *, left=(1.0, 0.0, 0.0), overhang_mm: float = ROD_OVERHANG_MM, lengths=ROD_LENGTHS_MM,
+            max_bend_deg: float | None = None) -> dict:
     """Fit a rod through ``heads`` (cranial to caudal, (n, 3), n >= 2).
 
     ``outward`` is the mean extender direction (from bone towards the skin) and ``left`` the
-    patient's left axis (the normal of the sagittal plane the rod is contoured in). Returns a dict with
+    patient's left axis (the normal of the sagittal plane the rod is contoured in).
+    ``max_bend_deg``: the largest bend of the rod between its end heads (see
+    :data:`ROD_EXTRA_BEND_DEG`); a curve through the heads that bends more is replaced by the
+    least-squares circular arc of that bend. Returns a dict with
     ``points`` (rod polyline, cranial to caudal, spaced <= 5 mm), ``length_mm`` (catalogue),
     ``needed_mm``, ``radius_mm`` (None if straight), ``bend_angle_deg``, ``inner_bends_deg``,
     ``head_offsets_mm``, ``sagittal_offsets_mm``, ``coronal_offsets_mm``, ``overhang_mm``
@@ -124,7 +147,7 @@ def fit_rod(heads, outward, *, left=(1.0, 0.0, 0.0), overhang_mm: float = ROD_OV
     centre, u, p = _frame(heads, np.asarray(outward, float), np.asarray(left, float))
     rel = heads - centre
     a, b = rel @ u, rel @ p
-    contour, radius, point_of, t_heads = _contour(a, b)
+    contour, radius, point_of, t_heads = _contour(a, b, None if max_bend_deg is None else math.radians(max_bend_deg))
     # dense curve, cranial -> caudal, over the heads and 100 mm beyond each end
     sgn = 1.0 if t_heads[0] >= t_heads[-1] else -1.0
     ext = _EXTEND_MM / (radius if radius is not None else 1.0)
@@ -167,13 +190,14 @@ def fit_rod(heads, outward, *, left=(1.0, 0.0, 0.0), overhang_mm: float = ROD_OV
             "plane": (centre, u, p)}
 
 
-def _contour(a: np.ndarray, b: np.ndarray):
+def _contour(a: np.ndarray, b: np.ndarray, max_bend: float | None = None):
     """In-plane rod model through the heads' plane coordinates (a along the rod, b outward).
 
     Returns (contour name, radius or None, point_of(t) -> (a, b), t of the heads). Two heads: a
     straight rod. Otherwise a circular arc (a pre-bent rod) when it passes within
     :data:`PREBENT_TOLERANCE_MM` of every head; else, for four heads or more, a cubic contour
-    (the rod bent to the heads with a rod bender).
+    (the rod bent to the heads with a rod bender). A curve bending more than ``max_bend``
+    (radians) between the end heads is replaced by the least-squares arc of that bend.
     """
     n = len(a)
 
@@ -181,18 +205,60 @@ def _contour(a: np.ndarray, b: np.ndarray):
         k, q = np.polyfit(a, b, 1)
         return "straight", None, (lambda t: (t, k * t + q)), a.copy()
 
+    def arc(c2, r, name="circular arc (pre-bent)"):
+        th = np.unwrap(np.arctan2(b - c2[1], a - c2[0]))
+        return name, r, (lambda t: (c2[0] + r * np.cos(t), c2[1] + r * np.sin(t))), th
+
     if n == 2:
         return line()
     c2, r = _fit_circle(a, b)
     resid = float(np.max(np.abs(np.hypot(a - c2[0], b - c2[1]) - r)))
     if n >= 4 and resid > PREBENT_TOLERANCE_MM:
         coef = np.polyfit(a, b, 3)
-        return "contoured to the heads (cubic, bend with a rod bender)", None, (lambda t: (t, np.polyval(coef, t))), a.copy()
+        slope = np.polyval(np.polyder(coef), [a[0], a[-1]])
+        if max_bend is None or abs(math.atan(slope[0]) - math.atan(slope[1])) <= max_bend:
+            return ("contoured to the heads (cubic, bend with a rod bender)", None,
+                    (lambda t: (t, np.polyval(coef, t))), a.copy())
+    elif r >= STRAIGHT_RADIUS_MM:
+        return line()
+    else:
+        name, r, point_of, th = arc(c2, r)
+        if max_bend is None or abs(th[0] - th[-1]) <= max_bend:
+            return name, r, point_of, th
+    if max_bend is None or max_bend <= 0.0:
+        return line()
+    c2, r = _fit_arc_of_bend(a, b, max_bend)
     if r >= STRAIGHT_RADIUS_MM:
         return line()
-    th = np.unwrap(np.arctan2(b - c2[1], a - c2[0]))
-    return ("circular arc (pre-bent)", r,
-            (lambda t: (c2[0] + r * np.cos(t), c2[1] + r * np.sin(t))), th)
+    return arc(c2, r, f"circular arc (pre-bent; capped at {math.degrees(max_bend):.0f} deg between the end heads, "
+                      f"the spine's curve + {ROD_EXTRA_BEND_DEG:g}: see the head offsets)")
+
+
+def _fit_arc_of_bend(a: np.ndarray, b: np.ndarray, bend: float) -> tuple[np.ndarray, float]:
+    """Least-squares circle through the plane points whose arc between the first and last point
+    turns by ``bend`` (radians): radius and centre fitted together under that constraint."""
+    from scipy.optimize import least_squares
+
+    chord = math.hypot(a[-1] - a[0], b[-1] - b[0])
+    mid = np.array([(a[0] + a[-1]) / 2.0, (b[0] + b[-1]) / 2.0])
+    along = np.array([a[-1] - a[0], b[-1] - b[0]]) / max(chord, 1e-9)
+    normal = np.array([-along[1], along[0]])
+    # the bulge of the points (their mean offset from the end chord) sets the side of the centre
+    bulge = float(np.mean((np.column_stack([a, b]) - mid) @ normal))
+    side = -1.0 if bulge >= 0 else 1.0
+
+    def circle(params):
+        shift = params[0]  # the end chord slides along its normal; the bend fixes r from the chord
+        r = chord / (2.0 * math.sin(bend / 2.0))
+        c = mid + normal * (shift + side * r * math.cos(bend / 2.0))
+        return c, r
+
+    def resid(params):
+        c, r = circle(params)
+        return np.hypot(a - c[0], b - c[1]) - r
+
+    sol = least_squares(resid, [0.0])
+    return circle(sol.x)
 
 
 def head_offsets(heads, polyline, u, p, *, resolution_mm: float = 0.05):
@@ -243,9 +309,12 @@ def plan_rods(plan: Plan, *, ct=None, skin=None, spine=None, overhang_mm: float 
         heads = np.array([screw_head(s, head_height_mm) for s in screws])
         outward = -np.mean([s.direction() for s in screws], axis=0)
         left = np.array([1.0, 0.0, 0.0])
+        max_bend = None
         if spine is not None and all(s.level in spine for s in screws):
             left = np.mean([spine[s.level].frame.axes[0] for s in screws], axis=0)
-        fit = fit_rod(heads, outward, left=left, overhang_mm=overhang_mm, lengths=lengths)
+            max_bend = sagittal_angle_deg(spine[screws[0].level].frame.axes[2], spine[screws[-1].level].frame.axes[2],
+                                          left) + ROD_EXTRA_BEND_DEG
+        fit = fit_rod(heads, outward, left=left, overhang_mm=overhang_mm, lengths=lengths, max_bend_deg=max_bend)
         levels = [s.level for s in screws]
         span = f"{levels[0]}-{levels[-1]}"
         extra = {"levels": levels, "screws": idx, "heads": [[round(float(v), 3) for v in h] for h in heads],
