@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spineplan.fluoro.metal import TULIP_TOP_MM
 from spineplan.typing import TypePath
 
 #: Colours: patient-left implants (orange), right (blue), needles (green), incisions (red),
@@ -232,6 +233,11 @@ def spine_3d_picture(ct, spine, plan, *, path: TypePath | None = None, dpi: int 
             segs.append([s.entry, s.tip])
             cols.append(LEFT if s.side == "left" else RIGHT)
             widths.append(3.2)
+            # the polyaxial head (neck and tulip, as drawn in the DRRs), in which the rod sits
+            head_top = np.asarray(s.entry, float) - TULIP_TOP_MM * np.asarray(s.direction(), float)
+            segs.append([s.entry, head_top])
+            cols.append("#555555")
+            widths.append(5.0)
             if s.extra.get("skin_entry"):
                 segs.append([s.extra["skin_entry"], s.entry])
                 cols.append("#888888")
