@@ -383,10 +383,11 @@ def test_a_thicker_screw_beats_a_slightly_denser_thinner_one_with_no_less_thread
 
 
 def test_rod_alignment_never_trades_diameter_or_much_thread_engagement():
-    """_align with three levels whose middle head is 4 mm off the line: the only better-aligned
-    alternatives are a thinner screw (5.5 vs 6.0 mm) and a shorter one (6.0 x 30 vs 6.0 x 45 mm,
-    a third less thread engagement), both within 10 % of ranked purchase: neither is taken; an
-    equally thick and long alternative is."""
+    """_align with three levels whose middle head is 12 mm off the line through the outer heads
+    (least-squares line of the three: residuals 8 mm in the middle, 4 mm at the ends; 3 mm beyond
+    the 5 mm a polyaxial tulip takes up): the only better-aligned alternatives are a thinner screw
+    (5.5 vs 6.0 mm) and a shorter one (6.0 x 30 vs 6.0 x 45 mm, a third less thread engagement),
+    both within 10 % of ranked purchase: neither is taken; an equally thick and long alternative is."""
     from spineplan.plan.screws import _align
 
     def at(opt, head):
@@ -395,14 +396,41 @@ def test_rod_alignment_never_trades_diameter_or_much_thread_engagement():
 
     top = [at(_option(6.0, 45.0, 100.0), [0, 0, 40])]
     bottom = [at(_option(6.0, 45.0, 100.0), [0, 0, 0])]
-    mid_best = at(_option(6.0, 45.0, 100.0), [4, 0, 20])
+    mid_best = at(_option(6.0, 45.0, 100.0), [12, 0, 20])
     thin = at(_option(5.5, 45.0, 95.0), [0, 0, 20])
     short = at(_option(6.0, 30.0, 95.0), [0, 0, 20])
     choice, rep = _align([top, [mid_best, thin, short], bottom], PlannerSettings())
     assert choice == [0, 0, 0]
+    assert rep["offset_before"] == pytest.approx([4.0, 8.0, 4.0], abs=1e-6)
+    assert rep["excess_before"] == pytest.approx(3.0, abs=1e-6)
     same = at(_option(6.0, 45.0, 95.0), [0, 0, 20])
     choice, rep = _align([top, [mid_best, thin, short, same], bottom], PlannerSettings())
     assert choice == [0, 3, 0] and rep["total_after"] < rep["total_before"] - 1.0
+    assert rep["excess_after"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_rod_alignment_trades_no_purchase_for_heads_a_polyaxial_tulip_takes_up():
+    """Chest CT, own labels (session 9): the left rod's heads all lay within 3.8 mm of the rod line,
+    yet the trade turned T11 left to a 15 deg cranial screw (grade B against the reference labels)
+    for 2.2 mm of summed offset. Middle head 6 mm off (residuals 4 / 2 / 2 mm, all within the 5 mm
+    tolerance): the equally thick and long alternative on the line is not taken; with a 1 mm
+    tolerance (3 + 1 + 1 = 5 mm beyond it) it is."""
+    from dataclasses import replace
+
+    from spineplan.plan.screws import _align
+
+    def at(opt, head):
+        opt.head = np.asarray(head, float)
+        return opt
+
+    top = [at(_option(6.0, 45.0, 100.0), [0, 0, 40])]
+    bottom = [at(_option(6.0, 45.0, 100.0), [0, 0, 0])]
+    mid = [at(_option(6.0, 45.0, 100.0), [6, 0, 20]), at(_option(6.0, 45.0, 95.0), [0, 0, 20])]
+    choice, rep = _align([top, mid, bottom], PlannerSettings())
+    assert choice == [0, 0, 0] and not rep["changed"]
+    assert rep["offset_before"] == pytest.approx([2.0, 4.0, 2.0], abs=1e-6) and rep["excess_before"] == 0.0
+    choice, rep = _align([top, mid, bottom], replace(PlannerSettings(), max_head_offset_mm=1.0))
+    assert choice == [0, 1, 0] and rep["excess_before"] == pytest.approx(5.0, abs=1e-6)
 
 
 def test_a_pedicle_too_narrow_for_the_screw_with_its_margin_is_refused_for_that_reason():

@@ -197,7 +197,9 @@ def plan_screws(ct: Volume, spine, levels: Iterable[str], *, sides=("left", "rig
                       f"{side.capitalize()} rod: gave up ranked purchase (purchase discounted for off-anatomical angles; "
                       f"{', '.join(traded)}) to line up the screw heads: "
                       f"summed head offset from a smooth rod line {report['total_before']:.1f} -> "
-                      f"{report['total_after']:.1f} mm (gain {report['total_before'] - report['total_after']:.1f} mm).",
+                      f"{report['total_after']:.1f} mm (gain {report['total_before'] - report['total_after']:.1f} mm; "
+                      f"beyond the {st.max_head_offset_mm:g} mm a polyaxial tulip takes up: "
+                      f"{report['excess_before']:.1f} -> {report['excess_after']:.1f} mm).",
                       severity="info", side=side,
                       purchase_lost_pct={lvs[int(j)]: v for j, v in report["loss_pct"].items()},
                       alignment_gain_mm=_r(report["total_before"] - report["total_after"], 2))
@@ -272,15 +274,18 @@ def _align(opts: list[list], st: PlannerSettings):
     """Choose one option per level (index into each list, 0 = best ranked) trading at most
     ``max_purchase_loss_for_alignment`` of a screw's ranked purchase (:func:`_rank`: purchase
     discounted for off-anatomical angles, the value the options are ordered by) for a smaller
-    summed head offset, never for a thinner screw than the best ranked one nor one with
-    ``max_purchase_loss_for_alignment`` less thread engagement (diameter x length)."""
+    summed head offset beyond what a polyaxial tulip takes up (``max_head_offset_mm``), never for a
+    thinner screw than the best ranked one nor one with ``max_purchase_loss_for_alignment`` less
+    thread engagement (diameter x length). No trade while every head lies within that tolerance."""
     n = len(opts)
     choice = [0] * n
     if n == 0:
         return choice, None
     heads = lambda ch: np.array([opts[i][ch[i]].head for i in range(n)])  # noqa: E731
+    tol = st.max_head_offset_mm
+    excess = lambda res_: float(np.maximum(res_ - tol, 0.0).sum())  # noqa: E731
     before = _rod_residuals(heads(choice))
-    if n >= 3:
+    if n >= 3 and excess(before) > 0:
         # never a thinner screw for alignment, nor one whose thread engagement (diameter x length,
         # the pullout model of Chapman et al. 1996, see max_purchase_loss_for_diameter) is lower by
         # more than the same bound: a polyaxial tulip takes up a few mm of offset, while a thinner
@@ -291,7 +296,7 @@ def _align(opts: list[list], st: PlannerSettings):
                     and o.diameter_mm >= ol[0].diameter_mm - 1e-6
                     and o.diameter_mm * o.length_mm >= (1 - loss) * ol[0].diameter_mm * ol[0].length_mm]
                    for ol in opts]
-        cur = before.sum()
+        cur = excess(before)
         for _ in range(4):
             improved = False
             for i in range(n):
@@ -299,17 +304,17 @@ def _align(opts: list[list], st: PlannerSettings):
                 for k in allowed[i]:
                     trial = list(choice)
                     trial[i] = k
-                    v = _rod_residuals(heads(trial)).sum()
+                    v = excess(_rod_residuals(heads(trial)))
                     if v < best_v - 1e-6:
                         best_k, best_v = k, v
                 if best_k != choice[i]:
                     choice[i], cur, improved = best_k, best_v, True
             if not improved:
                 break
-        if before.sum() - cur < st.min_alignment_gain_mm:
+        if excess(before) - cur < st.min_alignment_gain_mm:
             choice = [0] * n
     after = _rod_residuals(heads(choice))
     loss = {i: 100.0 * (1 - _rank(opts[i][choice[i]]) / max(_rank(opts[i][0]), 1e-9)) for i in range(n) if choice[i]}
     return choice, {"offset_before": before, "offset_after": after, "total_before": float(before.sum()),
-                    "total_after": float(after.sum()), "changed": any(choice),
-                    "loss_pct": {str(i): round(v, 2) for i, v in loss.items()}}
+                    "total_after": float(after.sum()), "excess_before": excess(before), "excess_after": excess(after),
+                    "changed": any(choice), "loss_pct": {str(i): round(v, 2) for i, v in loss.items()}}
