@@ -457,3 +457,34 @@ def test_a_pedicle_too_narrow_for_the_screw_with_its_margin_is_refused_for_that_
         corr = float(m.group(1))
         assert width - 2.0 <= corr < min(width, 6.0), (w.level, corr, width)
         assert "(4 + 2 x 1 = 6 mm)" in w.message
+
+
+def test_80_percent_rule_uses_the_corridor_through_an_under_read_isthmus(monkeypatch):
+    """The 80 % rule is about the pedicle's outer width; a straight cylinder of bone through the
+    measured isthmus (an inscribed width) is a lower bound of it. With the L3 isthmus widths read
+    at 60 % of the truth (as the abdomen CT's reference L1 right, 6.1 mm in a ~9 mm pedicle, session
+    9), the rule uses the corridor: it lies between the under-read and the true width, the screw
+    is thicker than 80 % of the under-read and stays grade A against the truth. Without it
+    (ISTHMUS_WIDTH_FROM_CORRIDOR off) the under-read caps the screw."""
+    from dataclasses import replace
+
+    from spineplan.plan import _search
+
+    ph = get_phantom(fov="spine", **VARIANTS["default"][0])
+    spine = spine_from_truth(ph)
+    truth = {sd: ph.truth["vertebrae"]["L3"]["pedicles"][sd]["isthmus_width_mm"] for sd in ("left", "right")}
+    v = spine["L3"]
+    v.pedicles = {sd: replace(p, isthmus_width_mm=0.6 * truth[sd]) for sd, p in v.pedicles.items()}
+    plan = plan_screws(ph.ct, spine, ["L3"])
+    res = {r.index: r for r in check_plan(plan, ph.ct, ph.labels) if r.kind == "screw"}
+    assert len(plan.screws) == 2
+    for i, s in enumerate(plan.screws):
+        under = 0.6 * truth[s.side]
+        assert s.extra["isthmus_width_source"] == "corridor"
+        assert under < s.extra["isthmus_width_mm"] <= truth[s.side] + 0.05, (s.label, s.extra["isthmus_width_mm"])
+        assert s.diameter_mm > 0.8 * under + 1e-6 and s.diameter_mm <= 0.8 * s.extra["isthmus_width_mm"] + 1e-6
+        assert res[i].grade == "A"
+    monkeypatch.setattr(_search, "ISTHMUS_WIDTH_FROM_CORRIDOR", False)
+    capped = plan_screws(ph.ct, spine, ["L3"])
+    assert capped.screws and all(s.diameter_mm <= 0.8 * 0.6 * truth[s.side] + 1e-6 for s in capped.screws)
+    assert all(s.extra["isthmus_width_source"] == "spine" for s in capped.screws)

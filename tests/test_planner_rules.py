@@ -651,3 +651,58 @@ def test_bone_far_lateral_above_the_pedicle_is_not_taken_for_the_sap(lumbar_phan
     assert len(plan.screws) == 1, [w.message for w in plan.warnings]
     res = check_plan(plan, ph.ct, ph.labels)
     assert res[0].grade == "A" and res[0].vertebra_found == lv, (res[0].grade, res[0].breach_mm)
+
+
+def _marrow_scene(core_half: int, gap: int):
+    """A bone bar along x (label 20, cortex 400 HU, y-z cross-section 14 x 14 mm, x 6-34 mm) in fat
+    (-50 HU), with a fatty marrow core (-20 HU, 2 x core_half mm across, x 17-23 or the bar's own
+    length when core_half >= 6) and, with ``gap`` > 0, a slot gap x gap voxels across through the
+    cortex from the core's end along the bar (x) to the fat beyond it, in the label too."""
+    ct = _grid((40, 40, 40), fill=-50)
+    hu = np.asarray(ct.array).copy()
+    bar = np.zeros(hu.shape, bool)
+    bar[6:34, 13:27, 13:27] = True
+    hu[bar] = 400
+    x0, x1 = (17, 23) if core_half < 6 else (8, 32)
+    core = np.zeros(hu.shape, bool)
+    core[x0:x1, 20 - core_half:20 + core_half, 20 - core_half:20 + core_half] = True
+    hu[core] = -20
+    if gap:
+        lo = 20 - gap // 2
+        hu[x1:34, lo:lo + gap, lo:lo + gap] = -20
+    return ct.with_array(hu), bar, core
+
+
+def test_fatty_marrow_enclosed_by_cortex_is_bone_for_the_ct_check():
+    """Fatty marrow is bone interior, not soft tissue outside the bone (measured on the abdomen CT's
+    reference labels, session 9: the L5 transverse-process roots' marrow at -25 to 15 HU refused a
+    5.5 x 45 mm L5 left screw through them; 4.5 mm was placed). A screw axis along the bar through
+    its fatty core: the CT check counts the core's samples (rule ct-bone) only when the core is not
+    enclosed by the cortex in an axial or coronal plane: enclosed (6 x 6 mm core), behind a one-voxel
+    slot in the cortex (partial volume at coarse voxels, bridged), open through a 3 x 3 voxel slot
+    along the bar (open in both planes), or too large (12 x 12 mm core along the whole bar: 144 mm^2
+    > 80 mm^2 in every plane, like the spinal canal)."""
+    from types import SimpleNamespace
+
+    from spineplan.anatomy.model import VertebraFrame
+    from spineplan.geometry import DistanceField
+
+    frame = VertebraFrame(np.array([20.0, 20.0, 20.0]), np.eye(3))
+    st = PlannerSettings()
+    entry, d = np.array([[10.0, 20.0, 20.0]]), np.array([[1.0, 0.0, 0.0]])
+    for core_half, gap, enclosed in ((3, 0, True), (3, 1, True), (3, 3, False), (6, 0, False)):
+        ct, bar, core = _marrow_scene(core_half, gap)
+        v = SimpleNamespace(name="L3", frame=frame, label=20, pedicles={}, endplates={})
+        ctx = _search.make_context(ct, v, bar, bar.astype(np.uint8) * 20, None, st)
+        pockets = _search.marrow_pockets(ctx, st)
+        hu_field = DistanceField(ctx.hu, ctx.hu_affine, 1000.0)
+        args = (hu_field, entry, d, np.array([2.0]), np.array([20.0]), st)
+        plain = _search._soft_fraction(*args)[0]
+        # radius 1 mm, samples every 1 mm from 5 to 20 mm: the core spans x 17-23 (or the whole bar)
+        assert plain > st.max_soft_fraction, (core_half, gap)
+        counted = _search._soft_fraction(*args, pockets)[0]
+        if enclosed:
+            assert pockets is not None and pockets.contains(np.array([[20.0, 20.0, 20.0]]))[0]
+            assert counted == 0.0, (core_half, gap)
+        else:
+            assert counted == pytest.approx(plain), (core_half, gap)
