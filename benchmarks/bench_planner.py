@@ -118,8 +118,15 @@ def summarise(name: str, plan, results, requested: int, widths: dict | None = No
         print(f"    diameter limited by (screws per rule): {limits}")
     for w in nss:
         rules[w.extra.get("rule")] = rules.get(w.extra.get("rule"), 0) + 1
+    per_level = {}
+    for s in plan.screws:
+        w = (widths or {}).get((s.level, s.side), s.extra.get("isthmus_width_mm"))
+        per_level.setdefault(s.level, {})[s.side] = (s.diameter_mm, s.length_mm, w, s.extra.get("isthmus_width_source"))
+    for w in nss:
+        per_level.setdefault(w.level, {})[w.extra.get("side")] = (None, None, w.extra.get("isthmus_width_mm"),
+                                                                  w.extra.get("rule"))
     return {"n": n, "requested": requested, "A": a, "AB": ab, "medial": medial, "wrong": wrong,
-            "d": dm, "l": lm, "ratio": ratio, "grades": counts, "refused_by": rules}
+            "d": dm, "l": lm, "ratio": ratio, "grades": counts, "refused_by": rules, "per_level": per_level}
 
 
 def _dist(x, nd: int = 1) -> str:
@@ -161,12 +168,14 @@ def phantoms(quick: bool, repeat: int):
 
 
 TABLE: list[tuple] = []
+LEVELS: list[tuple[str, str, dict]] = []
 
 
-def _row(ct_name: str, source: str, s: dict, per_screw_s: float) -> None:
+def _row(ct_name: str, source: str, s: dict, per_screw_s: float, cpu_per_screw_s: float | None = None) -> None:
     TABLE.append((ct_name, source, f"{s['n']}/{s['requested']}", s["grades"], s["medial"],
                   f"{s['n'] - s['wrong']}/{s['n']}", _dist(s["d"]), _dist(s["l"]), _dist(s["ratio"], 2),
-                  f"{per_screw_s:.2f}", s["refused_by"]))
+                  f"{per_screw_s:.2f}", "-" if cpu_per_screw_s is None else f"{cpu_per_screw_s:.2f}", s["refused_by"]))
+    LEVELS.append((ct_name, source, s["per_level"]))
 
 
 def print_table() -> None:
@@ -174,9 +183,26 @@ def print_table() -> None:
         return
     print("\nSUMMARY (graded against the reference labels):")
     head = ("CT", "labels", "placed", "grades", "medial", "right vertebra", "diameter mm", "length mm",
-            "diameter/isthmus", "s/screw (wall)", "refused by rule")
+            "diameter/isthmus", "s/screw (wall)", "CPU s/screw", "refused by rule")
     for row in [head] + TABLE:
         print("  " + " | ".join(str(x) for x in row))
+    print("\nSIZES BY LEVEL (left | right: diameter x length mm, isthmus width mm [source], diameter/isthmus; "
+          "'-' refused, with the rule):")
+    for ct_name, source, per in LEVELS:
+        print(f"  {ct_name}, {source}:")
+        from spineplan.levels import level_index
+
+        for lv in sorted(per, key=level_index):
+            cells = []
+            for side in ("left", "right"):
+                d, length, w, src = per[lv].get(side, (None, None, None, None))
+                wtxt = "?" if w is None else f"{w:.1f}"
+                if d is None:
+                    cells.append(f"- ({src}; isthmus {wtxt})")
+                else:
+                    ratio = f"{d / w:.2f}" if w else "?"
+                    cells.append(f"{d:g}x{length:g} in {wtxt} [{src}] {ratio}")
+            print(f"    {lv:<4} {cells[0]:<38} | {cells[1]}")
 
 
 def real(data: Path, quick: bool, repeat: int, own_segmentation: bool = True, chest_levels: str = "T9-L1"):
@@ -207,7 +233,7 @@ def real(data: Path, quick: bool, repeat: int, own_segmentation: bool = True, ch
         n = max(len(plan.screws), 1)
         print(f"    time: anatomy {t_anat:.1f} s; planning {wall:.2f} s wall ({wall / n:.2f} s/screw), "
               f"{cpu:.2f} s CPU ({cpu / n:.2f} s/screw), best of {repeat}")
-        _row(name, "reference", summ, wall / n)
+        _row(name, "reference", summ, wall / n, cpu / n)
         # robustness: the reference labels grown by one voxel into unlabelled tissue all round
         # (a simulated over-segmentation), still graded against the true reference labels
         from scipy import ndimage as ndi
@@ -219,11 +245,11 @@ def real(data: Path, quick: bool, repeat: int, own_segmentation: bool = True, ch
             add = ndi.binary_dilation(lab == code, structure=np.ones((3, 3, 3), bool)) & (grown == 0)
             grown[add] = code
         spine3 = build_spine(ct, ref.volume.with_array(grown))
-        plan3, wall3, _ = best_of(lambda: plan_screws(ct, spine3, lv), 1)
+        plan3, wall3, cpu3 = best_of(lambda: plan_screws(ct, spine3, lv), 1)
         res3 = check_plan(plan3, ct, ref.volume)
         summ3 = summarise(f"{name}, planned from the reference labels grown by one voxel", plan3, res3, 2 * len(lv),
                           clear=tip_clearances(plan3, ct, ref.volume))
-        _row(name, "reference grown 1 voxel", summ3, wall3 / max(len(plan3.screws), 1))
+        _row(name, "reference grown 1 voxel", summ3, wall3 / max(len(plan3.screws), 1), cpu3 / max(len(plan3.screws), 1))
         if not own_segmentation:
             continue
         try:
@@ -248,7 +274,7 @@ def real(data: Path, quick: bool, repeat: int, own_segmentation: bool = True, ch
         n2 = max(len(plan2.screws), 1)
         print(f"    time: planning {wall2:.2f} s wall ({wall2 / n2:.2f} s/screw), {cpu2:.2f} s CPU")
         print(f"    planning-mask cleaning per level: {plan2.extra['planner'].get('planning_mask')}")
-        _row(name, "own segmentation", summ2, wall2 / n2)
+        _row(name, "own segmentation", summ2, wall2 / n2, cpu2 / n2)
 
 
 def main(argv=None):
