@@ -4,7 +4,7 @@ Run: SPINEPLAN_PROGRESS=0 python benchmarks/bench_measure.py [--quick] [--ownseg
      [--stability] [--speed]
   (no option)  Genant grades and pedicle widths/angles on the fracture phantoms, own segmentation,
                abdomen heights
-  --pedicles   per voxel size (BENCH_SPACINGS, default 0.8,1,1.5,2,3 mm): 95th percentile and
+  --pedicles   per voxel size (BENCH_SPACINGS, default 0.8,1,1.5,2,3 mm; '0.7x0.7x2.5' for anisotropic voxels): 95th percentile and
                maximum of |error| of isthmus width and height, of the transverse and sagittal
                angles (in the measured frame, so they include its error) and of the axis itself
                (angle to the true axis, frame-free) over 6 seeds with lordosis, scoliosis and rotation (PEDICLE_CASES), with the
@@ -39,6 +39,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 DATA = os.environ.get("SPINEPLAN_TEST_DATA", "/work/shared/data")
 
 
+def _spacing(text: str):
+    """'2' -> 2.0; '0.7x0.7x2.5' -> (0.7, 0.7, 2.5) (anisotropic voxels, e.g. thick slices)."""
+    parts = [float(x) for x in text.split("x")]
+    return parts[0] if len(parts) == 1 else tuple(parts)
+
+
+def _spacings(default: str):
+    return [_spacing(x) for x in os.environ.get("BENCH_SPACINGS", default).split(",")]
+
+
+def _sp_name(sp) -> str:
+    return f"{sp:.1f} mm" if np.isscalar(sp) else "x".join(f"{x:g}" for x in sp) + " mm"
+
+
 def phantom_errors(spacings, cases):
     from spineplan.anatomy.spine import build_spine
     from spineplan.phantom import make_phantom
@@ -69,7 +83,7 @@ def phantom_errors(spacings, cases):
                         ta.append(abs(p.transverse_angle_deg - tp["transverse_angle_deg"]))
                         sa.append(abs(p.sagittal_angle_deg - tp["sagittal_angle_deg"]))
         we, ta, sa = map(np.asarray, (we, ta, sa))
-        print(f"  {sp:.1f} mm: width median {np.median(we):.2f} p90 {np.percentile(we, 90):.2f} max {we.max():.2f} "
+        print(f"  {_sp_name(sp)}: width median {np.median(we):.2f} p90 {np.percentile(we, 90):.2f} max {we.max():.2f} "
               f"(<=0.5: {np.mean(we <= 0.5):.0%}); transverse median {np.median(ta):.2f} max {ta.max():.2f}; "
               f"sagittal median {np.median(sa):.2f} max {sa.max():.2f}; grades {ok}/{n_fx}; "
               f"{np.mean(t_per):.2f} s/vertebra")
@@ -218,7 +232,7 @@ def pedicle_accuracy(spacings, cases, own=False):
                     e["a"].append(np.degrees(np.arccos(np.clip(p.axis @ np.asarray(t["axis"]), -1.0, 1.0))))
         f = {k: np.asarray(v) for k, v in e.items()}
         cell = lambda k: f"{np.percentile(f[k], 95):5.2f} / {f[k].max():5.2f}" if len(f[k]) else "  -  "
-        print(f"  {sp:.1f} mm: width {cell('w')}  height {cell('h')}  transverse {cell('t')}  "
+        print(f"  {_sp_name(sp)}: width {cell('w')}  height {cell('h')}  transverse {cell('t')}  "
               f"sagittal {cell('s')}  axis {cell('a')}  (width <= 0.5 mm: {np.mean(f['w'] <= 0.5):.0%}, angles <= 2 deg: "
               f"{np.mean((f['t'] <= 2) & (f['s'] <= 2)):.0%}; {n - missing}/{n} pedicles; {time.time() - t0:.0f} s)")
 
@@ -278,7 +292,7 @@ def frame_accuracy(spacings, cases):
                     fs.append(abs(spine[name].frame.angles_of(np.asarray(t["axis"]), side)[1] - t["sagittal_angle_deg"]))
         a, fs = np.abs(np.asarray(tilt)), np.asarray(fs)
         rms = np.sqrt(np.mean(a ** 2, axis=0))
-        print(f"  {sp:.1f} mm: sagittal {rms[0]:.2f} / {a[:, 0].max():.2f}  coronal {rms[1]:.2f} / {a[:, 1].max():.2f}  "
+        print(f"  {_sp_name(sp)}: sagittal {rms[0]:.2f} / {a[:, 0].max():.2f}  coronal {rms[1]:.2f} / {a[:, 1].max():.2f}  "
               f"(sagittal angle from the frame: {np.percentile(fs, 95):.2f} / {fs.max():.2f}; {len(a)} vertebrae)")
 
 
@@ -358,10 +372,10 @@ if __name__ == "__main__":
         stability([c for c in REAL_CASES if not only or any(w in c[0] for w in only.split(","))])
         sys.exit(0)
     if "--frames" in sys.argv:
-        frame_accuracy([float(x) for x in os.environ.get("BENCH_SPACINGS", "1.0,2.0,3.0").split(",")], PEDICLE_CASES)
+        frame_accuracy(_spacings("1.0,2.0,3.0"), PEDICLE_CASES)
         sys.exit(0)
     if "--pedicles" in sys.argv:
-        sps = [float(x) for x in os.environ.get("BENCH_SPACINGS", "0.8,1.0,1.5,2.0,3.0").split(",")]
+        sps = _spacings("0.8,1.0,1.5,2.0,3.0")
         pedicle_accuracy(sps, PEDICLE_CASES)
         if "--ownseg" in sys.argv:
             pedicle_accuracy(sps, PEDICLE_OWNSEG_CASES, own=True)
@@ -379,7 +393,7 @@ if __name__ == "__main__":
              dict(levels="L1-L3", seed=5, pedicle_scale=0.7)]
     if quick:
         cases = cases[:1]
-    spacings = [float(x) for x in os.environ.get("BENCH_SPACINGS", "0.8,1.0,1.5,2.0,3.0").split(",")]
+    spacings = _spacings("0.8,1.0,1.5,2.0,3.0")
     if "--ownseg" in sys.argv:  # only the own-segmentation comparison
         own_segmentation(OWNSEG_CASES[:2] if quick else OWNSEG_CASES)
         sys.exit(0)

@@ -628,6 +628,37 @@ def _sacrum_top(body: np.ndarray, above_x: float | None = None) -> np.ndarray:
     return pts[sel] if sel.sum() >= 50 else pts
 
 
+#: The sacrum's canal is looked for in the label's top this far (mm, local z): the S1 arch (the
+#: S1 body is ~25-30 mm high, Zhou et al. 2000, and its superior articular processes rise above
+#: its endplate). Projected over the whole sacrum, the canal - which curves backwards with the
+#: sacrum down to the hiatus - can be found off the midline (the abdomen CT's own label, the whole
+#: sacrum: a 10 mm wide 'canal' 11 mm left of the midline; the body points then held posterior
+#: elements and its S1 frame was 35 deg off the S1-only reference label's; bench_carm.py).
+SACRUM_CANAL_MM = 30.0
+#: The whole label's canal is kept while the top's agrees with it within this (mm: centre and
+#: anterior border), as on the phantoms (their S1 frames unchanged).
+SACRUM_CANAL_TOL_MM = 3.0
+
+
+def _sacrum_canal(g: _Grid) -> _Canal:
+    """The canal of a sacrum's resampled mask: :func:`_find_canal` of the whole label where it
+    agrees with the one in the top :data:`SACRUM_CANAL_MM` (within :data:`SACRUM_CANAL_TOL_MM`),
+    else the top's."""
+    whole = _find_canal(g)
+    gz = g.coords[2]
+    on = np.flatnonzero(g.m.any(axis=(0, 1)))
+    if on.size == 0:
+        return whole
+    top = _Grid.__new__(_Grid)
+    top.__dict__.update(g.__dict__)
+    top.m = g.m & (gz >= gz[on[-1]] - SACRUM_CANAL_MM)[None, None, :]
+    upper = _find_canal(top)
+    if not upper.found or (whole.found and np.all(np.abs(whole.center - upper.center) <= SACRUM_CANAL_TOL_MM)
+                           and abs(whole.front_y - upper.front_y) <= SACRUM_CANAL_TOL_MM):
+        return whole
+    return upper
+
+
 def _above_x(neighbours, origin, axes) -> float | None:
     """Local x (frame ``origin``/``axes``) of the highest neighbour centre above the origin."""
     nb = [np.asarray(p, float).reshape(3) for p in (neighbours or []) if p is not None]
@@ -673,7 +704,7 @@ def _mask_frame(crop: _Crop, neighbours=None, rounds: int = 3, sacrum: bool = Fa
     origin = c
     for r in range(rounds):
         g = _Grid(crop, origin, axes)
-        canal = _find_canal(g)
+        canal = _sacrum_canal(g) if sacrum else _find_canal(g)
         body = _body_points(g, canal)
         n_sup_l, n_inf_l, _, _ = _frame_endplates(body, g.res, sacrum, neighbours, origin, axes)
         z_new = _unit((n_sup_l if sacrum else n_sup_l + n_inf_l) @ axes)
@@ -686,11 +717,11 @@ def _mask_frame(crop: _Crop, neighbours=None, rounds: int = 3, sacrum: bool = Fa
             break
     # final body/canal in the final frame
     g = _Grid(crop, origin, axes)
-    canal = _find_canal(g)
+    canal = _sacrum_canal(g) if sacrum else _find_canal(g)
     body = _body_points(g, canal)
     origin = origin + body.mean(axis=0) @ axes
     g = _Grid(crop, origin, axes)
-    canal = _find_canal(g)
+    canal = _sacrum_canal(g) if sacrum else _find_canal(g)
     body = _body_points(g, canal)
     n_sup_l, n_inf_l, sup_l, inf_l = _frame_endplates(body, g.res, sacrum, neighbours, origin, axes)
     return origin, axes, g, canal, body, n_sup_l @ axes, n_inf_l @ axes, sup_l, inf_l
@@ -1551,7 +1582,10 @@ def _fit_section_pv(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.ndar
     # the model's width, height, centre and direction stay within a voxel or so (and _PV_AXIS_MAX_DEG)
     # of the sections': beyond, the result is drawn back to them continuously (_redescend), not
     # rejected (a rejection switches between two estimates for a last-digit change)
-    W = _redescend(float(x[0]), W0, max(1.5, sp))
+    # (the width is along u: with anisotropic voxels - thick slices - the voxel's extent along u,
+    # not the largest spacing, is what the partial-volume fit may move the width by)
+    sp_u = sp if float(np.ptp(sp3)) == 0.0 else min(sp, float(np.sqrt(np.sum((u * sp3) ** 2))))
+    W = _redescend(float(x[0]), W0, max(1.5, sp_u))
     H = _redescend(float(x[1]), H0, max(2.5, 1.5 * sp))
     cu = _redescend(float(x[2]), 0.0, max(1.5, sp))
     cw = _redescend(float(x[3]), 0.0, max(1.5, sp))
