@@ -313,11 +313,64 @@ def test_chest_names_and_dice(chest):
     # 0.804 before the outlines were smoothed at sub-millimetre voxels: 0.731-0.855, mean 0.809;
     # 0.812 before the cut between the bodies followed each thin disc's fitted plane: T7-T10
     # 0.827/0.806/0.833/0.858 -> 0.839/0.841/0.859/0.881)
-    assert np.mean(list(d.values())) >= 0.818, d
-    assert min(d.values()) >= 0.735, d
-    assert d["T1"] >= 0.755 and min(d["T2"], d["T3"]) >= 0.785, d
-    assert min(d["T7"], d["T8"]) >= 0.835, d
+    # 0.823 before the disc planes were fitted through each column's deepest dip from the largest
+    # cluster of dips (T3/T4 and T4/T5 planes on the reference's cut: T3/T4/T5 .800/.746/.770 ->
+    # .819/.795/.793; T7/T8 .838/.850 -> .835/.848, their plane 0.2 mm further off)
+    assert np.mean(list(d.values())) >= 0.825, d
+    assert min(d.values()) >= 0.755, d
+    assert d["T1"] >= 0.755 and min(d["T2"], d["T3"]) >= 0.79, d
+    assert min(d["T4"], d["T5"]) >= 0.785, d
+    assert min(d["T7"], d["T8"]) >= 0.83, d
     assert min(d[n] for n in ["T9", "T10", "T11", "T12", "L1"]) >= 0.85, d
+
+
+def test_chest_disc_planes_on_the_reference_cut(chest):
+    """Each thin thoracic disc's fitted mid-plane (2.5 mm slices) against the cut between the two
+    reference (TotalSegmentator) vertebrae: in columns parallel to the curve across the middle of
+    the body (+-0.6 of the half width and depth, every 2 mm), the reference cut is midway between
+    the upper vertebra's lowest and the lower one's highest voxel; its mean offset from our plane
+    must stay within 1 mm (under half a slice) for every disc between two complete vertebrae.
+    (The darkest-minimum fit left T4/T5 unfitted, the cut 2.5 mm into T4, and tilted T3/T4 22 deg
+    sideways, 1.8 mm off; the others were within 0.8 mm.)"""
+    from scipy.ndimage import map_coordinates
+
+    from spineplan.anatomy import _discs
+
+    ct, seg, ref = chest
+    curve = seg.extras["curve"]
+    planes = seg.extras["disc_planes"]
+    centres = seg.extras["disc_centres_lps"]
+    assert len(planes) == len(centres)
+    inv = np.linalg.inv(ct.affine)
+    names = sorted(CHEST_COMPLETE, key=lambda n: -VERSE_CODES[n])  # caudal first
+    rl = np.zeros(ct.shape, np.int16)
+    for n in names:
+        rl[ref[n]] = VERSE_CODES[n]
+    half = 0.5 * _discs.capped_width(seg.extras["body_width_mm"])
+    checked = {}
+    for p0, (c, a, b) in zip(centres, planes):
+        di = int(np.argmin(np.linalg.norm(curve.points - p0, axis=1)))
+        g = np.arange(-0.6, 0.6001, 2.0 / half[di]) * half[di]
+        L, P = (m.ravel() for m in np.meshgrid(g, 0.85 * g, indexing="ij"))
+        t = np.arange(-15.0, 15.01, 0.5)
+        pts = (curve.points[di] + L[:, None, None] * curve.lateral[di] + P[:, None, None] * curve.posterior[di]
+               + t[None, :, None] * curve.tangent[di]).reshape(-1, 3)
+        ijk = (np.c_[pts, np.ones(len(pts))] @ inv.T)[:, :3]
+        v = map_coordinates(rl, ijk.T, order=0, mode="constant").reshape(len(L), len(t))
+        codes, cnt = np.unique(v[v > 0], return_counts=True)
+        if len(codes) < 2:
+            continue
+        up, lo = sorted(codes[np.argsort(-cnt)[:2]])  # VerSe: the smaller code is cranial
+        off = []
+        for r in range(len(L)):
+            iu, il = np.nonzero(v[r] == up)[0], np.nonzero(v[r] == lo)[0]
+            if len(iu) and len(il):  # s (and t) grow cranially
+                off.append(0.5 * (t[iu.min()] + t[il.max()]) - (c + a * L[r] + b * P[r]))
+        if len(off) >= 10:
+            checked[f"{up}/{lo}"] = float(np.mean(off))
+    # T1/T2 ... T12/L1: every disc between two complete vertebrae
+    assert len(checked) == len(CHEST_COMPLETE) - 1, checked
+    assert max(abs(o) for o in checked.values()) < 1.0, checked
 
 
 def test_outline_smoothing_at_fine_voxels_only():

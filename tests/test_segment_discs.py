@@ -4,6 +4,7 @@ with known disc positions: thin thoracic discs next to the dark, fatty middle of
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from spineplan.anatomy import _discs
 
@@ -353,6 +354,37 @@ def test_disc_plane_fit_recovers_a_tilted_disc():
     # lumbar spacing: no plane is fitted (the flooding's cut stays)
     none = _discs.fit_disc_planes(_tilted_disc_hu, curve, discs, width, 0.85, max_period=20.0)
     assert not none.any(), none
+
+
+def _shallow_disc_hu(p: np.ndarray) -> np.ndarray:
+    """HU at LPS points (M, 3): a thin flat disc at z = 0 (190 HU, 2 mm) between endplates (300 HU,
+    1.5 mm) that is brighter than the textured marrow of the body below it (110 +- 60 HU, 4 mm
+    wavelength, its phase varying across the body: dark spots at every level), as at 2.5 mm slices
+    in the upper thoracic spine; marrow above 250 HU; two more discs at z = +-26 mm."""
+    x, y, z = p[:, 0], p[:, 1], p[:, 2]
+    v = np.full(len(p), 250.0)
+    lo = z < -2.5
+    v[lo] = 110.0 + 60.0 * np.cos(2.0 * np.pi * z[lo] / 4.0 + 0.7 * x[lo] + 1.3 * y[lo])
+    v[(np.abs(z) >= 1.0) & (np.abs(z) < 2.5)] = 300.0
+    v[np.abs(z) < 1.0] = 190.0
+    for zz in (-26.0, 26.0):
+        v[np.abs(z - zz) < 3.5] = 500.0
+        v[np.abs(z - zz) < 2.0] = 90.0
+    return v
+
+
+@pytest.mark.parametrize("pick_z, period", [(1.5, 28.0), (2.5, 30.0)])
+def test_disc_plane_fit_finds_a_disc_brighter_than_the_marrow_beside_it(pick_z, period):
+    """The disc pick sits on the upper endplate and the plane window reaches into the darker
+    marrow below: each column's deepest dip between bright walls is the disc, not the darkest
+    marrow spot (the fit through the darkest minima put the plane 4.3-4.4 mm into the marrow)."""
+    curve = _straight_curve()
+    z = curve.points[:, 2]
+    discs = np.array([int(np.argmin(np.abs(z - (pick_z + d)))) for d in (-period, 0.0, period)])
+    width = np.full(len(curve.s), 30.0)
+    c, a, b = _discs.fit_disc_planes(_shallow_disc_hu, curve, discs, width, 0.85, max_period=35.0)[1]
+    # the plane at z = 0 within 0.5 mm (a fifth of a 2.5 mm slice), flat within 0.03 (1.7 deg)
+    assert abs(z[discs[1]] + c) < 0.5 and abs(a) < 0.03 and abs(b) < 0.03, (c, a, b)
 
 
 def test_body_cut_follows_the_disc_plane_posterior_elements_keep_theirs():

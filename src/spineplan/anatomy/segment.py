@@ -218,6 +218,7 @@ def _segment_builtin(ct: Volume, anchor: str | None) -> Segmentation:
                                               rib_head_labels=head_labels, sloped_labels=sloped)
     # between the bodies, the cut follows each thin disc's fitted plane where slices are coarse
     # (THIN_DISC_MAX_PERIOD_MM; after naming, which keeps the flooding's cut)
+    planes = np.zeros((len(discs), 3))
     if sp[2] > _discs.MERGED_BAND_MIN_SLICE_MM:
         planes = _discs.fit_disc_planes(sample, curve, discs, width, _instances.DEPTH_PER_WIDTH,
                                         max_period=THIN_DISC_MAX_PERIOD_MM)
@@ -262,6 +263,9 @@ def _segment_builtin(ct: Volume, anchor: str | None) -> Segmentation:
         "centreline_lps": curve.points,
         "canal_lps": canal_pts[np.all(np.isfinite(canal_pts), axis=1)],
         "disc_centres_lps": curve.points[discs] if len(discs) else np.zeros((0, 3)),
+        # per disc, its fitted mid-plane (c, a, b) in the curve's frame at the disc centre: arc
+        # length s + c + a * lat + b * post (mm); zeros where none was fitted (thick discs, fine slices)
+        "disc_planes": planes,
         "bone_threshold_hu": float(bone_thr),
         "partial": nm.partial,
         "rib_bearing": nm.rib_bearing,
