@@ -106,6 +106,38 @@ def disc_cut_errors(ct, seg, ref: dict[str, np.ndarray]) -> list[tuple[str, floa
     return out
 
 
+def plane_cut_offsets(ct, seg, ref: dict[str, np.ndarray]) -> list[tuple[str, float]]:
+    """Per fitted disc plane (thin discs in coarse slices; ``seg.extras["disc_planes"]``), the
+    reference's cut between the two vertebrae there minus our plane, mean over the columns across
+    the body's middle (``_discs.label_cut_offset``), as ("upper/lower", mm along the curve)."""
+    from scipy.ndimage import map_coordinates
+
+    from spineplan.anatomy import _discs, _instances
+
+    curve, planes = seg.extras.get("curve"), seg.extras.get("disc_planes")
+    if curve is None or planes is None or not np.any(planes):
+        return []
+    rl = np.zeros(ct.shape, np.int16)
+    for n, m in ref.items():
+        if n in VERSE_CODES:
+            rl[m] = VERSE_CODES[n]
+    inv = np.linalg.inv(ct.affine)
+
+    def sample(xyz):
+        return map_coordinates(rl, ((np.c_[xyz, np.ones(len(xyz))] @ inv.T)[:, :3]).T, order=0, mode="constant")
+
+    half = 0.5 * _discs.capped_width(seg.extras["body_width_mm"])
+    out = []
+    for p0, plane in zip(seg.extras["disc_centres_lps"], planes):
+        if not np.any(plane):
+            continue
+        di = int(np.argmin(np.linalg.norm(curve.points - p0, axis=1)))
+        got = _discs.label_cut_offset(sample, curve, di, plane, float(half[di]), _instances.DEPTH_PER_WIDTH)
+        if got is not None:
+            out.append((f"{level_from_verse(got[0])}/{level_from_verse(got[1])}", got[2]))
+    return out
+
+
 #: Posterior elements: reference voxels at least this far (mm) behind our body curve.
 POSTERIOR_MM = 15.0
 
@@ -313,6 +345,10 @@ def main(argv=None) -> int:
         if res["cuts"]:
             print("   disc vs reference cut between vertebrae (mm along the curve, ours - reference): "
                   + ", ".join(f"{p} {o - c:+.1f}" for p, c, o in res["cuts"]))
+        pc = plane_cut_offsets(res["ct"], seg, res["ref"])
+        if pc:
+            print("   fitted disc planes (the body cut there) vs reference cut (mm along the curve, reference - ours): "
+                  + ", ".join(f"{p} {o:+.1f}" for p, o in pc))
         if case[0].startswith("abdomen"):
             sacrum_report(data, res)
         if case[0].startswith("chest"):

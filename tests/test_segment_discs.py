@@ -538,3 +538,22 @@ def test_weak_dip_before_soft_tissue_is_no_disc():
     p, w, shell = _osteoporotic_sacrum_profile(60.0)
     found = _discs.find_discs(p, w, slice_mm=0.8, shell=shell)
     assert len(found) == 2 and np.all(np.abs(found - [125, 165]) <= 2), found
+
+
+def test_label_cut_offset_measures_a_known_cut():
+    """A label map with vertebra 10 above z = 1.5 + 0.1 x and 11 below z = -0.5 + 0.1 x (a 2 mm
+    unlabelled disc between, mid-plane z = 0.5 + 0.1 x) against the plane (c, a, b) = (0, 0.1, 0)
+    at z = 0 on a straight curve: the cut lies 0.5 mm cranial of the plane (within the 0.5 mm
+    sampling step); with a = 0 the tilt's offsets cancel over the symmetric columns (0.5 again),
+    and a map holding one label only has no cut."""
+    curve = _straight_curve()
+    di = int(np.argmin(np.abs(curve.points[:, 2])))
+
+    def labels(p):
+        z = p[:, 2] - 0.1 * p[:, 0]
+        return np.where(z > 1.5, 10, np.where(z < -0.5, 11, 0))
+
+    up, lo, off = _discs.label_cut_offset(labels, curve, di, (0.0, 0.1, 0.0), 15.0, 0.85)
+    assert (up, lo) == (10, 11) and abs(off - 0.5) <= 0.25, (up, lo, off)
+    assert abs(_discs.label_cut_offset(labels, curve, di, (0.0, 0.0, 0.0), 15.0, 0.85)[2] - 0.5) <= 0.25
+    assert _discs.label_cut_offset(lambda p: np.full(len(p), 10), curve, di, (0.0, 0.0, 0.0), 15.0, 0.85) is None

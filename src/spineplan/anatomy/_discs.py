@@ -737,3 +737,45 @@ def _refit_plane(A: np.ndarray, y: np.ndarray, keep: np.ndarray):
     if keep.sum() < PLANE_MIN_COLUMNS:
         return None
     return np.linalg.lstsq(A[keep], y[keep], rcond=None)[0]
+
+
+#: Columns in which :func:`label_cut_offset` compares a disc plane with a label map's cut: out to
+#: this fraction of the body's half width (left/right) and half depth (front/back), every
+#: ``PLANE_GRID_MM``, and along the tangent up to ``LABEL_CUT_REACH_MM`` either side (more than a
+#: thoracic disc's half period).
+LABEL_CUT_EXTENT = 0.6
+LABEL_CUT_REACH_MM = 15.0
+
+
+def label_cut_offset(sample_labels, curve: Curve, di: int, plane, half_width: float,
+                     depth_per_width: float, min_columns: int = 10) -> tuple[int, int, float] | None:
+    """Where a label map (another segmenter's, or a reference) cuts two vertebrae at the disc with
+    curve index ``di``, against its fitted ``plane`` (c, a, b) (:func:`fit_disc_planes`).
+
+    ``sample_labels(xyz)`` gives the integer label at LPS points (M, 3). In columns parallel to the
+    tangent across the body's middle (``LABEL_CUT_EXTENT``), the label cut is midway between the
+    cranial label's lowest and the caudal label's highest point, the two labels being the most
+    frequent ones there. Returns (cranial label, caudal label, mean of cut minus plane along the
+    tangent in mm), or None with fewer than ``min_columns`` columns holding both."""
+    c, a, b = (float(x) for x in plane)
+    g = np.arange(-LABEL_CUT_EXTENT, LABEL_CUT_EXTENT + 1e-9, PLANE_GRID_MM / max(half_width, 1e-6)) * half_width
+    L, P = (m.ravel() for m in np.meshgrid(g, depth_per_width * g, indexing="ij"))
+    t = np.arange(-LABEL_CUT_REACH_MM, LABEL_CUT_REACH_MM + 1e-9, PLANE_STEP_MM)
+    pts = (curve.points[di] + L[:, None, None] * curve.lateral[di] + P[:, None, None] * curve.posterior[di]
+           + t[None, :, None] * curve.tangent[di])
+    v = np.asarray(sample_labels(pts.reshape(-1, 3))).reshape(len(L), len(t))
+    codes, cnt = np.unique(v[v > 0], return_counts=True)
+    if len(codes) < 2:
+        return None
+    two = codes[np.argsort(-cnt)[:2]]
+    # the label of the cranial one lies at larger t (the tangent points cranially)
+    mean_t = [float(t[np.nonzero(v == k)[1]].mean()) for k in two]
+    up, lo = (int(two[0]), int(two[1])) if mean_t[0] > mean_t[1] else (int(two[1]), int(two[0]))
+    off = []
+    for r in range(len(L)):
+        iu, il = np.nonzero(v[r] == up)[0], np.nonzero(v[r] == lo)[0]
+        if len(iu) and len(il):
+            off.append(0.5 * (t[iu.min()] + t[il.max()]) - (c + a * L[r] + b * P[r]))
+    if len(off) < min_columns:
+        return None
+    return up, lo, float(np.mean(off))
