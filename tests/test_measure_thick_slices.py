@@ -68,3 +68,34 @@ def test_thoracic_widths_follow_the_label_not_the_rib_heads(chest):
     # 0.6 mm on average (+1.2 mm before; the label's rim is itself uncertain by ~a voxel, 0.7 mm)
     assert diffs.max() < 2.0, diffs
     assert abs(diffs.mean()) < 0.6, diffs
+
+
+def test_a_thin_label_slab_beside_the_pedicle_is_not_measured(chest):
+    """The chest CT's own labels held slabs one or two slices high running on laterally beside the
+    T8/T9 pedicles, over the rib heads (T9 left read 12.1 mm, the reference label 6.9-8.2 mm).
+    Here the reference label gets such a slab (2 slices, 10 mm beyond the pedicle's lateral wall,
+    10 mm along y) beside T9's left isthmus: the width must stay within 1 mm of the unmodified
+    label's (it read 12 mm and more without the slab test)."""
+    from spineplan.volume import Volume
+
+    ct, lab, spine = chest
+    v = spine["T9"]
+    p = v.pedicles["left"]
+    f = v.frame
+    c = f.to_local(p.isthmus_center)
+    k0 = int(np.floor(ct.world_to_index(p.isthmus_center)[2]))
+    lab2 = lab.copy()
+    ii, jj = np.meshgrid(np.arange(lab.shape[0]), np.arange(lab.shape[1]), indexing="ij")
+    for k in (k0, k0 + 1):
+        idx = np.c_[ii.ravel(), jj.ravel(), np.full(ii.size, k)].astype(float)
+        loc = f.to_local(ct.index_to_world(idx))
+        x0 = c[0] + 0.5 * p.isthmus_width_mm - 1.0  # left: +x
+        sel = (loc[:, 0] > x0) & (loc[:, 0] < x0 + 11.0) & (np.abs(loc[:, 1] - c[1]) < 5.0)
+        sel &= lab2[ii.ravel(), jj.ravel(), k] == 0
+        lab2[ii.ravel()[sel], jj.ravel()[sel], k] = verse_code("T9")
+    added = int((lab2 != lab).sum())
+    assert added > 100  # the slab is really there (~2 x 15 x 14 voxels)
+    slabbed = build_spine(ct, Volume(lab2, ct.affine, modality="labels"), levels=["T9"])
+    q = slabbed["T9"].pedicles.get("left")
+    assert q is not None
+    assert abs(q.isthmus_width_mm - p.isthmus_width_mm) < 1.0, (q.isthmus_width_mm, p.isthmus_width_mm)

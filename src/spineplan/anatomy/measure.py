@@ -1092,8 +1092,18 @@ def _model_edge(s: np.ndarray, v: np.ndarray, e0: float, kern, thr: float, sp: f
     return float(np.clip(e, e0 - lim, e0 + lim))
 
 
+#: Pedicle sections on thick slices (anisotropic voxels, :func:`_pedicle_sections`): along the
+#: width, the label counts where it is at least 2 x this (mm) high, when the part less high
+#: reaches _SLAB_MIN_MM beyond: a pedicle is >= 7.5 mm high (:data:`PEDICLE_HEIGHT_RANGE_MM`);
+#: the chest CT's own labels (2.5 mm slices) held slabs one or two slices (~5 mm) high running
+#: 8-10 mm on beside the T8/T9 pedicles over the rib heads (T9 left read 12.1 mm). Where the
+#: label is thick again further out (a transverse process joining), it is not a slab.
+_SLAB_HALF_MM = 3.0
+_SLAB_MIN_MM = 2.5
+
+
 def _extents(crop: _Crop, P, D, max_mm: float, sp: float, tolerant: bool = False,
-             bounded: bool = False) -> np.ndarray:
+             bounded: bool = False, thick=None) -> np.ndarray:
     """Half-maximum edges along +-D from each point P: array (n, 2) of (negative, positive)
     distances, NaN where an edge is not found. One CT and one mask lookup for all lines.
     ``tolerant``: where the label's rim gives no edge, retry from the rim of the mask dilated
@@ -1108,6 +1118,12 @@ def _extents(crop: _Crop, P, D, max_mm: float, sp: float, tolerant: bool = False
     v = crop.ct.sample(pts, order=1)
     m = crop.mask_at(pts)
     mt = crop.mask_at(pts, tolerant=True) if tolerant else m
+    mk = None
+    if thick is not None and float(np.ptp(crop.ct.spacing)) > 0.0:
+        # the mask where it is at least 2 x _SLAB_HALF_MM thick along ``thick`` (thick slices only:
+        # at isotropic 3 mm voxels the test is as coarse as the slab and cut real pedicle rims)
+        h = _SLAB_HALF_MM * np.asarray(thick, float)
+        mk = m & crop.mask_at(pts + h) & crop.mask_at(pts - h)
     mo = crop.others_at(pts) if bounded and crop.others is not None else None
     n0 = len(s) - 1  # index of s=0
     out = np.full((len(P), 2), np.nan)
@@ -1120,6 +1136,25 @@ def _extents(crop: _Crop, P, D, max_mm: float, sp: float, tolerant: bool = False
         edges = []
         for half in (slice(n0, None, -1), slice(n0, None)):
             vv, mm, mmt = v[i, half], m[i, half], mt[i, half]
+            if mk is not None:
+                # a thin slab of the label running on beyond the section (a rib head's or a process's
+                # sliver, one or two slices high, at the costovertebral joint): the label's border
+                # is taken where the slab begins when the slab reaches _SLAB_MIN_MM beyond it
+                mmk = mk[i, half]
+                on_k = np.flatnonzero(mmk)
+                on_m = np.flatnonzero(mm)
+                if on_k.size and on_m.size:
+                    off_k = np.flatnonzero(~mmk[on_k[0]:])
+                    off_m = np.flatnonzero(~mm[on_m[0]:])
+                    j_k = on_k[0] + off_k[0] if off_k.size else len(s) - 1
+                    j_m = on_m[0] + off_m[0] if off_m.size else len(s) - 1
+                    e_k, e_m = s[j_k], s[j_m]
+                    if mmk[j_k:j_m].any():  # thick again further out (a process joining): no slab
+                        e_k = e_m
+                    if e_m - e_k > _SLAB_MIN_MM:
+                        mm = mmk.copy()
+                        mm[on_k[0] + (off_k[0] if off_k.size else len(mm)):] = False
+                        mmt = mm
             max_out = None
             on = np.flatnonzero(mm)
             if mo is not None and on.size:  # another vertebra's label further along the line
@@ -1346,11 +1381,11 @@ def _pedicle_sections(crop: _Crop, frame: VertebraFrame, C: np.ndarray, a: np.nd
     u = _unit(np.cross(frame.axes[2], a))  # transverse plane, perpendicular to the axis
     w = _unit(np.cross(a, u))  # cranio-caudal within the section
     n = len(C)
-    ew = _extents(crop, C, np.tile(u, (n, 1)), 18.0, sp, tolerant=True)
+    ew = _extents(crop, C, np.tile(u, (n, 1)), 18.0, sp, tolerant=True, thick=w)
     c1 = C + 0.5 * (ew[:, :1] + ew[:, 1:]) * u
     eh = _extents(crop, np.nan_to_num(c1), np.tile(w, (n, 1)), 20.0, sp, tolerant=True)
     c2 = c1 + 0.5 * (eh[:, :1] + eh[:, 1:]) * w
-    ew2 = _extents(crop, np.nan_to_num(c2), np.tile(u, (n, 1)), 18.0, sp, tolerant=True)
+    ew2 = _extents(crop, np.nan_to_num(c2), np.tile(u, (n, 1)), 18.0, sp, tolerant=True, thick=w)
     c3 = c2 + 0.5 * (ew2[:, :1] + ew2[:, 1:]) * u
     return np.c_[ew2[:, 1] - ew2[:, 0], eh[:, 1] - eh[:, 0], c3]
 
