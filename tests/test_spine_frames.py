@@ -137,3 +137,27 @@ def test_a_kyphotic_lumbosacral_segment_marks_l5_and_s1():
     assert frames_suspect(kyphotic) == {"L5", "S1"}
     assert any("18 deg kyphotic" in w for w in frames_out_of_line(kyphotic.vertebrae))
     assert frames_suspect(spine(-30.0, -22.0)) == set()  # 8 deg kyphotic: within the limit
+
+
+def test_two_wrong_neighbours_do_not_keep_each_other_in_line():
+    """The chest CT's own labels read T10 left 13.7 and T11 left 15.2 mm (rib heads in the label;
+    their right sides lost to the left/right check) between T9 7.2 / 7.2 and T12 8.1 / 7.1 mm. With
+    the mean of the adjacent levels T10's expectation was 9.9 mm (T11's 15.2 in it) and T10 left
+    was reported. Both must be rejected; the in-line levels keep theirs."""
+    from spineplan.anatomy.model import Pedicle, Vertebra
+    from spineplan.anatomy.spine import _check_pedicles_against_neighbours
+    from spineplan.levels import verse_code
+
+    def vert(name, **widths):
+        peds = {s: Pedicle(side=s, isthmus_center=np.zeros(3), axis=np.array([0.0, -1.0, 0.0]),
+                           isthmus_width_mm=w, isthmus_height_mm=15.0, transverse_angle_deg=5.0,
+                           sagittal_angle_deg=0.0) for s, w in widths.items()}
+        return Vertebra(name=name, label=verse_code(name), frame=VertebraFrame(np.zeros(3), np.eye(3)),
+                        complete=True, pedicles=peds)
+
+    verts = [vert("T9", left=7.19, right=7.21), vert("T10", left=13.65), vert("T11", left=15.2),
+             vert("T12", left=8.08, right=7.08)]
+    _check_pedicles_against_neighbours(verts)
+    got = {v.name: sorted(v.pedicles) for v in verts}
+    assert got == {"T9": ["left", "right"], "T10": [], "T11": [], "T12": ["left", "right"]}, got
+    assert any("T10: the left pedicle measurement was rejected" in w for w in verts[1].warnings)
