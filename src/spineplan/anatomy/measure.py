@@ -744,13 +744,14 @@ def _refine_frame(crop: _Crop, origin, axes, g, canal, body, n_sup, n_inf, sup_l
         fr = VertebraFrame(origin, axes)
         fits = [None, None] if coarse else [_mass_endplate(crop, fr, body, top) for top in (True, False)]
         w = [0.0 if f is None else float(np.clip((hi - f[2]) / (hi - lo), 0.0, 1.0)) for f in fits]
-        if r > 0 and max(w) == 0.0:
-            break
+        edge_only = max(w) == 0.0  # no precise mass plane: one round of edge planes at most
+        if edge_only and r > 0:
+            break  # (the mass planes of the previous round stand)
         edge = _edge_endplate_normals(crop, fr, g, body) if min(w) < 1.0 else None
         if edge is not None and not all(np.degrees(np.arccos(np.clip(np.dot(a, b), -1, 1))) < _EDGE_ENDPLATE_TOL_DEG
                                         for a, b in zip(edge, n_mask)):
             edge = None
-        if max(w) == 0.0 and edge is None:
+        if edge_only and edge is None:
             break  # the mask's planes
         ns = []
         for k in range(2):
@@ -760,7 +761,7 @@ def _refine_frame(crop: _Crop, origin, axes, g, canal, body, n_sup, n_inf, sup_l
         if np.degrees(np.arccos(np.clip(z_new @ z_mask, -1, 1))) >= _CT_ENDPLATE_TOL_DEG:
             break
         n_sup, n_inf = ns
-        if max(w) == 0.0 and np.degrees(np.arccos(np.clip(z_new @ axes[2], -1, 1))) >= 10.0:
+        if edge_only and np.degrees(np.arccos(np.clip(z_new @ axes[2], -1, 1))) >= 10.0:
             break
         if r > 0:  # (the lines follow the axis and the fits swing about it by a few tenths: damped)
             z_new = _unit(z_new + axes[2])
@@ -769,7 +770,7 @@ def _refine_frame(crop: _Crop, origin, axes, g, canal, body, n_sup, n_inf, sup_l
         canal = _find_canal(g)
         body = _body_points(g, canal)
         _, _, sup_l, inf_l = _endplate_normals(body, g.res)
-        if max(w) == 0.0:
+        if edge_only:
             break
     frame = VertebraFrame(origin, axes)
     return _FrameFit(frame, g, canal, body, n_sup, n_inf, frame.to_world(sup_l), frame.to_world(inf_l))
