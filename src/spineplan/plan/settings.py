@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from spineplan.errors import PlanningError
-from spineplan.plan.rods import TULIP_CENTRE_HEIGHT_MM
+from spineplan.plan.rods import MAX_HEAD_OFFSET_MM, TULIP_CENTRE_HEIGHT_MM
 
 
 @dataclass(frozen=True)
@@ -211,9 +211,10 @@ class PlannerSettings:
     #: A head farther than this from the smooth rod line is reported as a rod-alignment warning,
     #: and only offsets beyond it are traded purchase for. Percutaneous rods tolerate a few mm of
     #: offset in polyaxial tulips: the tulip swivels about 25-30 deg on the screw's head (typical
-    #: polyaxial systems), which at the rod seat ~10-12 mm above it (``rod_seat_mm``) moves the rod
-    #: slot about 5 mm sideways (12 mm x sin 25 deg).
-    max_head_offset_mm: float = 5.0
+    #: polyaxial systems); 20 deg of it is used, so the head does not sit at its limit, which at
+    #: the rod seat 12 mm above the entry (``rod_seat_mm``) moves the rod slot 4.1 mm sideways. Same
+    #: constant as the rods' head-offset warning (:data:`spineplan.plan.rods.MAX_HEAD_OFFSET_MM`).
+    max_head_offset_mm: float = MAX_HEAD_OFFSET_MM
     # ------------------------------------------------------------------ search (not clinical)
     #: Candidate axes pass through a grid of points around the pedicle isthmus centre
     #: (half-width and step, mm) with directions in a cone around the pedicle axis (half-angle
