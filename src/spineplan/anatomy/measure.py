@@ -883,6 +883,12 @@ def _mass_endplate(crop: _Crop, frame: VertebraFrame, body: np.ndarray, top: boo
         beyond = s >= 0.5 * sp
         k_min = np.flatnonzero(beyond)[0] + np.argmin(np.where(np.isnan(val), np.inf, val)[:, beyond], axis=1)
         v_min = val[np.arange(len(val)), k_min]
+        # (a line whose every sample past the surface is out of the field has no least value: its
+        # NaN made the background NaN, which passed the contrast test below and crashed the plane
+        # fit - the chest CT's own C7 at the top of the scan)
+        ok &= np.isfinite(v_min)
+        if ok.sum() < _EP_MIN_LINES:
+            return None
         B = float(np.median(v_min[ok]))
         if I - B < _MIN_EDGE_HU:
             return None
