@@ -393,23 +393,39 @@ def _coronal_axis(ct: Volume, frame) -> int:
     return int(np.argmax(np.abs((ct.affine[:3, :3] / ct.spacing).T @ np.asarray(frame.axes, float)[1])))
 
 
+def _in_plane(ax: int, square: bool = False) -> np.ndarray:
+    """3 x 3 x 3 structuring element acting only in the plane normal to grid axis ``ax``:
+    4-connected (a cross), or ``square`` (3 x 3)."""
+    from scipy import ndimage as ndi
+
+    st = np.zeros((3, 3, 3), bool)
+    cut = [slice(None)] * 3
+    cut[ax] = 1
+    st[tuple(cut)] = True if square else ndi.generate_binary_structure(2, 1)
+    return st
+
+
+def _small_in_plane_parts(cand: np.ndarray, ax: int, spacing: np.ndarray, max_mm2: float) -> np.ndarray:
+    """The 4-connected in-plane parts of ``cand`` (planes normal to grid axis ``ax``) of at most
+    ``max_mm2``."""
+    from scipy import ndimage as ndi
+
+    if not cand.any():
+        return cand
+    lab, _ = ndi.label(cand, structure=_in_plane(ax))
+    area = np.bincount(lab.ravel()) * float(np.prod(spacing) / spacing[ax])
+    keep = area <= max_mm2
+    keep[0] = False
+    return keep[lab]
+
+
 def _plane_holes(mask: np.ndarray, ax: int, spacing: np.ndarray, max_mm2: float) -> np.ndarray:
     """Holes of ``mask`` in the planes normal to grid axis ``ax`` (4-connected, 2-D), each at
     most ``max_mm2`` in area."""
     from scipy import ndimage as ndi
 
-    plane = np.zeros((3, 3, 3), bool)
-    cut = [slice(None)] * 3
-    cut[ax] = 1
-    plane[tuple(cut)] = ndi.generate_binary_structure(2, 1)
-    holes = ndi.binary_fill_holes(mask, structure=plane) & ~mask
-    if not holes.any():
-        return holes
-    lab, n = ndi.label(holes, structure=plane)
-    area = np.bincount(lab.ravel()) * float(np.prod(spacing) / spacing[ax])
-    keep = area <= max_mm2
-    keep[0] = False
-    return keep[lab]
+    holes = ndi.binary_fill_holes(mask, structure=_in_plane(ax)) & ~mask
+    return _small_in_plane_parts(holes, ax, spacing, max_mm2)
 
 
 #: Soft tissue's HU in the partial-volume model of a rim voxel (muscle 40-60 HU; trabecular bone
@@ -1440,24 +1456,12 @@ def _plane_pockets(shell: np.ndarray, low: np.ndarray, ax: int, spacing: np.ndar
     in-plane parts of at most ``max_mm2``."""
     from scipy import ndimage as ndi
 
-    plane = np.zeros((3, 3, 3), bool)
-    cut = [slice(None)] * 3
-    cut[ax] = 1
-    plane[tuple(cut)] = True
     pad = [(1, 1)] * 3
     pad[ax] = (0, 0)
     inner = tuple(slice(1, -1) if a != ax else slice(None) for a in range(3))
-    closed = ndi.binary_closing(np.pad(shell, pad), structure=plane)[inner]
-    cross = np.zeros((3, 3, 3), bool)
-    cross[tuple(cut)] = ndi.generate_binary_structure(2, 1)
-    cand = ndi.binary_fill_holes(closed, structure=cross) & ~shell & low
-    if not cand.any():
-        return cand
-    lab, _ = ndi.label(cand, structure=cross)
-    area = np.bincount(lab.ravel()) * float(np.prod(spacing) / spacing[ax])
-    keep = area <= max_mm2
-    keep[0] = False
-    return keep[lab]
+    closed = ndi.binary_closing(np.pad(shell, pad), structure=_in_plane(ax, square=True))[inner]
+    cand = ndi.binary_fill_holes(closed, structure=_in_plane(ax)) & ~shell & low
+    return _small_in_plane_parts(cand, ax, spacing, max_mm2)
 
 
 def marrow_pockets(ctx: VertebraContext, st: PlannerSettings) -> BoxMask | None:
