@@ -61,6 +61,7 @@ at 0.8-3 mm voxels; the abdomen CT against TotalSegmentator's own heights).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -649,8 +650,7 @@ def _sacrum_canal(g: _Grid) -> _Canal:
     on = np.flatnonzero(g.m.any(axis=(0, 1)))
     if on.size == 0:
         return whole
-    top = _Grid.__new__(_Grid)
-    top.__dict__.update(g.__dict__)
+    top = copy.copy(g)
     top.m = g.m & (gz >= gz[on[-1]] - SACRUM_CANAL_MM)[None, None, :]
     upper = _find_canal(top)
     if not upper.found or (whole.found and np.all(np.abs(whole.center - upper.center) <= SACRUM_CANAL_TOL_MM)

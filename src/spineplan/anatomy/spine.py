@@ -200,14 +200,17 @@ def frames_out_of_line(verts) -> list[str]:
     """The warnings for :func:`frame_pairs_out_of_line`. A frame that is off moves everything
     measured in it: the C-arm's true AP/lateral and owl's-eye angles, body heights, the fracture
     grade."""
-    return [f"{a} and {b}: their cranio-caudal axes differ by {ang:.0f} deg (more than {lim:.0f} deg between "
-            "adjacent vertebrae is rare without a fracture or a deformity): the frame of one of them (its "
-            "endplates) is probably wrong, and with it its C-arm angles, body heights and fracture grade. "
-            f"Check {a} and {b} on the images." for a, b, ang, lim in frame_pairs_out_of_line(verts)] + [
-        f"L5 and S1: the lumbosacral segment measures {k:.0f} deg kyphotic (it is lordotic in nearly everyone; "
-        f"more than {LUMBOSACRAL_KYPHOSIS_MAX_DEG:.0f} deg kyphotic is implausible): the frame of one of them, "
-        "likely S1's, is probably wrong, and with it its C-arm angles. Check L5 and S1 on the images."
-        for k in [_lumbosacral_out_of_line(verts)] if k is not None]
+    out = [f"{a} and {b}: their cranio-caudal axes differ by {ang:.0f} deg (more than {lim:.0f} deg between "
+           "adjacent vertebrae is rare without a fracture or a deformity): the frame of one of them (its "
+           "endplates) is probably wrong, and with it its C-arm angles, body heights and fracture grade. "
+           f"Check {a} and {b} on the images." for a, b, ang, lim in frame_pairs_out_of_line(verts)]
+    k = _lumbosacral_out_of_line(verts)
+    if k is not None:
+        out.append(f"L5 and S1: the lumbosacral segment measures {k:.0f} deg kyphotic (it is lordotic in nearly "
+                   f"everyone; more than {LUMBOSACRAL_KYPHOSIS_MAX_DEG:.0f} deg kyphotic is implausible): the frame "
+                   "of one of them, likely S1's, is probably wrong, and with it its C-arm angles. Check L5 and S1 "
+                   "on the images.")
+    return out
 
 
 def _check_pedicles_against_neighbours(verts) -> None:

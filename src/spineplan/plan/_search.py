@@ -55,7 +55,7 @@ import numpy as np
 from spineplan.geometry import BoxMask, DistanceField, mask_box, orthonormal_basis, pad_box, tight_box
 from spineplan.levels import region
 from spineplan.plan.settings import PlannerSettings
-from spineplan.safety._grade import line_entries, line_lag_max
+from spineplan.safety._grade import FACET_ZONE_PAD_MM, line_entries, line_lag_max
 from spineplan.volume import Volume
 
 #: Default medial (transverse) angles of the pedicle axis by region, used to centre the search
@@ -230,7 +230,7 @@ def make_context(ct: Volume, vertebra, mask: np.ndarray, labels: np.ndarray | No
     # the label's bounding box once (a full-volume pass costs ~15 ms per axis on a 512 x 512 x 300
     # CT): the planning mask, its distance-field box and the facet zone's box all derive from it
     tight = tight_box(raw)
-    pm_box = None if tight is None else pad_box(tight, raw.shape, ct.spacing, 2.0 * float(np.max(ct.spacing)))
+    pm_box = None if tight is None else pad_box(tight, raw.shape, ct.spacing, _planning_box_pad_mm(ct))
     mask, cleaning = planning_mask(ct, raw, vertebra.frame, settings, labels, box=pm_box)
     box = mask_box(mask, ct, BOX_PAD_MM) if pm_box is None else _box_within(mask, pm_box, ct.spacing, BOX_PAD_MM)
     sl = tuple(slice(a, b) for a, b in box)
@@ -243,7 +243,7 @@ def make_context(ct: Volume, vertebra, mask: np.ndarray, labels: np.ndarray | No
     # the entries outward and the refusals to the corridor and facet rules. Not used.)
     fld = DistanceField.of_mask(mask, ct, pad_mm=BOX_PAD_MM, box=box, exact_outside=False)
     fz = facet_zone(raw, above_mask, ct, vertebra.frame, zone_mm=settings.facet_zone_mm,
-                    box=None if tight is None else pad_box(tight, raw.shape, ct.spacing, FACET_BOX_PAD_MM)) \
+                    box=None if tight is None else pad_box(tight, raw.shape, ct.spacing, FACET_ZONE_PAD_MM)) \
         if above_mask is not None else None
     ctx = VertebraContext(name=vertebra.name, frame=vertebra.frame, mask=mask, field=fld, hu=hu, ct=ct,
                           labels=labels, label=getattr(vertebra, "label", None), facet=fz,
@@ -264,8 +264,9 @@ def _box_within(mask: np.ndarray, within, spacing, pad_mm: float) -> tuple[tuple
     return pad_box(tuple((lo + w[0], hi + w[0]) for (lo, hi), w in zip(t, within)), mask.shape, spacing, pad_mm)
 
 
-#: Padding of the facet zone's box (the default of :func:`spineplan.safety.facet_zone`).
-FACET_BOX_PAD_MM = 12.0
+def _planning_box_pad_mm(ct: Volume) -> float:
+    """Padding (mm) of the box :func:`planning_mask` works in: two of the largest voxels."""
+    return 2.0 * float(np.max(ct.spacing))
 
 
 # --------------------------------------------------------------------------- planning mask
@@ -476,7 +477,7 @@ def planning_mask(ct: Volume, mask: np.ndarray, frame, st: PlannerSettings,
     pedicles, an island of it can hold a screw outside the vertebra. (A label that runs past the
     endplate into the disc and the next vertebra is NOT corrected here: at 2.5-3 mm slices the
     CT often shows no endplate cortex to trim at; see the benchmark notes.) Returns the mask and a
-    report (voxels filled, dropped). ``box``: ``mask_box(mask, ct, 2 x the largest spacing)`` when
+    report (voxels filled, dropped). ``box``: ``mask_box(mask, ct, _planning_box_pad_mm(ct))`` when
     already known (it is not computed again)."""
     from scipy import ndimage as ndi
 
@@ -485,7 +486,7 @@ def planning_mask(ct: Volume, mask: np.ndarray, frame, st: PlannerSettings,
         if not mask.any():
             return mask, {"peeled": 0, "closed": 0, "filled": 0, "pedicle_cores": 0, "outer_not_bone": 0,
                           "endplate_eroded": 0, "dropped": 0}
-        box = mask_box(mask, ct, 2.0 * float(np.max(ct.spacing)))
+        box = mask_box(mask, ct, _planning_box_pad_mm(ct))
     sl = tuple(slice(a, b) for a, b in box)
     sub = mask[sl].copy()
     hu = np.asarray(ct.array[sl], dtype=np.float32)
@@ -1675,11 +1676,18 @@ def search_pedicle(ctx: VertebraContext, side: str, st: PlannerSettings, sizes: 
         for m, c in ((seed_med, seed_cra), prior):
             p2, d2 = candidate_axes(ctx, side, seed_centre, m, c, st)
             pts, dirs = np.concatenate([pts, p2]), np.concatenate([dirs, d2])
+    corridor_mm = []  # isthmus_corridor_mm of these axes, computed once when first needed
+
+    def through_isthmus_mm() -> float | None:
+        if not corridor_mm:
+            corridor_mm.append(isthmus_corridor_mm(ctx, side, st, pts, dirs) if src == "spine" else None)
+        return corridor_mm[0]
+
     rule_width, wsrc = spine_width, "spine"
     if spine_width is not None and src == "spine" and ISTHMUS_WIDTH_FROM_CORRIDOR:
         # a straight cylinder of bone wider than the measured isthmus passes through it: the
         # measurement under-reads the outer width the 80 % rule is about (ISTHMUS_WIDTH_FROM_CORRIDOR)
-        corr = isthmus_corridor_mm(ctx, side, st, pts, dirs)
+        corr = through_isthmus_mm()
         if corr is not None and corr > spine_width:
             rule_width, wsrc = corr, "corridor"
     res = evaluate(ctx, side, pts, dirs, st, sizes, rule_width)
@@ -1790,7 +1798,7 @@ def search_pedicle(ctx: VertebraContext, side: str, st: PlannerSettings, sizes: 
     failed, detail = None, None
     if not options:
         failed = next((r for r in RULES if counts.get(r, 1) == 0), "verified-grade")
-        corr = isthmus_corridor_mm(ctx, side, st, pts, dirs) if src == "spine" else None
+        corr = through_isthmus_mm()
         need = dmin + 2.0 * st.margin_mm
         if corr is not None and corr < need - 1e-6 and RULES.index(failed) >= RULES.index("margin"):
             # the rules later in the order only refused what passed beside or around the isthmus

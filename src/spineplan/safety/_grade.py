@@ -179,8 +179,12 @@ def patient_axes_frame(mask: np.ndarray, grid: Volume):
     return VertebraFrame(body.mean(axis=0), np.eye(3))
 
 
+#: Padding (mm) of the box, around the vertebra, that :func:`facet_zone` is built in.
+FACET_ZONE_PAD_MM = 12.0
+
+
 def facet_zone(mask: np.ndarray, above_mask: np.ndarray | None, grid: Volume, frame, *,
-               zone_mm: float = FACET_ZONE_MM, pad_mm: float = 12.0, box=None) -> BoxMask | None:
+               zone_mm: float = FACET_ZONE_MM, pad_mm: float = FACET_ZONE_PAD_MM, box=None) -> BoxMask | None:
     """The facet joint zone between a vertebra and the one above it.
 
     Points within ``zone_mm`` of both vertebrae, plus the cranial vertebra's own bone, restricted
